@@ -1,0 +1,1 @@
+"""Starlette application: public API, provider callbacks, admin API."""

@@ -1,0 +1,1 @@
+"""The delivery engine: everything between the API and the providers."""

@@ -1,0 +1,82 @@
+"""Decisions the rule set hands to the edges: frozen values naming the rule and rule-set version."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+DEFAULT_RULE = "(default)"
+
+RoutingAction = Literal["route", "defer", "reject"]
+FailureAction = Literal["retry", "switch_provider", "fail", "alert", "ignore"]
+Scene = Literal["send_failure", "callback_failure", "callback_timeout"]
+OnExceed = Literal["reject", "defer"]
+SCENES: tuple[Scene, ...] = ("send_failure", "callback_failure", "callback_timeout")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One provider account that may deliver, with its smooth-weighted-round-robin weight."""
+
+    provider: str
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingDecision:
+    """Who may deliver a message: ordered tiers of candidates, or defer, or reject."""
+
+    action: RoutingAction
+    rule: str
+    version: str
+    tiers: tuple[tuple[Candidate, ...], ...] = ()
+    defer_until: datetime | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaCheck:
+    """One matching quota rule: the counter key (without the window), its limit and window."""
+
+    rule: str
+    key: str
+    limit: int
+    window_seconds: int
+    on_exceed: OnExceed = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaDecision:
+    """All quota rules that apply to a fact; every one of them must have room."""
+
+    checks: tuple[QuotaCheck, ...]
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSpec:
+    """Where an alert goes and how loud it is."""
+
+    webhook: str
+    level: str = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class FailureDecision:
+    """What to do after a failed send or a failed / missing delivery report.
+
+    `retry` and `switch_provider` carry the delay before the next attempt; `exhausted` is set
+    when the matched rule wanted to retry but its budget is spent, in which case `action` is
+    already `fail`. `alert` always ends the task failed after the alert is sent.
+    """
+
+    action: FailureAction
+    rule: str
+    version: str
+    scene: Scene
+    delay_seconds: float = 0.0
+    exclude_current: bool = True
+    exhausted: bool = False
+    alert: AlertSpec | None = None
+    reasons: tuple[str, ...] = field(default=())

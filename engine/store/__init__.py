@@ -1,0 +1,1 @@
+"""peewee models and repositories: the only place SQL exists."""

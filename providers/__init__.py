@@ -1,0 +1,1 @@
+"""Provider modules and the explicit registry."""

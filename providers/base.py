@@ -1,0 +1,244 @@
+"""The provider contract: message and result values, sans-I/O HTTP values, config schemas.
+
+A provider never sleeps, retries or fails over; it turns one message into one `SendResult`.
+HTTP providers build an `HttpRequest` and parse an `HttpResponse`; the caller's transport
+performs the call, so signing and parsing are pure and testable with vendor worked examples.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    RETRYABLE = "retryable"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Everything a provider needs to deliver one attempt of one task."""
+
+    task_id: str
+    attempt: int
+    receiver: str
+    channel_type: str
+    text: str
+    subject: str = ""
+    html: str | None = None
+    template_code: str = ""
+    params: Mapping[str, str] = field(default_factory=dict)
+    sign_name: str = ""
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable id of this attempt, sent where the vendor accepts one."""
+        return f"{self.task_id}-{self.attempt}"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A provider account from the rule files, with `${ENV}` secrets already resolved."""
+
+    name: str
+    type: str
+    config: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """The outcome of one provider call.
+
+    `final` is True when acceptance means delivered (email, chat); False when the vendor
+    reports delivery later (SMS). Summaries are what gets stored: never secrets.
+    """
+
+    outcome: Outcome
+    provider_message_id: str = ""
+    error_code: str = ""
+    error_message: str = ""
+    final: bool = True
+    request_summary: Mapping[str, Any] = field(default_factory=dict)
+    response_summary: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+class TransportError(Exception):
+    """The call did not complete: connection refused, reset, or timed out."""
+
+
+Transport = Callable[[HttpRequest], HttpResponse]
+
+
+class TokenCache(Protocol):
+    """Shared cache of vendor access tokens (Redis in service, a dict in tests)."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def set(self, key: str, value: str, ttl_seconds: int) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SendContext:
+    """What the edge lends a provider for one call: the transport, the clock, the token cache."""
+
+    transport: Transport
+    now: datetime
+    tokens: TokenCache
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackRequest:
+    """An inbound delivery report as received: method, query, headers, raw body, peer address."""
+
+    method: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes
+    client_host: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """One delivery report item, matched to a task by provider message id."""
+
+    provider_message_id: str
+    status: str  # delivered | failed | rejected
+    error_code: str = ""
+    error_message: str = ""
+    reported_at: datetime | None = None
+    receiver: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackReply:
+    """What to answer the vendor, in the body it expects."""
+
+    body: str
+    status: int = 200
+    content_type: str = "text/plain; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackResult:
+    """Parsed reports (empty when unverifiable or garbage) plus the reply and why it was refused."""
+
+    reports: tuple[DeliveryReport, ...]
+    reply: CallbackReply
+    verified: bool = True
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigField:
+    """One key of a provider's config block."""
+
+    type: type = str
+    required: bool = True
+    secret: bool = False
+    default: Any = None
+    help: str = ""
+
+
+ConfigSchema = Mapping[str, ConfigField]
+
+
+class Provider(Protocol):
+    """A provider module: `TYPE`, `CHANNEL_TYPES`, `CONFIG` and `send()`.
+
+    Modules whose vendor reports delivery also define
+    `parse_callback(request, account, now) -> CallbackResult`.
+    """
+
+    TYPE: str
+    CHANNEL_TYPES: frozenset[str]
+    CONFIG: ConfigSchema
+
+    def send(self, message: Message, account: Account, ctx: SendContext) -> SendResult: ...
+
+
+def validate_config(schema: ConfigSchema, config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Check a config block against a schema; returns (key, message) pairs, empty when valid."""
+    problems: list[tuple[str, str]] = []
+    for key in config:
+        if key not in schema:
+            problems.append((key, f"unknown key (known: {', '.join(sorted(schema))})"))
+    for key, spec in schema.items():
+        if key not in config:
+            if spec.required:
+                problems.append((key, "required"))
+            continue
+        value = config[key]
+        expected = spec.type
+        if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append((key, f"must be an integer, got {value!r}"))
+        elif expected is bool and not isinstance(value, bool):
+            problems.append((key, f"must be true or false, got {value!r}"))
+        elif expected is str and not isinstance(value, str):
+            problems.append((key, f"must be a string, got {type(value).__name__}"))
+        elif expected is str and spec.required and value == "":
+            problems.append((key, "must not be empty"))
+    return problems
+
+
+def with_defaults(schema: ConfigSchema, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config with every optional key's default filled in."""
+    merged = {key: spec.default for key, spec in schema.items() if not spec.required}
+    merged.update(config)
+    return merged
+
+
+def secret_values(schema: ConfigSchema, config: Mapping[str, Any]) -> list[str]:
+    """The secret strings of a config, for redaction from anything stored or logged."""
+    return [str(config[k]) for k, spec in schema.items() if spec.secret and config.get(k)]
+
+
+def classify_status(status: int) -> Outcome:
+    """2xx is ok; 408, 429 and 5xx are worth retrying; any other status is permanent."""
+    if 200 <= status < 300:
+        return Outcome.OK
+    if status in (408, 429) or status >= 500:
+        return Outcome.RETRYABLE
+    return Outcome.PERMANENT
+
+
+def http_send(
+    build: Callable[[Message, Account, datetime], HttpRequest],
+    parse: Callable[[HttpResponse], SendResult],
+    message: Message,
+    account: Account,
+    ctx: SendContext,
+) -> SendResult:
+    """Build, transport, parse: the whole of `send()` for a one-call HTTP provider."""
+    request = build(message, account, ctx.now)
+    try:
+        response = ctx.transport(request)
+    except TransportError as exc:
+        return SendResult(Outcome.RETRYABLE, error_code="network", error_message=str(exc))
+    return parse(response)
