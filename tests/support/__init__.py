@@ -1,0 +1,1 @@
+"""Shared test helpers: loopback servers and service fixtures."""
