@@ -8,6 +8,7 @@ performs the call, so signing and parsing are pure and testable with vendor work
 from __future__ import annotations
 
 import enum
+import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -242,3 +243,21 @@ def http_send(
     except TransportError as exc:
         return SendResult(Outcome.RETRYABLE, error_code="network", error_message=str(exc))
     return parse(response)
+
+
+def check_shared_secret(request: CallbackRequest, callback: Mapping[str, Any]) -> str:
+    """Verify a report from a vendor that does not sign: `?token=` and/or source address allowlist.
+
+    `callback` is the account's `callback:` block ({token, allow_ips}); returns "" when the request
+    passes, else the reason it does not. With neither configured, unsigned reports are refused.
+    """
+
+    token = str(callback.get("token") or "")
+    allow_ips = [str(ip) for ip in callback.get("allow_ips") or ()]
+    if not token and not allow_ips:
+        return "callback has no token or allow_ips configured for this account"
+    if token and not hmac.compare_digest(request.query.get("token", "").encode(), token.encode()):
+        return "callback token missing or wrong"
+    if allow_ips and request.client_host not in allow_ips:
+        return f"callback from {request.client_host or 'unknown address'} is not in allow_ips"
+    return ""
