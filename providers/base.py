@@ -8,11 +8,14 @@ performs the call, so signing and parsing are pure and testable with vendor work
 from __future__ import annotations
 
 import enum
+import hashlib
 import hmac
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 
 class Outcome(enum.Enum):
@@ -49,6 +52,7 @@ class Account:
     name: str
     type: str
     config: Mapping[str, Any]
+    callback: Mapping[str, Any] = field(default_factory=dict)  # token / allow_ips for unsigned reports
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,18 @@ class HttpResponse:
 
 class TransportError(Exception):
     """The call did not complete: connection refused, reset, or timed out."""
+
+
+class Undeliverable(Exception):
+    """A message this account can never deliver as given (bad receiver, missing setting): permanent."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def result(self) -> SendResult:
+        return SendResult(Outcome.PERMANENT, error_code=self.code, error_message=self.message)
 
 
 Transport = Callable[[HttpRequest], HttpResponse]
@@ -165,6 +181,7 @@ class ConfigField:
     secret: bool = False
     default: Any = None
     help: str = ""
+    choices: tuple[Any, ...] = ()
 
 
 ConfigSchema = Mapping[str, ConfigField]
@@ -205,6 +222,14 @@ def validate_config(schema: ConfigSchema, config: Mapping[str, Any]) -> list[tup
             problems.append((key, f"must be a string, got {type(value).__name__}"))
         elif expected is str and spec.required and value == "":
             problems.append((key, "must not be empty"))
+        elif expected is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            problems.append((key, f"must be a number, got {value!r}"))
+        elif expected is list and not isinstance(value, list):
+            problems.append((key, f"must be a list, got {type(value).__name__}"))
+        elif expected is dict and not isinstance(value, dict):
+            problems.append((key, f"must be a mapping, got {type(value).__name__}"))
+        elif spec.choices and value not in spec.choices:
+            problems.append((key, f"must be one of {', '.join(map(str, spec.choices))}, got {value!r}"))
     return problems
 
 
@@ -237,7 +262,10 @@ def http_send(
     ctx: SendContext,
 ) -> SendResult:
     """Build, transport, parse: the whole of `send()` for a one-call HTTP provider."""
-    request = build(message, account, ctx.now)
+    try:
+        request = build(message, account, ctx.now)
+    except Undeliverable as exc:
+        return exc.result()
     try:
         response = ctx.transport(request)
     except TransportError as exc:
@@ -261,3 +289,43 @@ def check_shared_secret(request: CallbackRequest, callback: Mapping[str, Any]) -
     if allow_ips and request.client_host not in allow_ips:
         return f"callback from {request.client_host or 'unknown address'} is not in allow_ips"
     return ""
+
+
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """The body parsed as a JSON object, or None when it is not one."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def bad_response(response: HttpResponse) -> SendResult:
+    """A vendor answer that does not follow the vendor's protocol: worth retrying."""
+    return SendResult(
+        Outcome.RETRYABLE,
+        error_code="bad_response",
+        error_message=f"unreadable answer (HTTP {response.status}): {response.body[:120]!r}",
+        response_summary={"status": response.status, "body": response.body[:200].decode("utf-8", "replace")},
+    )
+
+
+def redact_url(url: str, *params: str) -> str:
+    """The URL with the values of the named query parameters replaced by `***`."""
+    parts = urlsplit(url)
+    query = [(k, "***" if k in params else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="*")))
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """The text with every secret value replaced by `***`."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def token_cache_key(provider_type: str, *identity: str) -> str:
+    """Cache key of an access token: the provider type and a digest of the account identity, never a secret."""
+    digest = hashlib.sha256("\x00".join(identity).encode()).hexdigest()[:32]
+    return f"{provider_type}:{digest}"
