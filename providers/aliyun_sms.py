@@ -1,0 +1,281 @@
+"""Aliyun SMS: SendSms (dysmsapi 2017-05-25) signed ACS3-HMAC-SHA256, and its SmsReport pushes."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote, urlsplit
+from zoneinfo import ZoneInfo
+
+from providers.base import (
+    Account,
+    CallbackReply,
+    CallbackRequest,
+    CallbackResult,
+    ConfigField,
+    ConfigSchema,
+    DeliveryReport,
+    HttpRequest,
+    HttpResponse,
+    Message,
+    Outcome,
+    SendContext,
+    SendResult,
+    check_shared_secret,
+    http_send,
+    secret_values,
+    with_defaults,
+)
+
+TYPE = "aliyun_sms"
+CHANNEL_TYPES = frozenset({"sms"})
+CONFIG: ConfigSchema = {
+    "access_key_id": ConfigField(help="AccessKey ID of a RAM user allowed dysms:SendSms"),
+    "access_key_secret": ConfigField(secret=True, help="AccessKey secret of that user"),
+    "sign_name": ConfigField(required=False, default="", help="SignName used when the message names none"),
+    "base_url": ConfigField(
+        required=False, default="https://dysmsapi.aliyuncs.com", help="API endpoint (scheme://host)"
+    ),
+    "timeout_ms": ConfigField(int, required=False, default=10_000, help="Per-call timeout"),
+}
+
+ACTION = "SendSms"
+VERSION = "2017-05-25"
+ALGORITHM = "ACS3-HMAC-SHA256"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+REPORT_ZONE = ZoneInfo("Asia/Shanghai")  # SmsReport times are Beijing wall-clock time
+REPLY_OK = CallbackReply(json.dumps({"code": 0, "msg": "接收成功"}, ensure_ascii=False), 200, "application/json")
+
+# Throttling and vendor-side faults clear up on their own; every other code (bad number, template or
+# sign not approved, no balance, bad credentials, SignatureNonceUsed = this very attempt already
+# reached Aliyun) needs a human or a different provider.
+RETRYABLE_CODES = frozenset(
+    {
+        "isv.BUSINESS_LIMIT_CONTROL",
+        "isv.DAY_LIMIT_CONTROL",
+        "isp.SYSTEM_ERROR",
+        "isp.GATEWAY_ERROR",
+        "ServiceUnavailable",
+        "InternalError",
+        "UnknownError",
+    }
+)
+
+
+def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
+    """Send one templated SMS; the result awaits a delivery report (final=False)."""
+    config = with_defaults(CONFIG, account.config)
+    try:
+        result = http_send(build_request, parse_response, message, account, ctx)
+    except ValueError as exc:
+        result = SendResult(Outcome.PERMANENT, error_code="invalid_message", error_message=str(exc), final=False)
+    result = replace(result, request_summary=request_summary(message, config))
+    return _without_secrets(result, secret_values(CONFIG, config))
+
+
+def build_request(message: Message, account: Account, now: datetime) -> HttpRequest:
+    """The signed SendSms call; the nonce comes from the attempt id so a replayed attempt is refused."""
+    config = with_defaults(CONFIG, account.config)
+    query = send_sms_query(message, config)
+    endpoint = urlsplit(config["base_url"])
+    path = endpoint.path or "/"
+    headers = {
+        "host": endpoint.netloc,
+        "x-acs-action": ACTION,
+        "x-acs-version": VERSION,
+        "x-acs-date": _utc(now).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "x-acs-signature-nonce": signature_nonce(message),
+        "x-acs-content-sha256": EMPTY_SHA256,
+    }
+    headers["authorization"] = acs3_authorization(
+        config["access_key_id"], config["access_key_secret"], "POST", path, query, headers, EMPTY_SHA256
+    )
+    url = f"{endpoint.scheme}://{endpoint.netloc}{path}?{canonical_query(query)}"
+    return HttpRequest("POST", url, headers, b"", timeout=config["timeout_ms"] / 1000)
+
+
+def send_sms_query(message: Message, config: Mapping[str, Any]) -> dict[str, str]:
+    """SendSms parameters; raises ValueError when the message cannot make a valid call."""
+    sign_name = message.sign_name or config["sign_name"]
+    if not message.receiver:
+        raise ValueError("missing receiver")
+    if not message.template_code:
+        raise ValueError("missing template_code (the Aliyun template, e.g. SMS_123456)")
+    if not sign_name:
+        raise ValueError("missing sign_name (set it on the message or in the account config)")
+    query = {"PhoneNumbers": message.receiver, "SignName": sign_name, "TemplateCode": message.template_code}
+    if message.params:
+        query["TemplateParam"] = json.dumps(dict(message.params), ensure_ascii=False, separators=(",", ":"))
+    query["OutId"] = message.idempotency_key
+    return query
+
+
+def signature_nonce(message: Message) -> str:
+    return hashlib.sha256(f"aliyun-sms:{message.idempotency_key}".encode()).hexdigest()[:32]
+
+
+def acs3_authorization(
+    access_key_id: str,
+    access_key_secret: str,
+    method: str,
+    path: str,
+    query: Mapping[str, str],
+    headers: Mapping[str, str],
+    payload_sha256: str,
+) -> str:
+    """The ACS3-HMAC-SHA256 Authorization value; `headers` are the (lowercase) headers to sign."""
+    signed = sorted(name.lower() for name in headers)
+    canonical_headers = "".join(f"{name}:{headers[name].strip()}\n" for name in signed)
+    signed_headers = ";".join(signed)
+    canonical_request = "\n".join(
+        [method, path, canonical_query(query), canonical_headers, signed_headers, payload_sha256]
+    )
+    string_to_sign = f"{ALGORITHM}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
+    signature = hmac.new(access_key_secret.encode(), string_to_sign.encode(), hashlib.sha256).hexdigest()
+    return f"{ALGORITHM} Credential={access_key_id},SignedHeaders={signed_headers},Signature={signature}"
+
+
+def canonical_query(query: Mapping[str, str]) -> str:
+    """Sorted `name=value` pairs, each side percent-encoded per RFC 3986 (space %20, `~` kept)."""
+    return "&".join(f"{_encode(name)}={_encode(query[name])}" for name in sorted(query))
+
+
+def parse_response(response: HttpResponse) -> SendResult:
+    """Code "OK" is accepted (BizId awaits its report); other codes map to retryable or permanent."""
+    body = _json(response.body)
+    if not isinstance(body, dict) or not isinstance(body.get("Code"), str):
+        return _bad_response(response)
+    summary = {"status": response.status, **body}
+    code = body["Code"]
+    if code == "OK":
+        biz_id = body.get("BizId")
+        if not isinstance(biz_id, str) or not biz_id:
+            return _bad_response(response)
+        return SendResult(Outcome.OK, provider_message_id=biz_id, final=False, response_summary=summary)
+    return SendResult(
+        classify(code, response.status),
+        error_code=code,
+        error_message=str(body.get("Message") or ""),
+        final=False,
+        response_summary=summary,
+    )
+
+
+def classify(code: str, status: int) -> Outcome:
+    if code in RETRYABLE_CODES or code.startswith("Throttling") or status >= 500:
+        return Outcome.RETRYABLE
+    return Outcome.PERMANENT
+
+
+def parse_callback(request: CallbackRequest, account: Account, now: datetime) -> CallbackResult:
+    """An SmsReport push: a JSON array of reports. Aliyun does not sign it: token / allow_ips guard it."""
+    refused = check_shared_secret(request, account.callback or {})
+    if refused:
+        return CallbackResult((), _error_reply(403, refused), verified=False, error=refused)
+    items = _json(request.body)
+    if not isinstance(items, list):
+        error = "body is not a JSON array of SmsReport items"
+        return CallbackResult((), _error_reply(400, error), error=error)
+    reports: list[DeliveryReport] = []
+    problems: list[str] = []
+    for index, item in enumerate(items):
+        report = _report(item, now)
+        if isinstance(report, str):
+            problems.append(f"item {index}: {report}")
+        else:
+            reports.append(report)
+    error = "; ".join(problems)
+    if problems and not reports:
+        return CallbackResult((), _error_reply(400, error), error=error)
+    return CallbackResult(tuple(reports), REPLY_OK, error=error)
+
+
+def request_summary(message: Message, config: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "action": ACTION,
+        "phone_numbers": message.receiver,
+        "sign_name": message.sign_name or config["sign_name"],
+        "template_code": message.template_code,
+        "template_params": dict(message.params),
+        "out_id": message.idempotency_key,
+    }
+
+
+def _report(item: Any, now: datetime) -> DeliveryReport | str:
+    if not isinstance(item, dict):
+        return "not an object"
+    biz_id = item.get("biz_id")
+    if not isinstance(biz_id, str) or not biz_id:
+        return "missing biz_id"
+    delivered = item.get("success") in (True, "true")
+    return DeliveryReport(
+        provider_message_id=biz_id,
+        status="delivered" if delivered else "failed",
+        error_code="" if delivered else str(item.get("err_code") or ""),
+        error_message="" if delivered else str(item.get("err_msg") or ""),
+        reported_at=_report_time(item.get("report_time"), now),
+        receiver=str(item.get("phone_number") or ""),
+    )
+
+
+def _report_time(value: Any, now: datetime) -> datetime:
+    try:
+        return datetime.strptime(str(value), "%Y-%m-%d %H:%M:%S").replace(tzinfo=REPORT_ZONE)
+    except ValueError:
+        return now
+
+
+def _error_reply(status: int, error: str) -> CallbackReply:
+    return CallbackReply(json.dumps({"code": status, "msg": error}, ensure_ascii=False), status, "application/json")
+
+
+def _bad_response(response: HttpResponse) -> SendResult:
+    snippet = response.body[:200].decode("utf-8", "replace")
+    return SendResult(
+        Outcome.RETRYABLE,
+        error_code="bad_response",
+        error_message=f"HTTP {response.status}: unexpected answer {snippet!r}",
+        final=False,
+        response_summary={"status": response.status, "body": snippet},
+    )
+
+
+def _encode(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _utc(now: datetime) -> datetime:
+    return now.astimezone(timezone.utc) if now.tzinfo else now.replace(tzinfo=timezone.utc)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _without_secrets(result: SendResult, secrets: list[str]) -> SendResult:
+    return replace(
+        result,
+        error_message=_scrub(result.error_message, secrets),
+        request_summary=_scrub(result.request_summary, secrets),
+        response_summary=_scrub(result.response_summary, secrets),
+    )
+
+
+def _scrub(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
+        return value
+    if isinstance(value, Mapping):
+        return {key: _scrub(item, secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_scrub(item, secrets) for item in value]
+    return value

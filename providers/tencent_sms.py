@@ -1,0 +1,300 @@
+"""Tencent Cloud SMS: SendSms (2021-01-11) signed TC3-HMAC-SHA256, and its status callbacks."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from providers.base import (
+    Account,
+    CallbackReply,
+    CallbackRequest,
+    CallbackResult,
+    ConfigField,
+    ConfigSchema,
+    DeliveryReport,
+    HttpRequest,
+    HttpResponse,
+    Message,
+    Outcome,
+    SendContext,
+    SendResult,
+    check_shared_secret,
+    http_send,
+    secret_values,
+    with_defaults,
+)
+
+TYPE = "tencent_sms"
+CHANNEL_TYPES = frozenset({"sms"})
+CONFIG: ConfigSchema = {
+    "secret_id": ConfigField(help="SecretId of a CAM key allowed sms:SendSms"),
+    "secret_key": ConfigField(secret=True, help="SecretKey of that key"),
+    "sdk_app_id": ConfigField(help="SmsSdkAppId of the SMS application (quote it in YAML: a string)"),
+    "region": ConfigField(required=False, default="ap-guangzhou", help="X-TC-Region"),
+    "sign_name": ConfigField(required=False, default="", help="SignName used when the message names none"),
+    "base_url": ConfigField(
+        required=False, default="https://sms.tencentcloudapi.com", help="API endpoint (scheme://host)"
+    ),
+    "timeout_ms": ConfigField(int, required=False, default=10_000, help="Per-call timeout"),
+}
+
+SERVICE = "sms"
+ACTION = "SendSms"
+VERSION = "2021-01-11"
+ALGORITHM = "TC3-HMAC-SHA256"
+CONTENT_TYPE = "application/json; charset=utf-8"
+REPORT_ZONE = ZoneInfo("Asia/Shanghai")  # user_receive_time is Beijing wall-clock time
+REPLY_OK = CallbackReply(json.dumps({"result": 0, "errmsg": "OK"}), 200, "application/json")
+
+# Vendor-side faults and frequency limits clear up on their own. Everything else (bad number,
+# template or sign not approved, no balance, bad credentials, clock skew) needs a human or
+# another provider.
+RETRYABLE_PREFIXES = ("InternalError", "LimitExceeded.", "RequestLimitExceeded")
+PERMANENT_DESPITE_PREFIX = frozenset(
+    {
+        "InternalError.RequestTimeException",  # our clock is off: retrying repeats it
+        "InternalError.SigFieldMissing",
+        "InternalError.SigVerificationFail",
+        "LimitExceeded.PhoneNumberCountLimit",  # too many numbers in one call
+    }
+)
+
+
+def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
+    """Send one templated SMS; the result awaits a delivery report (final=False)."""
+    config = with_defaults(CONFIG, account.config)
+    try:
+        result = http_send(build_request, parse_response, message, account, ctx)
+    except ValueError as exc:
+        result = SendResult(Outcome.PERMANENT, error_code="invalid_message", error_message=str(exc), final=False)
+    result = replace(result, request_summary=request_summary(message, config))
+    return _without_secrets(result, secret_values(CONFIG, config))
+
+
+def build_request(message: Message, account: Account, now: datetime) -> HttpRequest:
+    """The signed SendSms call; raises ValueError when the message cannot make a valid call."""
+    config = with_defaults(CONFIG, account.config)
+    payload = json.dumps(send_sms_payload(message, config), ensure_ascii=False).encode()
+    endpoint = urlsplit(config["base_url"])
+    timestamp = int(_utc(now).timestamp())
+    signed = {"content-type": CONTENT_TYPE, "host": endpoint.netloc, "x-tc-action": ACTION}
+    authorization = tc3_authorization(
+        config["secret_id"], config["secret_key"], SERVICE, timestamp, signed, payload
+    )
+    headers = {
+        "Authorization": authorization,
+        "Content-Type": CONTENT_TYPE,
+        "Host": endpoint.netloc,
+        "X-TC-Action": ACTION,
+        "X-TC-Version": VERSION,
+        "X-TC-Timestamp": str(timestamp),
+        "X-TC-Region": config["region"],
+    }
+    url = f"{endpoint.scheme}://{endpoint.netloc}/"
+    return HttpRequest("POST", url, headers, payload, timeout=config["timeout_ms"] / 1000)
+
+
+def send_sms_payload(message: Message, config: Mapping[str, Any]) -> dict[str, Any]:
+    """SendSms parameters: template values in the order the message lists them ({1}, {2}, ...)."""
+    if not message.receiver:
+        raise ValueError("missing receiver")
+    if not message.template_code:
+        raise ValueError("missing template_code (the Tencent TemplateId)")
+    payload: dict[str, Any] = {
+        "PhoneNumberSet": [message.receiver],
+        "SmsSdkAppId": config["sdk_app_id"],
+        "TemplateId": message.template_code,
+        "TemplateParamSet": list(message.params.values()),
+        "SessionContext": message.idempotency_key,
+    }
+    sign_name = message.sign_name or config["sign_name"]
+    if sign_name:  # required for mainland China numbers only; Tencent says so itself when missing
+        payload["SignName"] = sign_name
+    return payload
+
+
+def tc3_authorization(
+    secret_id: str,
+    secret_key: str,
+    service: str,
+    timestamp: int,
+    headers: Mapping[str, str],
+    payload: bytes,
+    method: str = "POST",
+    query: str = "",
+) -> str:
+    """The TC3-HMAC-SHA256 Authorization value; `headers` are the headers to sign (name -> value)."""
+    signed = sorted(name.lower() for name in headers)
+    values = {name.lower(): value for name, value in headers.items()}
+    canonical_headers = "".join(f"{name}:{values[name].strip().lower()}\n" for name in signed)
+    signed_headers = ";".join(signed)
+    canonical_request = "\n".join(
+        [method, "/", query, canonical_headers, signed_headers, hashlib.sha256(payload).hexdigest()]
+    )
+    date = datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d")
+    scope = f"{date}/{service}/tc3_request"
+    string_to_sign = "\n".join(
+        [ALGORITHM, str(timestamp), scope, hashlib.sha256(canonical_request.encode()).hexdigest()]
+    )
+    key = _hmac(f"TC3{secret_key}".encode(), date)
+    key = _hmac(_hmac(key, service), "tc3_request")
+    signature = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    return f"{ALGORITHM} Credential={secret_id}/{scope}, SignedHeaders={signed_headers}, Signature={signature}"
+
+
+def parse_response(response: HttpResponse) -> SendResult:
+    """SendStatusSet[0].Code "Ok" is accepted (SerialNo awaits its report); errors are classified."""
+    body = _json(response.body)
+    answer = body.get("Response") if isinstance(body, dict) else None
+    if not isinstance(answer, dict):
+        return _bad_response(response)
+    summary = {"status": response.status, **answer}
+    error = answer.get("Error")
+    if isinstance(error, dict):
+        return _failure(str(error.get("Code") or ""), str(error.get("Message") or ""), response.status, summary)
+    statuses = answer.get("SendStatusSet")
+    if not isinstance(statuses, list) or not statuses or not isinstance(statuses[0], dict):
+        return _bad_response(response)
+    first = statuses[0]
+    code = str(first.get("Code") or "")
+    if code == "Ok":
+        serial = first.get("SerialNo")
+        if not isinstance(serial, str) or not serial:
+            return _bad_response(response)
+        return SendResult(Outcome.OK, provider_message_id=serial, final=False, response_summary=summary)
+    return _failure(code, str(first.get("Message") or ""), response.status, summary)
+
+
+def classify(code: str, status: int) -> Outcome:
+    if status >= 500:
+        return Outcome.RETRYABLE
+    if code.startswith(RETRYABLE_PREFIXES) and code not in PERMANENT_DESPITE_PREFIX:
+        return Outcome.RETRYABLE
+    return Outcome.PERMANENT
+
+
+def parse_callback(request: CallbackRequest, account: Account, now: datetime) -> CallbackResult:
+    """A status callback: a JSON array of reports. Tencent does not sign it: token / allow_ips guard it."""
+    refused = check_shared_secret(request, account.callback or {})
+    if refused:
+        return CallbackResult((), _error_reply(refused), verified=False, error=refused)
+    items = _json(request.body)
+    if not isinstance(items, list):
+        error = "body is not a JSON array of status reports"
+        return CallbackResult((), _error_reply(error), error=error)
+    reports: list[DeliveryReport] = []
+    problems: list[str] = []
+    for index, item in enumerate(items):
+        report = _report(item, now)
+        if isinstance(report, str):
+            problems.append(f"item {index}: {report}")
+        else:
+            reports.append(report)
+    error = "; ".join(problems)
+    if problems and not reports:
+        return CallbackResult((), _error_reply(error), error=error)
+    return CallbackResult(tuple(reports), REPLY_OK, error=error)
+
+
+def request_summary(message: Message, config: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "action": ACTION,
+        "phone_number_set": [message.receiver],
+        "sms_sdk_app_id": config["sdk_app_id"],
+        "sign_name": message.sign_name or config["sign_name"],
+        "template_id": message.template_code,
+        "template_param_set": list(message.params.values()),
+        "session_context": message.idempotency_key,
+    }
+
+
+def _report(item: Any, now: datetime) -> DeliveryReport | str:
+    if not isinstance(item, dict):
+        return "not an object"
+    sid = item.get("sid")
+    if not isinstance(sid, str) or not sid:
+        return "missing sid"
+    delivered = item.get("report_status") == "SUCCESS"
+    nationcode = str(item.get("nationcode") or "")
+    mobile = str(item.get("mobile") or "")
+    return DeliveryReport(
+        provider_message_id=sid,
+        status="delivered" if delivered else "failed",
+        error_code="" if delivered else str(item.get("errmsg") or ""),
+        error_message="" if delivered else str(item.get("description") or ""),
+        reported_at=_report_time(item.get("user_receive_time"), now),
+        receiver=f"+{nationcode}{mobile}" if nationcode and mobile else mobile,
+    )
+
+
+def _failure(code: str, message: str, status: int, summary: Mapping[str, Any]) -> SendResult:
+    return SendResult(
+        classify(code, status), error_code=code, error_message=message, final=False, response_summary=summary
+    )
+
+
+def _report_time(value: Any, now: datetime) -> datetime:
+    try:
+        return datetime.strptime(str(value), "%Y-%m-%d %H:%M:%S").replace(tzinfo=REPORT_ZONE)
+    except ValueError:
+        return now
+
+
+def _error_reply(error: str) -> CallbackReply:
+    """Tencent's documented refusal: a non-zero `result` with the reason."""
+    return CallbackReply(json.dumps({"result": 1, "errmsg": error}, ensure_ascii=False), 200, "application/json")
+
+
+def _bad_response(response: HttpResponse) -> SendResult:
+    snippet = response.body[:200].decode("utf-8", "replace")
+    return SendResult(
+        Outcome.RETRYABLE,
+        error_code="bad_response",
+        error_message=f"HTTP {response.status}: unexpected answer {snippet!r}",
+        final=False,
+        response_summary={"status": response.status, "body": snippet},
+    )
+
+
+def _hmac(key: bytes, message: str) -> bytes:
+    return hmac.new(key, message.encode(), hashlib.sha256).digest()
+
+
+def _utc(now: datetime) -> datetime:
+    return now.astimezone(timezone.utc) if now.tzinfo else now.replace(tzinfo=timezone.utc)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _without_secrets(result: SendResult, secrets: list[str]) -> SendResult:
+    return replace(
+        result,
+        error_message=_scrub(result.error_message, secrets),
+        request_summary=_scrub(result.request_summary, secrets),
+        response_summary=_scrub(result.response_summary, secrets),
+    )
+
+
+def _scrub(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
+        return value
+    if isinstance(value, Mapping):
+        return {key: _scrub(item, secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_scrub(item, secrets) for item in value]
+    return value

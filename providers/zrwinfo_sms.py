@@ -1,0 +1,251 @@
+"""Zrwinfo (掌榕网, api.1cloudsp.com) SMS: the v2 single_send form API and its status report pushes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+from zoneinfo import ZoneInfo
+
+from providers.base import (
+    Account,
+    CallbackReply,
+    CallbackRequest,
+    CallbackResult,
+    ConfigField,
+    ConfigSchema,
+    DeliveryReport,
+    HttpRequest,
+    HttpResponse,
+    Message,
+    Outcome,
+    SendContext,
+    SendResult,
+    check_shared_secret,
+    http_send,
+    secret_values,
+    with_defaults,
+)
+
+TYPE = "zrwinfo_sms"
+CHANNEL_TYPES = frozenset({"sms"})
+CONFIG: ConfigSchema = {
+    "accesskey": ConfigField(help="accesskey from the console's 我的秘钥 page"),
+    "secret": ConfigField(secret=True, help="secret from the same page (sent in the request body)"),
+    "sign_name": ConfigField(
+        required=False, default="", help="Sign (text or sign id) used when the message names none"
+    ),
+    "base_url": ConfigField(
+        required=False, default="https://api.1cloudsp.com", help="API endpoint; keep https: the secret is in the body"
+    ),
+    "timeout_ms": ConfigField(int, required=False, default=10_000, help="Per-call timeout"),
+}
+
+PATH = "/api/v2/single_send"
+CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
+SEPARATORS = ("##", "$$")  # the vendor splits template values on either
+REPORT_ZONE = ZoneInfo("Asia/Shanghai")
+REPLY_OK = CallbackReply(json.dumps({"code": "0", "msg": "SUCCESS"}), 200, "application/json")
+
+# 9024 is the per-number frequency limit: it clears with time. The other documented codes (9001 bad
+# sign, 9003 bad number, 9006 bad accesskey, 9010 no balance, 9016 sign, 9017 template, 9023
+# blacklisted, ...) need a human or another provider.
+RETRYABLE_CODES = frozenset({"9024"})
+
+
+def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
+    """Send one templated SMS; the result awaits a delivery report (final=False)."""
+    config = with_defaults(CONFIG, account.config)
+    try:
+        result = http_send(build_request, parse_response, message, account, ctx)
+    except ValueError as exc:
+        result = SendResult(Outcome.PERMANENT, error_code="invalid_message", error_message=str(exc), final=False)
+    result = replace(result, request_summary=request_summary(message, config))
+    return _without_secrets(result, secret_values(CONFIG, config))
+
+
+def build_request(message: Message, account: Account, now: datetime) -> HttpRequest:
+    """The single_send form post (credentials ride in the body: Zrwinfo has no request signing)."""
+    config = with_defaults(CONFIG, account.config)
+    form = {
+        "accesskey": config["accesskey"],
+        "secret": config["secret"],
+        **single_send_fields(message, config),
+    }
+    url = config["base_url"].rstrip("/") + PATH
+    headers = {"Content-Type": CONTENT_TYPE, "Accept": "application/json"}
+    return HttpRequest("POST", url, headers, urlencode(form).encode(), timeout=config["timeout_ms"] / 1000)
+
+
+def single_send_fields(message: Message, config: Mapping[str, Any]) -> dict[str, str]:
+    """The non-secret form fields; raises ValueError when the message cannot make a valid call."""
+    if not message.receiver:
+        raise ValueError("missing receiver")
+    if not message.template_code:
+        raise ValueError("missing template_code (the Zrwinfo templateId)")
+    sign = sign_field(message.sign_name or config["sign_name"])
+    if not sign:
+        raise ValueError("missing sign_name (set it on the message or in the account config)")
+    for name, value in message.params.items():
+        if any(separator in value for separator in SEPARATORS):
+            raise ValueError(f"template value {name!r} contains '##' or '$$', which Zrwinfo splits on")
+    return {
+        "sign": sign,
+        "templateId": message.template_code,
+        "mobile": message.receiver,
+        "content": "##".join(message.params.values()),
+    }
+
+
+def sign_field(sign_name: str) -> str:
+    """A sign text goes as 【text】; a numeric sign id or an already bracketed sign goes as given."""
+    if not sign_name or sign_name.isdigit() or sign_name.startswith("【"):
+        return sign_name
+    return f"【{sign_name}】"
+
+
+def parse_response(response: HttpResponse) -> SendResult:
+    """code "0" is accepted (smUuid awaits its report); other codes map to retryable or permanent."""
+    body = _json(response.body)
+    if not isinstance(body, dict) or not isinstance(body.get("code"), (str, int)):
+        return _bad_response(response)
+    summary = {"status": response.status, **body}
+    code = str(body["code"])
+    if code == "0":
+        sm_uuid = body.get("smUuid")
+        if not isinstance(sm_uuid, str) or not sm_uuid:
+            return _bad_response(response)
+        return SendResult(Outcome.OK, provider_message_id=sm_uuid, final=False, response_summary=summary)
+    return SendResult(
+        classify(code, response.status),
+        error_code=code,
+        error_message=str(body.get("msg") or ""),
+        final=False,
+        response_summary=summary,
+    )
+
+
+def classify(code: str, status: int) -> Outcome:
+    if code in RETRYABLE_CODES or status >= 500:
+        return Outcome.RETRYABLE
+    return Outcome.PERMANENT
+
+
+def parse_callback(request: CallbackRequest, account: Account, now: datetime) -> CallbackResult:
+    """A status push: form fields smUuid, mobile, deliverResult, deliverTime, batchId (or the same
+    keys as a JSON object or array). Zrwinfo does not sign it: token / allow_ips guard it."""
+    refused = check_shared_secret(request, account.callback or {})
+    if refused:
+        return CallbackResult((), _error_reply(403, refused), verified=False, error=refused)
+    items = _items(request)
+    if items is None:
+        error = "body is neither report form fields nor a JSON report object or array"
+        return CallbackResult((), _error_reply(400, error), error=error)
+    reports: list[DeliveryReport] = []
+    problems: list[str] = []
+    for index, item in enumerate(items):
+        report = _report(item, now)
+        if isinstance(report, str):
+            problems.append(f"item {index}: {report}")
+        else:
+            reports.append(report)
+    error = "; ".join(problems)
+    if problems and not reports:
+        return CallbackResult((), _error_reply(400, error), error=error)
+    return CallbackResult(tuple(reports), REPLY_OK, error=error)
+
+
+def request_summary(message: Message, config: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "mobile": message.receiver,
+        "sign": sign_field(message.sign_name or config["sign_name"]),
+        "templateId": message.template_code,
+        "content": "##".join(message.params.values()),
+    }
+
+
+def _items(request: CallbackRequest) -> list[Any] | None:
+    """Report items from a JSON body, else from form fields, else from the query string (GET)."""
+    stripped = request.body.strip()
+    if stripped[:1] in (b"{", b"["):
+        parsed = _json(stripped)
+        if isinstance(parsed, dict):
+            return [parsed]
+        return parsed if isinstance(parsed, list) else None
+    try:
+        form = dict(parse_qsl(stripped.decode("utf-8"), keep_blank_values=True))
+    except UnicodeDecodeError:
+        return None
+    fields = form if "smUuid" in form else dict(request.query)
+    return [fields] if "smUuid" in fields else None
+
+
+def _report(item: Any, now: datetime) -> DeliveryReport | str:
+    if not isinstance(item, dict):
+        return "not an object"
+    sm_uuid = item.get("smUuid")
+    if not isinstance(sm_uuid, str) or not sm_uuid:
+        return "missing smUuid"
+    result = str(item.get("deliverResult") or "")
+    delivered = result == "DELIVRD"
+    return DeliveryReport(
+        provider_message_id=sm_uuid,
+        status="delivered" if delivered else "failed",
+        error_code="" if delivered else result,
+        error_message="",
+        reported_at=_report_time(item.get("deliverTime"), now),
+        receiver=str(item.get("mobile") or ""),
+    )
+
+
+def _report_time(value: Any, now: datetime) -> datetime:
+    try:
+        return datetime.strptime(str(value), "%Y-%m-%d %H:%M:%S").replace(tzinfo=REPORT_ZONE)
+    except ValueError:
+        return now
+
+
+def _error_reply(status: int, error: str) -> CallbackReply:
+    return CallbackReply(json.dumps({"code": "1", "msg": error}, ensure_ascii=False), status, "application/json")
+
+
+def _bad_response(response: HttpResponse) -> SendResult:
+    snippet = response.body[:200].decode("utf-8", "replace")
+    return SendResult(
+        Outcome.RETRYABLE,
+        error_code="bad_response",
+        error_message=f"HTTP {response.status}: unexpected answer {snippet!r}",
+        final=False,
+        response_summary={"status": response.status, "body": snippet},
+    )
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _without_secrets(result: SendResult, secrets: list[str]) -> SendResult:
+    return replace(
+        result,
+        error_message=_scrub(result.error_message, secrets),
+        request_summary=_scrub(result.request_summary, secrets),
+        response_summary=_scrub(result.response_summary, secrets),
+    )
+
+
+def _scrub(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, "***")
+        return value
+    if isinstance(value, Mapping):
+        return {key: _scrub(item, secrets) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_scrub(item, secrets) for item in value]
+    return value
