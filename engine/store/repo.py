@@ -1,0 +1,529 @@
+"""Every query the gateway makes: plain values in, model instances or plain dicts out.
+
+Each public function runs on the bound database (see `engine.store.db.bind`) and raises StoreUnavailable when
+it cannot be reached. Datetimes go in and come out timezone-aware (UTC).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit
+
+import peewee
+
+from engine.store.crypto import decrypt_secret, encrypt_secret, new_app_id, new_secret
+from engine.store.db import connection
+from engine.store.models import (
+    APP_STATUSES,
+    ATTEMPT_STATUSES,
+    CALLBACK_STATUSES,
+    TASK_STATUSES,
+    Application,
+    Attempt,
+    Batch,
+    Callback,
+    Task,
+    WebhookDelivery,
+    WebhookTry,
+    database,
+    utcnow,
+)
+
+INSERT_CHUNK = 100
+APP_NAME_MAX = 100
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class NotFound(LookupError):
+    """The application, task, attempt or webhook delivery named does not exist (or is not in a state to act on)."""
+
+
+class DuplicateTask(Exception):
+    """A task with that task_id, or that app's idempotency key, already exists; nothing was stored."""
+
+
+def _guarded(fn: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with connection(_db()):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def _db() -> peewee.Database:
+    if database.obj is None:
+        raise RuntimeError("the store is not bound: call engine.store.db.bind(connect(url)) first")
+    return database.obj
+
+
+# -- applications ---------------------------------------------------------------------------------------------
+
+
+@_guarded
+def create_app(
+    name: str,
+    key: bytes,
+    *,
+    webhook_url: str | None = None,
+    daily_quota: int = 10000,
+    rate_limit: int = 100,
+) -> tuple[Application, str]:
+    """A new enabled application and its plaintext secret, which is not retrievable in plain form again."""
+    name = _app_name(name)
+    _check_url(webhook_url)
+    _check_count("daily_quota", daily_quota)
+    _check_count("rate_limit", rate_limit)
+    secret = new_secret()
+    app = Application.create(
+        app_id=new_app_id(),
+        name=name,
+        secret=encrypt_secret(secret, key),
+        webhook_url=webhook_url,
+        daily_quota=daily_quota,
+        rate_limit=rate_limit,
+    )
+    return app, secret
+
+
+@_guarded
+def get_app(app_id: str) -> Application | None:
+    return Application.get_or_none(Application.app_id == app_id)
+
+
+def app_secret(app: Application, key: bytes) -> str:
+    """The plaintext secret the app signs with; SecretError when `key` is not the one it was stored with."""
+    return decrypt_secret(app.secret, key)
+
+
+@_guarded
+def set_app_status(app_id: str, status: int) -> None:
+    if status not in APP_STATUSES:
+        raise ValueError(f"application status must be one of {APP_STATUSES} (1 enabled, 2 disabled), got {status!r}")
+    _update_app(app_id, status=status)
+
+
+@_guarded
+def rotate_secret(app_id: str, key: bytes) -> str:
+    """Replace the app's secret; returns the new plaintext. The old secret stops working at once."""
+    secret = new_secret()
+    _update_app(app_id, secret=encrypt_secret(secret, key))
+    return secret
+
+
+@_guarded
+def set_webhook(app_id: str, url: str | None) -> None:
+    _check_url(url)
+    _update_app(app_id, webhook_url=url)
+
+
+@_guarded
+def list_apps() -> list[Application]:
+    return list(Application.select().order_by(Application.id))
+
+
+def _update_app(app_id: str, **fields: Any) -> None:
+    changed = Application.update(**fields, updated_at=utcnow()).where(Application.app_id == app_id).execute()
+    if not changed:
+        raise NotFound(f"no application {app_id!r}")
+
+
+def _app_name(name: str) -> str:
+    name = name.strip() if isinstance(name, str) else ""
+    if not name or len(name) > APP_NAME_MAX:
+        raise ValueError(f"application name must be 1 to {APP_NAME_MAX} characters")
+    return name
+
+
+def _check_url(url: str | None) -> None:
+    if url is None:
+        return
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or len(url) > 500:
+        raise ValueError(f"webhook URL must be an http(s) URL of at most 500 characters, got {url!r}")
+
+
+def _check_count(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer (0 = unlimited), got {value!r}")
+
+
+# -- tasks ----------------------------------------------------------------------------------------------------
+
+TASK_FIELDS = frozenset(Task._meta.fields) - {"id"}
+MUTABLE_TASK_FIELDS = TASK_FIELDS - {"task_id", "app_id", "created_at"}
+BATCH_FIELDS = frozenset(Batch._meta.fields) - {"id"}
+
+
+@_guarded
+def create_tasks(rows: list[dict[str, Any]], batch: dict[str, Any] | None = None) -> None:
+    """Store tasks (and their batch) in one transaction: all of them or, on any error, none."""
+    if batch is not None:
+        _check_names("batch", batch, BATCH_FIELDS)
+        rows = [{"batch_id": batch["batch_id"], **row} for row in rows]
+    prepared = [_new_task_row(row) for row in rows]
+    try:
+        with _db().atomic():
+            if batch is not None:
+                Batch.insert(**batch).execute()
+            for start in range(0, len(prepared), INSERT_CHUNK):
+                Task.insert_many(prepared[start : start + INSERT_CHUNK]).execute()
+    except peewee.IntegrityError as exc:
+        raise DuplicateTask(f"task or batch already exists: {exc}") from exc
+
+
+@_guarded
+def get_task(task_id: str, app_id: str | None = None) -> Task | None:
+    """The task; with `app_id`, only if that app created it."""
+    query = Task.select().where(Task.task_id == task_id)
+    if app_id is not None:
+        query = query.where(Task.app_id == app_id)
+    return query.first()
+
+
+@_guarded
+def find_idempotent(app_id: str, key: str) -> Task | None:
+    return Task.select().where((Task.app_id == app_id) & (Task.idempotency_key == key)).first()
+
+
+@_guarded
+def get_tasks(task_ids: list[str]) -> dict[str, Task]:
+    if not task_ids:
+        return {}
+    return {task.task_id: task for task in Task.select().where(Task.task_id.in_(list(task_ids)))}
+
+
+@_guarded
+def update_task(task_id: str, **fields: Any) -> None:
+    _check_task_update(fields)
+    changed = Task.update(**fields, updated_at=utcnow()).where(Task.task_id == task_id).execute()
+    if not changed:
+        raise NotFound(f"no task {task_id!r}")
+
+
+@_guarded
+def mark_status_if(task_id: str, expected: tuple[str, ...], **fields: Any) -> bool:
+    """Update the task only while its status is one of `expected`; whether it did (the loser of a race gets False)."""
+    _check_statuses(expected)
+    _check_task_update(fields)
+    query = Task.update(**fields, updated_at=utcnow()).where((Task.task_id == task_id) & Task.status.in_(expected))
+    return query.execute() > 0
+
+
+def task_to_public(task: Task) -> dict[str, Any]:
+    """GET /api/v1/messages/{task_id}: the reference's fields, then ours, then the attempts."""
+    return {
+        "id": task.id,
+        "task_id": task.task_id,
+        "app_id": task.app_id,
+        "channel_id": task.channel_id,
+        "message_type": task.message_type,
+        "receiver": task.receiver,
+        "title": task.title,
+        "content": task.content,
+        "template_code": task.template,
+        "template_params": _json_text(task.template_params),
+        "signature": task.signature,
+        "status": task.status,
+        "callback_status": task.callback_status,
+        "callback_time": rfc3339(task.callback_time),
+        "retry_count": task.retry_count,
+        "max_retry": task.max_retry,
+        "exclude_provider_ids": _json_text(task.exclude_providers),
+        "scheduled_at": rfc3339(task.scheduled_at),
+        "created_at": rfc3339(task.created_at),
+        "updated_at": rfc3339(task.updated_at),
+        "batch_id": task.batch_id,
+        "channel": task.channel,
+        "provider": task.provider,
+        "provider_message_id": task.provider_message_id,
+        "error_code": task.error_code,
+        "error_message": task.error_message,
+        "rule": task.rule,
+        "rule_version": task.rule_version,
+        "attempts": [attempt_to_public(attempt) for attempt in list_attempts(task.task_id)],
+    }
+
+
+def rfc3339(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _new_task_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    _check_names("task", row, TASK_FIELDS)
+    for required in ("task_id", "app_id", "receiver"):
+        if not row.get(required):
+            raise ValueError(f"task row needs a non-empty {required}")
+    _check_task_values(row)
+    full = {name: _default(name) for name in TASK_FIELDS if name not in row}
+    full.update(row)
+    if "updated_at" not in row:
+        full["updated_at"] = full["created_at"]
+    if full["idempotency_key"] == "":
+        full["idempotency_key"] = None
+    return full
+
+
+def _default(name: str) -> Any:
+    default = Task._meta.fields[name].default
+    return default() if callable(default) else default
+
+
+def _check_task_update(fields: Mapping[str, Any]) -> None:
+    if not fields:
+        raise ValueError("nothing to update")
+    _check_names("task update", fields, MUTABLE_TASK_FIELDS)
+    _check_task_values(fields)
+
+
+def _check_task_values(fields: Mapping[str, Any]) -> None:
+    if "status" in fields:
+        _check_statuses((fields["status"],))
+    if "callback_status" in fields and fields["callback_status"] not in CALLBACK_STATUSES:
+        raise ValueError(f"callback_status must be one of {CALLBACK_STATUSES}, got {fields['callback_status']!r}")
+
+
+def _check_statuses(statuses: Iterable[str]) -> None:
+    unknown = [status for status in statuses if status not in TASK_STATUSES]
+    if unknown:
+        raise ValueError(f"unknown task status {unknown[0]!r}; expected one of {TASK_STATUSES}")
+
+
+def _check_names(what: str, fields: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise ValueError(f"unknown {what} field(s): {', '.join(unknown)}")
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# -- batches --------------------------------------------------------------------------------------------------
+
+
+@_guarded
+def batch_summary(batch_id: str, app_id: str) -> dict[str, Any] | None:
+    """The batch's size and how many of its tasks are in each status; None unless `app_id` created it."""
+    batch = Batch.get_or_none((Batch.batch_id == batch_id) & (Batch.app_id == app_id))
+    if batch is None:
+        return None
+    counts = dict.fromkeys(TASK_STATUSES, 0)
+    query = (
+        Task.select(Task.status, peewee.fn.COUNT(Task.id).alias("n"))
+        .where((Task.batch_id == batch_id) & (Task.app_id == app_id))
+        .group_by(Task.status)
+        .tuples()
+    )
+    counts.update({status: n for status, n in query})
+    success, failed = counts["success"], counts["failed"]
+    pending = batch.total - success - failed
+    return {
+        "batch_id": batch.batch_id,
+        "app_id": batch.app_id,
+        "total_count": batch.total,
+        "status": "processing" if pending else "completed",
+        "success_count": success,
+        "failed_count": failed,
+        "pending_count": pending,
+        "status_counts": counts,
+        "created_at": rfc3339(batch.created_at),
+    }
+
+
+# -- attempts -------------------------------------------------------------------------------------------------
+
+
+@_guarded
+def begin_attempt(task_id: str, number: int, provider: str, rule: str, rule_version: str) -> bool:
+    """Claim attempt `number` of the task; False when it was already begun (by this or another worker)."""
+    try:
+        with _db().atomic():
+            Attempt.insert(
+                task_id=task_id, number=number, provider=provider, rule=rule, rule_version=rule_version
+            ).execute()
+    except peewee.IntegrityError:
+        return False
+    return True
+
+
+@_guarded
+def finish_attempt(
+    task_id: str,
+    number: int,
+    *,
+    status: str,
+    final: bool,
+    provider_message_id: str = "",
+    error_code: str = "",
+    error_message: str = "",
+    request: Any = None,
+    response: Any = None,
+    latency_ms: int | None = None,
+) -> None:
+    """Record how a begun attempt ended."""
+    if status not in ATTEMPT_STATUSES:
+        raise ValueError(f"attempt status must be one of {ATTEMPT_STATUSES}, got {status!r}")
+    changed = (
+        Attempt.update(
+            status=status,
+            final=final,
+            provider_message_id=provider_message_id,
+            error_code=error_code,
+            error_message=error_message,
+            request=request,
+            response=response,
+            latency_ms=latency_ms,
+            finished_at=utcnow(),
+        )
+        .where((Attempt.task_id == task_id) & (Attempt.number == number))
+        .execute()
+    )
+    if not changed:
+        raise NotFound(f"no attempt {number} of task {task_id!r}")
+
+
+@_guarded
+def list_attempts(task_id: str) -> list[Attempt]:
+    return list(Attempt.select().where(Attempt.task_id == task_id).order_by(Attempt.number))
+
+
+@_guarded
+def find_attempt(provider: str, provider_message_id: str) -> Attempt | None:
+    """The latest attempt through `provider` that the vendor knows by `provider_message_id`."""
+    if not provider_message_id:
+        return None
+    return (
+        Attempt.select()
+        .where((Attempt.provider_message_id == provider_message_id) & (Attempt.provider == provider))
+        .order_by(Attempt.id.desc())
+        .first()
+    )
+
+
+def attempt_to_public(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "number": attempt.number,
+        "provider": attempt.provider,
+        "status": attempt.status,
+        "final": attempt.final,
+        "provider_message_id": attempt.provider_message_id,
+        "error_code": attempt.error_code,
+        "error_message": attempt.error_message,
+        "latency_ms": attempt.latency_ms,
+        "rule": attempt.rule,
+        "rule_version": attempt.rule_version,
+        "created_at": rfc3339(attempt.created_at),
+        "finished_at": rfc3339(attempt.finished_at),
+    }
+
+
+# -- callbacks ------------------------------------------------------------------------------------------------
+
+CALLBACK_FIELDS = frozenset(Callback._meta.fields) - {"id"}
+
+
+@_guarded
+def record_callback(**fields: Any) -> Callback:
+    _check_names("callback", fields, CALLBACK_FIELDS)
+    if "provider" not in fields:
+        raise ValueError("a callback needs the provider account it came through")
+    if fields.get("status", "") not in CALLBACK_STATUSES:
+        raise ValueError(f"callback status must be one of {CALLBACK_STATUSES}, got {fields['status']!r}")
+    return Callback.create(**fields)
+
+
+@_guarded
+def callback_seen(provider: str, provider_message_id: str, status: str) -> bool:
+    """Whether a report with this (provider, message id, status) was already applied: a replay."""
+    return (
+        Callback.select()
+        .where(
+            (Callback.provider == provider)
+            & (Callback.provider_message_id == provider_message_id)
+            & (Callback.status == status)
+            & (Callback.applied == True)  # noqa: E712 — peewee builds SQL from ==
+        )
+        .exists()
+    )
+
+
+# -- customer webhooks ----------------------------------------------------------------------------------------
+
+
+@_guarded
+def create_webhook_delivery(task_id: str, app_id: str, event: str, url: str, body: str) -> WebhookDelivery:
+    """A pending delivery holding the exact body to send, so every retry sends the same bytes."""
+    _check_url(url)
+    return WebhookDelivery.create(task_id=task_id, app_id=app_id, event=event, url=url, body=body, next_at=utcnow())
+
+
+@_guarded
+def get_webhook_delivery(delivery_id: int) -> WebhookDelivery | None:
+    return WebhookDelivery.get_or_none(WebhookDelivery.id == delivery_id)
+
+
+@_guarded
+def record_webhook_try(
+    delivery_id: int,
+    *,
+    status_code: int | None,
+    error: str,
+    latency_ms: int | None,
+    delivered: bool,
+    next_at: datetime | None,
+    give_up: bool,
+) -> WebhookDelivery:
+    """Log one try of a pending delivery and move it on: delivered, failed for good, or due again at `next_at`."""
+    if not delivered and not give_up and next_at is None:
+        raise ValueError("a try that neither delivered nor gave up needs next_at")
+    status = "delivered" if delivered else "failed" if give_up else "pending"
+    with _db().atomic():
+        # Incrementing in SQL first takes the row lock, so concurrent tries get distinct numbers.
+        changed = (
+            WebhookDelivery.update(
+                tries=WebhookDelivery.tries + 1,
+                status=status,
+                next_at=next_at if status == "pending" else None,
+                last_status=status_code,
+                last_error=error,
+                updated_at=utcnow(),
+            )
+            .where((WebhookDelivery.id == delivery_id) & (WebhookDelivery.status == "pending"))
+            .execute()
+        )
+        if not changed:
+            raise NotFound(f"no pending webhook delivery {delivery_id!r}")
+        delivery = WebhookDelivery.get_by_id(delivery_id)
+        WebhookTry.create(
+            delivery=delivery, number=delivery.tries, status_code=status_code, error=error, latency_ms=latency_ms
+        )
+    return delivery
+
+
+@_guarded
+def list_webhook_tries(delivery_id: int) -> list[WebhookTry]:
+    return list(WebhookTry.select().where(WebhookTry.delivery == delivery_id).order_by(WebhookTry.number))
+
+
+# -- statistics -----------------------------------------------------------------------------------------------
+
+
+@_guarded
+def task_counts(app_id: str | None = None, since: datetime | None = None) -> dict[str, int]:
+    """How many tasks are in each status (every status present, zero included)."""
+    query = Task.select(Task.status, peewee.fn.COUNT(Task.id)).group_by(Task.status)
+    if app_id is not None:
+        query = query.where(Task.app_id == app_id)
+    if since is not None:
+        query = query.where(Task.created_at >= since)
+    counts = dict.fromkeys(TASK_STATUSES, 0)
+    counts.update({status: n for status, n in query.tuples()})
+    return counts
+
