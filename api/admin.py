@@ -1,0 +1,143 @@
+"""Admin API under `/api/admin/` (bearer token): rule set status, reload, explain; apps; tasks; stats."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from api.errors import ApiError, envelope
+from engine.policy.decisions import SCENES
+from engine.services import Services
+from engine.store import repo
+
+Endpoint = Callable[[Request], Awaitable[JSONResponse]]
+
+
+def admin(endpoint: Endpoint) -> Endpoint:
+    """Require `Authorization: Bearer <admin token>`."""
+
+    async def guarded(request: Request) -> JSONResponse:
+        svc: Services = request.app.state.services
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not given or not hmac.compare_digest(given.encode(), svc.settings.admin_token.encode()):
+            raise ApiError(401, "admin token missing or wrong")
+        return await endpoint(request)
+
+    guarded.__name__ = endpoint.__name__
+    guarded.__doc__ = endpoint.__doc__
+    return guarded
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise ApiError(400, "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return body
+
+
+@admin
+async def rules_status(request: Request) -> JSONResponse:
+    svc: Services = request.app.state.services
+    return envelope(data=svc.rules.status())
+
+
+@admin
+async def rules_reload(request: Request) -> JSONResponse:
+    svc: Services = request.app.state.services
+    result = await run_in_threadpool(svc.rules.reload)
+    if isinstance(result, Exception):
+        return envelope(400, data={"errors": str(result).splitlines(), **svc.rules.status()},
+                        message="reload rejected; the running rule set stays")
+    return envelope(data=svc.rules.status())
+
+
+@admin
+async def rules_explain(request: Request) -> JSONResponse:
+    """Explain a fact against the live rule set: {channel, receiver, app?, attempt?, provider?, error_code?, ...}."""
+    svc: Services = request.app.state.services
+    body = await _json(request)
+    ruleset = svc.rules.current
+    channel = ruleset.channel(body.get("channel", ""))
+    if channel is None:
+        raise ApiError(400, f"unknown channel {body.get('channel')!r}")
+    scene = body.get("scene")
+    if scene is not None and scene not in SCENES:
+        raise ApiError(400, f"scene must be one of {', '.join(SCENES)}")
+    fact = ruleset.fact(
+        now=datetime.now(UTC), app=str(body.get("app", "")), channel=channel, receiver=str(body.get("receiver", "")),
+        tags=list(body.get("tags", [])), attempt=int(body.get("attempt", 0)), provider=str(body.get("provider", "")),
+        error_code=str(body.get("error_code", "")), error_message=str(body.get("error_message", "")),
+    )
+    return envelope(data={"version": str(ruleset.version), "explanation": str(ruleset.explain(fact, scene))})
+
+
+def _app_public(app: Any) -> dict[str, Any]:
+    return {"app_id": app.app_id, "name": app.name, "status": app.status, "webhook_url": app.webhook_url,
+            "daily_quota": app.daily_quota, "rate_limit": app.rate_limit, "created_at": str(app.created_at)}
+
+
+@admin
+async def apps_list(request: Request) -> JSONResponse:
+    apps = await run_in_threadpool(repo.list_apps)
+    return envelope(data={"items": [_app_public(app) for app in apps], "total": len(apps)})
+
+
+@admin
+async def apps_create(request: Request) -> JSONResponse:
+    svc: Services = request.app.state.services
+    body = await _json(request)
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ApiError(400, "name is required")
+    app, secret = await run_in_threadpool(
+        lambda: repo.create_app(name.strip(), svc.key, webhook_url=body.get("webhook_url"),
+                                daily_quota=int(body.get("daily_quota", 10000)),
+                                rate_limit=int(body.get("rate_limit", 100))))
+    return envelope(data={**_app_public(app), "app_secret": secret})
+
+
+@admin
+async def apps_action(request: Request) -> JSONResponse:
+    """POST /api/admin/apps/{app_id}/{enable|disable|rotate-secret|webhook}."""
+    svc: Services = request.app.state.services
+    app_id, action = request.path_params["app_id"], request.path_params["action"]
+    if await run_in_threadpool(repo.get_app, app_id) is None:
+        raise ApiError(404, f"app {app_id} not found")
+    data: dict[str, Any] = {"app_id": app_id}
+    if action in ("enable", "disable"):
+        await run_in_threadpool(repo.set_app_status, app_id, 1 if action == "enable" else 2)
+    elif action == "rotate-secret":
+        data["app_secret"] = await run_in_threadpool(repo.rotate_secret, app_id, svc.key)
+    elif action == "webhook":
+        url = (await _json(request)).get("webhook_url") or None
+        await run_in_threadpool(repo.set_webhook, app_id, url)
+        data["webhook_url"] = url
+    else:
+        raise ApiError(404, f"unknown action {action!r}")
+    return envelope(data=data)
+
+
+@admin
+async def task_detail(request: Request) -> JSONResponse:
+    task = await run_in_threadpool(repo.get_task, request.path_params["task_id"])
+    if task is None:
+        raise ApiError(404, "task not found")
+    return envelope(data=await run_in_threadpool(repo.task_to_public, task))
+
+
+@admin
+async def stats(request: Request) -> JSONResponse:
+    svc: Services = request.app.state.services
+    counts = await run_in_threadpool(repo.task_counts)
+    queue = {"backlog": svc.queue.backlog(), "pending": svc.queue.pending(), "delayed": svc.queue.delayed_count()}
+    return envelope(data={"tasks": counts, "queue": queue})

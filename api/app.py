@@ -1,0 +1,90 @@
+"""The Starlette application: the whole HTTP surface on one screen."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import admin, health, public
+from api.callbacks import provider_callback
+from api.errors import INTERNAL, ApiError, envelope, error_response
+from engine.services import Services
+
+log = logging.getLogger("mpush.api")
+
+ROUTES = [
+    Route("/api/v1/messages", public.send_message, methods=["POST"]),
+    Route("/api/v1/messages/batch", public.send_batch, methods=["POST"]),
+    Route("/api/v1/messages/{task_id}", public.get_message, methods=["GET"]),
+    Route("/api/v1/batches/{batch_id}", public.get_batch, methods=["GET"]),
+    Route("/api/callback/{account}", provider_callback, methods=["GET", "POST"]),
+    Route("/health", health.health, methods=["GET"]),
+    Route("/health/simple", health.health_simple, methods=["GET"]),
+    Route("/metrics", health.metrics, methods=["GET"]),
+    Route("/openapi.json", health.openapi, methods=["GET"]),
+    Route("/api/admin/rules", admin.rules_status, methods=["GET"]),
+    Route("/api/admin/rules/reload", admin.rules_reload, methods=["POST"]),
+    Route("/api/admin/rules/explain", admin.rules_explain, methods=["POST"]),
+    Route("/api/admin/apps", admin.apps_list, methods=["GET"]),
+    Route("/api/admin/apps", admin.apps_create, methods=["POST"]),
+    Route("/api/admin/apps/{app_id}/{action}", admin.apps_action, methods=["POST"]),
+    Route("/api/admin/tasks/{task_id}", admin.task_detail, methods=["GET"]),
+    Route("/api/admin/stats", admin.stats, methods=["GET"]),
+]
+
+CORS_HEADERS = ["Origin", "Content-Type", "Accept", "Authorization", "Idempotency-Key",
+                "X-App-Id", "X-Timestamp", "X-Nonce", "X-Signature"]
+
+
+class TraceIdMiddleware:
+    """Every response carries a `trace-id` header, as the reference's do."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        trace_id = uuid.uuid4().hex.encode()
+
+        async def send_with_trace(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"trace-id", trace_id))
+            await send(message)
+
+        await self.app(scope, receive, send_with_trace)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _crash(request: Request, exc: Exception) -> Response:
+    log.exception("request.crashed %s %s", request.method, request.url.path, exc_info=exc)
+    return envelope(INTERNAL)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"code": 404, "message": "not found"}, status_code=404)
+
+
+def create_app(services: Services) -> Starlette:
+    middleware = [
+        Middleware(TraceIdMiddleware),
+        Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+                   allow_headers=CORS_HEADERS, max_age=86400),
+    ]
+    app = Starlette(routes=ROUTES, middleware=middleware,
+                    exception_handlers={ApiError: _api_error, 404: _not_found, 405: _not_found, Exception: _crash})
+    app.state.services = services
+    return app

@@ -1,0 +1,31 @@
+"""`POST|GET /api/callback/{account}`: provider delivery reports, answered as each vendor expects."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from engine import callbacks
+from engine.services import Services
+from providers.base import CallbackRequest
+
+MAX_BODY = 1_000_000
+
+
+async def provider_callback(request: Request) -> Response:
+    svc: Services = request.app.state.services
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        return Response("report too large", status_code=413, media_type="text/plain")
+    inbound = CallbackRequest(
+        method=request.method,
+        query=dict(request.query_params),
+        headers={k.lower(): v for k, v in request.headers.items()},
+        body=body,
+        client_host=request.client.host if request.client else "",
+    )
+    reply = await run_in_threadpool(callbacks.handle, svc, request.path_params["account"], inbound, time.time())
+    return Response(reply.body, status_code=reply.status, media_type=reply.content_type)

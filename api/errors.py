@@ -1,0 +1,66 @@
+"""The reference service's envelope, error codes and HTTP status rule, and the one error type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+SUCCESS = 0
+BAD_REQUEST = 10001
+UNAUTHORIZED = 20001
+INVALID_APP_ID = 20002
+INVALID_SIGNATURE = 20003
+INVALID_TIMESTAMP = 20004
+APP_DISABLED = 20006
+RATE_LIMITED = 30001
+QUOTA_EXCEEDED = 30002
+INTERNAL = 40001
+DATABASE_ERROR = 40002
+REDIS_ERROR = 40003
+
+MESSAGES = {
+    SUCCESS: "success",
+    BAD_REQUEST: "bad request",
+    UNAUTHORIZED: "unauthorized",
+    INVALID_APP_ID: "invalid app id",
+    INVALID_SIGNATURE: "invalid signature",
+    INVALID_TIMESTAMP: "invalid timestamp",
+    APP_DISABLED: "app disabled",
+    RATE_LIMITED: "rate limit exceeded",
+    QUOTA_EXCEEDED: "quota exceeded",
+    INTERNAL: "internal server error",
+    DATABASE_ERROR: "database error",
+    REDIS_ERROR: "redis error",
+    400: "bad request",
+    401: "unauthorized",
+    404: "not found",
+}
+
+
+class ApiError(Exception):
+    """A refused request: an envelope code and a message for the caller."""
+
+    def __init__(self, code: int, message: str | None = None) -> None:
+        self.code = code
+        self.message = message or MESSAGES.get(code, "unknown error")
+        super().__init__(self.message)
+
+    def __repr__(self) -> str:
+        return f"ApiError(code={self.code}, message={self.message!r})"
+
+
+def http_status(code: int) -> int:
+    """The reference's rule: a code between 400 and 599 is also the HTTP status, else 200."""
+    return code if 400 <= code <= 599 else 200
+
+
+def envelope(code: int = SUCCESS, data: Any = None, message: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message or MESSAGES.get(code, "unknown error")}
+    if data is not None:
+        body["data"] = data
+    return JSONResponse(body, status_code=http_status(code))
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    return envelope(exc.code, message=exc.message)

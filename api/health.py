@@ -1,0 +1,57 @@
+"""Health, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import redis
+import yaml
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from api import errors
+from api.errors import envelope
+from engine.services import Services
+from engine.store import db as store_db
+
+OPENAPI = Path(__file__).with_name("openapi.yaml")
+
+
+def _checks(svc: Services) -> dict[str, dict[str, str]]:
+    services: dict[str, dict[str, str]] = {}
+    problem = store_db.ping(svc.db)
+    services["database"] = {"status": "DOWN", "message": problem} if problem else {"status": "UP"}
+    try:
+        svc.redis.ping()
+        services["redis"] = {"status": "UP"}
+    except redis.RedisError as exc:
+        services["redis"] = {"status": "DOWN", "message": str(exc)}
+    rules = svc.rules.status()
+    services["rules"] = {"status": "UP" if not rules.get("last_error") else "DEGRADED",
+                         **{k: str(v) for k, v in rules.items() if v is not None}}
+    return services
+
+
+async def health(request: Request) -> JSONResponse:
+    svc: Services = request.app.state.services
+    services = await run_in_threadpool(_checks, svc)
+    down = [name for name, check in services.items() if check["status"] == "DOWN"]
+    data = {"status": "DOWN" if down else "UP", "timestamp": int(time.time()), "services": services}
+    if down:  # 503 rather than the reference's 200, so readiness probes see it
+        return JSONResponse({"code": errors.INTERNAL, "message": "服务不健康", "data": data}, status_code=503)
+    return envelope(data=data)
+
+
+async def health_simple(request: Request) -> JSONResponse:
+    return envelope(data={"status": "UP", "timestamp": int(time.time())})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(yaml.safe_load(OPENAPI.read_text(encoding="utf-8")))

@@ -1,0 +1,78 @@
+"""Provider delivery reports: verify, record, match to the task, apply once.
+
+Every report is recorded, matched or not; only a verified, first-seen report for a task that is
+waiting for it changes anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+from engine import delivery, metrics
+from engine.services import Services
+from engine.store import repo
+from providers import registry
+from providers.base import CallbackReply, CallbackRequest, DeliveryReport
+
+log = logging.getLogger("mpush.callbacks")
+
+MAX_RAW = 20_000
+
+
+def handle(svc: Services, account_name: str, request: CallbackRequest, now: float) -> CallbackReply:
+    """Process one inbound callback request for a provider account; returns the vendor's reply."""
+    account = svc.rules.current.providers.get(account_name)
+    if account is None:
+        return _json_reply(404, "account not found")
+    parser = registry.callback_parser(account.type)
+    if parser is None:
+        return _json_reply(404, f"provider type {account.type} sends no delivery reports")
+    raw = request.body.decode("utf-8", "replace")[:MAX_RAW] or json.dumps(dict(request.query), ensure_ascii=False)
+    result = parser(request, delivery.provider_account(account), datetime.fromtimestamp(now, UTC))
+    if not result.verified or not result.reports:
+        note = result.error or "no reports in the request"
+        repo.record_callback(provider=account_name, provider_message_id="", task_id=None, status="",
+                             error_code="", error_message="", raw=raw, verified=result.verified,
+                             applied=False, note=note)
+        metrics.CALLBACKS.labels(account_name, "unverified" if not result.verified else "empty").inc()
+        log.warning("callback.refused provider=%s from=%s: %s", account_name, request.client_host, note)
+        return result.reply
+    for report in result.reports:
+        outcome = apply_report(svc, account_name, report, raw, now)
+        metrics.CALLBACKS.labels(account_name, outcome).inc()
+    return result.reply
+
+
+def apply_report(svc: Services, account_name: str, report: DeliveryReport, raw: str, now: float) -> str:
+    """Record one report and, when it is new and its task awaits it, move the task on."""
+    attempt = repo.find_attempt(account_name, report.provider_message_id)
+    record = dict(provider=account_name, provider_message_id=report.provider_message_id, status=report.status,
+                  error_code=report.error_code, error_message=report.error_message, raw=raw, verified=True)
+    if attempt is None:
+        repo.record_callback(task_id=None, applied=False, note="unknown provider message id", **record)
+        return "unknown"
+    if repo.callback_seen(account_name, report.provider_message_id, report.status):
+        repo.record_callback(task_id=attempt.task_id, applied=False, note="duplicate report", **record)
+        return "duplicate"
+    task = repo.get_task(attempt.task_id)
+    if task is None or task.status != "sent" or task.provider_message_id != report.provider_message_id:
+        state = task.status if task else "missing"
+        repo.record_callback(task_id=attempt.task_id, applied=False, note=f"task is {state}, not awaiting this report",
+                             **record)
+        return "stale"
+    repo.record_callback(task_id=task.task_id, applied=True, note="", **record)
+    when = report.reported_at or datetime.fromtimestamp(now, UTC)
+    if report.status == "delivered":
+        delivery.finish(svc, task, "success", callback_status="delivered", callback_time=when)
+        return "delivered"
+    delivery.on_failure(svc, task, "callback_failure", now, provider=account_name, number=task.retry_count,
+                        error_code=report.error_code, error_message=report.error_message,
+                        extra={"callback_status": report.status, "callback_time": when})
+    return report.status
+
+
+def _json_reply(status: int, message: str) -> CallbackReply:
+    body = json.dumps({"code": status, "message": message})
+    return CallbackReply(body, status=status, content_type="application/json")

@@ -1,0 +1,279 @@
+"""The `mpush` command: serve, worker, migrate, apps, send, rules. Signals are wired here only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from engine import rules_cli
+from engine.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from engine.services import Services
+
+log = logging.getLogger("mpush")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except SettingsError as exc:
+        print(f"mpush: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mpush", description="Message push gateway with rules as code.")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the API, workers and scheduler in one process")
+    serve.add_argument("--host", help="listen address (default MPUSH_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default MPUSH_PORT or 8080)")
+    serve.add_argument("--no-workers", action="store_true", help="API only: no workers, no scheduler")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = commands.add_parser("worker", help="run stream workers and the scheduler")
+    worker.add_argument("--threads", type=int, help="consumer threads (default MPUSH_WORKER_THREADS or 8)")
+    worker.set_defaults(func=cmd_worker)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
+    migrate.set_defaults(func=cmd_migrate)
+
+    apps = commands.add_parser("apps", help="manage client applications")
+    app_commands = apps.add_subparsers(title="apps commands", metavar="ACTION", required=True)
+    create = app_commands.add_parser("create", help="create an app and print its id and secret (shown once)")
+    create.add_argument("name")
+    create.add_argument("--webhook-url", help="where final status events are POSTed")
+    create.add_argument("--daily-quota", type=int, default=10000, help="messages per day, 0 = unlimited")
+    create.add_argument("--rate-limit", type=int, default=100, help="requests per second, 0 = unlimited")
+    create.set_defaults(func=cmd_apps_create)
+    app_commands.add_parser("list", help="list apps").set_defaults(func=cmd_apps_list)
+    for action, text in (("disable", "refuse the app's requests"), ("enable", "accept the app's requests again"),
+                         ("rotate-secret", "issue a new secret (printed once)")):
+        sub = app_commands.add_parser(action, help=text)
+        sub.add_argument("app_id")
+        sub.set_defaults(func=cmd_apps_action, action=action)
+    webhook = app_commands.add_parser("set-webhook", help="set or clear (empty) the app's webhook URL")
+    webhook.add_argument("app_id")
+    webhook.add_argument("url")
+    webhook.set_defaults(func=cmd_apps_action, action="set-webhook")
+
+    send = commands.add_parser("send", help="send a signed request to a running gateway")
+    send.add_argument("--url", default="http://127.0.0.1:8080", help="gateway base URL")
+    send.add_argument("--app-id", required=True)
+    send.add_argument("--secret", required=True)
+    send.add_argument("--channel", required=True, help="channel id or name")
+    send.add_argument("--to", action="append", required=True, dest="receivers",
+                      help="receiver; repeat for a batch")
+    send.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="template parameter")
+    send.add_argument("--signature-name", default="")
+    send.add_argument("--at", dest="scheduled_at", help="RFC 3339 time to send at")
+    send.add_argument("--idempotency-key", default="")
+    send.add_argument("--wait", action="store_true", help="poll the task until it reaches a final status")
+    send.set_defaults(func=cmd_send)
+
+    rules_cli.add_parser(commands)
+    return parser
+
+
+def _settings() -> Settings:
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return settings
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from engine.services import open_services
+
+    settings = _settings()
+    svc = open_services(settings)
+    stop = threading.Event()
+    threads = _background(svc, stop, workers=not args.no_workers)
+    _on_sighup(svc)
+    host, port = args.host or settings.host, args.port or settings.port
+    log.info("serve.listening http://%s:%d rules=%s redis=%s database=%s", host, port, svc.rules.current.version,
+             "embedded" if settings.embedded_redis else "external", settings.effective_database_url.split("://")[0])
+    log.info("serve.admin_token stored in %s", settings.data_dir / "admin.token")
+    server = uvicorn.Server(uvicorn.Config(create_app(svc), host=host, port=port, log_level="warning",
+                                           timeout_graceful_shutdown=10))
+    try:
+        server.run()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        svc.close()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from engine.services import open_services
+
+    settings = _settings()
+    svc = open_services(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    _on_sighup(svc)
+    threads = _background(svc, stop, workers=True, worker_threads=args.threads)
+    log.info("worker.started threads=%d rules=%s", args.threads or settings.worker_threads, svc.rules.current.version)
+    while any(thread.is_alive() for thread in threads):
+        for thread in threads:
+            thread.join(timeout=0.5)
+    svc.close()
+    return 0
+
+
+def _background(svc: Services, stop: threading.Event, *, workers: bool,
+                worker_threads: int | None = None) -> list[threading.Thread]:
+    """Start the rule watcher and, with workers, the stream consumers and the scheduler."""
+    from engine import scheduler
+    from engine.worker import Worker
+
+    threads = []
+    if svc.settings.watch_rules:
+        threads.append(threading.Thread(target=svc.rules.watch, args=(stop,), name="rules-watcher", daemon=True))
+    if workers:
+        worker = Worker(svc, threads=worker_threads)
+        threads.append(threading.Thread(target=worker.run, args=(stop,), name="worker"))
+        threads.append(threading.Thread(target=scheduler.run, args=(svc, stop), name="scheduler"))
+    for thread in threads:
+        thread.start()
+    return [thread for thread in threads if not thread.daemon]
+
+
+def _on_sighup(svc: Services) -> None:
+    """SIGHUP reloads the rule set, like the watcher and the admin API."""
+    rules = svc.rules
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=rules.reload, name="sighup-reload").start())
+
+
+def _open_store(settings: Settings) -> bytes:
+    from engine.store import db as store_db
+    from engine.store.crypto import key_from_text
+    from engine.store.migrations import migrate
+
+    settings = settings.resolve_secrets()
+    database = store_db.connect(settings.effective_database_url)
+    store_db.bind(database)
+    migrate(database)
+    return key_from_text(settings.encryption_key)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from engine.store import db as store_db
+    from engine.store.migrations import migrate
+
+    settings = _settings()
+    database = store_db.connect(settings.effective_database_url)
+    applied = migrate(database)
+    print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    return 0
+
+
+def cmd_apps_create(args: argparse.Namespace) -> int:
+    from engine.store import repo
+
+    key = _open_store(_settings())
+    app, secret = repo.create_app(args.name, key, webhook_url=args.webhook_url, daily_quota=args.daily_quota,
+                                  rate_limit=args.rate_limit)
+    print(f"app_id:     {app.app_id}\napp_secret: {secret}\n(the secret is shown only now; store it safely)")
+    return 0
+
+
+def cmd_apps_list(args: argparse.Namespace) -> int:
+    from engine.store import repo
+
+    _open_store(_settings())
+    print(f"{'APP ID':<18} {'STATUS':<9} {'QUOTA/DAY':>9} {'RATE/S':>6}  NAME / WEBHOOK")
+    for app in repo.list_apps():
+        status = "enabled" if app.status == 1 else "disabled"
+        print(f"{app.app_id:<18} {status:<9} {app.daily_quota:>9} {app.rate_limit:>6}  {app.name}"
+              f"{'  -> ' + app.webhook_url if app.webhook_url else ''}")
+    return 0
+
+
+def cmd_apps_action(args: argparse.Namespace) -> int:
+    from engine.store import repo
+
+    key = _open_store(_settings())
+    if repo.get_app(args.app_id) is None:
+        print(f"mpush: no app {args.app_id}", file=sys.stderr)
+        return 1
+    if args.action == "rotate-secret":
+        print(f"app_secret: {repo.rotate_secret(args.app_id, key)}\n(the old secret no longer works)")
+    elif args.action == "set-webhook":
+        repo.set_webhook(args.app_id, args.url or None)
+        print(f"webhook: {args.url or '(none)'}")
+    else:
+        repo.set_app_status(args.app_id, 1 if args.action == "enable" else 2)
+        print(f"{args.app_id}: {args.action}d")
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import requests
+
+    params = dict(item.split("=", 1) for item in args.param if "=" in item)
+    channel: int | str = int(args.channel) if args.channel.isdigit() else args.channel
+    batch = len(args.receivers) > 1
+    body: dict[str, object] = {"channel_id": channel, "template_params": params}
+    body.update({"receivers": args.receivers} if batch else {"receiver": args.receivers[0]})
+    if args.signature_name:
+        body["signature_name"] = args.signature_name
+    if args.scheduled_at:
+        body["scheduled_at"] = args.scheduled_at
+    path = "/api/v1/messages/batch" if batch else "/api/v1/messages"
+    payload = json.dumps(body, ensure_ascii=False).encode()
+    headers = {"Content-Type": "application/json", **_signed(args, "POST", path, payload)}
+    if args.idempotency_key:
+        headers["Idempotency-Key"] = args.idempotency_key
+    answer = requests.post(args.url.rstrip("/") + path, data=payload, headers=headers, timeout=10).json()
+    print(json.dumps(answer, ensure_ascii=False, indent=2))
+    if answer.get("code") != 0:
+        return 1
+    if args.wait and not batch:
+        return _wait_for(args, answer["data"]["task_id"])
+    return 0
+
+
+def _signed(args: argparse.Namespace, method: str, path: str, payload: bytes) -> dict[str, str]:
+    from engine.signing import sign_headers
+
+    return sign_headers(args.app_id, args.secret, method, path, payload, now=int(time.time()), nonce=uuid.uuid4().hex)
+
+
+def _wait_for(args: argparse.Namespace, task_id: str, timeout: float = 30.0) -> int:
+    import requests
+
+    path = f"/api/v1/messages/{task_id}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = requests.get(args.url.rstrip("/") + path, headers=_signed(args, "GET", path, b""), timeout=10).json()
+        status = (answer.get("data") or {}).get("status")
+        if status in ("success", "failed", "sent"):
+            print(f"task {task_id}: {status}")
+            return 0 if status != "failed" else 1
+        time.sleep(0.3)
+    print(f"task {task_id}: still not final after {timeout:.0f} s", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

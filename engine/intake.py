@@ -1,0 +1,249 @@
+"""Accepting messages: validate against the live rule set, admit under quotas, store, enqueue.
+
+Accepted means stored: a task id is returned only once the task row is committed and its job is
+in the stream or the delayed set. Anything refused changes nothing (quota units are refunded).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import peewee
+import redis
+
+from engine import metrics
+from engine.policy.decisions import QuotaCheck
+from engine.policy.model import Channel, Template, render
+from engine.queue import job
+from engine.services import Services
+from engine.store import repo
+from engine.store.db import StoreUnavailable
+from engine.store.models import Application
+
+MAX_BATCH = 1000
+MAX_RECEIVER = 255
+DAY = 86_400
+
+
+class Refused(Exception):
+    """A request that is not accepted; `kind` is invalid | quota | unavailable."""
+
+    def __init__(self, kind: Literal["invalid", "quota", "unavailable"], message: str) -> None:
+        self.kind = kind
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    """A validated send request (one receiver or many)."""
+
+    channel: str | int
+    receivers: tuple[str, ...]
+    params: dict[str, str]
+    signature: str = ""
+    scheduled_at: datetime | None = None
+    tags: tuple[str, ...] = ()
+    idempotency_key: str = ""
+    batch: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    task_ids: tuple[str, ...]
+    status: str
+    created_at: datetime
+    batch_id: str = ""
+    replayed: bool = False
+
+
+def parse(body: dict[str, Any], *, batch: bool, idempotency_key: str = "") -> SendRequest:
+    """Validate the request body (the reference's fields, plus channel by name and tags)."""
+    channel = body.get("channel_id", body.get("channel"))
+    if isinstance(channel, bool) or not isinstance(channel, int | str) or channel in (0, ""):
+        raise Refused("invalid", "invalid request: channel_id is required (a channel id or name)")
+    if isinstance(channel, int) and channel < 0:
+        raise Refused("invalid", "invalid request: channel_id must be positive")
+    receivers = _receivers(body, batch)
+    return SendRequest(
+        channel=channel,
+        receivers=receivers,
+        params=_params(body.get("template_params")),
+        signature=_optional_str(body, "signature_name"),
+        scheduled_at=_scheduled_at(body.get("scheduled_at")),
+        tags=_tags(body.get("tags")),
+        idempotency_key=idempotency_key[:128],
+        batch=batch,
+    )
+
+
+def accept(svc: Services, app: Application, request: SendRequest, now: float) -> Accepted:
+    """Admit, store and enqueue the request's tasks; raise `Refused` and change nothing otherwise."""
+    if request.idempotency_key:
+        existing = repo.find_idempotent(app.app_id, request.idempotency_key)
+        if existing is not None:
+            return Accepted((existing.task_id,), existing.status, existing.created_at, existing.batch_id or "", True)
+    ruleset = svc.rules.current
+    channel = ruleset.channel(request.channel)
+    if channel is None:
+        raise Refused("invalid", "invalid channel_id: record not found")
+    template = ruleset.templates[channel.template]
+    missing = template.missing(request.params)
+    if missing:
+        raise Refused("invalid", f"missing template params: [{' '.join(missing)}]")
+    moment = datetime.fromtimestamp(now, UTC)
+    checks, costs = _quota_checks(svc, app, channel, request, moment)
+    admission = svc.limits.admit(checks, now=now, costs=costs)
+    due = request.scheduled_at.timestamp() if request.scheduled_at and request.scheduled_at.timestamp() > now else None
+    if not admission.allowed:
+        if admission.on_exceed != "defer" or admission.retry_at is None:
+            raise Refused("quota", f"quota exceeded: {admission.rule}")
+        due = max(due or 0.0, admission.retry_at)
+    try:
+        accepted = _store_and_enqueue(svc, app, channel, template, request, moment, due)
+    except Refused:
+        if admission.allowed:
+            svc.limits.refund(checks, now=now, costs=costs)
+        raise
+    if accepted.replayed and admission.allowed:
+        svc.limits.refund(checks, now=now, costs=costs)
+    return accepted
+
+
+def _store_and_enqueue(svc: Services, app: Application, channel: Channel, template: Template,
+                       request: SendRequest, moment: datetime, due: float | None) -> Accepted:
+    batch_id = str(uuid.uuid4()) if request.batch else ""
+    status = "scheduled" if due else "pending"
+    rows = [_task_row(app, channel, template, request, receiver, moment, status, due, batch_id)
+            for receiver in request.receivers]
+    for row in rows[1:]:
+        row["idempotency_key"] = None  # the key names the request: its first task stands for it
+    batch = {"batch_id": batch_id, "app_id": app.app_id, "total": len(rows), "created_at": moment} if batch_id else None
+    try:
+        repo.create_tasks(rows, batch=batch)
+    except StoreUnavailable as exc:
+        raise Refused("unavailable", f"database unavailable: {exc}") from None
+    except peewee.IntegrityError:
+        existing = repo.find_idempotent(app.app_id, request.idempotency_key) if request.idempotency_key else None
+        if existing is None:
+            raise
+        return Accepted((existing.task_id,), existing.status, existing.created_at, existing.batch_id or "", True)
+    task_ids = tuple(row["task_id"] for row in rows)
+    try:
+        if due:
+            svc.queue.defer_many((job("send", task_id), due) for task_id in task_ids)
+        else:
+            svc.queue.enqueue([job("send", task_id) for task_id in task_ids])
+    except redis.RedisError as exc:
+        for task_id in task_ids:
+            repo.update_task(task_id, status="failed", error_code="queue_unavailable",
+                             error_message=f"failed to push to queue: {exc}")
+        raise Refused("unavailable", f"failed to push to queue: {exc}") from None
+    metrics.ACCEPTED.labels(channel.name).inc(len(task_ids))
+    return Accepted(task_ids, status, moment, batch_id)
+
+
+def _task_row(app: Application, channel: Channel, template: Template, request: SendRequest, receiver: str,
+              moment: datetime, status: str, due: float | None, batch_id: str) -> dict[str, Any]:
+    return {
+        "task_id": str(uuid.uuid4()),
+        "app_id": app.app_id,
+        "batch_id": batch_id or None,
+        "channel_id": channel.id,
+        "channel": channel.name,
+        "message_type": channel.type,
+        "receiver": receiver,
+        "title": render(template.subject, request.params) if template.subject else "",
+        "content": render(template.text, request.params),
+        "template": template.name,
+        "template_params": json.dumps(request.params, ensure_ascii=False),
+        "signature": request.signature,
+        "status": status,
+        "scheduled_at": datetime.fromtimestamp(due, UTC) if due else None,
+        "idempotency_key": request.idempotency_key or None,
+        "tags": json.dumps(list(request.tags), ensure_ascii=False),
+        "created_at": moment,
+        "updated_at": moment,
+    }
+
+
+def _quota_checks(svc: Services, app: Application, channel: Channel, request: SendRequest,
+                  moment: datetime) -> tuple[list[QuotaCheck], list[int]]:
+    """Every quota that applies, merged by counter key, with how many units each receiver costs it."""
+    ruleset = svc.rules.current
+    merged: dict[str, tuple[QuotaCheck, int]] = {}
+    if app.daily_quota:
+        merged["app.daily_quota"] = (QuotaCheck("app.daily_quota", f"app-quota|app={app.app_id}",
+                                                app.daily_quota, DAY), len(request.receivers))
+    for receiver in request.receivers:
+        fact = ruleset.fact(now=moment, app=app.app_id, channel=channel, receiver=receiver, tags=request.tags)
+        for check in ruleset.quotas(fact).checks:
+            previous = merged.get(check.key)
+            merged[check.key] = (check, (previous[1] if previous else 0) + 1)
+    return [check for check, _ in merged.values()], [cost for _, cost in merged.values()]
+
+
+def _receivers(body: dict[str, Any], batch: bool) -> tuple[str, ...]:
+    if batch:
+        value = body.get("receivers")
+        if not isinstance(value, list):
+            raise Refused("invalid", "invalid request: receivers must be an array of strings")
+        if len(value) > MAX_BATCH:
+            raise Refused("invalid", f"invalid request: at most {MAX_BATCH} receivers per batch")
+        return tuple(_receiver(item) for item in value)
+    return (_receiver(body.get("receiver")),)
+
+
+def _receiver(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise Refused("invalid", "invalid request: receiver must be a non-empty string")
+    if len(value) > MAX_RECEIVER:
+        raise Refused("invalid", f"invalid request: receiver longer than {MAX_RECEIVER} characters")
+    return value.strip()
+
+
+def _params(value: Any) -> dict[str, str]:
+    """String map; numbers are taken as their text and the PHP SDK's `[]` as empty."""
+    if value is None or value == []:
+        return {}
+    if not isinstance(value, dict):
+        raise Refused("invalid", "invalid request: template_params must be an object of strings")
+    params: dict[str, str] = {}
+    for key, item in value.items():
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise Refused("invalid", f"invalid request: template_params.{key} must be a string")
+        params[str(key)] = item if isinstance(item, str) else format(item, "g") if isinstance(item, float) else str(item)
+    return params
+
+
+def _optional_str(body: dict[str, Any], name: str) -> str:
+    value = body.get(name) or ""
+    if not isinstance(value, str):
+        raise Refused("invalid", f"invalid request: {name} must be a string")
+    return value
+
+
+def _scheduled_at(value: Any) -> datetime | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise Refused("invalid", "invalid request: scheduled_at must be an RFC 3339 timestamp")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise Refused("invalid", f"invalid request: scheduled_at {value!r} is not an RFC 3339 timestamp") from None
+    if moment.tzinfo is None:
+        raise Refused("invalid", "invalid request: scheduled_at needs a time zone offset")
+    return moment
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
+        raise Refused("invalid", "invalid request: tags must be an array of strings")
+    return tuple(value)

@@ -1,0 +1,19 @@
+"""Prometheus metrics of the gateway, registered once per process."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ACCEPTED = Counter("mpush_messages_accepted_total", "Messages accepted by the API", ["channel"])
+REJECTED = Counter("mpush_requests_rejected_total", "API requests refused", ["code"])
+SENDS = Counter("mpush_provider_sends_total", "Provider calls by outcome", ["provider", "outcome"])
+SEND_SECONDS = Histogram(
+    "mpush_provider_send_seconds", "Provider call latency", ["provider"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+FINAL = Counter("mpush_tasks_final_total", "Tasks reaching a final status", ["status"])
+DECISIONS = Counter("mpush_failure_decisions_total", "Failure decisions carried out", ["scene", "action", "rule"])
+CALLBACKS = Counter("mpush_callbacks_total", "Provider delivery reports", ["provider", "result"])
+WEBHOOKS = Counter("mpush_webhook_tries_total", "Customer webhook tries", ["result"])
+RULES_RELOADS = Counter("mpush_rules_reloads_total", "Rule set reloads", ["result"])
+RULES_OK = Gauge("mpush_rules_last_reload_ok", "1 when the last rule reload succeeded")

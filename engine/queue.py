@@ -1,0 +1,117 @@
+"""Redis Streams work queue: enqueue, consumer group reads, reclaim of stale entries, delayed jobs.
+
+Jobs are `kind:ref` strings ("send:<task_id>", "webhook:<delivery id>", "timeout:<task_id>").
+Delayed jobs wait in a sorted set scored by due time; `release_due` moves them to the stream
+in one Lua script, so several schedulers can run without enqueuing a job twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from engine import keys
+
+_RELEASE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, job in ipairs(due) do
+  redis.call('ZREM', KEYS[1], job)
+  redis.call('XADD', KEYS[2], '*', 'job', job)
+end
+return #due
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry: its id and the job it carries."""
+
+    id: str
+    job: str
+
+    @property
+    def kind(self) -> str:
+        return self.job.partition(":")[0]
+
+    @property
+    def ref(self) -> str:
+        return self.job.partition(":")[2]
+
+
+def job(kind: str, ref: str) -> str:
+    return f"{kind}:{ref}"
+
+
+class Queue:
+    """The task stream and its consumer group, plus the delayed-job set."""
+
+    def __init__(self, client: redis.Redis, *, stream: str = keys.STREAM, group: str = keys.GROUP) -> None:
+        self.redis = client
+        self.stream = stream
+        self.group = group
+        self.delayed = keys.DELAYED if stream == keys.STREAM else stream + ":delayed"
+        self._release_due = client.register_script(_RELEASE_DUE)
+
+    def ensure_group(self) -> None:
+        try:
+            self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def enqueue(self, jobs: Sequence[str]) -> None:
+        """Append jobs to the stream in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for item in jobs:
+            pipe.xadd(self.stream, {"job": item})
+        pipe.execute()
+
+    def defer(self, item: str, due: float) -> None:
+        """Keep a job in the delayed set until `due` (unix seconds)."""
+        self.redis.zadd(self.delayed, {item: due})
+
+    def defer_many(self, items: Iterable[tuple[str, float]]) -> None:
+        mapping = dict(items)
+        if mapping:
+            self.redis.zadd(self.delayed, mapping)
+
+    def release_due(self, now: float, limit: int = 500) -> int:
+        """Move jobs due by `now` to the stream; returns how many moved."""
+        return int(self._release_due(keys=[self.delayed, self.stream], args=[now, limit]))
+
+    def read(self, consumer: str, *, count: int = 10, block_ms: int = 1000) -> list[Entry]:
+        response = self.redis.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms)
+        return [_entry(eid, data) for _, messages in response or () for eid, data in messages if data]
+
+    def reclaim(self, consumer: str, *, min_idle_ms: int, count: int = 100) -> list[Entry]:
+        """Take over entries another consumer read but did not ack within `min_idle_ms`."""
+        result = self.redis.xautoclaim(self.stream, self.group, consumer, min_idle_ms, "0-0", count=count)
+        return [_entry(eid, data) for eid, data in result[1] if data]
+
+    def ack(self, entry_ids: Sequence[str]) -> None:
+        if entry_ids:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xack(self.stream, self.group, *entry_ids)
+            pipe.xdel(self.stream, *entry_ids)
+            pipe.execute()
+
+    def dead_letter(self, entry: Entry, reason: str) -> None:
+        self.redis.xadd(keys.DEAD_LETTER, {"job": entry.job, "reason": reason[:500]})
+
+    def pending(self) -> int:
+        info = self.redis.xpending(self.stream, self.group)
+        return int(info["pending"])
+
+    def delayed_count(self) -> int:
+        return int(self.redis.zcard(self.delayed))
+
+    def backlog(self) -> int:
+        return int(self.redis.xlen(self.stream))
+
+
+def _entry(entry_id: bytes | str, data: dict[bytes | str, bytes | str]) -> Entry:
+    raw = data.get(b"job", data.get("job", b""))
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    return Entry(entry_id.decode() if isinstance(entry_id, bytes) else entry_id, text)

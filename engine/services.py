@@ -1,0 +1,81 @@
+"""Wiring: one `Services` value holding every connection and component a process needs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import peewee
+import redis
+
+from engine.limits import Limits
+from engine.queue import Queue
+from engine.rulesets import RuleSetHolder
+from engine.selector import Selector
+from engine.settings import Settings
+from engine.store import db as store_db
+from engine.store.crypto import key_from_text
+from engine.store.migrations import migrate
+from engine.tokens import RedisTokenCache
+from engine.transport import RequestsTransport
+
+log = logging.getLogger("mpush")
+
+
+@dataclass
+class Services:
+    """The process's connections and components; built by `open_services`, closed once."""
+
+    settings: Settings
+    redis: redis.Redis
+    db: peewee.Database
+    rules: RuleSetHolder
+    queue: Queue
+    limits: Limits
+    selector: Selector
+    transport: RequestsTransport
+    tokens: RedisTokenCache
+    key: bytes
+
+    def close(self) -> None:
+        self.db.close()
+        self.redis.close()
+
+
+def connect_redis(settings: Settings) -> redis.Redis:
+    if settings.embedded_redis:
+        from engine.embedded import start_embedded_redis
+
+        return start_embedded_redis(settings.data_dir)
+    return redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+
+
+def open_services(settings: Settings, *, rules: RuleSetHolder | None = None) -> Services:
+    """Connect Redis and the database, migrate, load the rule set, build the components."""
+    settings = settings.resolve_secrets()
+    client = connect_redis(settings)
+    database = store_db.connect(settings.effective_database_url)
+    store_db.bind(database)
+    applied = migrate(database)
+    if applied:
+        log.info("store.migrated %s", ", ".join(applied))
+    holder = rules or RuleSetHolder(settings.rules_dir, env=settings.rule_env or {})
+    queue = Queue(client)
+    queue.ensure_group()
+    return Services(
+        settings=settings,
+        redis=client,
+        db=database,
+        rules=holder,
+        queue=queue,
+        limits=Limits(client),
+        selector=Selector(client),
+        transport=RequestsTransport(),
+        tokens=RedisTokenCache(client),
+        key=key_from_text(settings.encryption_key),
+    )
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

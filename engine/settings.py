@@ -1,0 +1,121 @@
+"""The one place that reads the environment and the optional config file; read once, frozen."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_ENCRYPTION_KEY_FILE = "encryption.key"
+DEFAULT_ADMIN_TOKEN_FILE = "admin.token"
+
+
+class SettingsError(Exception):
+    """A setting is present but unusable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Process settings. Empty `redis_url` / `database_url` mean the embedded default."""
+
+    data_dir: Path = Path("data")
+    rules_dir: Path = Path("rules")
+    redis_url: str = ""
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    worker_threads: int = 8
+    visibility_timeout: float = 60.0
+    callback_timeout: float = 600.0
+    encryption_key: str = ""
+    admin_token: str = ""
+    alert_webhook: str = ""
+    public_url: str = ""
+    watch_rules: bool = True
+    log_level: str = "INFO"
+    rule_env: Mapping[str, str] | None = None
+
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'mpush.db'}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from `MPUSH_*` variables, over an optional YAML file named by `MPUSH_CONFIG`."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        config_file = environ.get("MPUSH_CONFIG")
+        if config_file:
+            values.update(_read_config_file(Path(config_file)))
+        for field in fields(cls):
+            name = "MPUSH_" + field.name.upper()
+            if name in environ and field.name != "rule_env":
+                values[field.name] = environ[name]
+        if "encryption_key" not in values and environ.get("APP_ENCRYPTION_KEY"):
+            values["encryption_key"] = environ["APP_ENCRYPTION_KEY"]  # the reference service's name
+        values["rule_env"] = dict(environ)
+        return cls(**{k: _coerce(k, v) for k, v in values.items()})
+
+    def resolve_secrets(self) -> Settings:
+        """Fill the encryption key and admin token, creating them under `data_dir` on first start."""
+        key = self.encryption_key or _read_or_create(self.data_dir / DEFAULT_ENCRYPTION_KEY_FILE, 32)
+        token = self.admin_token or _read_or_create(self.data_dir / DEFAULT_ADMIN_TOKEN_FILE, 40)
+        if len(key.encode()) != 32:
+            raise SettingsError(f"the encryption key must be exactly 32 bytes, got {len(key.encode())}")
+        return _replace(self, encryption_key=key, admin_token=token)
+
+
+def _replace(settings: Settings, **changes: Any) -> Settings:
+    values = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    values.update(changes)
+    return Settings(**values)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path} must hold a mapping")
+    known = {f.name for f in fields(Settings)} - {"rule_env"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SettingsError(f"config file {path}: unknown keys {', '.join(unknown)}")
+    return data
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = Settings.__dataclass_fields__[name].type
+    try:
+        if kind == "Path":
+            return Path(value)
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+    except (TypeError, ValueError):
+        raise SettingsError(f"setting {name} has an invalid value {value!r}") from None
+    return value
+
+
+def _read_or_create(path: Path, length: int) -> str:
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(length // 2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value + "\n")
+    return value

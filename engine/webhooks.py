@@ -1,0 +1,128 @@
+"""Outgoing notifications: signed customer webhooks (durable, retried) and rule alerts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from engine import metrics
+from engine.queue import job
+from engine.signing import webhook_signature
+from engine.store import repo
+from engine.store.models import Task
+from providers.base import HttpRequest, TransportError
+
+if TYPE_CHECKING:
+    from engine.services import Services
+
+log = logging.getLogger("mpush.webhooks")
+
+USER_AGENT = "MessagePush-Webhook/1.0"
+MAX_TRIES = 8
+BACKOFF_SECONDS = (2, 4, 8, 16, 60, 300, 900)
+EVENTS = {"success": "delivered", "failed": "failed"}
+
+
+def event_body(task: Task, now: datetime) -> dict[str, object]:
+    """The JSON event for a task's final status (the reference's fields, plus ours under `extra`)."""
+    event = "rejected" if task.callback_status == "rejected" else EVENTS.get(task.status, task.status)
+    return {
+        "event": event,
+        "task_id": task.task_id,
+        "app_id": task.app_id,
+        "status": task.status,
+        "receiver": task.receiver,
+        "error_code": task.error_code or "",
+        "error_msg": task.error_message or "",
+        "timestamp": int(now.timestamp()),
+        "extra": {
+            "provider": task.provider or "",
+            "provider_id": task.provider_message_id or "",
+            "callback_status": task.callback_status or "",
+            "batch_id": task.batch_id or "",
+            "rule": task.rule or "",
+            "rule_version": task.rule_version or "",
+            "attempts": task.retry_count,
+        },
+    }
+
+
+def notify(svc: Services, task_id: str) -> None:
+    """Queue the final-status event of a task for its app's webhook, if the app has one."""
+    task = repo.get_task(task_id)
+    app = repo.get_app(task.app_id) if task else None
+    if task is None or app is None or not app.webhook_url:
+        return
+    now = datetime.now(UTC)
+    event = event_body(task, now)
+    body = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    delivery = repo.create_webhook_delivery(task.task_id, task.app_id, str(event["event"]), app.webhook_url, body)
+    svc.queue.enqueue([job("webhook", str(delivery.id))])
+
+
+def deliver_webhook(svc: Services, delivery_id: str, now: float) -> str:
+    """One try of a customer webhook; a failure is retried later from the delayed set."""
+    delivery = repo.get_webhook_delivery(int(delivery_id))
+    if delivery is None or delivery.status != "pending":
+        return "done"
+    app = repo.get_app(delivery.app_id)
+    if app is None:
+        return "done"
+    secret = repo.app_secret(app, svc.key)
+    body = delivery.body.encode()
+    stamp = int(now)
+    request = HttpRequest("POST", delivery.url, {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "X-Webhook-Id": str(delivery.id),
+        "X-Webhook-Event": delivery.event,
+        "X-Webhook-Timestamp": str(stamp),
+        "X-Webhook-Signature": webhook_signature(secret, stamp, body),
+    }, body, timeout=10.0)
+    started = time.perf_counter()
+    status_code, error = 0, ""
+    try:
+        status_code = svc.transport(request).status
+    except TransportError as exc:
+        error = str(exc)
+    delivered = 200 <= status_code < 300
+    if not delivered and not error:
+        error = f"HTTP {status_code}"
+    tries = delivery.tries + 1
+    give_up = not delivered and tries >= MAX_TRIES
+    next_at = None if delivered or give_up else now + BACKOFF_SECONDS[min(tries - 1, len(BACKOFF_SECONDS) - 1)]
+    repo.record_webhook_try(delivery.id, status_code=status_code, error=error,
+                            latency_ms=round((time.perf_counter() - started) * 1000), delivered=delivered,
+                            next_at=datetime.fromtimestamp(next_at, UTC) if next_at else None, give_up=give_up)
+    result = "delivered" if delivered else "gave_up" if give_up else "retry"
+    metrics.WEBHOOKS.labels(result).inc()
+    log.info("webhook.try id=%s task=%s try=%d result=%s status=%s", delivery.id, delivery.task_id, tries,
+             result, status_code or error)
+    if next_at is not None:
+        svc.queue.defer(job("webhook", str(delivery.id)), next_at)
+    return result
+
+
+def send_alert(svc: Services, url: str, level: str, task: Task, *, provider: str, error_code: str,
+               error_message: str) -> bool:
+    """POST a failure alert (the reference's payload); returns whether the receiver took it."""
+    if not url:
+        log.warning("alert.skipped task=%s: no alert webhook configured", task.task_id)
+        return False
+    payload = {
+        "alert_type": "message_push_failure", "alert_level": level, "task_id": task.task_id,
+        "app_id": task.app_id, "receiver": task.receiver, "message_type": task.message_type,
+        "provider": provider, "error_code": error_code, "error_msg": error_message, "timestamp": int(time.time()),
+    }
+    request = HttpRequest("POST", url, {"Content-Type": "application/json", "User-Agent": "MessagePush-Alert/1.0"},
+                          json.dumps(payload, ensure_ascii=False).encode(), timeout=10.0)
+    try:
+        ok = 200 <= svc.transport(request).status < 300
+    except TransportError as exc:
+        log.warning("alert.failed task=%s: %s", task.task_id, exc)
+        return False
+    log.info("alert.sent task=%s level=%s ok=%s", task.task_id, level, ok)
+    return ok
