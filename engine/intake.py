@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import peewee
 import redis
 
 from engine import metrics
@@ -127,7 +126,7 @@ def _store_and_enqueue(svc: Services, app: Application, channel: Channel, templa
         repo.create_tasks(rows, batch=batch)
     except StoreUnavailable as exc:
         raise Refused("unavailable", f"database unavailable: {exc}") from None
-    except peewee.IntegrityError:
+    except repo.DuplicateTask:
         existing = repo.find_idempotent(app.app_id, request.idempotency_key) if request.idempotency_key else None
         if existing is None:
             raise
