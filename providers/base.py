@@ -7,6 +7,7 @@ performs the call, so signing and parsing are pure and testable with vendor work
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import hmac
@@ -260,8 +261,12 @@ def http_send(
     message: Message,
     account: Account,
     ctx: SendContext,
+    summarize: Callable[[HttpRequest], Mapping[str, Any]] | None = None,
 ) -> SendResult:
-    """Build, transport, parse: the whole of `send()` for a one-call HTTP provider."""
+    """Build, transport, parse: the whole of `send()` for a one-call HTTP provider.
+
+    `summarize` turns the request into the stored, secret-free request summary.
+    """
     try:
         request = build(message, account, ctx.now)
     except Undeliverable as exc:
@@ -269,8 +274,12 @@ def http_send(
     try:
         response = ctx.transport(request)
     except TransportError as exc:
-        return SendResult(Outcome.RETRYABLE, error_code="network", error_message=str(exc))
-    return parse(response)
+        result = SendResult(Outcome.RETRYABLE, error_code="network", error_message=str(exc))
+    else:
+        result = parse(response)
+    if summarize is None:
+        return result
+    return dataclasses.replace(result, request_summary=summarize(request))
 
 
 def check_shared_secret(request: CallbackRequest, callback: Mapping[str, Any]) -> str:
@@ -329,3 +338,101 @@ def token_cache_key(provider_type: str, *identity: str) -> str:
     """Cache key of an access token: the provider type and a digest of the account identity, never a secret."""
     digest = hashlib.sha256("\x00".join(identity).encode()).hexdigest()[:32]
     return f"{provider_type}:{digest}"
+
+
+def request_summary(request: HttpRequest, *secret_params: str) -> dict[str, Any]:
+    """Method, URL (the named query values redacted) and JSON body of a request, for storing."""
+    body: Any = json_object(request.body) if request.body else None
+    if body is None:
+        body = request.body[:200].decode("utf-8", "replace")
+    return {"method": request.method, "url": redact_url(request.url, *secret_params), "body": body}
+
+
+TOKEN_MARGIN_SECONDS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSource:
+    """Where a provider gets its access token: cache key, fetch request, how to read the answer."""
+
+    cache_key: str
+    request: HttpRequest
+    read: Callable[[HttpResponse], tuple[str, int] | SendResult]  # (token, lifetime s) or the failure
+    stale_codes: frozenset[str]  # vendor codes meaning "this token is invalid or expired"
+
+
+def send_with_token(
+    source: TokenSource,
+    build: Callable[[str], HttpRequest],
+    parse: Callable[[HttpResponse], SendResult],
+    ctx: SendContext,
+    summarize: Callable[[HttpRequest], Mapping[str, Any]],
+) -> SendResult:
+    """Send with the cached token; on a stale-token answer drop it, fetch a new one and send once more."""
+    result = SendResult(Outcome.RETRYABLE, error_code="token", error_message="no access token")
+    for refreshed in (False, True):
+        token = None if refreshed else ctx.tokens.get(source.cache_key)
+        if token is None:
+            fetched = _fetch_token(source, ctx, summarize)
+            if isinstance(fetched, SendResult):
+                return fetched
+            token = fetched
+        try:
+            request = build(token)
+        except Undeliverable as exc:
+            return exc.result()
+        result = _call(request, parse, ctx, summarize)
+        if result.error_code not in source.stale_codes:
+            return result
+        ctx.tokens.delete(source.cache_key)
+    return result
+
+
+def _fetch_token(
+    source: TokenSource, ctx: SendContext, summarize: Callable[[HttpRequest], Mapping[str, Any]]
+) -> str | SendResult:
+    answer = _call(source.request, source.read, ctx, summarize)
+    if isinstance(answer, SendResult):
+        return answer
+    token, lifetime = answer
+    ttl = lifetime - TOKEN_MARGIN_SECONDS if lifetime > 2 * TOKEN_MARGIN_SECONDS else max(lifetime // 2, 1)
+    ctx.tokens.set(source.cache_key, token, ttl)
+    return token
+
+
+def _call(request: HttpRequest, parse: Callable[[HttpResponse], Any], ctx: SendContext,
+          summarize: Callable[[HttpRequest], Mapping[str, Any]]) -> Any:
+    try:
+        response = ctx.transport(request)
+    except TransportError as exc:
+        return SendResult(Outcome.RETRYABLE, error_code="network", error_message=str(exc),
+                          request_summary=summarize(request))
+    answer = parse(response)
+    if isinstance(answer, SendResult):
+        return dataclasses.replace(answer, request_summary=summarize(request))
+    return answer
+
+
+def status_failure(response: HttpResponse) -> SendResult | None:
+    """The result of a non-2xx answer by `classify_status`, or None for 2xx."""
+    outcome = classify_status(response.status)
+    if outcome is Outcome.OK:
+        return None
+    return SendResult(outcome, error_code=f"http_{response.status}", error_message=f"HTTP {response.status}",
+                      response_summary={"status": response.status})
+
+
+def errcode_result(response: HttpResponse, retryable: frozenset[str], id_key: str = "") -> SendResult:
+    """Read a `{"errcode", "errmsg"}` answer (WeCom, DingTalk): 0 is ok, others retry when in `retryable`."""
+    answer = json_object(response.body)
+    if answer is None or "errcode" not in answer:
+        return status_failure(response) or bad_response(response)
+    summary = {"status": response.status, "body": {k: v for k, v in answer.items() if k != "access_token"}}
+    code = str(answer["errcode"])
+    if code == "0":
+        return SendResult(Outcome.OK, provider_message_id=str(answer.get(id_key) or "") if id_key else "",
+                          response_summary=summary)
+    return SendResult(
+        Outcome.RETRYABLE if code in retryable else Outcome.PERMANENT,
+        error_code=code, error_message=str(answer.get("errmsg") or ""), response_summary=summary,
+    )

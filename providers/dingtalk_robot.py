@@ -1,0 +1,79 @@
+"""DingTalk (钉钉) custom group robots: webhook access token, optional timestamp+secret signature."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+from providers.base import (
+    Account, ConfigField, ConfigSchema, HttpRequest, HttpResponse, Message, SendContext, SendResult,
+    errcode_result, http_send, request_summary,
+)
+
+TYPE = "dingtalk_robot"
+CHANNEL_TYPES = frozenset({"dingtalk"})
+CONFIG: ConfigSchema = {
+    "access_token": ConfigField(str, secret=True, help="the access_token=... part of the robot's webhook URL"),
+    "secret": ConfigField(str, required=False, default="", secret=True, help="the SEC... signing secret; empty for keyword/IP robots"),
+    "msgtype": ConfigField(str, required=False, default="text", choices=("text", "markdown")),
+    "at_all": ConfigField(bool, required=False, default=False),
+    "base_url": ConfigField(str, required=False, default="https://oapi.dingtalk.com"),
+    "timeout": ConfigField(float, required=False, default=10.0),
+}
+
+# Retry later: system busy, sending too fast (20 messages a minute per robot), robot rate limits.
+# Permanent: 310000 keyword / signature / IP check failed, 300001 unknown token, 400102 robot disabled, ...
+RETRYABLE_CODES = frozenset({"-1", "130101", "410100", "90030"})
+MOBILE = re.compile(r"^\+?\d{6,15}$")
+
+
+def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
+    """POST the message to the robot; errcode 0 is delivered."""
+    return http_send(build_request, parse_response, message, account, ctx, summarize)
+
+
+def summarize(request: HttpRequest) -> dict[str, object]:
+    return request_summary(request, "access_token", "sign")
+
+
+def sign(secret: str, timestamp_ms: int) -> str:
+    """DingTalk's robot signature: urlencode(base64(HMAC-SHA256(secret, f"{timestamp}\\n{secret}")))."""
+    digest = hmac.new(secret.encode(), f"{timestamp_ms}\n{secret}".encode(), hashlib.sha256).digest()
+    return quote_plus(base64.b64encode(digest).decode())
+
+
+def build_request(message: Message, account: Account, now: datetime) -> HttpRequest:
+    config = account.config
+    url = f"{config['base_url']}/robot/send?access_token={quote(str(config['access_token']), safe='')}"
+    if config["secret"]:
+        timestamp = int(now.timestamp() * 1000)
+        url += f"&timestamp={timestamp}&sign={sign(str(config['secret']), timestamp)}"
+    return HttpRequest(
+        "POST", url, headers={"Content-Type": "application/json; charset=utf-8"},
+        body=json.dumps(payload(message, config), ensure_ascii=False).encode(), timeout=float(config["timeout"]),
+    )
+
+
+def payload(message: Message, config: Mapping[str, Any]) -> dict[str, object]:
+    """The robot message: text or markdown, with receivers (`a|b`, user ids or mobiles) @mentioned."""
+    names = [part.strip() for part in re.split(r"[|,]", message.receiver) if part.strip()]
+    at = {
+        "atMobiles": [n for n in names if MOBILE.match(n)],
+        "atUserIds": [n for n in names if not MOBILE.match(n) and n != "@all"],
+        "isAtAll": bool(config["at_all"]) or "@all" in names,
+    }
+    if config["msgtype"] == "markdown":
+        title = message.subject or message.text[:20]
+        return {"msgtype": "markdown", "markdown": {"title": title, "text": message.text}, "at": at}
+    return {"msgtype": "text", "text": {"content": message.text}, "at": at}
+
+
+def parse_response(response: HttpResponse) -> SendResult:
+    return errcode_result(response, RETRYABLE_CODES)

@@ -1,0 +1,89 @@
+"""DingTalk (钉钉) work notifications: access token from app key + secret, then asyncsend_v2."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from urllib.parse import urlencode
+
+from providers.base import (
+    Account, ConfigField, ConfigSchema, HttpRequest, HttpResponse, Message, SendContext, SendResult,
+    TokenSource, Undeliverable, bad_response, errcode_result, json_object, request_summary,
+    send_with_token, token_cache_key,
+)
+
+TYPE = "dingtalk_work"
+CHANNEL_TYPES = frozenset({"dingtalk"})
+CONFIG: ConfigSchema = {
+    "app_key": ConfigField(str, help="AppKey of the internal application"),
+    "app_secret": ConfigField(str, secret=True, help="AppSecret of the internal application"),
+    "agent_id": ConfigField(int, help="AgentId of the application"),
+    "msgtype": ConfigField(str, required=False, default="text", choices=("text", "markdown")),
+    "base_url": ConfigField(str, required=False, default="https://oapi.dingtalk.com"),
+    "timeout": ConfigField(float, required=False, default=10.0),
+}
+
+STALE_TOKEN = frozenset({"40014", "42001"})  # invalid access_token, access_token expired
+# Retry later: system busy, and the flow-control codes (global, per-enterprise, per-app rate limits).
+# Everything else is permanent: 88 auth/permission (see sub_code), 90020 monthly quota used up,
+# invalid users, bad content.
+RETRYABLE_CODES = frozenset({"-1", "90002", "90018", "90019"}) | STALE_TOKEN
+SECRET_PARAMS = ("access_token", "appsecret")
+
+
+def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
+    """Send with the cached token; an invalid/expired token is refreshed once within this call."""
+    source = TokenSource(
+        token_cache_key(TYPE, str(account.config["app_key"]), str(account.config["agent_id"])),
+        build_token_request(account), parse_token_response, STALE_TOKEN,
+    )
+    return send_with_token(
+        source, lambda token: build_request(message, account, ctx.now, token), parse_response, ctx, summarize,
+    )
+
+
+def summarize(request: HttpRequest) -> dict[str, object]:
+    return request_summary(request, *SECRET_PARAMS)
+
+
+def build_token_request(account: Account) -> HttpRequest:
+    query = urlencode({"appkey": account.config["app_key"], "appsecret": account.config["app_secret"]})
+    return HttpRequest("GET", f"{account.config['base_url']}/gettoken?{query}", timeout=float(account.config["timeout"]))
+
+
+def parse_token_response(response: HttpResponse) -> tuple[str, int] | SendResult:
+    result = errcode_result(response, RETRYABLE_CODES)
+    if not result.ok:
+        return result
+    answer = json_object(response.body) or {}
+    if not answer.get("access_token"):
+        return bad_response(response)
+    return str(answer["access_token"]), int(answer.get("expires_in") or 7200)
+
+
+def build_request(message: Message, account: Account, now: datetime, token: str) -> HttpRequest:
+    users = [user.strip() for user in message.receiver.replace("|", ",").split(",") if user.strip()]
+    if not users:
+        raise Undeliverable("invalid_receiver", "empty receiver (give DingTalk user ids, comma-separated)")
+    config = account.config
+    body = {
+        "agent_id": config["agent_id"],
+        "userid_list": ",".join(users),
+        "msg": _content(message, str(config["msgtype"])),
+    }
+    url = f"{config['base_url']}/topapi/message/corpconversation/asyncsend_v2?{urlencode({'access_token': token})}"
+    return HttpRequest(
+        "POST", url, headers={"Content-Type": "application/json; charset=utf-8"},
+        body=json.dumps(body, ensure_ascii=False).encode(), timeout=float(config["timeout"]),
+    )
+
+
+def _content(message: Message, msgtype: str) -> dict[str, object]:
+    if msgtype == "markdown":
+        return {"msgtype": "markdown", "markdown": {"title": message.subject or message.text[:20], "text": message.text}}
+    return {"msgtype": "text", "text": {"content": message.text}}
+
+
+def parse_response(response: HttpResponse) -> SendResult:
+    """errcode 0 is accepted; the asynchronous send's task_id is the provider message id."""
+    return errcode_result(response, RETRYABLE_CODES, id_key="task_id")

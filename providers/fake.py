@@ -1,0 +1,162 @@
+"""The fake provider: answers as its configuration scripts, in process or through a loopback HTTP server.
+
+Used by tests and benchmarks. Outcomes are picked by task id and attempt, never by a shared
+counter, so a run is reproducible and safe across threads and processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from providers.base import (
+    Account, CallbackReply, CallbackRequest, CallbackResult, ConfigField, ConfigSchema,
+    DeliveryReport, HttpRequest, HttpResponse, Message, Outcome, SendContext, SendResult,
+    bad_response, check_shared_secret, classify_status, http_send, json_object, request_summary,
+)
+
+TYPE = "fake"
+CHANNEL_TYPES = frozenset({"sms", "email", "wecom", "dingtalk", "webhook"})
+CONFIG: ConfigSchema = {
+    "url": ConfigField(str, required=False, default="", help="POST each message here (a loopback server); empty answers in process"),
+    "outcomes": ConfigField(list, required=False, default=("ok",), help='cycled per attempt: "ok", "error:CODE:msg", "retry:CODE:msg", "timeout"'),
+    "spread": ConfigField(bool, required=False, default=False, help="start each task's cycle at a point derived from its task id"),
+    "fail_receivers": ConfigField(dict, required=False, default={}, help="receiver -> outcome entry, checked first"),
+    "final": ConfigField(bool, required=False, default=True, help="false: accepted, delivery reported later by callback"),
+    "timeout": ConfigField(float, required=False, default=10.0),
+}
+
+SCRIPT_SYNTAX = '"ok", "error:CODE:message", "retry:CODE:message" or "timeout"'
+REPORT_STATUSES = ("delivered", "failed", "rejected")
+
+
+def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
+    """Answer the scripted outcome; when it is "ok" and `url` is set, let the loopback server answer."""
+    config = account.config
+    scripted = scripted_result(message, config)
+    if scripted is None and config["url"]:
+        scripted = http_send(build_request, parse_response, message, account, ctx, request_summary)
+    result = scripted or SendResult(Outcome.OK)
+    if result.ok:
+        result = dataclasses.replace(
+            result,
+            provider_message_id=result.provider_message_id or message_id(message),
+            final=bool(config["final"]),
+        )
+    return result
+
+
+def message_id(message: Message) -> str:
+    return f"fake-{message.task_id}-{message.attempt}"
+
+
+def scripted_result(message: Message, config: Mapping[str, Any]) -> SendResult | None:
+    """The failure the configuration scripts for this attempt, or None for "ok"."""
+    entry = config["fail_receivers"].get(message.receiver)
+    if entry is None:
+        entry = pick(config["outcomes"], message, spread=bool(config["spread"]))
+    return parse_entry(str(entry))
+
+
+def pick(outcomes: Sequence[Any], message: Message, spread: bool) -> Any:
+    """Attempt n takes entry n-1 of the cycle; with `spread` the cycle starts at a per-task offset."""
+    if not outcomes:
+        return "ok"
+    offset = zlib.crc32(message.task_id.encode()) if spread else 0
+    return outcomes[(offset + message.attempt - 1) % len(outcomes)]
+
+
+def parse_entry(entry: str) -> SendResult | None:
+    if entry == "ok":
+        return None
+    if entry == "timeout":
+        return SendResult(Outcome.RETRYABLE, error_code="timeout", error_message="scripted timeout")
+    kind, _, rest = entry.partition(":")
+    code, _, text = rest.partition(":")
+    if kind in ("error", "retry") and code:
+        outcome = Outcome.PERMANENT if kind == "error" else Outcome.RETRYABLE
+        return SendResult(outcome, error_code=code, error_message=text or code)
+    return SendResult(
+        Outcome.PERMANENT, error_code="fake_script",
+        error_message=f"fake outcome {entry!r} is not one of {SCRIPT_SYNTAX}",
+    )
+
+
+def build_request(message: Message, account: Account, now: datetime) -> HttpRequest:
+    body = {
+        "task_id": message.task_id,
+        "attempt": message.attempt,
+        "receiver": message.receiver,
+        "channel_type": message.channel_type,
+        "text": message.text,
+        "subject": message.subject,
+        "params": dict(message.params),
+        "template_code": message.template_code,
+        "sent_at": now.isoformat(),
+    }
+    return HttpRequest(
+        "POST", account.config["url"],
+        headers={"Content-Type": "application/json", "Idempotency-Key": message.idempotency_key},
+        body=json.dumps(body, ensure_ascii=False).encode(),
+        timeout=float(account.config["timeout"]),
+    )
+
+
+def parse_response(response: HttpResponse) -> SendResult:
+    """Status decides ok/retryable/permanent; a JSON body may add `code`, `message` and `id`."""
+    answer: dict[str, Any] = {}
+    if response.body.strip():
+        parsed = json_object(response.body)
+        if parsed is None:
+            return bad_response(response)
+        answer = parsed
+    summary = {"status": response.status, "body": answer}
+    outcome = classify_status(response.status)
+    code = str(answer.get("code", 0))
+    if outcome is Outcome.OK and code in ("0", "ok", "OK"):
+        return SendResult(Outcome.OK, provider_message_id=str(answer.get("id") or ""), response_summary=summary)
+    if outcome is Outcome.OK:
+        outcome = Outcome.PERMANENT
+        error_code = code
+    else:
+        error_code = code if "code" in answer else f"http_{response.status}"
+    message = str(answer.get("message") or f"HTTP {response.status}")
+    return SendResult(outcome, error_code=error_code, error_message=message, response_summary=summary)
+
+
+def parse_callback(request: CallbackRequest, account: Account, now: datetime) -> CallbackResult:
+    """Reports as JSON `{"id", "status": delivered|failed|rejected, "code", "message"}` (or a list of them)."""
+    refused = check_shared_secret(request, account.callback)
+    if refused:
+        return CallbackResult((), _reply(403, refused), verified=False, error=refused)
+    try:
+        payload = json.loads(request.body)
+    except ValueError:
+        return CallbackResult((), _reply(400, "body is not JSON"), error="body is not JSON")
+    items = payload if isinstance(payload, list) else [payload]
+    reports = tuple(report for item in items if (report := _report(item, now)) is not None)
+    if len(reports) != len(items):
+        error = f"{len(items) - len(reports)} item(s) lack an id or a status in {', '.join(REPORT_STATUSES)}"
+        return CallbackResult(reports, _reply(400, error), error=error)
+    return CallbackResult(reports, _reply(200, "ok"))
+
+
+def _report(item: Any, now: datetime) -> DeliveryReport | None:
+    if not isinstance(item, dict) or not item.get("id") or item.get("status") not in REPORT_STATUSES:
+        return None
+    return DeliveryReport(
+        provider_message_id=str(item["id"]),
+        status=item["status"],
+        error_code=str(item.get("code") or ""),
+        error_message=str(item.get("message") or ""),
+        reported_at=now,
+    )
+
+
+def _reply(status: int, message: str) -> CallbackReply:
+    body = json.dumps({"code": 0 if status == 200 else status, "message": message}, ensure_ascii=False)
+    return CallbackReply(body, status=status, content_type="application/json")

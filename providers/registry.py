@@ -1,0 +1,79 @@
+"""The explicit list of provider modules, keyed by their `TYPE` (== module name == rule-file `type:`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from types import MappingProxyType, ModuleType
+from typing import cast
+
+from providers import (
+    aliyun_sms, console, dingtalk_robot, dingtalk_work, fake, smtp, tencent_sms, webhook, wecom_app,
+    wecom_robot, zrwinfo_sms,
+)
+from providers.base import Account, CallbackRequest, CallbackResult, ConfigSchema, Provider
+
+CallbackParser = Callable[[CallbackRequest, Account, datetime], CallbackResult]
+
+MODULES: tuple[ModuleType, ...] = (
+    console,
+    fake,
+    webhook,
+    smtp,
+    aliyun_sms,
+    tencent_sms,
+    zrwinfo_sms,
+    wecom_app,
+    wecom_robot,
+    dingtalk_work,
+    dingtalk_robot,
+)
+
+
+class UnknownProvider(LookupError):
+    """A provider type that no module in the registry declares."""
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        self.name = name
+        self.known = tuple(sorted(known))
+        super().__init__(f"Unknown provider type {name!r}; known types are: {', '.join(self.known)}.")
+
+
+class ProviderRegistryError(ValueError):
+    """The module list is inconsistent: a repeated TYPE, or a TYPE that is not the module's name."""
+
+
+def build(modules: Iterable[ModuleType]) -> Mapping[str, Provider]:
+    """Index modules by `TYPE`; a repeated or misnamed TYPE raises instead of shadowing a provider."""
+    seen: dict[str, ModuleType] = {}
+    for module in modules:
+        name, module_name = module.TYPE, module.__name__.rpartition(".")[2]
+        if name in seen:
+            raise ProviderRegistryError(
+                f"Provider type {name!r} is declared by both {seen[name].__name__} and {module.__name__}."
+            )
+        if name != module_name:
+            raise ProviderRegistryError(f"Module {module.__name__} declares TYPE {name!r}; it must be {module_name!r}.")
+        seen[name] = module
+    return MappingProxyType({name: cast(Provider, module) for name, module in seen.items()})
+
+
+PROVIDERS: Mapping[str, Provider] = build(MODULES)
+
+
+def get(type_name: str) -> Provider:
+    """The provider module registered under `type_name`."""
+    try:
+        return PROVIDERS[type_name]
+    except KeyError:
+        raise UnknownProvider(type_name, PROVIDERS) from None
+
+
+def config_schemas() -> dict[str, ConfigSchema]:
+    """Every provider's config schema, by type: what the rule loader validates accounts against."""
+    return {name: provider.CONFIG for name, provider in PROVIDERS.items()}
+
+
+def callback_parser(type_name: str) -> CallbackParser | None:
+    """The provider's `parse_callback`, or None when its vendor does not report delivery back."""
+    return cast("CallbackParser | None", getattr(get(type_name), "parse_callback", None))

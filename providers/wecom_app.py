@@ -1,0 +1,88 @@
+"""WeCom (企业微信) application messages: access token from corp id + secret, then message/send."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from urllib.parse import urlencode
+
+from providers.base import (
+    Account, ConfigField, ConfigSchema, HttpRequest, HttpResponse, Message, SendContext,
+    SendResult, TokenSource, Undeliverable, bad_response, errcode_result, json_object, request_summary,
+    send_with_token, token_cache_key,
+)
+
+TYPE = "wecom_app"
+CHANNEL_TYPES = frozenset({"wecom"})
+CONFIG: ConfigSchema = {
+    "corp_id": ConfigField(str, help="企业ID"),
+    "agent_id": ConfigField(int, help="the application's AgentId"),
+    "corp_secret": ConfigField(str, secret=True, help="the application's Secret"),
+    "msgtype": ConfigField(str, required=False, default="text", choices=("text", "markdown")),
+    "safe": ConfigField(bool, required=False, default=False, help="confidential message (text only)"),
+    "base_url": ConfigField(str, required=False, default="https://qyapi.weixin.qq.com"),
+    "timeout": ConfigField(float, required=False, default=10.0),
+}
+
+STALE_TOKEN = frozenset({"40014", "42001"})  # invalid access_token, access_token expired
+# WeCom global codes worth another try later: system busy, API frequency / concurrency limits, and a
+# token still stale after the one refresh. Everything else (40001 bad secret, 60020 IP not allowed,
+# 81013/60111 invalid user, 301002 no permission, 44004/45002 content) is permanent.
+RETRYABLE_CODES = frozenset({"-1", "45009", "45033"}) | STALE_TOKEN
+SECRET_PARAMS = ("access_token", "corpsecret")
+
+
+def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
+    """Send with the cached token; an invalid/expired token is refreshed once within this call."""
+    source = TokenSource(
+        token_cache_key(TYPE, str(account.config["corp_id"]), str(account.config["agent_id"])),
+        build_token_request(account), parse_token_response, STALE_TOKEN,
+    )
+    return send_with_token(
+        source, lambda token: build_request(message, account, ctx.now, token), parse_response, ctx, summarize,
+    )
+
+
+def summarize(request: HttpRequest) -> dict[str, object]:
+    return request_summary(request, *SECRET_PARAMS)
+
+
+def build_token_request(account: Account) -> HttpRequest:
+    query = urlencode({"corpid": account.config["corp_id"], "corpsecret": account.config["corp_secret"]})
+    return HttpRequest(
+        "GET", f"{account.config['base_url']}/cgi-bin/gettoken?{query}", timeout=float(account.config["timeout"]),
+    )
+
+
+def parse_token_response(response: HttpResponse) -> tuple[str, int] | SendResult:
+    result = errcode_result(response, RETRYABLE_CODES)
+    if not result.ok:
+        return result
+    answer = json_object(response.body) or {}
+    if not answer.get("access_token"):
+        return bad_response(response)
+    return str(answer["access_token"]), int(answer.get("expires_in") or 7200)
+
+
+def build_request(message: Message, account: Account, now: datetime, token: str) -> HttpRequest:
+    if not message.receiver.strip():
+        raise Undeliverable("invalid_receiver", "empty receiver (give user ids, `a|b`, or @all explicitly)")
+    config = account.config
+    body: dict[str, object] = {
+        "touser": message.receiver.replace(",", "|"),
+        "msgtype": config["msgtype"],
+        "agentid": config["agent_id"],
+        config["msgtype"]: {"content": message.text},
+        "safe": int(bool(config["safe"])),
+    }
+    return HttpRequest(
+        "POST", f"{config['base_url']}/cgi-bin/message/send?{urlencode({'access_token': token})}",
+        headers={"Content-Type": "application/json; charset=utf-8"},
+        body=json.dumps(body, ensure_ascii=False).encode(),
+        timeout=float(config["timeout"]),
+    )
+
+
+def parse_response(response: HttpResponse) -> SendResult:
+    """errcode 0 is delivered (msgid is the id); other codes by WeCom's global error code table."""
+    return errcode_result(response, RETRYABLE_CODES, id_key="msgid")

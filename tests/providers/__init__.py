@@ -1,0 +1,1 @@
+"""Provider tests: one module per provider, plus the shared HTTP contract."""
