@@ -26,8 +26,12 @@ from providers.base import (
     Outcome,
     SendContext,
     SendResult,
+    Undeliverable,
+    bad_response,
     check_shared_secret,
     http_send,
+    json_object,
+    redact,
     secret_values,
     with_defaults,
 )
@@ -41,7 +45,7 @@ CONFIG: ConfigSchema = {
     "base_url": ConfigField(
         required=False, default="https://dysmsapi.aliyuncs.com", help="API endpoint (scheme://host)"
     ),
-    "timeout_ms": ConfigField(int, required=False, default=10_000, help="Per-call timeout"),
+    "timeout": ConfigField(float, required=False, default=10.0, help="Per-call timeout, seconds"),
 }
 
 ACTION = "SendSms"
@@ -70,10 +74,7 @@ RETRYABLE_CODES = frozenset(
 def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
     """Send one templated SMS; the result awaits a delivery report (final=False)."""
     config = with_defaults(CONFIG, account.config)
-    try:
-        result = http_send(build_request, parse_response, message, account, ctx)
-    except ValueError as exc:
-        result = SendResult(Outcome.PERMANENT, error_code="invalid_message", error_message=str(exc), final=False)
+    result = http_send(build_request, parse_response, message, account, ctx)
     result = replace(result, request_summary=request_summary(message, config))
     return _without_secrets(result, secret_values(CONFIG, config))
 
@@ -96,18 +97,18 @@ def build_request(message: Message, account: Account, now: datetime) -> HttpRequ
         config["access_key_id"], config["access_key_secret"], "POST", path, query, headers, EMPTY_SHA256
     )
     url = f"{endpoint.scheme}://{endpoint.netloc}{path}?{canonical_query(query)}"
-    return HttpRequest("POST", url, headers, b"", timeout=config["timeout_ms"] / 1000)
+    return HttpRequest("POST", url, headers, b"", timeout=float(config["timeout"]))
 
 
 def send_sms_query(message: Message, config: Mapping[str, Any]) -> dict[str, str]:
-    """SendSms parameters; raises ValueError when the message cannot make a valid call."""
+    """SendSms parameters; raises Undeliverable when the message cannot make a valid call."""
     sign_name = message.sign_name or config["sign_name"]
     if not message.receiver:
-        raise ValueError("missing receiver")
+        raise Undeliverable("invalid_message", "missing receiver")
     if not message.template_code:
-        raise ValueError("missing template_code (the Aliyun template, e.g. SMS_123456)")
+        raise Undeliverable("invalid_message", "missing template_code (the Aliyun template, e.g. SMS_123456)")
     if not sign_name:
-        raise ValueError("missing sign_name (set it on the message or in the account config)")
+        raise Undeliverable("invalid_message", "missing sign_name (set it on the message or in the account config)")
     query = {"PhoneNumbers": message.receiver, "SignName": sign_name, "TemplateCode": message.template_code}
     if message.params:
         query["TemplateParam"] = json.dumps(dict(message.params), ensure_ascii=False, separators=(",", ":"))
@@ -147,15 +148,15 @@ def canonical_query(query: Mapping[str, str]) -> str:
 
 def parse_response(response: HttpResponse) -> SendResult:
     """Code "OK" is accepted (BizId awaits its report); other codes map to retryable or permanent."""
-    body = _json(response.body)
-    if not isinstance(body, dict) or not isinstance(body.get("Code"), str):
-        return _bad_response(response)
+    body = json_object(response.body)
+    if body is None or not isinstance(body.get("Code"), str):
+        return bad_response(response)
     summary = {"status": response.status, **body}
     code = body["Code"]
     if code == "OK":
         biz_id = body.get("BizId")
         if not isinstance(biz_id, str) or not biz_id:
-            return _bad_response(response)
+            return bad_response(response)
         return SendResult(Outcome.OK, provider_message_id=biz_id, final=False, response_summary=summary)
     return SendResult(
         classify(code, response.status),
@@ -234,15 +235,6 @@ def _error_reply(status: int, error: str) -> CallbackReply:
     return CallbackReply(json.dumps({"code": status, "msg": error}, ensure_ascii=False), status, "application/json")
 
 
-def _bad_response(response: HttpResponse) -> SendResult:
-    snippet = response.body[:200].decode("utf-8", "replace")
-    return SendResult(
-        Outcome.RETRYABLE,
-        error_code="bad_response",
-        error_message=f"HTTP {response.status}: unexpected answer {snippet!r}",
-        final=False,
-        response_summary={"status": response.status, "body": snippet},
-    )
 
 
 def _encode(value: str) -> str:
@@ -263,7 +255,7 @@ def _json(body: bytes) -> Any:
 def _without_secrets(result: SendResult, secrets: list[str]) -> SendResult:
     return replace(
         result,
-        error_message=_scrub(result.error_message, secrets),
+        error_message=redact(result.error_message, secrets),
         request_summary=_scrub(result.request_summary, secrets),
         response_summary=_scrub(result.response_summary, secrets),
     )
@@ -271,9 +263,7 @@ def _without_secrets(result: SendResult, secrets: list[str]) -> SendResult:
 
 def _scrub(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, "***")
-        return value
+        return redact(value, secrets)
     if isinstance(value, Mapping):
         return {key: _scrub(item, secrets) for key, item in value.items()}
     if isinstance(value, list):

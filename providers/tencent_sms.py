@@ -26,8 +26,12 @@ from providers.base import (
     Outcome,
     SendContext,
     SendResult,
+    Undeliverable,
+    bad_response,
     check_shared_secret,
     http_send,
+    json_object,
+    redact,
     secret_values,
     with_defaults,
 )
@@ -43,7 +47,7 @@ CONFIG: ConfigSchema = {
     "base_url": ConfigField(
         required=False, default="https://sms.tencentcloudapi.com", help="API endpoint (scheme://host)"
     ),
-    "timeout_ms": ConfigField(int, required=False, default=10_000, help="Per-call timeout"),
+    "timeout": ConfigField(float, required=False, default=10.0, help="Per-call timeout, seconds"),
 }
 
 SERVICE = "sms"
@@ -71,16 +75,13 @@ PERMANENT_DESPITE_PREFIX = frozenset(
 def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
     """Send one templated SMS; the result awaits a delivery report (final=False)."""
     config = with_defaults(CONFIG, account.config)
-    try:
-        result = http_send(build_request, parse_response, message, account, ctx)
-    except ValueError as exc:
-        result = SendResult(Outcome.PERMANENT, error_code="invalid_message", error_message=str(exc), final=False)
+    result = http_send(build_request, parse_response, message, account, ctx)
     result = replace(result, request_summary=request_summary(message, config))
     return _without_secrets(result, secret_values(CONFIG, config))
 
 
 def build_request(message: Message, account: Account, now: datetime) -> HttpRequest:
-    """The signed SendSms call; raises ValueError when the message cannot make a valid call."""
+    """The signed SendSms call; raises Undeliverable when the message cannot make a valid call."""
     config = with_defaults(CONFIG, account.config)
     payload = json.dumps(send_sms_payload(message, config), ensure_ascii=False).encode()
     endpoint = urlsplit(config["base_url"])
@@ -99,15 +100,15 @@ def build_request(message: Message, account: Account, now: datetime) -> HttpRequ
         "X-TC-Region": config["region"],
     }
     url = f"{endpoint.scheme}://{endpoint.netloc}/"
-    return HttpRequest("POST", url, headers, payload, timeout=config["timeout_ms"] / 1000)
+    return HttpRequest("POST", url, headers, payload, timeout=float(config["timeout"]))
 
 
 def send_sms_payload(message: Message, config: Mapping[str, Any]) -> dict[str, Any]:
     """SendSms parameters: template values in the order the message lists them ({1}, {2}, ...)."""
     if not message.receiver:
-        raise ValueError("missing receiver")
+        raise Undeliverable("invalid_message", "missing receiver")
     if not message.template_code:
-        raise ValueError("missing template_code (the Tencent TemplateId)")
+        raise Undeliverable("invalid_message", "missing template_code (the Tencent TemplateId)")
     payload: dict[str, Any] = {
         "PhoneNumberSet": [message.receiver],
         "SmsSdkAppId": config["sdk_app_id"],
@@ -152,23 +153,23 @@ def tc3_authorization(
 
 def parse_response(response: HttpResponse) -> SendResult:
     """SendStatusSet[0].Code "Ok" is accepted (SerialNo awaits its report); errors are classified."""
-    body = _json(response.body)
-    answer = body.get("Response") if isinstance(body, dict) else None
+    body = json_object(response.body)
+    answer = body.get("Response") if body is not None else None
     if not isinstance(answer, dict):
-        return _bad_response(response)
+        return bad_response(response)
     summary = {"status": response.status, **answer}
     error = answer.get("Error")
     if isinstance(error, dict):
         return _failure(str(error.get("Code") or ""), str(error.get("Message") or ""), response.status, summary)
     statuses = answer.get("SendStatusSet")
     if not isinstance(statuses, list) or not statuses or not isinstance(statuses[0], dict):
-        return _bad_response(response)
+        return bad_response(response)
     first = statuses[0]
     code = str(first.get("Code") or "")
     if code == "Ok":
         serial = first.get("SerialNo")
         if not isinstance(serial, str) or not serial:
-            return _bad_response(response)
+            return bad_response(response)
         return SendResult(Outcome.OK, provider_message_id=serial, final=False, response_summary=summary)
     return _failure(code, str(first.get("Message") or ""), response.status, summary)
 
@@ -253,15 +254,6 @@ def _error_reply(error: str) -> CallbackReply:
     return CallbackReply(json.dumps({"result": 1, "errmsg": error}, ensure_ascii=False), 200, "application/json")
 
 
-def _bad_response(response: HttpResponse) -> SendResult:
-    snippet = response.body[:200].decode("utf-8", "replace")
-    return SendResult(
-        Outcome.RETRYABLE,
-        error_code="bad_response",
-        error_message=f"HTTP {response.status}: unexpected answer {snippet!r}",
-        final=False,
-        response_summary={"status": response.status, "body": snippet},
-    )
 
 
 def _hmac(key: bytes, message: str) -> bytes:
@@ -282,7 +274,7 @@ def _json(body: bytes) -> Any:
 def _without_secrets(result: SendResult, secrets: list[str]) -> SendResult:
     return replace(
         result,
-        error_message=_scrub(result.error_message, secrets),
+        error_message=redact(result.error_message, secrets),
         request_summary=_scrub(result.request_summary, secrets),
         response_summary=_scrub(result.response_summary, secrets),
     )
@@ -290,9 +282,7 @@ def _without_secrets(result: SendResult, secrets: list[str]) -> SendResult:
 
 def _scrub(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, "***")
-        return value
+        return redact(value, secrets)
     if isinstance(value, Mapping):
         return {key: _scrub(item, secrets) for key, item in value.items()}
     if isinstance(value, list):

@@ -24,8 +24,12 @@ from providers.base import (
     Outcome,
     SendContext,
     SendResult,
+    Undeliverable,
+    bad_response,
     check_shared_secret,
     http_send,
+    json_object,
+    redact,
     secret_values,
     with_defaults,
 )
@@ -41,7 +45,7 @@ CONFIG: ConfigSchema = {
     "base_url": ConfigField(
         required=False, default="https://api.1cloudsp.com", help="API endpoint; keep https: the secret is in the body"
     ),
-    "timeout_ms": ConfigField(int, required=False, default=10_000, help="Per-call timeout"),
+    "timeout": ConfigField(float, required=False, default=10.0, help="Per-call timeout, seconds"),
 }
 
 PATH = "/api/v2/single_send"
@@ -59,10 +63,7 @@ RETRYABLE_CODES = frozenset({"9024"})
 def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
     """Send one templated SMS; the result awaits a delivery report (final=False)."""
     config = with_defaults(CONFIG, account.config)
-    try:
-        result = http_send(build_request, parse_response, message, account, ctx)
-    except ValueError as exc:
-        result = SendResult(Outcome.PERMANENT, error_code="invalid_message", error_message=str(exc), final=False)
+    result = http_send(build_request, parse_response, message, account, ctx)
     result = replace(result, request_summary=request_summary(message, config))
     return _without_secrets(result, secret_values(CONFIG, config))
 
@@ -77,21 +78,21 @@ def build_request(message: Message, account: Account, now: datetime) -> HttpRequ
     }
     url = config["base_url"].rstrip("/") + PATH
     headers = {"Content-Type": CONTENT_TYPE, "Accept": "application/json"}
-    return HttpRequest("POST", url, headers, urlencode(form).encode(), timeout=config["timeout_ms"] / 1000)
+    return HttpRequest("POST", url, headers, urlencode(form).encode(), timeout=float(config["timeout"]))
 
 
 def single_send_fields(message: Message, config: Mapping[str, Any]) -> dict[str, str]:
-    """The non-secret form fields; raises ValueError when the message cannot make a valid call."""
+    """The non-secret form fields; raises Undeliverable when the message cannot make a valid call."""
     if not message.receiver:
-        raise ValueError("missing receiver")
+        raise Undeliverable("invalid_message", "missing receiver")
     if not message.template_code:
-        raise ValueError("missing template_code (the Zrwinfo templateId)")
+        raise Undeliverable("invalid_message", "missing template_code (the Zrwinfo templateId)")
     sign = sign_field(message.sign_name or config["sign_name"])
     if not sign:
-        raise ValueError("missing sign_name (set it on the message or in the account config)")
+        raise Undeliverable("invalid_message", "missing sign_name (set it on the message or in the account config)")
     for name, value in message.params.items():
         if any(separator in value for separator in SEPARATORS):
-            raise ValueError(f"template value {name!r} contains '##' or '$$', which Zrwinfo splits on")
+            raise Undeliverable("invalid_message", f"template value {name!r} contains '##' or '$$', which Zrwinfo splits on")
     return {
         "sign": sign,
         "templateId": message.template_code,
@@ -109,15 +110,15 @@ def sign_field(sign_name: str) -> str:
 
 def parse_response(response: HttpResponse) -> SendResult:
     """code "0" is accepted (smUuid awaits its report); other codes map to retryable or permanent."""
-    body = _json(response.body)
-    if not isinstance(body, dict) or not isinstance(body.get("code"), (str, int)):
-        return _bad_response(response)
+    body = json_object(response.body)
+    if body is None or not isinstance(body.get("code"), (str, int)):
+        return bad_response(response)
     summary = {"status": response.status, **body}
     code = str(body["code"])
     if code == "0":
         sm_uuid = body.get("smUuid")
         if not isinstance(sm_uuid, str) or not sm_uuid:
-            return _bad_response(response)
+            return bad_response(response)
         return SendResult(Outcome.OK, provider_message_id=sm_uuid, final=False, response_summary=summary)
     return SendResult(
         classify(code, response.status),
@@ -212,15 +213,6 @@ def _error_reply(status: int, error: str) -> CallbackReply:
     return CallbackReply(json.dumps({"code": "1", "msg": error}, ensure_ascii=False), status, "application/json")
 
 
-def _bad_response(response: HttpResponse) -> SendResult:
-    snippet = response.body[:200].decode("utf-8", "replace")
-    return SendResult(
-        Outcome.RETRYABLE,
-        error_code="bad_response",
-        error_message=f"HTTP {response.status}: unexpected answer {snippet!r}",
-        final=False,
-        response_summary={"status": response.status, "body": snippet},
-    )
 
 
 def _json(body: bytes) -> Any:
@@ -233,7 +225,7 @@ def _json(body: bytes) -> Any:
 def _without_secrets(result: SendResult, secrets: list[str]) -> SendResult:
     return replace(
         result,
-        error_message=_scrub(result.error_message, secrets),
+        error_message=redact(result.error_message, secrets),
         request_summary=_scrub(result.request_summary, secrets),
         response_summary=_scrub(result.response_summary, secrets),
     )
@@ -241,9 +233,7 @@ def _without_secrets(result: SendResult, secrets: list[str]) -> SendResult:
 
 def _scrub(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, "***")
-        return value
+        return redact(value, secrets)
     if isinstance(value, Mapping):
         return {key: _scrub(item, secrets) for key, item in value.items()}
     if isinstance(value, list):

@@ -1,0 +1,288 @@
+"""Mock SMS vendors for loopback tests: they check each request the way the vendor does.
+
+Each factory returns a `tests.support.loopback` handler. Signatures are recomputed here from the
+request as received (written independently of the provider modules), and mismatches are refused
+with the vendor's own error codes. Business answers are scripted per receiver number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from urllib.parse import parse_qsl, quote
+
+from tests.support.loopback import Handler, Recorded, Reply
+
+Answer = Callable[[str], Reply | None]  # receiver -> scripted reply, None for the default success
+Check = Callable[[Recorded], Reply | None]  # the vendor's refusal of a request, None when it passes
+
+
+def contract_vendor(make_check: Callable[[], Check]) -> Callable[[Reply, list[str]], Handler]:
+    """Adapt a request check to `tests.providers.contract`: refusals become problems, `reply` is answered."""
+
+    def vendor(reply: Reply, problems: list[str]) -> Handler:
+        check = make_check()
+
+        def handle(request: Recorded) -> Reply:
+            refused = check(request)
+            if refused is not None:
+                problems.append(str(refused.body))
+            return reply
+
+        return handle
+
+    return vendor
+
+
+def rfc3986(value: str) -> str:
+    return quote(value, safe="-_.~")
+
+
+class NoTokens:
+    """SMS providers never use the token cache; any use is a bug the test should see."""
+
+    def get(self, key: str) -> str | None:
+        raise AssertionError("SMS providers do not use access tokens")
+
+    def set(self, key: str, value: str, ttl_seconds: int) -> None:
+        raise AssertionError("SMS providers do not use access tokens")
+
+    def delete(self, key: str) -> None:
+        raise AssertionError("SMS providers do not use access tokens")
+
+
+# --- Aliyun dysmsapi ---------------------------------------------------------------------------
+
+ALIYUN_AUTH = re.compile(
+    r"^ACS3-HMAC-SHA256 Credential=(?P<ak>[^,]+),SignedHeaders=(?P<signed>[^,]+),Signature=(?P<sig>[0-9a-f]{64})$"
+)
+ALIYUN_REQUIRED_HEADERS = (
+    "host", "x-acs-action", "x-acs-version", "x-acs-date", "x-acs-signature-nonce", "x-acs-content-sha256",
+)
+
+
+def aliyun_error(status: int, code: str, message: str) -> Reply:
+    body = {"RequestId": "7B3C0A0E-MOCK", "HostId": "dysmsapi.aliyuncs.com", "Code": code, "Message": message}
+    return Reply(status, json.dumps(body))
+
+
+def aliyun_business(code: str, message: str) -> Reply:
+    """Business failures come back as HTTP 200 with a Code other than OK."""
+    return Reply(200, json.dumps({"RequestId": "7B3C0A0E-MOCK", "Code": code, "Message": message}))
+
+
+def aliyun_check(secrets: Mapping[str, str]) -> Check:
+    """dysmsapi's checks: signature (nonces remembered), required parameters, TemplateParam JSON."""
+    seen_nonces: set[str] = set()
+
+    def check(request: Recorded) -> Reply | None:
+        refused = _aliyun_auth(request, secrets, seen_nonces)
+        if refused:
+            return refused
+        for name in ("PhoneNumbers", "SignName", "TemplateCode"):
+            if not request.query.get(name):
+                return aliyun_error(400, f"Missing{name}", f"{name} is mandatory for this action.")
+        if "TemplateParam" in request.query:
+            try:
+                json.loads(request.query["TemplateParam"])
+            except ValueError:
+                return aliyun_business("isv.INVALID_JSON_PARAM", "JSON参数不合法，只接受字符串值")
+        return None
+
+    return check
+
+
+def aliyun_vendor(secrets: Mapping[str, str], answer: Answer = lambda receiver: None) -> Handler:
+    check = aliyun_check(secrets)
+
+    def handle(request: Recorded) -> Reply:
+        refused = check(request)
+        if refused:
+            return refused
+        scripted = answer(request.query["PhoneNumbers"])
+        if scripted is not None:
+            return scripted
+        ok = {"RequestId": "F655A8D5-MOCK", "Code": "OK", "Message": "OK", "BizId": "900619746936498440^0"}
+        return Reply(200, json.dumps(ok))
+
+    return handle
+
+
+def _aliyun_auth(request: Recorded, secrets: Mapping[str, str], seen_nonces: set[str]) -> Reply | None:
+    match = ALIYUN_AUTH.match(request.header("Authorization"))
+    if not match:
+        return aliyun_error(400, "IncompleteSignature", "The request signature does not conform to Aliyun standards.")
+    signed = match["signed"].split(";")
+    missing = [name for name in ALIYUN_REQUIRED_HEADERS if name not in signed or not request.header(name)]
+    if missing:
+        return aliyun_error(400, "IncompleteSignature", f"Headers not signed or missing: {', '.join(missing)}")
+    if request.header("x-acs-action") != "SendSms":
+        return aliyun_error(404, "InvalidAction.NotFound", "Specified api is not found, please check your url and method.")
+    if request.header("x-acs-version") != "2017-05-25":
+        return aliyun_error(400, "InvalidVersion", "Specified parameter Version is not valid.")
+    if match["ak"] not in secrets:
+        return aliyun_error(404, "InvalidAccessKeyId.NotFound", "Specified access key is not found.")
+    if request.header("x-acs-content-sha256") != hashlib.sha256(request.body).hexdigest():
+        return aliyun_error(400, "SignatureDoesNotMatch", "x-acs-content-sha256 does not match the body.")
+    sent_at = datetime.strptime(request.header("x-acs-date"), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    if abs((datetime.now(timezone.utc) - sent_at).total_seconds()) > 15 * 60:
+        return aliyun_error(400, "InvalidTimeStamp.Expired", "Specified time stamp or date value is expired.")
+    query = "&".join(f"{rfc3986(k)}={rfc3986(v)}" for k, v in sorted(request.query.items()))
+    headers = "".join(f"{name}:{request.header(name).strip()}\n" for name in sorted(signed))
+    canonical = "\n".join(
+        [request.method, request.path, query, headers, ";".join(sorted(signed)), request.header("x-acs-content-sha256")]
+    )
+    string_to_sign = "ACS3-HMAC-SHA256\n" + hashlib.sha256(canonical.encode()).hexdigest()
+    expected = hmac.new(secrets[match["ak"]].encode(), string_to_sign.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, match["sig"]):
+        return aliyun_error(
+            400, "SignatureDoesNotMatch", f"Specified signature is not matched with our calculation. {string_to_sign!r}"
+        )
+    nonce = request.header("x-acs-signature-nonce")
+    if nonce in seen_nonces:
+        return aliyun_error(400, "SignatureNonceUsed", "Specified signature nonce was used already.")
+    seen_nonces.add(nonce)
+    return None
+
+
+# --- Tencent Cloud SMS -------------------------------------------------------------------------
+
+TENCENT_AUTH = re.compile(
+    r"^TC3-HMAC-SHA256 Credential=(?P<id>[^/]+)/(?P<date>\d{4}-\d{2}-\d{2})/(?P<service>\w+)/tc3_request, "
+    r"SignedHeaders=(?P<signed>[a-z0-9;-]+), Signature=(?P<sig>[0-9a-f]{64})$"
+)
+
+
+def tencent_error(code: str, message: str) -> Reply:
+    """Tencent answers API errors with HTTP 200 and Response.Error."""
+    return Reply(200, json.dumps({"Response": {"Error": {"Code": code, "Message": message}, "RequestId": "mock-req"}}))
+
+
+def tencent_status(code: str, message: str, receiver: str) -> Reply:
+    """A per-number status in SendStatusSet (how Tencent reports a number it did not accept)."""
+    status = {"SerialNo": "", "PhoneNumber": receiver, "Fee": 0, "SessionContext": "", "Code": code,
+              "Message": message, "IsoCode": "CN"}
+    return Reply(200, json.dumps({"Response": {"SendStatusSet": [status], "RequestId": "mock-req"}}))
+
+
+def tencent_check(secrets: Mapping[str, str]) -> Check:
+    """SendSms's checks: TC3 signature, content type, action/version, a JSON body with required fields."""
+
+    def check(request: Recorded) -> Reply | None:
+        refused = _tencent_auth(request, secrets)
+        if refused:
+            return refused
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            return tencent_error("FailedOperation.FailResolvePacket", "请求包解析失败")
+        for name in ("PhoneNumberSet", "SmsSdkAppId", "TemplateId"):
+            if not body.get(name):
+                return tencent_error("MissingParameter", f"The request is missing a required parameter `{name}`.")
+        return None
+
+    return check
+
+
+def tencent_vendor(secrets: Mapping[str, str], answer: Answer = lambda receiver: None) -> Handler:
+    check = tencent_check(secrets)
+
+    def handle(request: Recorded) -> Reply:
+        refused = check(request)
+        if refused:
+            return refused
+        body = json.loads(request.body)
+        receiver = body["PhoneNumberSet"][0]
+        scripted = answer(receiver)
+        if scripted is not None:
+            return scripted
+        status = {"SerialNo": "5000:1045710669157053657849499619", "PhoneNumber": receiver, "Fee": 1,
+                  "SessionContext": body.get("SessionContext", ""), "Code": "Ok", "Message": "send success",
+                  "IsoCode": "CN"}
+        return Reply(200, json.dumps({"Response": {"SendStatusSet": [status], "RequestId": "mock-req"}}))
+
+    return handle
+
+
+def _tencent_auth(request: Recorded, secrets: Mapping[str, str]) -> Reply | None:
+    match = TENCENT_AUTH.match(request.header("Authorization"))
+    if not match:
+        return tencent_error("AuthFailure.InvalidAuthorization", "Authorization header is malformed.")
+    signed = match["signed"].split(";")
+    if "content-type" not in signed or "host" not in signed:
+        return tencent_error("AuthFailure.InvalidAuthorization", "content-type and host must be signed.")
+    if not request.header("Content-Type").startswith("application/json"):
+        return tencent_error("InvalidParameter", "Content-Type must be application/json for POST.")
+    if request.header("X-TC-Action") != "SendSms" or request.header("X-TC-Version") != "2021-01-11":
+        return tencent_error("InvalidAction", "The action or version is not valid.")
+    if match["id"] not in secrets:
+        return tencent_error("AuthFailure.SecretIdNotFound", "The SecretId is not found.")
+    timestamp = int(request.header("X-TC-Timestamp") or 0)
+    if abs(datetime.now(timezone.utc).timestamp() - timestamp) > 300:
+        return tencent_error("AuthFailure.SignatureExpire", "Signature expired.")
+    date = datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d")
+    if match["date"] != date or match["service"] != "sms":
+        return tencent_error("AuthFailure.SignatureFailure", "The credential scope does not match the request.")
+    headers = "".join(f"{name}:{request.header(name).strip().lower()}\n" for name in signed)
+    canonical = "\n".join(
+        [request.method, "/", "", headers, match["signed"], hashlib.sha256(request.body).hexdigest()]
+    )
+    scope = f"{date}/sms/tc3_request"
+    string_to_sign = f"TC3-HMAC-SHA256\n{timestamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    key = f"TC3{secrets[match['id']]}".encode()
+    for part in (date, "sms", "tc3_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, match["sig"]):
+        return tencent_error(
+            "AuthFailure.SignatureFailure",
+            "The provided credentials could not be validated. Please check your signature is correct.",
+        )
+    return None
+
+
+# --- Zrwinfo (1cloudsp) ------------------------------------------------------------------------
+
+def zrwinfo_answer(code: str, message: str) -> Reply:
+    return Reply(200, json.dumps({"code": code, "msg": message}, ensure_ascii=False))
+
+
+def zrwinfo_check(credentials: Mapping[str, str]) -> Check:
+    """single_send's checks: path, form content type, required fields, accesskey/secret, sign format."""
+
+    def check(request: Recorded) -> Reply | None:
+        if request.path != "/api/v2/single_send":
+            return Reply(404, "<html><body>404 Not Found</body></html>", {"Content-Type": "text/html"})
+        if not request.header("Content-Type").startswith("application/x-www-form-urlencoded"):
+            return zrwinfo_answer("9002", "参数未赋值")
+        form = dict(parse_qsl(request.body.decode("utf-8"), keep_blank_values=True))
+        for name in ("accesskey", "secret", "sign", "templateId", "mobile"):
+            if not form.get(name):
+                return zrwinfo_answer("9002", "参数未赋值")
+        if credentials.get(form["accesskey"]) != form["secret"]:
+            return zrwinfo_answer("9006", "用户accessKey不正确")
+        if not form["sign"].startswith("【") and not form["sign"].isdigit():
+            return zrwinfo_answer("9001", "签名格式不正确")
+        return None
+
+    return check
+
+
+def zrwinfo_vendor(credentials: Mapping[str, str], answer: Answer = lambda receiver: None) -> Handler:
+    check = zrwinfo_check(credentials)
+
+    def handle(request: Recorded) -> Reply:
+        refused = check(request)
+        if refused:
+            return refused
+        form = dict(parse_qsl(request.body.decode("utf-8")))
+        scripted = answer(form["mobile"])
+        if scripted is not None:
+            return scripted
+        return Reply(200, json.dumps({"code": "0", "msg": "SUCCESS", "smUuid": "16596_1_0_13800138000_1_Ab3cD"}))
+
+    return handle

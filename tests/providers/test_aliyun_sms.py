@@ -1,0 +1,321 @@
+"""Aliyun SMS: ACS3 signing against the published vector, SendSms against a verifying mock, SmsReport."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from engine.transport import RequestsTransport
+from providers import aliyun_sms
+from providers.base import Account, CallbackRequest, HttpResponse, Message, Outcome, SendContext, SendResult
+from tests.providers import contract
+from tests.providers.sms_mocks import NoTokens, aliyun_business, aliyun_check, aliyun_error, aliyun_vendor, contract_vendor
+from tests.support.loopback import LoopbackServer, Reply, loopback
+
+AK, SECRET = "LTAI5tMockAccessKey", "MockAccessKeySecret0123456789abcd"
+NOW = datetime(2026, 3, 1, 8, 30, 0, tzinfo=timezone.utc)
+TASK_IDS = itertools.count(1001)
+SCRIPTED: dict[str, Reply] = {
+    "13800000001": aliyun_business("isv.BUSINESS_LIMIT_CONTROL", "触发号码天级流控Permits:10"),
+    "13800000002": aliyun_business("isv.MOBILE_NUMBER_ILLEGAL", "手机号码格式错误"),
+    "13800000003": aliyun_business("isv.SMS_TEMPLATE_ILLEGAL", "该账号下找不到对应模板"),
+    "13800000004": aliyun_business("isv.AMOUNT_NOT_ENOUGH", "账户余额不足"),
+    "13800000005": aliyun_business("isv.SMS_SIGNATURE_ILLEGAL", "该账号下找不到对应签名"),
+    "13800000006": aliyun_business("isp.SYSTEM_ERROR", "运营商网关错误"),
+    "13800000007": aliyun_error(400, "Throttling.User", "Request was denied due to user flow control."),
+    "13800000008": aliyun_error(503, "ServiceUnavailable", "The request has failed due to a temporary failure."),
+    "13800000009": Reply(502, "<html><body>502 Bad Gateway</body></html>", {"Content-Type": "text/html"}),
+    "13800000010": Reply(200, "OK"),
+    "13800000011": Reply(200, json.dumps([{"Code": "OK"}])),
+    "13800000012": Reply(200, json.dumps({"Code": "OK", "Message": "OK"})),
+    "13800000013": Reply(200, json.dumps({"Code": "OK", "BizId": "1^0"}), delay=1.0),
+}
+
+
+def make_message(receiver: str = "13800138000", attempt: int = 1, **changes: object) -> Message:
+    """A fresh task each call, so the shared mock vendor never sees a nonce twice by accident."""
+    fields: dict[str, object] = {
+        "task_id": f"task-{next(TASK_IDS)}", "attempt": attempt, "receiver": receiver, "channel_type": "sms",
+        "text": "您的验证码是123456，5分钟内有效。", "template_code": "SMS_154950909",
+        "params": {"code": "123456", "product": "木雷"}, "sign_name": "阿里云短信测试",
+    }
+    fields.update(changes)
+    return Message(**fields)  # type: ignore[arg-type]
+
+
+def make_account(base_url: str = "https://dysmsapi.aliyuncs.com", secret: str = SECRET, **callback: object) -> Account:
+    config = {"access_key_id": AK, "access_key_secret": secret, "base_url": base_url, "timeout": 0.3}
+    return Account("aliyun-main", "aliyun_sms", config, callback)
+
+
+@pytest.fixture(scope="module")
+def shared_vendor() -> Iterator[LoopbackServer]:
+    with loopback(aliyun_vendor({AK: SECRET}, SCRIPTED.get)) as server:
+        yield server
+
+
+@pytest.fixture
+def vendor(shared_vendor: LoopbackServer) -> LoopbackServer:
+    shared_vendor.requests.clear()
+    return shared_vendor
+
+
+def send_to(server: LoopbackServer, message: Message, secret: str = SECRET) -> SendResult:
+    ctx = SendContext(RequestsTransport(), datetime.now(timezone.utc), NoTokens())
+    return aliyun_sms.send(message, make_account(server.url, secret), ctx)
+
+
+def test_signature_matches_the_published_acs3_vector() -> None:
+    """The V3 signature doc's fixed RunInstances example signs to its published value."""
+    headers = {
+        "host": "ecs.cn-shanghai.aliyuncs.com",
+        "x-acs-action": "RunInstances",
+        "x-acs-version": "2014-05-26",
+        "x-acs-date": "2023-10-26T10:22:32Z",
+        "x-acs-signature-nonce": "3156853299f313e23d1673dc12e1703d",
+        "x-acs-content-sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    }
+    query = {"ImageId": "win2019_1809_x64_dtc_zh-cn_40G_alibase_20230811.vhd", "RegionId": "cn-shanghai"}
+    authorization = aliyun_sms.acs3_authorization(
+        "YourAccessKeyId", "YourAccessKeySecret", "POST", "/", query, headers, aliyun_sms.EMPTY_SHA256
+    )
+    assert authorization == (
+        "ACS3-HMAC-SHA256 Credential=YourAccessKeyId,SignedHeaders=host;x-acs-action;x-acs-content-sha256;"
+        "x-acs-date;x-acs-signature-nonce;x-acs-version,"
+        "Signature=06563a9e1b43f5dfe96b81484da74bceab24a1d853912eee15083a6f0f3283c0"
+    )
+
+
+def test_canonical_query_uses_rfc3986_encoding() -> None:
+    """Spaces become %20, `*` becomes %2A, `~` stays, and names are sorted."""
+    assert aliyun_sms.canonical_query({"b": "a b*c~", "A": "中"}) == "A=%E4%B8%AD&b=a%20b%2Ac~"
+
+
+@given(st.dictionaries(st.text(min_size=1), st.text()))
+def test_canonical_query_round_trips(query: dict[str, str]) -> None:
+    """Decoding the canonical query gives back exactly the parameters encoded."""
+    assert dict(parse_qsl(aliyun_sms.canonical_query(query), keep_blank_values=True)) == query
+
+
+def test_build_request_carries_sendsms_parameters_in_the_signed_query() -> None:
+    """PhoneNumbers, SignName, TemplateCode, TemplateParam (JSON, in order) and OutId go in the query."""
+    request = aliyun_sms.build_request(make_message(task_id="task-1001"), make_account(), NOW)
+    query = dict(parse_qsl(urlsplit(request.url).query))
+    assert request.method == "POST" and request.body == b"" and request.timeout == 0.3
+    assert urlsplit(request.url).netloc == "dysmsapi.aliyuncs.com"
+    assert query == {
+        "PhoneNumbers": "13800138000", "SignName": "阿里云短信测试", "TemplateCode": "SMS_154950909",
+        "TemplateParam": '{"code":"123456","product":"木雷"}', "OutId": "task-1001-1",
+    }
+    assert request.headers["x-acs-action"] == "SendSms" and request.headers["x-acs-version"] == "2017-05-25"
+    assert request.headers["x-acs-date"] == "2026-03-01T08:30:00Z"
+    assert request.headers["authorization"].startswith(f"ACS3-HMAC-SHA256 Credential={AK},")
+
+
+def test_nonce_is_fixed_per_attempt_and_differs_between_attempts() -> None:
+    """Rebuilding one attempt repeats its nonce (so Aliyun refuses a replay); a new attempt gets a new one."""
+    first = aliyun_sms.build_request(make_message(task_id="t", attempt=1), make_account(), NOW)
+    again = aliyun_sms.build_request(make_message(task_id="t", attempt=1), make_account(), NOW + timedelta(seconds=5))
+    second = aliyun_sms.build_request(make_message(task_id="t", attempt=2), make_account(), NOW)
+    nonce = "x-acs-signature-nonce"
+    assert first.headers[nonce] == again.headers[nonce] != second.headers[nonce]
+
+
+def test_template_param_is_omitted_without_params() -> None:
+    """A template without variables sends no TemplateParam at all."""
+    request = aliyun_sms.build_request(make_message(params={}), make_account(), NOW)
+    assert "TemplateParam" not in dict(parse_qsl(urlsplit(request.url).query))
+
+
+def test_accepted_send_awaits_its_delivery_report(vendor: LoopbackServer) -> None:
+    """Code OK from the verifying mock is ok, not final, with BizId as the provider message id."""
+    result = send_to(vendor, make_message())
+    assert result.outcome is Outcome.OK and not result.final
+    assert result.provider_message_id == "900619746936498440^0"
+    assert result.request_summary["template_params"] == {"code": "123456", "product": "木雷"}
+    assert result.response_summary["RequestId"] == "F655A8D5-MOCK"
+    assert len(vendor.requests) == 1
+
+
+def test_wrong_secret_is_refused_by_signature_check(vendor: LoopbackServer) -> None:
+    """A signature made with the wrong secret comes back SignatureDoesNotMatch, permanent."""
+    result = send_to(vendor, make_message(), secret="not-the-secret")
+    assert (result.outcome, result.error_code) == (Outcome.PERMANENT, "SignatureDoesNotMatch")
+
+
+def test_replayed_attempt_is_refused_as_nonce_reuse(vendor: LoopbackServer) -> None:
+    """Sending the same attempt twice is refused by Aliyun's nonce check, and not retried blindly."""
+    message = make_message()
+    assert send_to(vendor, message).ok
+    replay = send_to(vendor, message)
+    assert (replay.outcome, replay.error_code) == (Outcome.PERMANENT, "SignatureNonceUsed")
+
+
+@pytest.mark.parametrize(
+    ("receiver", "outcome", "code"),
+    [
+        ("13800000001", Outcome.RETRYABLE, "isv.BUSINESS_LIMIT_CONTROL"),
+        ("13800000002", Outcome.PERMANENT, "isv.MOBILE_NUMBER_ILLEGAL"),
+        ("13800000003", Outcome.PERMANENT, "isv.SMS_TEMPLATE_ILLEGAL"),
+        ("13800000004", Outcome.PERMANENT, "isv.AMOUNT_NOT_ENOUGH"),
+        ("13800000005", Outcome.PERMANENT, "isv.SMS_SIGNATURE_ILLEGAL"),
+        ("13800000006", Outcome.RETRYABLE, "isp.SYSTEM_ERROR"),
+        ("13800000007", Outcome.RETRYABLE, "Throttling.User"),
+        ("13800000008", Outcome.RETRYABLE, "ServiceUnavailable"),
+    ],
+)
+def test_vendor_errors_keep_code_and_message_and_are_classified(
+    vendor: LoopbackServer, receiver: str, outcome: Outcome, code: str
+) -> None:
+    """Each vendor error keeps Aliyun's code and message, and throttling/system faults are retryable."""
+    result = send_to(vendor, make_message(receiver))
+    assert (result.outcome, result.error_code) == (outcome, code)
+    assert result.error_message == json.loads(SCRIPTED[receiver].body)["Message"]
+
+
+@pytest.mark.parametrize("receiver", ["13800000009", "13800000010", "13800000011", "13800000012"])
+def test_garbage_answers_are_retryable_bad_responses(vendor: LoopbackServer, receiver: str) -> None:
+    """HTML, plain text, a JSON array or OK without BizId is a retryable bad_response."""
+    result = send_to(vendor, make_message(receiver))
+    assert (result.outcome, result.error_code) == (Outcome.RETRYABLE, "bad_response")
+
+
+def test_slow_vendor_times_out_as_retryable_network_error(vendor: LoopbackServer) -> None:
+    """An answer slower than the configured timeout is a retryable network failure."""
+    result = send_to(vendor, make_message("13800000013"))
+    assert (result.outcome, result.error_code) == (Outcome.RETRYABLE, "network")
+
+
+@pytest.mark.parametrize(
+    "changes", [{"template_code": ""}, {"receiver": ""}, {"sign_name": ""}], ids=["template", "receiver", "sign"]
+)
+def test_incomplete_message_fails_permanently_without_calling(vendor: LoopbackServer, changes: dict) -> None:
+    """A message Aliyun would reject (no template, receiver or sign) is permanent and never sent."""
+    result = send_to(vendor, make_message(**changes))
+    assert (result.outcome, result.error_code) == (Outcome.PERMANENT, "invalid_message")
+    assert vendor.requests == []
+
+
+def test_sign_name_falls_back_to_the_account_default(vendor: LoopbackServer) -> None:
+    """Without a sign name on the message, the account's sign_name is used."""
+    account = make_account(vendor.url)
+    account = Account(account.name, account.type, {**account.config, "sign_name": "木雷"})
+    ctx = SendContext(RequestsTransport(), datetime.now(timezone.utc), NoTokens())
+    assert aliyun_sms.send(make_message(sign_name=""), account, ctx).ok
+    assert vendor.requests[0].query["SignName"] == "木雷"
+
+
+def test_secret_never_appears_in_results(vendor: LoopbackServer) -> None:
+    """No outcome (accepted, refused, garbage, timeout) stores or reports the AccessKey secret."""
+    receivers = ["13800138000", "13800000002", "13800000009", "13800000013"]
+    results = [send_to(vendor, make_message(r)) for r in receivers] + [send_to(vendor, make_message(), "x" * 30)]
+    for result in results:
+        stored = json.dumps([result.error_message, result.request_summary, result.response_summary])
+        assert SECRET not in stored and "x" * 30 not in stored
+
+
+def test_parse_response_is_pure_on_a_recorded_answer() -> None:
+    """parse_response reads a recorded HTTP answer without any I/O."""
+    answer = HttpResponse(200, {}, json.dumps({"Code": "OK", "BizId": "123^0", "RequestId": "r"}).encode())
+    assert aliyun_sms.parse_response(answer).provider_message_id == "123^0"
+
+
+# --- SmsReport ---------------------------------------------------------------------------------
+
+REPORTS = [
+    {"phone_number": "13800138000", "send_time": "2026-03-01 16:30:00", "report_time": "2026-03-01 16:30:05",
+     "success": True, "err_code": "DELIVERED", "err_msg": "用户接收成功", "sms_size": "1",
+     "biz_id": "900619746936498440^0", "out_id": "task-1001-1"},
+    {"phone_number": "13800000002", "send_time": "2026-03-01 16:31:00", "report_time": "2026-03-01 16:31:09",
+     "success": False, "err_code": "MK:0001", "err_msg": "空号", "sms_size": "1",
+     "biz_id": "900619746936498441^0", "out_id": "task-1002-1"},
+]
+
+
+def report_request(body: bytes, token: str = "s3cret-token", client: str = "203.0.113.7") -> CallbackRequest:
+    return CallbackRequest("POST", {"token": token}, {"Content-Type": "application/json"}, body, client)
+
+
+def test_smsreport_items_become_delivery_reports() -> None:
+    """Each SmsReport item becomes a report: success -> delivered, else failed with err_code/err_msg."""
+    account = make_account(token="s3cret-token")
+    result = aliyun_sms.parse_callback(report_request(json.dumps(REPORTS).encode()), account, NOW)
+    assert result.verified and result.error == ""
+    delivered, failed = result.reports
+    assert (delivered.provider_message_id, delivered.status, delivered.receiver) == (
+        "900619746936498440^0", "delivered", "13800138000")
+    assert delivered.reported_at == datetime(2026, 3, 1, 8, 30, 5, tzinfo=timezone.utc)
+    assert (failed.status, failed.error_code, failed.error_message) == ("failed", "MK:0001", "空号")
+    assert json.loads(result.reply.body) == {"code": 0, "msg": "接收成功"} and result.reply.status == 200
+
+
+@pytest.mark.parametrize(
+    ("callback", "token", "client"),
+    [
+        ({"token": "s3cret-token"}, "forged", "203.0.113.7"),
+        ({}, "s3cret-token", "203.0.113.7"),
+        ({"allow_ips": ["106.11.0.1"]}, "", "203.0.113.7"),
+    ],
+    ids=["bad-token", "nothing-configured", "address-not-allowed"],
+)
+def test_unverifiable_report_is_refused(callback: dict, token: str, client: str) -> None:
+    """A report without the right token or from outside allow_ips yields nothing and is refused."""
+    account = Account("aliyun-main", "aliyun_sms", make_account().config, callback)
+    result = aliyun_sms.parse_callback(report_request(json.dumps(REPORTS).encode(), token, client), account, NOW)
+    assert (result.reports, result.verified) == ((), False)
+    assert result.error and result.reply.status == 403
+
+
+@pytest.mark.parametrize(
+    "body", [b"not json", b'{"biz_id": "1"}', b'[{"success": true}]', b"[1, 2]", b"\xff\xfe"],
+    ids=["text", "object", "no-biz-id", "numbers", "binary"],
+)
+def test_garbage_report_yields_no_reports_and_a_clear_error(body: bytes) -> None:
+    """A body that is not an array of SmsReport items gives no reports and says why."""
+    result = aliyun_sms.parse_callback(report_request(body), make_account(token="s3cret-token"), NOW)
+    assert result.reports == () and result.verified
+    assert result.error and result.reply.status == 400
+
+
+def test_unreadable_report_time_falls_back_to_now() -> None:
+    """A report whose report_time cannot be read is still applied, timed at reception."""
+    item = {**REPORTS[0], "report_time": "yesterday"}
+    result = aliyun_sms.parse_callback(report_request(json.dumps([item]).encode()), make_account(token="s3cret-token"), NOW)
+    assert result.reports[0].reported_at == NOW
+
+
+@given(st.binary(max_size=300))
+def test_parse_callback_never_raises(body: bytes) -> None:
+    """Any body at all is answered: reports or an error, never an exception."""
+    result = aliyun_sms.parse_callback(report_request(body), make_account(token="s3cret-token"), NOW)
+    assert result.reports or result.error or json.loads(body) == []
+
+
+# --- shared HTTP provider contract ------------------------------------------------------------
+
+CASE = contract.ProviderCase(
+    provider=aliyun_sms,
+    config=lambda url: {"access_key_id": AK, "access_key_secret": SECRET, "base_url": url, "timeout": contract.TIMEOUT},
+    vendor=contract_vendor(lambda: aliyun_check({AK: SECRET})),
+    message=make_message(),
+    success=Reply(200, json.dumps({"RequestId": "r", "Code": "OK", "Message": "OK", "BizId": "900619746936498440^0"})),
+    vendor_errors=(
+        contract.Scenario("throttled", SCRIPTED["13800000001"], Outcome.RETRYABLE, "isv.BUSINESS_LIMIT_CONTROL"),
+        contract.Scenario("no-balance", SCRIPTED["13800000004"], Outcome.PERMANENT, "isv.AMOUNT_NOT_ENOUGH"),
+    ),
+    message_id="900619746936498440^0",
+    final=False,
+)
+
+
+@pytest.mark.parametrize("scenario", contract.scenarios(CASE), ids=str)
+def test_contract(scenario: contract.Scenario) -> None:
+    """The provider meets the shared HTTP provider contract in this scenario."""
+    contract.check(CASE, scenario)
