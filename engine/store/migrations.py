@@ -16,7 +16,7 @@ from engine.store.db import connection
 from engine.store.models import MODELS, UtcDateTimeField, utcnow
 
 # Binary collation keeps comparisons exact (ids, idempotency keys) as on PostgreSQL and SQLite.
-MYSQL_TABLE_SETTINGS = ("DEFAULT CHARSET=utf8mb4", "COLLATE=utf8mb4_bin")
+MYSQL_CHARSET = "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
 LOCK_NAME = "mpush_migrate"
 LOCK_TIMEOUT_SECONDS = 60
 
@@ -34,7 +34,7 @@ Migration = Callable[[peewee.Database], None]
 
 def create_tables(db: peewee.Database) -> None:
     """001: every table and index of the models."""
-    for model in (SchemaVersion, *MODELS):
+    for model in MODELS:
         _create_table(db, model)
 
 
@@ -44,18 +44,19 @@ MIGRATIONS: tuple[tuple[str, Migration], ...] = (("001_create_tables", create_ta
 def migrate(db: peewee.Database) -> list[str]:
     """Bring `db` to the latest schema; returns the names of the migrations applied (none when up to date).
 
-    Safe to run from several processes at once: they take a database-wide lock in turn.
+    Safe to run from several processes at once: they take a database-wide lock in turn. The models' own binding
+    is left untouched, so threads already serving requests are not disturbed.
     """
     applied: list[str] = []
-    with connection(db), db.bind_ctx((SchemaVersion, *MODELS)), _migration_lock(db):
+    with connection(db), _migration_lock(db):
         _create_table(db, SchemaVersion)
-        done = {row.name for row in SchemaVersion.select()}
+        done = {row.name for row in SchemaVersion.select().bind(db)}
         for name, step in MIGRATIONS:
             if name in done:
                 continue
             with db.atomic():
                 step(db)
-                SchemaVersion.create(name=name)
+                SchemaVersion.insert(name=name, applied_at=utcnow()).execute(db)
             applied.append(name)
     return applied
 
@@ -63,12 +64,10 @@ def migrate(db: peewee.Database) -> list[str]:
 def _create_table(db: peewee.Database, model: type[peewee.Model]) -> None:
     if db.table_exists(model._meta.table_name):
         return
+    peewee.SchemaManager(model, db).create_all(safe=False)
     if isinstance(db, peewee.MySQLDatabase):
-        model._meta.table_settings = MYSQL_TABLE_SETTINGS
-    try:
-        db.create_tables([model], safe=False)
-    finally:
-        model._meta.table_settings = None
+        # New tables take the database's default character set, which may not hold Chinese or emoji.
+        db.execute_sql(f"ALTER TABLE {model._meta.table_name} CONVERT TO {MYSQL_CHARSET}")
 
 
 @contextmanager

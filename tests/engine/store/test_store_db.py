@@ -1,0 +1,150 @@
+"""Opening databases from URLs, health pings, unreachable servers, and the schema migrations."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import peewee
+import pytest
+from playhouse.pool import PooledMySQLDatabase, PooledPostgresqlDatabase
+
+from engine.store import repo
+from engine.store.db import StoreUnavailable, bind, connect, connection, ping
+from engine.store.migrations import SchemaVersion, migrate
+from engine.store.models import MODELS, database
+
+UNREACHABLE_POSTGRES = "postgresql://postgres@127.0.0.1:1/nothing"
+
+
+def test_sqlite_file_url_creates_its_directory_and_sets_the_pragmas(tmp_path: Path) -> None:
+    """A relative-or-absolute SQLite URL opens that file (making its folder) in WAL mode with the safety pragmas."""
+    path = tmp_path / "data" / "mpush.db"
+    db = connect(f"sqlite:///{path}")
+    try:
+        pragmas = {name: db.execute_sql(f"PRAGMA {name}").fetchone()[0]
+                   for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")}
+    finally:
+        db.close()
+    assert path.exists()
+    assert pragmas == {"journal_mode": "wal", "synchronous": 1, "busy_timeout": 5000, "foreign_keys": 1}
+
+
+def test_sqlite_memory_database_is_shared_by_threads() -> None:
+    """sqlite:///:memory: is one database for every thread, not one per connection."""
+    db = connect("sqlite:///:memory:")
+    db.execute_sql("CREATE TABLE seen (value TEXT)")
+    writer = threading.Thread(target=lambda: (db.execute_sql("INSERT INTO seen VALUES ('from a thread')"), db.close()))
+    writer.start()
+    writer.join(timeout=10)
+    assert db.execute_sql("SELECT value FROM seen").fetchall() == [("from a thread",)]
+    db.close()
+
+
+def test_server_urls_become_pooled_databases_with_driver_options() -> None:
+    """PostgreSQL and MySQL URLs give connection pools carrying host, port, credentials and query options."""
+    pg = connect("postgresql://alice:s%40cret@db.example:6543/push?sslmode=require")
+    my = connect("mysql://bob:pw@db.example/push")
+    assert isinstance(pg, PooledPostgresqlDatabase) and isinstance(my, PooledMySQLDatabase)
+    assert pg.database == "push" and my.database == "push"
+    assert pg.connect_params == {
+        "host": "db.example", "port": 6543, "user": "alice", "password": "s@cret", "sslmode": "require",
+        "connect_timeout": 5,
+    }
+    assert my.connect_params["charset"] == "utf8mb4"
+    assert pg._max_connections == my._max_connections == 32
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("oracle://scott@tiger/db", "unsupported database URL"),
+        ("postgresql://user:hunter2@host", "needs a host and a database name"),
+        ("sqlite://", "sqlite:///relative/path.db"),
+    ],
+)
+def test_bad_urls_are_refused_clearly_without_leaking_passwords(url: str, message: str) -> None:
+    """An unknown scheme or an incomplete URL is a ValueError that says what is expected and hides the password."""
+    with pytest.raises(ValueError, match=message) as caught:
+        connect(url)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_ping_answers_none_when_the_database_is_up(db: peewee.Database) -> None:
+    """ping() returns None for a reachable database."""
+    assert ping(db) is None
+
+
+def test_unreachable_server_is_reported_not_pretended() -> None:
+    """With the server down, ping() explains and repository calls raise StoreUnavailable."""
+    down = connect(UNREACHABLE_POSTGRES)
+    previous = database.obj
+    bind(down)
+    try:
+        assert ping(down).startswith("database unavailable: ")
+        with pytest.raises(StoreUnavailable, match="database unavailable"):
+            repo.get_task("any")
+    finally:
+        bind(previous)
+
+
+def test_unbound_store_says_how_to_bind() -> None:
+    """Calling the repository before bind() is a RuntimeError naming the fix."""
+    previous = database.obj
+    database.obj = None
+    try:
+        with pytest.raises(RuntimeError, match="bind"):
+            repo.list_apps()
+    finally:
+        bind(previous)
+
+
+def test_repository_calls_hand_pooled_connections_back(db: peewee.Database) -> None:
+    """After a repository call the thread holds no connection (pools serve many threads), unless it holds one itself."""
+    repo.list_apps()
+    assert db.is_closed() or not isinstance(db, (PooledPostgresqlDatabase, PooledMySQLDatabase))
+    with connection(db):
+        db.connect(reuse_if_open=True)
+        repo.list_apps()
+        assert not db.is_closed()
+
+
+def _drop_schema(db: peewee.Database) -> None:
+    with connection(db), db.bind_ctx((SchemaVersion, *MODELS)):
+        db.drop_tables((SchemaVersion, *MODELS))
+
+
+def test_migrate_builds_the_schema_once_and_is_idempotent(db: peewee.Database) -> None:
+    """On an empty database migrate applies 001 and creates every table; run again it applies nothing."""
+    _drop_schema(db)
+    assert migrate(db) == ["001_create_tables"]
+    assert migrate(db) == []
+    with connection(db):
+        tables = set(db.get_tables())
+    assert {model._meta.table_name for model in (SchemaVersion, *MODELS)} <= tables
+
+
+def test_concurrent_migrations_apply_each_step_exactly_once(db: peewee.Database) -> None:
+    """Two processes' worth of migrate() at once: one applies 001, the other finds it done."""
+    _drop_schema(db)
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def run() -> None:
+        start.wait(timeout=10)
+        try:
+            results.append(migrate(db))
+        except BaseException as exc:  # noqa: BLE001 — surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            if isinstance(db, peewee.SqliteDatabase):
+                db.close()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert sorted(results) == [[], ["001_create_tables"]]
