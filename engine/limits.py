@@ -1,0 +1,125 @@
+"""Quota and rate-limit counters in Redis: epoch-aligned fixed windows, checked and counted atomically in Lua."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+from engine import keys
+from engine.policy.decisions import OnExceed, QuotaCheck
+from engine.policy.model import Rate
+from engine.policy.selection import counter_ttl, window_bucket, window_end
+
+# KEYS: counters. ARGV: cost, then limit and ttl per counter. Returns 0, or the 1-based index of the
+# first counter without room for `cost` — in which case nothing was counted.
+_TAKE = """
+local cost = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') + cost > tonumber(ARGV[2 * i]) then return i end
+end
+for i = 1, #KEYS do
+  if redis.call('INCRBY', KEYS[i], cost) == cost then redis.call('EXPIRE', KEYS[i], ARGV[2 * i + 1]) end
+end
+return 0
+"""
+
+# KEYS: counters. ARGV: cost. Gives back up to `cost` units, never below zero.
+_GIVE_BACK = """
+local cost = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local used = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if used > 0 then redis.call('DECRBY', KEYS[i], math.min(used, cost)) end
+end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Whether a request may proceed; on reject, the first exhausted rule and when its window resets."""
+
+    allowed: bool
+    rule: str | None = None
+    on_exceed: OnExceed | None = None
+    retry_at: float | None = None
+
+
+ADMITTED = Admission(True)
+
+
+def counter_key(check: QuotaCheck, now: float) -> str:
+    """The Redis counter of one quota rule in the window `now` falls in (per rule, so rules never share)."""
+    bucket = window_bucket(now, check.window_seconds)
+    return keys.quota(f"{check.rule}:{check.window_seconds}:{check.key}", bucket)
+
+
+def _validated(checks: Sequence[QuotaCheck], cost: int) -> None:
+    if cost < 1:
+        raise ValueError(f"cost must be at least 1, got {cost}")
+    for check in checks:
+        if check.limit < 0 or check.window_seconds < 1:
+            raise ValueError(f"quota {check.rule!r}: limit must be >= 0 and window >= 1s, got {check}")
+    names = [(c.rule, c.key, c.window_seconds) for c in checks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the same quota counter appears twice: {names}")
+
+
+class Limits:
+    """Quota rules, per-app request rate and per-provider send rate, counted in Redis."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._take = client.register_script(_TAKE)
+        self._give_back = client.register_script(_GIVE_BACK)
+
+    def admit(self, checks: Sequence[QuotaCheck], *, now: float, cost: int = 1) -> Admission:
+        """Count `cost` against every check if all of them have room, else count nothing and say which failed."""
+        _validated(checks, cost)
+        if not checks:
+            return ADMITTED
+        args: list[int] = [cost]
+        for check in checks:
+            args += [check.limit, counter_ttl(check.window_seconds)]
+        exhausted = int(self._take(keys=[counter_key(c, now) for c in checks], args=args))
+        if not exhausted:
+            return ADMITTED
+        check = checks[exhausted - 1]
+        retry_at = window_end(window_bucket(now, check.window_seconds), check.window_seconds)
+        return Admission(False, check.rule, check.on_exceed, retry_at)
+
+    def refund(self, checks: Sequence[QuotaCheck], now: float, cost: int = 1) -> None:
+        """Give back what `admit(checks, now=now, cost=cost)` took, when the request could not be stored.
+
+        Pass the same `now` as to `admit`, so the units go back to the window they were taken from.
+        """
+        _validated(checks, cost)
+        if checks:
+            self._give_back(keys=[counter_key(c, now) for c in checks], args=[cost])
+
+    def used(self, check: QuotaCheck, now: float) -> int:
+        """Units counted so far in the window `now` falls in."""
+        return int(self.redis.get(counter_key(check, now)) or 0)
+
+    def rate_allow(self, app_id: str, limit_per_second: int, now: float) -> bool:
+        """One request of an app within its per-second limit (0 = unlimited)."""
+        if limit_per_second < 0:
+            raise ValueError(f"rate limit must be >= 0, got {limit_per_second}")
+        if limit_per_second == 0:
+            return True
+        key = keys.rate(app_id, window_bucket(now, 1))
+        return not int(self._take(keys=[key], args=[1, limit_per_second, counter_ttl(1)]))
+
+    def provider_allow(self, name: str, rate: Rate | None, now: float) -> bool:
+        """One send through a provider account within its rate (None = unlimited).
+
+        The selector already counts the sends of the accounts it chooses against the same
+        counter; this is for sends that bypass selection (admin test sends).
+        """
+        if rate is None:
+            return True
+        if rate.count < 0 or rate.per_seconds < 1:
+            raise ValueError(f"rate of {name!r} must be >= 0 per >= 1s, got {rate}")
+        key = keys.provider_rate(name, window_bucket(now, rate.per_seconds))
+        return not int(self._take(keys=[key], args=[1, rate.count, counter_ttl(rate.per_seconds)]))

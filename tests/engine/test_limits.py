@@ -1,0 +1,193 @@
+"""Quota and rate counters against real Redis: all-or-nothing admission, windows, refunds, concurrency."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.limits import Limits, counter_key
+from engine.policy.decisions import QuotaCheck
+from engine.policy.model import Rate
+from engine.policy.selection import window_bucket
+
+pytestmark = pytest.mark.redis
+
+REDIS_URL = os.environ.get("MPUSH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+RUN = uuid.uuid4().hex[:12]  # every key these tests touch contains it
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+    connection.ping()
+    yield connection
+    stale = list(connection.scan_iter(match=f"*{RUN}*", count=1000))
+    if stale:
+        connection.delete(*stale)
+    connection.close()
+
+
+@pytest.fixture(scope="module")
+def limits(client: redis.Redis) -> Limits:
+    return Limits(client)
+
+
+def _unique(name: str) -> str:
+    return f"{name}-{RUN}-{uuid.uuid4().hex[:8]}"
+
+
+def _check(rule: str, limit: int, window: int = 60, on_exceed: str = "reject") -> QuotaCheck:
+    return QuotaCheck(rule=_unique(rule), key="app=a1", limit=limit, window_seconds=window,
+                      on_exceed=on_exceed)  # type: ignore[arg-type]
+
+
+def test_admit_counts_every_check(limits: Limits) -> None:
+    """An admitted request counts its cost against every matching quota."""
+    daily, hourly = _check("daily", 10, 86400), _check("hourly", 5, 3600)
+    assert limits.admit([daily, hourly], now=T0, cost=2).allowed
+    assert (limits.used(daily, T0), limits.used(hourly, T0)) == (2, 2)
+
+
+def test_one_exhausted_check_rejects_and_counts_nothing(limits: Limits) -> None:
+    """When one quota has no room, nothing is counted anywhere and the reject names that rule."""
+    roomy, tight = _check("roomy", 100), _check("tight", 3, 3600, "defer")
+    assert limits.admit([roomy, tight], now=T0, cost=3).allowed
+    verdict = limits.admit([roomy, tight], now=T0 + 1, cost=1)
+    assert not verdict.allowed
+    assert verdict.rule == tight.rule
+    assert verdict.on_exceed == "defer"
+    assert verdict.retry_at == (window_bucket(T0, 3600) + 1) * 3600
+    assert (limits.used(roomy, T0), limits.used(tight, T0)) == (3, 3)
+
+
+def test_cost_larger_than_the_room_left_is_refused_whole(limits: Limits) -> None:
+    """A batch whose cost exceeds what is left is refused entirely, not partially counted."""
+    check = _check("batch", 10)
+    assert limits.admit([check], now=T0, cost=7).allowed
+    assert not limits.admit([check], now=T0, cost=4).allowed
+    assert limits.admit([check], now=T0, cost=3).allowed
+    assert limits.used(check, T0) == 10
+
+
+def test_windows_are_epoch_aligned_fixed_windows(limits: Limits) -> None:
+    """A new window starts from zero at the epoch-aligned boundary, not `window` after the first call."""
+    check = _check("minute", 1, 60)
+    start = window_bucket(T0, 60) * 60
+    assert limits.admit([check], now=start + 59.9).allowed
+    assert not limits.admit([check], now=start + 59.99).allowed
+    assert limits.admit([check], now=start + 60).allowed
+
+
+def test_counters_expire_after_their_window(client: redis.Redis, limits: Limits) -> None:
+    """A counter is kept a little past its window and then removed by Redis."""
+    check = _check("ttl", 5, 3600)
+    limits.admit([check], now=T0)
+    assert 3600 < client.ttl(counter_key(check, T0)) <= 3660
+
+
+def test_refund_gives_units_back_to_the_admission_window(limits: Limits) -> None:
+    """refund undoes an admission that could not be stored, never going below zero."""
+    a, b = _check("ra", 5), _check("rb", 5)
+    assert limits.admit([a, b], now=T0, cost=3).allowed
+    limits.refund([a, b], T0, 2)
+    assert (limits.used(a, T0), limits.used(b, T0)) == (1, 1)
+    limits.refund([a, b], T0, 5)
+    assert (limits.used(a, T0), limits.used(b, T0)) == (0, 0)
+
+
+def test_no_checks_admit_without_touching_redis(limits: Limits) -> None:
+    """With no matching quota rule the request is admitted."""
+    assert limits.admit([], now=T0).allowed
+
+
+@pytest.mark.parametrize(
+    ("shape", "cost"),
+    [([(5, 60)], 0), ([(-1, 60)], 1), ([(5, 0)], 1), ([(5, 60), (9, 60)], 1)],
+)
+def test_bad_input_is_refused_and_counts_nothing(limits: Limits, shape: list[tuple[int, int]], cost: int) -> None:
+    """A zero cost, a negative limit, an empty window or one counter twice is a ValueError."""
+    rule = _unique("bad")
+    checks = [QuotaCheck(rule, "k", limit, window) for limit, window in shape]
+    with pytest.raises(ValueError):
+        limits.admit(checks, now=T0, cost=cost)
+    with pytest.raises(ValueError):
+        limits.refund(checks, T0, cost)
+    if checks[0].window_seconds > 0:
+        assert limits.used(checks[0], T0) == 0
+
+
+def test_app_rate_limit_per_second(limits: Limits) -> None:
+    """An app gets `limit` requests per epoch second; 0 means unlimited."""
+    app = _unique("app")
+    assert [limits.rate_allow(app, 3, T0 + 0.1) for _ in range(4)] == [True, True, True, False]
+    assert limits.rate_allow(app, 3, T0 + 1.0)
+    assert all(limits.rate_allow(app, 0, T0 + 0.5) for _ in range(50))
+    with pytest.raises(ValueError):
+        limits.rate_allow(app, -1, T0)
+
+
+def test_provider_rate(limits: Limits) -> None:
+    """A provider account sends at most `count` per `per_seconds` window; no rate means unlimited."""
+    name = _unique("prov")
+    rate = Rate(count=2, per_seconds=10)
+    start = window_bucket(T0, 10) * 10
+    assert [limits.provider_allow(name, rate, start + 1) for _ in range(3)] == [True, True, False]
+    assert limits.provider_allow(name, rate, start + 10)
+    assert limits.provider_allow(name, None, start)
+
+
+def test_concurrent_admissions_never_exceed_the_limit(limits: Limits) -> None:
+    """Eight threads hammering one quota admit exactly `limit` units in total."""
+    check = _check("hammer", 50)
+    other = _check("other", 10_000)
+    admitted = [0] * 8
+
+    def hammer(slot: int) -> None:
+        for _ in range(25):
+            if limits.admit([other, check], now=T0).allowed:
+                admitted[slot] += 1
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert sum(admitted) == 50
+    assert (limits.used(check, T0), limits.used(other, T0)) == (50, 50)
+
+
+_calls = st.lists(
+    st.tuples(st.integers(1, 6), st.floats(0, 400), st.sets(st.integers(0, 2), min_size=1)),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(calls=_calls)
+def test_counters_match_a_reference_model(limits: Limits, calls: list[tuple[int, float, set[int]]]) -> None:
+    """For any sequence of admissions with any costs, times and rule subsets, decisions and counters equal a
+    plain model: per rule and window, the sum of admitted costs, never above the limit."""
+    checks = [_check("m0", 7, 60), _check("m1", 12, 300), _check("m2", 20, 3600)]
+    model: dict[tuple[int, int], int] = {}
+    for cost, offset, chosen in calls:
+        now = T0 + offset
+        applying = [checks[i] for i in sorted(chosen)]
+        slots = [(i, window_bucket(now, checks[i].window_seconds)) for i in sorted(chosen)]
+        expected = all(model.get(s, 0) + cost <= checks[s[0]].limit for s in slots)
+        assert limits.admit(applying, now=now, cost=cost).allowed == expected
+        if expected:
+            for s in slots:
+                model[s] = model.get(s, 0) + cost
+        for i, check in enumerate(checks):
+            assert limits.used(check, now) == model.get((i, window_bucket(now, check.window_seconds)), 0)
+            assert limits.used(check, now) <= check.limit
