@@ -89,7 +89,9 @@ def connection(db: peewee.Database) -> Iterator[peewee.Database]:
 
 def _sqlite(path: str) -> peewee.SqliteDatabase:
     if not path:
-        raise ValueError("a SQLite URL is sqlite:///relative/path.db, sqlite:////absolute/path.db or sqlite:///:memory:")
+        raise ValueError(
+            "a SQLite URL is sqlite:///relative/path.db, sqlite:////absolute/path.db or sqlite:///:memory:"
+        )
     if path == ":memory:":
         # A named shared-cache memory database, so every thread's connection sees the same tables.
         name = f"file:mpush-{uuid.uuid4().hex}?mode=memory&cache=shared"

@@ -15,6 +15,7 @@ APP_DISABLED = 2
 APP_STATUSES = (APP_ENABLED, APP_DISABLED)
 
 TASK_STATUSES = ("pending", "scheduled", "processing", "sent", "success", "failed")
+OPEN_TASK_STATUSES = ("pending", "scheduled", "processing")
 FINAL_TASK_STATUSES = ("success", "failed")
 CALLBACK_STATUSES = ("", "delivered", "failed", "rejected", "timeout")
 ATTEMPT_STATUSES = ("sending", "ok", "retryable", "permanent", "unknown")
@@ -43,11 +44,7 @@ class UtcDateTimeField(peewee.DateTimeField):
 
 
 class JSONTextField(peewee.TextField):
-    """A JSON document kept as text (portable); read back as Python values.
-
-    A str is taken as JSON that is already encoded, so callers holding the wire text need not decode it first;
-    it must parse, or the write is refused.
-    """
+    """A JSON document kept and read back as text; writes take either JSON text (checked) or a value to encode."""
 
     def db_value(self, value: Any) -> Any:
         if value is None:
@@ -58,10 +55,7 @@ class JSONTextField(peewee.TextField):
             except ValueError as exc:
                 raise ValueError(f"{self.name}: not valid JSON text: {value[:80]!r}") from exc
             return value
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-
-    def python_value(self, value: Any) -> Any:
-        return None if value is None else json.loads(value)
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 class BaseModel(peewee.Model):
@@ -96,14 +90,14 @@ class Task(BaseModel):
     title = peewee.CharField(max_length=255, default="")
     content = peewee.TextField(default="")
     template = peewee.CharField(max_length=100, default="")
-    template_params = JSONTextField(default=dict)
+    template_params = JSONTextField(default="{}")
     signature = peewee.CharField(max_length=100, default="")
     status = peewee.CharField(max_length=16, default="pending")
     callback_status = peewee.CharField(max_length=16, default="")
     callback_time = UtcDateTimeField(null=True)
     retry_count = peewee.IntegerField(default=0)
     max_retry = peewee.IntegerField(default=3)
-    exclude_providers = JSONTextField(default=list)
+    exclude_providers = JSONTextField(default="[]")
     scheduled_at = UtcDateTimeField(null=True)
     provider = peewee.CharField(max_length=100, default="")
     provider_message_id = peewee.CharField(max_length=128, default="")
@@ -112,7 +106,7 @@ class Task(BaseModel):
     rule = peewee.CharField(max_length=100, default="")
     rule_version = peewee.CharField(max_length=64, default="")
     idempotency_key = peewee.CharField(max_length=255, null=True)
-    tags = JSONTextField(default=list)
+    tags = JSONTextField(default="[]")
     created_at = UtcDateTimeField(default=utcnow, index=True)
     updated_at = UtcDateTimeField(default=utcnow, index=True)
 

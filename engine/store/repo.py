@@ -7,7 +7,6 @@ it cannot be reached. Datetimes go in and come out timezone-aware (UTC).
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
@@ -21,6 +20,7 @@ from engine.store.models import (
     APP_STATUSES,
     ATTEMPT_STATUSES,
     CALLBACK_STATUSES,
+    OPEN_TASK_STATUSES,
     TASK_STATUSES,
     Application,
     Attempt,
@@ -216,6 +216,18 @@ def mark_status_if(task_id: str, expected: tuple[str, ...], **fields: Any) -> bo
     return query.execute() > 0
 
 
+@_guarded
+def stale_open_tasks(before: datetime, limit: int = 500) -> list[str]:
+    """Ids of tasks still open (pending, scheduled, processing) and untouched since `before`, oldest first."""
+    query = (
+        Task.select(Task.task_id)
+        .where(Task.status.in_(OPEN_TASK_STATUSES) & (Task.updated_at < before))
+        .order_by(Task.updated_at)
+        .limit(limit)
+    )
+    return [task_id for (task_id,) in query.tuples()]
+
+
 def task_to_public(task: Task) -> dict[str, Any]:
     """GET /api/v1/messages/{task_id}: the reference's fields, then ours, then the attempts."""
     return {
@@ -228,14 +240,14 @@ def task_to_public(task: Task) -> dict[str, Any]:
         "title": task.title,
         "content": task.content,
         "template_code": task.template,
-        "template_params": _json_text(task.template_params),
+        "template_params": task.template_params,
         "signature": task.signature,
         "status": task.status,
         "callback_status": task.callback_status,
         "callback_time": rfc3339(task.callback_time),
         "retry_count": task.retry_count,
         "max_retry": task.max_retry,
-        "exclude_provider_ids": _json_text(task.exclude_providers),
+        "exclude_provider_ids": task.exclude_providers,
         "scheduled_at": rfc3339(task.scheduled_at),
         "created_at": rfc3339(task.created_at),
         "updated_at": rfc3339(task.updated_at),
@@ -299,10 +311,6 @@ def _check_names(what: str, fields: Mapping[str, Any], allowed: frozenset[str]) 
     unknown = sorted(set(fields) - allowed)
     if unknown:
         raise ValueError(f"unknown {what} field(s): {', '.join(unknown)}")
-
-
-def _json_text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 # -- batches --------------------------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ def test_decrypts_the_gcm_specification_vector() -> None:
 
 def test_encrypt_lays_out_nonce_ciphertext_and_tag_with_a_fresh_nonce() -> None:
     """The token is base64 of 12 nonce bytes, the ciphertext and a 16-byte tag; each call draws a new nonce."""
-    first, second = encrypt_secret(KNOWN_PLAIN, REFERENCE_DEFAULT_KEY), encrypt_secret(KNOWN_PLAIN, REFERENCE_DEFAULT_KEY)
+    first = encrypt_secret(KNOWN_PLAIN, REFERENCE_DEFAULT_KEY)
+    second = encrypt_secret(KNOWN_PLAIN, REFERENCE_DEFAULT_KEY)
     assert len(base64.b64decode(first)) == 12 + len(KNOWN_PLAIN) + 16
     assert first[:16] != second[:16]
     assert decrypt_secret(first, REFERENCE_DEFAULT_KEY) == decrypt_secret(second, REFERENCE_DEFAULT_KEY) == KNOWN_PLAIN

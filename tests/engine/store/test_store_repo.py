@@ -142,8 +142,8 @@ def test_chinese_and_emoji_round_trip_everywhere() -> None:
     assert (task.receiver, task.title, task.content, task.error_message) == (
         "张三@例子.中国", CHINESE, CHINESE * 200, CHINESE
     )
-    assert task.template_params == {"名字": CHINESE}
-    assert task.tags == ["营销", "😀"]
+    assert json.loads(task.template_params) == {"名字": CHINESE}
+    assert json.loads(task.tags) == ["营销", "😀"]
 
 
 def test_datetimes_come_back_aware_to_the_microsecond() -> None:
@@ -190,10 +190,15 @@ def test_create_tasks_is_all_or_nothing_across_chunks() -> None:
 
 @pytest.mark.parametrize(
     ("fields", "message"),
-    [({"colour": "red"}, "unknown task field"), ({"status": "lost"}, "unknown task status"), ({"receiver": ""}, "receiver")],
+    [
+        ({"colour": "red"}, "unknown task field"),
+        ({"status": "lost"}, "unknown task status"),
+        ({"receiver": ""}, "receiver"),
+        ({"template_params": "{not json"}, "not valid JSON"),
+    ],
 )
 def test_bad_task_rows_are_refused_before_anything_is_stored(fields: dict[str, Any], message: str) -> None:
-    """An unknown column, an unknown status or a missing receiver is a ValueError; the good rows are not stored."""
+    """An unknown column or status, a missing receiver or broken JSON text is a ValueError; no row is stored."""
     good = task_row()
     with pytest.raises(ValueError, match=message):
         repo.create_tasks([good, task_row(**fields)])
@@ -211,11 +216,9 @@ def test_get_tasks_returns_the_found_ones_by_id() -> None:
 def test_update_task_stores_fields_and_moves_updated_at() -> None:
     """update_task writes the given fields and a later updated_at; an unknown task or field is an error."""
     task = create_task()
-    repo.update_task(task.task_id, status="sent", provider="aliyun-main", exclude_providers=["tencent-main"], retry_count=1)
+    repo.update_task(task.task_id, status="sent", provider="aliyun-main", exclude_providers='["tencent-main"]')
     stored = repo.get_task(task.task_id)
-    assert (stored.status, stored.provider, stored.exclude_providers, stored.retry_count) == (
-        "sent", "aliyun-main", ["tencent-main"], 1
-    )
+    assert (stored.status, stored.provider, stored.exclude_providers) == ("sent", "aliyun-main", '["tencent-main"]')
     assert stored.updated_at > task.updated_at
     with pytest.raises(repo.NotFound):
         repo.update_task("missing", status="failed")
@@ -292,7 +295,8 @@ def test_an_attempt_can_be_begun_only_once() -> None:
     assert repo.begin_attempt(task.task_id, 1, "aliyun-main", "otp", "v1") is True
     assert repo.begin_attempt(task.task_id, 1, "tencent-main", "otp", "v1") is False
     assert repo.begin_attempt(task.task_id, 2, "tencent-main", "otp", "v1") is True
-    assert [(a.number, a.provider) for a in repo.list_attempts(task.task_id)] == [(1, "aliyun-main"), (2, "tencent-main")]
+    attempts = repo.list_attempts(task.task_id)
+    assert [(a.number, a.provider) for a in attempts] == [(1, "aliyun-main"), (2, "tencent-main")]
 
 
 def test_racing_workers_cannot_both_begin_one_attempt() -> None:
@@ -323,7 +327,8 @@ def test_finish_attempt_records_the_outcome_and_callbacks_find_it() -> None:
     )
     attempt = repo.find_attempt("aliyun-main", "biz-1")
     assert attempt is not None and attempt.task_id == task.task_id
-    assert (attempt.status, attempt.final, attempt.latency_ms, attempt.response) == ("ok", False, 42, {"Code": "OK", "Message": "成功"})
+    assert (attempt.status, attempt.final, attempt.latency_ms) == ("ok", False, 42)
+    assert json.loads(attempt.response) == {"Code": "OK", "Message": "成功"}
     assert attempt.finished_at >= attempt.created_at
     assert repo.find_attempt("tencent-main", "biz-1") is None
     assert repo.find_attempt("aliyun-main", "") is None
@@ -339,11 +344,10 @@ def test_finish_attempt_records_the_outcome_and_callbacks_find_it() -> None:
 def test_callback_replay_is_detected_only_after_it_was_applied() -> None:
     """callback_seen is true once an applied report with the same provider, id and status is recorded."""
     assert repo.callback_seen("aliyun-main", "biz-1", "delivered") is False
-    repo.record_callback(provider="aliyun-main", provider_message_id="biz-1", status="delivered", raw="[]", applied=False)
+    report = {"provider": "aliyun-main", "provider_message_id": "biz-1", "status": "delivered"}
+    repo.record_callback(**report, raw="[]", applied=False)
     assert repo.callback_seen("aliyun-main", "biz-1", "delivered") is False
-    stored = repo.record_callback(
-        provider="aliyun-main", provider_message_id="biz-1", status="delivered", verified=True, applied=True, raw=CHINESE
-    )
+    stored = repo.record_callback(**report, verified=True, applied=True, raw=CHINESE)
     assert (stored.verified, stored.applied, stored.raw) == (True, True, CHINESE)
     assert repo.callback_seen("aliyun-main", "biz-1", "delivered") is True
     assert repo.callback_seen("aliyun-main", "biz-1", "failed") is False
@@ -354,31 +358,37 @@ def test_callback_replay_is_detected_only_after_it_was_applied() -> None:
 # -- customer webhooks ----------------------------------------------------------------------------------------
 
 
+def record_try(delivery_id: int, **outcome: Any) -> Any:
+    """record_webhook_try with the fields a test does not care about filled in."""
+    defaults = {"status_code": None, "error": "", "latency_ms": 1, "next_at": None}
+    return repo.record_webhook_try(delivery_id, **{"delivered": False, "give_up": False, **defaults, **outcome})
+
+
 def test_webhook_tries_are_logged_until_delivered() -> None:
     """Each try is a numbered row; failures reschedule, success finishes, and the body never changes."""
     body = json.dumps({"event": "delivered", "receiver": CHINESE}, ensure_ascii=False)
     delivery = repo.create_webhook_delivery("t-1", "a" * 16, "delivered", "http://127.0.0.1:9/hook", body)
     later = datetime.now(UTC) + timedelta(seconds=5)
-    repo.record_webhook_try(delivery.id, status_code=500, error="HTTP 500", latency_ms=3, delivered=False, next_at=later, give_up=False)
-    retried = repo.record_webhook_try(delivery.id, status_code=None, error="timeout", latency_ms=5000, delivered=False, next_at=later, give_up=False)
+    record_try(delivery.id, status_code=500, error="HTTP 500", next_at=later)
+    retried = record_try(delivery.id, error="timeout", latency_ms=5000, next_at=later)
     assert (retried.status, retried.tries, retried.next_at, retried.last_error) == ("pending", 2, later, "timeout")
-    done = repo.record_webhook_try(delivery.id, status_code=200, error="", latency_ms=4, delivered=True, next_at=None, give_up=False)
+    done = record_try(delivery.id, status_code=200, delivered=True)
     assert (done.status, done.tries, done.next_at, done.last_status) == ("delivered", 3, None, 200)
     assert repo.get_webhook_delivery(delivery.id).body == body
     assert [(t.number, t.status_code, t.error) for t in repo.list_webhook_tries(delivery.id)] == [
         (1, 500, "HTTP 500"), (2, None, "timeout"), (3, 200, "")
     ]
     with pytest.raises(repo.NotFound):
-        repo.record_webhook_try(delivery.id, status_code=200, error="", latency_ms=1, delivered=True, next_at=None, give_up=False)
+        record_try(delivery.id, status_code=200, delivered=True)
 
 
 def test_webhook_gives_up_and_refuses_a_retry_without_a_time() -> None:
     """give_up marks the delivery failed; a failed try that neither gives up nor names next_at is refused."""
     delivery = repo.create_webhook_delivery("t-1", "a" * 16, "failed", "https://shop.example/hook", "{}")
     with pytest.raises(ValueError, match="next_at"):
-        repo.record_webhook_try(delivery.id, status_code=500, error="", latency_ms=1, delivered=False, next_at=None, give_up=False)
+        record_try(delivery.id, status_code=500)
     assert repo.list_webhook_tries(delivery.id) == []
-    failed = repo.record_webhook_try(delivery.id, status_code=500, error="HTTP 500", latency_ms=1, delivered=False, next_at=None, give_up=True)
+    failed = record_try(delivery.id, status_code=500, error="HTTP 500", give_up=True)
     assert (failed.status, failed.tries) == ("failed", 1)
     assert repo.get_webhook_delivery(delivery.id + 1000) is None
 
@@ -392,7 +402,22 @@ def test_task_counts_by_app_and_since() -> None:
     create_task("a" * 16, created_at=old, updated_at=old)
     create_task("a" * 16, status="success")
     create_task("b" * 16, status="failed")
-    assert repo.task_counts() == {"pending": 1, "scheduled": 0, "processing": 0, "sent": 0, "success": 1, "failed": 1}
-    assert repo.task_counts("a" * 16) == {"pending": 1, "scheduled": 0, "processing": 0, "sent": 0, "success": 1, "failed": 0}
+    none = dict.fromkeys(("pending", "scheduled", "processing", "sent", "success", "failed"), 0)
+    assert repo.task_counts() == {**none, "pending": 1, "success": 1, "failed": 1}
+    assert repo.task_counts("a" * 16) == {**none, "pending": 1, "success": 1}
     since = datetime.now(UTC) - timedelta(days=1)
     assert repo.task_counts("a" * 16, since=since)["pending"] == 0
+
+
+def test_stale_open_tasks_lists_only_old_unfinished_ones() -> None:
+    """Open tasks not updated since the cutoff are listed oldest first; recent, sent and final ones are not."""
+    now = datetime.now(UTC)
+    oldest, older = now - timedelta(hours=2), now - timedelta(hours=1)
+    second = create_task(status="processing", created_at=older, updated_at=older)
+    first = create_task(status="scheduled", created_at=oldest, updated_at=oldest)
+    for status in ("sent", "success", "failed"):
+        create_task(status=status, created_at=oldest, updated_at=oldest)
+    create_task(status="pending")
+    cutoff = now - timedelta(minutes=10)
+    assert repo.stale_open_tasks(cutoff) == [first.task_id, second.task_id]
+    assert repo.stale_open_tasks(cutoff, limit=1) == [first.task_id]
