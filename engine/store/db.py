@@ -48,7 +48,7 @@ def connect(url: str) -> peewee.Database:
     if parts.port:
         options["port"] = parts.port
     options["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
-    options.update(parse_qsl(parts.query))
+    options.update((name, int(value) if value.isdigit() else value) for name, value in parse_qsl(parts.query))
     if parts.scheme == "mysql":
         return _mysql(name, options)
     return PooledPostgresqlDatabase(name, **POOL_OPTIONS, **options)

@@ -43,13 +43,13 @@ def test_sqlite_memory_database_is_shared_by_threads() -> None:
 
 def test_server_urls_become_pooled_databases_with_driver_options() -> None:
     """PostgreSQL and MySQL URLs give connection pools carrying host, port, credentials and query options."""
-    pg = connect("postgresql://alice:s%40cret@db.example:6543/push?sslmode=require")
+    pg = connect("postgresql://alice:s%40cret@db.example:6543/push?sslmode=require&connect_timeout=2")
     my = connect("mysql://bob:pw@db.example/push")
     assert isinstance(pg, PooledPostgresqlDatabase) and isinstance(my, PooledMySQLDatabase)
     assert pg.database == "push" and my.database == "push"
     assert pg.connect_params == {
         "host": "db.example", "port": 6543, "user": "alice", "password": "s@cret", "sslmode": "require",
-        "connect_timeout": 5,
+        "connect_timeout": 2,
     }
     assert my.connect_params["charset"] == "utf8mb4"
     assert pg._max_connections == my._max_connections == 32
