@@ -12,25 +12,25 @@ from engine.policy.decisions import OnExceed, QuotaCheck
 from engine.policy.model import Rate
 from engine.policy.selection import counter_ttl, window_bucket, window_end
 
-# KEYS: counters. ARGV: cost, then limit and ttl per counter. Returns 0, or the 1-based index of the
-# first counter without room for `cost` — in which case nothing was counted.
+# KEYS: counters. ARGV: cost, limit and ttl per counter. Returns 0, or the 1-based index of the first
+# counter without room for its cost — in which case nothing was counted.
 _TAKE = """
-local cost = tonumber(ARGV[1])
 for i = 1, #KEYS do
-  if tonumber(redis.call('GET', KEYS[i]) or '0') + cost > tonumber(ARGV[2 * i]) then return i end
+  local cost, limit = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1])
+  if tonumber(redis.call('GET', KEYS[i]) or '0') + cost > limit then return i end
 end
 for i = 1, #KEYS do
-  if redis.call('INCRBY', KEYS[i], cost) == cost then redis.call('EXPIRE', KEYS[i], ARGV[2 * i + 1]) end
+  local cost = tonumber(ARGV[3 * i - 2])
+  if redis.call('INCRBY', KEYS[i], cost) == cost then redis.call('EXPIRE', KEYS[i], ARGV[3 * i]) end
 end
 return 0
 """
 
-# KEYS: counters. ARGV: cost. Gives back up to `cost` units, never below zero.
+# KEYS: counters. ARGV: cost per counter. Gives back up to that many units, never below zero.
 _GIVE_BACK = """
-local cost = tonumber(ARGV[1])
 for i = 1, #KEYS do
   local used = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if used > 0 then redis.call('DECRBY', KEYS[i], math.min(used, cost)) end
+  if used > 0 then redis.call('DECRBY', KEYS[i], math.min(used, tonumber(ARGV[i]))) end
 end
 return 0
 """
@@ -55,15 +55,20 @@ def counter_key(check: QuotaCheck, now: float) -> str:
     return keys.quota(f"{check.rule}:{check.window_seconds}:{check.key}", bucket)
 
 
-def _validated(checks: Sequence[QuotaCheck], cost: int) -> None:
-    if cost < 1:
-        raise ValueError(f"cost must be at least 1, got {cost}")
+def _costs(checks: Sequence[QuotaCheck], cost: int, costs: Sequence[int] | None) -> list[int]:
+    """One cost per check (the same `cost` for all unless `costs` names each), validated with the checks."""
+    per_check = list(costs) if costs is not None else [cost] * len(checks)
+    if len(per_check) != len(checks):
+        raise ValueError(f"{len(per_check)} costs for {len(checks)} quota checks")
+    if any(c < 1 for c in per_check):
+        raise ValueError(f"every cost must be at least 1, got {per_check}")
     for check in checks:
         if check.limit < 0 or check.window_seconds < 1:
             raise ValueError(f"quota {check.rule!r}: limit must be >= 0 and window >= 1s, got {check}")
     names = [(c.rule, c.key, c.window_seconds) for c in checks]
     if len(set(names)) != len(names):
         raise ValueError(f"the same quota counter appears twice: {names}")
+    return per_check
 
 
 class Limits:
@@ -74,14 +79,20 @@ class Limits:
         self._take = client.register_script(_TAKE)
         self._give_back = client.register_script(_GIVE_BACK)
 
-    def admit(self, checks: Sequence[QuotaCheck], *, now: float, cost: int = 1) -> Admission:
-        """Count `cost` against every check if all of them have room, else count nothing and say which failed."""
-        _validated(checks, cost)
+    def admit(
+        self, checks: Sequence[QuotaCheck], *, now: float, cost: int = 1, costs: Sequence[int] | None = None
+    ) -> Admission:
+        """Count each check's cost if all of them have room, else count nothing and say which failed.
+
+        `cost` applies to every check; `costs` gives one per check instead (a batch costs a per-app
+        quota one unit per receiver, but a per-receiver quota one unit).
+        """
+        per_check = _costs(checks, cost, costs)
         if not checks:
             return ADMITTED
-        args: list[int] = [cost]
-        for check in checks:
-            args += [check.limit, counter_ttl(check.window_seconds)]
+        args: list[int] = []
+        for check, units in zip(checks, per_check):
+            args += [units, check.limit, counter_ttl(check.window_seconds)]
         exhausted = int(self._take(keys=[counter_key(c, now) for c in checks], args=args))
         if not exhausted:
             return ADMITTED
@@ -89,14 +100,16 @@ class Limits:
         retry_at = window_end(window_bucket(now, check.window_seconds), check.window_seconds)
         return Admission(False, check.rule, check.on_exceed, retry_at)
 
-    def refund(self, checks: Sequence[QuotaCheck], now: float, cost: int = 1) -> None:
-        """Give back what `admit(checks, now=now, cost=cost)` took, when the request could not be stored.
+    def refund(
+        self, checks: Sequence[QuotaCheck], now: float, cost: int = 1, *, costs: Sequence[int] | None = None
+    ) -> None:
+        """Give back what `admit(checks, now=now, ...)` took, when the request could not be stored.
 
-        Pass the same `now` as to `admit`, so the units go back to the window they were taken from.
+        Pass the same `now` and costs as to `admit`, so the units go back to the window they came from.
         """
-        _validated(checks, cost)
+        per_check = _costs(checks, cost, costs)
         if checks:
-            self._give_back(keys=[counter_key(c, now) for c in checks], args=[cost])
+            self._give_back(keys=[counter_key(c, now) for c in checks], args=per_check)
 
     def used(self, check: QuotaCheck, now: float) -> int:
         """Units counted so far in the window `now` falls in."""

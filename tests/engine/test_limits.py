@@ -77,6 +77,21 @@ def test_cost_larger_than_the_room_left_is_refused_whole(limits: Limits) -> None
     assert limits.used(check, T0) == 10
 
 
+def test_per_check_costs(limits: Limits) -> None:
+    """`costs` charges each check its own units: a 3-receiver batch costs the app quota 3, a receiver quota 1."""
+    app_quota, receiver_quota = _check("app", 10), _check("receiver", 1)
+    assert limits.admit([app_quota, receiver_quota], now=T0, costs=[3, 1]).allowed
+    assert (limits.used(app_quota, T0), limits.used(receiver_quota, T0)) == (3, 1)
+    assert not limits.admit([app_quota, receiver_quota], now=T0, costs=[1, 1]).allowed
+    limits.refund([app_quota, receiver_quota], now=T0, costs=[3, 1])
+    assert (limits.used(app_quota, T0), limits.used(receiver_quota, T0)) == (0, 0)
+    with pytest.raises(ValueError):
+        limits.admit([app_quota, receiver_quota], now=T0, costs=[1])
+    with pytest.raises(ValueError):
+        limits.admit([app_quota], now=T0, costs=[0])
+    assert limits.used(app_quota, T0) == 0
+
+
 def test_windows_are_epoch_aligned_fixed_windows(limits: Limits) -> None:
     """A new window starts from zero at the epoch-aligned boundary, not `window` after the first call."""
     check = _check("minute", 1, 60)
@@ -166,7 +181,8 @@ def test_concurrent_admissions_never_exceed_the_limit(limits: Limits) -> None:
 
 
 _calls = st.lists(
-    st.tuples(st.integers(1, 6), st.floats(0, 400), st.sets(st.integers(0, 2), min_size=1)),
+    st.tuples(st.lists(st.integers(1, 6), min_size=3, max_size=3), st.floats(0, 400),
+              st.sets(st.integers(0, 2), min_size=1)),
     min_size=1,
     max_size=25,
 )
@@ -174,20 +190,24 @@ _calls = st.lists(
 
 @settings(max_examples=60, deadline=None)
 @given(calls=_calls)
-def test_counters_match_a_reference_model(limits: Limits, calls: list[tuple[int, float, set[int]]]) -> None:
+def test_counters_match_a_reference_model(limits: Limits, calls: list[tuple[list[int], float, set[int]]]) -> None:
     """For any sequence of admissions with any costs, times and rule subsets, decisions and counters equal a
     plain model: per rule and window, the sum of admitted costs, never above the limit."""
     checks = [_check("m0", 7, 60), _check("m1", 12, 300), _check("m2", 20, 3600)]
     model: dict[tuple[int, int], int] = {}
-    for cost, offset, chosen in calls:
+    for costs, offset, chosen in calls:
         now = T0 + offset
-        applying = [checks[i] for i in sorted(chosen)]
-        slots = [(i, window_bucket(now, checks[i].window_seconds)) for i in sorted(chosen)]
-        expected = all(model.get(s, 0) + cost <= checks[s[0]].limit for s in slots)
-        assert limits.admit(applying, now=now, cost=cost).allowed == expected
+        indexes = sorted(chosen)
+        slots = [(i, window_bucket(now, checks[i].window_seconds)) for i in indexes]
+        expected = all(model.get(s, 0) + costs[s[0]] <= checks[s[0]].limit for s in slots)
+        verdict = limits.admit([checks[i] for i in indexes], now=now, costs=[costs[i] for i in indexes])
+        assert verdict.allowed == expected
         if expected:
             for s in slots:
-                model[s] = model.get(s, 0) + cost
+                model[s] = model.get(s, 0) + costs[s[0]]
+        else:
+            first = next(s for s in slots if model.get(s, 0) + costs[s[0]] > checks[s[0]].limit)
+            assert verdict.rule == checks[first[0]].rule
         for i, check in enumerate(checks):
             assert limits.used(check, now) == model.get((i, window_bucket(now, check.window_seconds)), 0)
             assert limits.used(check, now) <= check.limit

@@ -1,0 +1,294 @@
+"""Provider selection: tiers, smooth weighted round robin, per-account rate and circuit breakers, in Redis.
+
+One `choose` is one Lua script: it walks the tiers, drops accounts whose breaker is open
+(or half-open with every probe slot taken) or that are over their send rate, picks among the
+rest by smooth weighted round robin with the `current` values shared by every process, and
+takes the chosen account's rate unit and probe slot — all atomically. The steps are the pure
+functions of `engine/policy/selection.py`; the tests hold the scripts equal to them.
+
+Only retryable failures (network errors, timeouts, 5xx, vendor throttling) may be recorded as
+`ok=False`: a permanent error caused by one bad receiver or template says nothing about the
+provider's health and must be recorded as `ok=True` (or not at all), or one bad number could
+open the circuit for everybody.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from engine import keys
+from engine.policy.decisions import Candidate
+from engine.policy.model import CircuitPolicy, ProviderAccount
+from engine.policy.selection import SLOTS, Breaker, BreakerState, Slot, breaker_state, counter_ttl, window_bucket
+
+STATE_TTL = 86_400  # idle breakers and round-robin positions are forgotten after a day
+
+_BREAKER_LUA = f"local SLOTS = {SLOTS}\n" + """
+local function num(x) return string.format('%.17g', x) end
+
+local function load(key)
+  local f = redis.call('HMGET', key, 'state', 'open_until', 'probe_since', 'probes_taken', 'probes_ok')
+  return {state = f[1] or 'closed', open_until = tonumber(f[2] or '0'), probe_since = tonumber(f[3] or '0'),
+          taken = tonumber(f[4] or '0'), ok = tonumber(f[5] or '0')}
+end
+
+local function status(b, now)
+  if b.state == 'open' and now >= b.open_until then return 'half_open' end
+  return b.state
+end
+
+local function admits(b, now, open_for, probes)
+  local s = status(b, now)
+  if s == 'closed' then return true end
+  if s == 'open' then return false end
+  if b.state == 'open' then return true end
+  return b.taken < probes or now >= b.probe_since + open_for
+end
+
+local function open(key, until_)
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'state', 'open', 'open_until', num(until_))
+end
+
+local function acquire(key, b, now, open_for, probes)
+  if status(b, now) ~= 'half_open' then return end
+  if b.state == 'open' or (b.taken >= probes and now >= b.probe_since + open_for) then
+    redis.call('DEL', key)
+    redis.call('HSET', key, 'state', 'half_open', 'probe_since', num(now), 'probes_taken', 1)
+  else
+    redis.call('HSET', key, 'probes_taken', b.taken + 1)
+  end
+end
+"""
+
+# KEYS: breaker, rate per candidate, then one round-robin hash per tier.
+# ARGV: now, candidates, tiers, then per candidate: name, weight, tier, rate limit, rate ttl, open_for, probes.
+_CHOOSE = _BREAKER_LUA + """
+local now, n, tiers = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local verdicts = {}
+for i = 1, n do verdicts[i] = '' end
+for t = 1, tiers do
+  local eligible, breakers = {}, {}
+  for i = 1, n do
+    local a = 3 + (i - 1) * 7
+    if tonumber(ARGV[a + 3]) == t then
+      local b = load(KEYS[2 * i - 1])
+      local limit = tonumber(ARGV[a + 4])
+      if not admits(b, now, tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])) then
+        verdicts[i] = status(b, now)
+      elseif limit > 0 and tonumber(redis.call('GET', KEYS[2 * i]) or '0') >= limit then
+        verdicts[i] = 'rate'
+      else
+        verdicts[i] = 'ok'
+        eligible[#eligible + 1] = i
+        breakers[i] = b
+      end
+    end
+  end
+  if #eligible > 0 then
+    local swrr = KEYS[2 * n + t]
+    local fields = {}
+    for j, i in ipairs(eligible) do fields[j] = ARGV[3 + (i - 1) * 7 + 1] end
+    local stored = redis.call('HMGET', swrr, unpack(fields))
+    local current, total, best = {}, 0, 1
+    for j, i in ipairs(eligible) do
+      local weight = tonumber(ARGV[3 + (i - 1) * 7 + 2])
+      current[j] = (tonumber(stored[j]) or 0) + weight
+      total = total + weight
+      if current[j] > current[best] then best = j end
+    end
+    current[best] = current[best] - total
+    local pairs_ = {}
+    for j = 1, #eligible do
+      pairs_[2 * j - 1] = fields[j]
+      pairs_[2 * j] = string.format('%d', current[j])
+    end
+    redis.call('HSET', swrr, unpack(pairs_))
+    redis.call('EXPIRE', swrr, ARGV[#ARGV])
+    local i = eligible[best]
+    local a = 3 + (i - 1) * 7
+    acquire(KEYS[2 * i - 1], breakers[i], now, tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]))
+    if tonumber(ARGV[a + 4]) > 0 and redis.call('INCR', KEYS[2 * i]) == 1 then
+      redis.call('EXPIRE', KEYS[2 * i], ARGV[a + 5])
+    end
+    return {ARGV[a + 1], t, verdicts}
+  end
+end
+return {false, 0, verdicts}
+"""
+
+# KEYS: breaker. ARGV: ok (1/0), now, failure_ratio, min_calls, window_seconds, open_for, probes, ttl.
+_RECORD = _BREAKER_LUA + """
+local key = KEYS[1]
+local ok, now = ARGV[1] == '1', tonumber(ARGV[2])
+local ratio, min_calls, window = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local open_for, probes = tonumber(ARGV[6]), tonumber(ARGV[7])
+local b = load(key)
+if b.state == 'open' then return 'open' end
+if b.state == 'half_open' then
+  if not ok then
+    open(key, now + open_for)
+  elseif b.ok + 1 >= probes then
+    redis.call('DEL', key)
+    return 'closed'
+  else
+    redis.call('HSET', key, 'probes_ok', b.ok + 1)
+  end
+  redis.call('EXPIRE', key, ARGV[8])
+  return ok and 'half_open' or 'open'
+end
+local bucket = math.floor(now / (window / SLOTS))
+local field = 'w' .. (bucket % SLOTS)
+local sb, sc, sf = string.match(redis.call('HGET', key, field) or '', '^(-?%d+):(%d+):(%d+)$')
+if sb == nil or tonumber(sb) ~= bucket then sc, sf = 0, 0 end
+sc, sf = tonumber(sc) + 1, tonumber(sf) + (ok and 0 or 1)
+redis.call('HSET', key, field, string.format('%d:%d:%d', bucket, sc, sf))
+local calls, failures = 0, 0
+for s = 0, SLOTS - 1 do
+  local b2, c2, f2 = string.match(redis.call('HGET', key, 'w' .. s) or '', '^(-?%d+):(%d+):(%d+)$')
+  if b2 ~= nil and tonumber(b2) > bucket - SLOTS and tonumber(b2) <= bucket then
+    calls, failures = calls + tonumber(c2), failures + tonumber(f2)
+  end
+end
+if calls >= min_calls and failures >= ratio * calls then
+  open(key, now + open_for)
+  redis.call('EXPIRE', key, ARGV[8])
+  return 'open'
+end
+redis.call('EXPIRE', key, ARGV[8])
+return 'closed'
+"""
+
+_VERDICTS = {"open": "circuit open", "half_open": "half-open, probe slots busy", "rate": "over its send rate"}
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """The provider account to use (None when none is available), its tier (1-based, 0 if none), and why."""
+
+    provider: str | None
+    tier: int
+    reason: str
+
+
+def _breaker_from(fields: Mapping[str, str]) -> Breaker:
+    ring: list[Slot | None] = [None] * SLOTS
+    for i in range(SLOTS):
+        raw = fields.get(f"w{i}")
+        if raw:
+            bucket, calls, failures = map(int, raw.split(":"))
+            ring[i] = Slot(bucket, calls, failures)
+    return Breaker(
+        state=fields.get("state", "closed"),  # type: ignore[arg-type]
+        open_until=float(fields.get("open_until", 0.0)),
+        probe_since=float(fields.get("probe_since", 0.0)),
+        probes_taken=int(fields.get("probes_taken", 0)),
+        probes_ok=int(fields.get("probes_ok", 0)),
+        ring=tuple(ring),
+    )
+
+
+def _checked_tiers(tiers: Sequence[Sequence[Candidate]]) -> None:
+    for number, tier in enumerate(tiers, 1):
+        names = [c.provider for c in tier]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tier {number} names a provider twice: {names}")
+        if any(c.weight < 1 for c in tier):
+            raise ValueError(f"tier {number} has a weight below 1: {[(c.provider, c.weight) for c in tier]}")
+
+
+class Selector:
+    """Chooses provider accounts and keeps their circuit breakers, shared through Redis."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._choose = client.register_script(_CHOOSE)
+        self._record = client.register_script(_RECORD)
+
+    def choose(
+        self,
+        tiers: Sequence[Sequence[Candidate]],
+        *,
+        scope: str,
+        exclude: set[str] | frozenset[str],
+        accounts: Mapping[str, ProviderAccount],
+        now: float,
+    ) -> Choice:
+        """Walk the tiers in order and pick by weighted round robin among the usable accounts of the first
+        tier that has any. `scope` (the routing rule's name) keys the round-robin positions."""
+        _checked_tiers(tiers)
+        skipped: list[str] = []
+        entries: list[tuple[int, Candidate, ProviderAccount]] = []
+        for number, tier in enumerate(tiers, 1):
+            for candidate in tier:
+                account = accounts.get(candidate.provider)
+                if candidate.provider in exclude:
+                    skipped.append(f"{candidate.provider}: already failed")
+                elif account is None:
+                    skipped.append(f"{candidate.provider}: not configured")
+                else:
+                    entries.append((number, candidate, account))
+        if not entries:
+            return Choice(None, 0, _reason(None, 0, skipped))
+        script_keys: list[str] = []
+        args: list[str | int | float] = [now, len(entries), len(tiers)]
+        for number, candidate, account in entries:
+            rate = account.rate
+            bucket = window_bucket(now, rate.per_seconds) if rate else 0
+            script_keys += [keys.breaker(candidate.provider), keys.provider_rate(candidate.provider, bucket)]
+            args += [
+                candidate.provider,
+                candidate.weight,
+                number,
+                rate.count if rate else 0,
+                counter_ttl(rate.per_seconds) if rate else 0,
+                account.circuit.open_for_seconds,
+                account.circuit.half_open_probes,
+            ]
+        script_keys += [keys.swrr(f"{scope}#{number}") for number in range(1, len(tiers) + 1)]
+        args.append(STATE_TTL)
+        provider, tier, verdicts = self._choose(keys=script_keys, args=args)
+        for (_, candidate, _), verdict in zip(entries, verdicts):
+            if _text(verdict) in _VERDICTS:
+                skipped.append(f"{candidate.provider}: {_VERDICTS[_text(verdict)]}")
+        return Choice(_text(provider) if provider else None, int(tier), _reason(provider, int(tier), skipped))
+
+    def record(self, provider: str, ok: bool, policy: CircuitPolicy, now: float) -> BreakerState:
+        """Count one call's outcome; `ok=False` only for retryable failures. Returns the state after it."""
+        state = self._record(
+            keys=[keys.breaker(provider)],
+            args=[
+                1 if ok else 0,
+                now,
+                policy.failure_ratio,
+                policy.min_calls,
+                policy.window_seconds,
+                policy.open_for_seconds,
+                policy.half_open_probes,
+                STATE_TTL,
+            ],
+        )
+        return _text(state)  # type: ignore[return-value]
+
+    def breaker(self, provider: str) -> Breaker:
+        """The stored breaker of one account (counts included), for health and admin views."""
+        return _breaker_from({_text(k): _text(v) for k, v in self.redis.hgetall(keys.breaker(provider)).items()})
+
+    def state(self, provider: str, now: float) -> BreakerState:
+        """closed / open / half_open as of `now`."""
+        return breaker_state(self.breaker(provider), now)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _reason(provider: bytes | str | None, tier: int, skipped: list[str]) -> str:
+    unavailable = "; ".join(skipped)
+    if not provider:
+        return f"no provider available ({unavailable})" if skipped else "no provider available"
+    chosen = f"{_text(provider)} from tier {tier} by weighted round robin"
+    return f"{chosen}; skipped {unavailable}" if skipped else chosen

@@ -1,0 +1,286 @@
+"""Provider selection against real Redis: tiers, shared round robin, rates, breakers equal to the pure model."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.policy.decisions import Candidate
+from engine.policy.model import CircuitPolicy, ProviderAccount, Rate
+from engine.policy.selection import (
+    Breaker,
+    breaker_acquire,
+    breaker_admits,
+    breaker_record,
+    breaker_state,
+    swrr_step,
+    window_bucket,
+)
+from engine.selector import Selector
+
+pytestmark = pytest.mark.redis
+
+REDIS_URL = os.environ.get("MPUSH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+RUN = uuid.uuid4().hex[:12]
+T0 = 1_700_000_000.0
+POLICY = CircuitPolicy(failure_ratio=0.5, min_calls=4, window_seconds=60, open_for_seconds=30, half_open_probes=2)
+
+
+def _connect() -> redis.Redis:
+    connection = redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+    connection.ping()
+    return connection
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[redis.Redis]:
+    connection = _connect()
+    yield connection
+    stale = list(connection.scan_iter(match=f"*{RUN}*", count=1000))
+    if stale:
+        connection.delete(*stale)
+    connection.close()
+
+
+@pytest.fixture(scope="module")
+def selector(client: redis.Redis) -> Selector:
+    return Selector(client)
+
+
+def _names(*labels: str) -> list[str]:
+    token = uuid.uuid4().hex[:6]
+    return [f"{label}-{RUN}-{token}" for label in labels]
+
+
+def _accounts(names: list[str], rate: Rate | None = None) -> dict[str, ProviderAccount]:
+    return {n: ProviderAccount(n, "fake", {}, rate=rate, circuit=POLICY) for n in names}
+
+
+def _scope() -> str:
+    return f"rule-{RUN}-{uuid.uuid4().hex[:6]}"
+
+
+def _open(selector: Selector, name: str, now: float = T0) -> None:
+    for _ in range(POLICY.min_calls):
+        selector.record(name, False, POLICY, now)
+    assert selector.state(name, now) == "open"
+
+
+def test_round_robin_follows_nginx_order(selector: Selector) -> None:
+    """Weights 5/1/1 give nginx's a a b a c a a, the same again in the next round."""
+    a, b, c = _names("a", "b", "c")
+    tiers = ((Candidate(a, 5), Candidate(b, 1), Candidate(c, 1)),)
+    scope, accounts = _scope(), _accounts([a, b, c])
+    picks = [selector.choose(tiers, scope=scope, exclude=set(), accounts=accounts, now=T0).provider
+             for _ in range(14)]
+    assert picks == [a, a, b, a, c, a, a] * 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(weights=st.lists(st.integers(1, 12), min_size=1, max_size=5))
+def test_shared_round_robin_equals_the_pure_step(selector: Selector, weights: list[int]) -> None:
+    """For any weights, the Redis picks are the pure nginx sequence: each candidate exactly weight times a round."""
+    names = _names(*(f"p{i}" for i in range(len(weights))))
+    tiers = (tuple(Candidate(n, w) for n, w in zip(names, weights)),)
+    scope, accounts = _scope(), _accounts(names)
+    current = tuple(0 for _ in weights)
+    picks = []
+    for _ in range(sum(weights)):
+        expected, current = swrr_step(weights, current)
+        choice = selector.choose(tiers, scope=scope, exclude=set(), accounts=accounts, now=T0)
+        assert choice.provider == names[expected]
+        assert choice.tier == 1
+        picks.append(choice.provider)
+    assert Counter(picks) == dict(zip(names, weights))
+
+
+def test_two_selectors_on_two_connections_share_the_rotation(selector: Selector) -> None:
+    """Alternating between two processes' selectors still yields one nginx sequence."""
+    other = Selector(_connect())
+    a, b, c = _names("a", "b", "c")
+    tiers = ((Candidate(a, 5), Candidate(b, 1), Candidate(c, 1)),)
+    scope, accounts = _scope(), _accounts([a, b, c])
+    picks = [(selector if i % 2 else other).choose(tiers, scope=scope, exclude=set(), accounts=accounts,
+                                                  now=T0).provider for i in range(7)]
+    assert picks == [a, a, b, a, c, a, a]
+    other.redis.close()
+
+
+def test_concurrent_choices_keep_exact_shares(selector: Selector) -> None:
+    """Eight threads picking concurrently still give each candidate exactly its weight per round."""
+    a, b = _names("a", "b")
+    tiers = ((Candidate(a, 3), Candidate(b, 1)),)
+    scope, accounts = _scope(), _accounts([a, b])
+    picks: list[str | None] = []
+    lock = threading.Lock()
+
+    def pick() -> None:
+        for _ in range(10):
+            provider = selector.choose(tiers, scope=scope, exclude=set(), accounts=accounts, now=T0).provider
+            with lock:
+                picks.append(provider)
+
+    threads = [threading.Thread(target=pick) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert Counter(picks) == {a: 60, b: 20}
+
+
+def test_failover_to_tier_two_when_tier_one_is_excluded(selector: Selector) -> None:
+    """When every tier-1 account already failed for this task, tier 2 delivers."""
+    a, b, backup = _names("a", "b", "backup")
+    tiers = ((Candidate(a, 80), Candidate(b, 20)), (Candidate(backup),))
+    choice = selector.choose(tiers, scope=_scope(), exclude={a, b}, accounts=_accounts([a, b, backup]), now=T0)
+    assert (choice.provider, choice.tier) == (backup, 2)
+    assert f"{a}: already failed" in choice.reason and f"{b}: already failed" in choice.reason
+
+
+def test_failover_to_tier_two_when_tier_one_circuits_are_open(selector: Selector) -> None:
+    """Accounts with an open breaker are skipped; the next tier takes over; one excluded, one open works too."""
+    a, b, backup = _names("a", "b", "backup")
+    _open(selector, a)
+    tiers = ((Candidate(a), Candidate(b)), (Candidate(backup),))
+    accounts = _accounts([a, b, backup])
+    assert selector.choose(tiers, scope=_scope(), exclude=set(), accounts=accounts, now=T0).provider == b
+    choice = selector.choose(tiers, scope=_scope(), exclude={b}, accounts=accounts, now=T0)
+    assert (choice.provider, choice.tier) == (backup, 2)
+    assert f"{a}: circuit open" in choice.reason
+
+
+def test_nobody_left_gives_none_and_says_why(selector: Selector) -> None:
+    """With every account excluded, open or unknown, there is no choice and the reason lists each one."""
+    a, b, ghost = _names("a", "b", "ghost")
+    _open(selector, b)
+    choice = selector.choose(((Candidate(a),), (Candidate(b), Candidate(ghost))), scope=_scope(), exclude={a},
+                             accounts=_accounts([a, b]), now=T0)
+    assert (choice.provider, choice.tier) == (None, 0)
+    for part in (f"{a}: already failed", f"{b}: circuit open", f"{ghost}: not configured"):
+        assert part in choice.reason
+
+
+def test_accounts_over_their_rate_are_skipped(selector: Selector) -> None:
+    """An account that used up its send rate in this window is passed over until the next window."""
+    fast, spare = _names("fast", "spare")
+    accounts = {**_accounts([fast], Rate(2, 10)), **_accounts([spare])}
+    tiers = ((Candidate(fast),), (Candidate(spare),))
+    start, scope = window_bucket(T0, 10) * 10.0, _scope()
+    picks = [selector.choose(tiers, scope=scope, exclude=set(), accounts=accounts, now=start + 1) for _ in range(3)]
+    assert [p.provider for p in picks] == [fast, fast, spare]
+    assert f"{fast}: over its send rate" in picks[2].reason
+    assert selector.choose(tiers, scope=scope, exclude=set(), accounts=accounts, now=start + 10).provider == fast
+
+
+def test_duplicate_or_weightless_candidates_are_refused(selector: Selector) -> None:
+    """A tier naming an account twice or with a weight below 1 is a clear error."""
+    (a,) = _names("a")
+    with pytest.raises(ValueError):
+        selector.choose(((Candidate(a), Candidate(a)),), scope=_scope(), exclude=set(), accounts=_accounts([a]),
+                        now=T0)
+    with pytest.raises(ValueError):
+        selector.choose(((Candidate(a, 0),),), scope=_scope(), exclude=set(), accounts=_accounts([a]), now=T0)
+
+
+def test_breaker_lifecycle(selector: Selector) -> None:
+    """Closed -> open after failures -> half-open after open_for -> limited probes -> closed after successes."""
+    (a,) = _names("a")
+    tiers, accounts, scope = ((Candidate(a),),), _accounts([a]), _scope()
+    for ok in (True, True, True, False, False):
+        assert selector.record(a, ok, POLICY, T0 + 1) == "closed"  # 2 of 5 failed: under the 0.5 ratio
+    assert selector.record(a, False, POLICY, T0 + 2) == "open"
+    assert selector.choose(tiers, scope=scope, exclude=set(), accounts=accounts, now=T0 + 10).provider is None
+    later = T0 + 2 + POLICY.open_for_seconds
+    assert selector.state(a, later) == "half_open"
+    probes = [selector.choose(tiers, scope=scope, exclude=set(), accounts=accounts, now=later).provider
+              for _ in range(3)]
+    assert probes == [a, a, None]
+    assert selector.record(a, True, POLICY, later + 1) == "half_open"
+    assert selector.record(a, True, POLICY, later + 1) == "closed"
+    assert selector.state(a, later + 1) == "closed"
+    assert selector.breaker(a) == Breaker()
+
+
+def test_failed_probe_reopens(selector: Selector) -> None:
+    """A failed probe opens the circuit again for another open_for."""
+    (a,) = _names("a")
+    _open(selector, a)
+    later = T0 + POLICY.open_for_seconds
+    choice = selector.choose(((Candidate(a),),), scope=_scope(), exclude=set(), accounts=_accounts([a]), now=later)
+    assert choice.provider == a
+    assert selector.record(a, False, POLICY, later + 1) == "open"
+    assert selector.state(a, later + 1 + POLICY.open_for_seconds - 0.5) == "open"
+    assert selector.state(a, later + 1 + POLICY.open_for_seconds) == "half_open"
+
+
+def test_probe_slots_are_shared_by_concurrent_choosers(selector: Selector) -> None:
+    """Eight threads racing for a half-open account get exactly half_open_probes probes between them."""
+    (a,) = _names("a")
+    _open(selector, a)
+    later = T0 + POLICY.open_for_seconds
+    tiers, accounts, scope = ((Candidate(a),),), _accounts([a]), _scope()
+    granted: list[str | None] = []
+    lock = threading.Lock()
+
+    def race() -> None:
+        provider = selector.choose(tiers, scope=scope, exclude=set(), accounts=accounts, now=later).provider
+        with lock:
+            granted.append(provider)
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert granted.count(a) == POLICY.half_open_probes
+    assert granted.count(None) == 8 - POLICY.half_open_probes
+
+
+_events = st.lists(
+    st.one_of(
+        st.tuples(st.just("record"), st.booleans(), st.floats(0, 20)),
+        st.tuples(st.just("choose"), st.just(True), st.floats(0, 20)),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events=_events, policy=st.builds(
+    CircuitPolicy,
+    failure_ratio=st.sampled_from([0.1, 0.25, 0.5, 0.75, 1.0]),
+    min_calls=st.integers(1, 6),
+    window_seconds=st.integers(1, 60),
+    open_for_seconds=st.integers(1, 40),
+    half_open_probes=st.integers(1, 3),
+))
+def test_redis_breaker_equals_the_pure_model(selector: Selector, events: list[tuple[str, bool, float]],
+                                             policy: CircuitPolicy) -> None:
+    """For any sequence of outcomes, choices and clock steps, the stored breaker equals the pure functions'."""
+    (a,) = _names("a")
+    accounts = {a: ProviderAccount(a, "fake", {}, circuit=policy)}
+    model, now = Breaker(), T0
+    for kind, ok, step in events:
+        now += step
+        if kind == "record":
+            model = breaker_record(model, ok, policy, now)
+            assert selector.record(a, ok, policy, now) == model.state
+        else:
+            admitted = breaker_admits(model, policy, now)
+            if admitted:
+                model = breaker_acquire(model, policy, now)
+            choice = selector.choose(((Candidate(a),),), scope=f"model-{a}", exclude=set(), accounts=accounts,
+                                     now=now)
+            assert choice.provider == (a if admitted else None)
+        assert selector.breaker(a) == model
+        assert selector.state(a, now) == breaker_state(model, now)
