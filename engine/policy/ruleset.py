@@ -1,0 +1,208 @@
+"""A loaded rule set: catalogue, ordered rules, the compiled network, and the decisions it makes."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping, Sequence
+from datetime import datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from . import reference
+from .compiler import KINDS, CompiledRule, Program, compile_rules
+from .decisions import (
+    DEFAULT_RULE,
+    FailureDecision,
+    QuotaCheck,
+    QuotaDecision,
+    RoutingDecision,
+    Scene,
+)
+from .explain import Explanation, explain
+from .facts import Fact, make_fact
+from .issues import RuleIssue
+from .model import Channel, ProviderAccount, RuleSetVersion, Template
+from .rules import FailureRule, Origin, QuotaRule, RetryPolicy, Rule, RoutingRule, Settings
+
+BACKENDS = ("network", "reference")
+_BUILT_IN = Origin("(built in)", 0, "")
+DEFAULT_FAILURES: dict[str, FailureRule] = {
+    "send_failure": FailureRule(DEFAULT_RULE, _BUILT_IN, "send_failure", "retry", retry=RetryPolicy()),
+    "callback_failure": FailureRule(DEFAULT_RULE, _BUILT_IN, "callback_failure", "fail"),
+    "callback_timeout": FailureRule(DEFAULT_RULE, _BUILT_IN, "callback_timeout", "ignore"),
+}
+
+
+class RuleSet:
+    """Immutable once built; safe to share between threads. Decisions name their rule and version."""
+
+    def __init__(
+        self,
+        *,
+        version: RuleSetVersion,
+        settings: Settings,
+        channels: Mapping[str, Channel],
+        templates: Mapping[str, Template],
+        providers: Mapping[str, ProviderAccount],
+        routing: Sequence[RoutingRule],
+        quotas: Sequence[QuotaRule],
+        failures: Sequence[FailureRule],
+        notes: Sequence[RuleIssue] = (),
+        backend: str = "network",
+    ) -> None:
+        self.version = version
+        self.settings = settings
+        self.timezone = ZoneInfo(settings.timezone)
+        self.channels = dict(channels)
+        self.templates = dict(templates)
+        self.providers = dict(providers)
+        self.notes = tuple(notes)
+        self._by_id = {channel.id: channel for channel in self.channels.values()}
+        self._rules: dict[str, tuple[Rule, ...]] = {
+            "routing": _by_priority(routing),
+            "quotas": _by_priority(quotas),
+            **{scene: _by_priority([r for r in failures if r.scene == scene]) for scene in KINDS[2:]},
+        }
+        self.program: Program = compile_rules(
+            [CompiledRule(kind, i, rule.when, rule.origin) for kind, rules in self._rules.items() for i, rule in enumerate(rules)]
+        )
+        self._network = _start_network(self.program) if backend == "network" else None
+        self.backend = "network" if self._network is not None else "reference"
+        if self._network is not None:
+            weakref.finalize(self, self._network.close)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{kind}={len(rules)}" for kind, rules in self._rules.items())
+        return f"<RuleSet {self.version} backend={self.backend} {counts}>"
+
+    def channel(self, ref: int | str) -> Channel | None:
+        """A channel by numeric id (or its decimal text) or by name."""
+        if isinstance(ref, int) and not isinstance(ref, bool):
+            return self._by_id.get(ref)
+        found = self.channels.get(ref)
+        if found is None and ref.isdigit():
+            return self._by_id.get(int(ref))
+        return found
+
+    def rules(self, kind: str) -> tuple[Rule, ...]:
+        """Rules of one kind (routing, quotas, or a failure scene) in priority order."""
+        return self._rules[kind]
+
+    def fact(
+        self,
+        *,
+        now: datetime,
+        app: str,
+        channel: Channel,
+        receiver: str,
+        tags: Sequence[str] = (),
+        priority: int = 0,
+        attempt: int = 0,
+        provider: str = "",
+        error_code: str = "",
+        error_message: str = "",
+    ) -> Fact:
+        return make_fact(
+            now=now,
+            timezone=self.timezone,
+            default_region=self.settings.default_region,
+            app=app,
+            channel=channel,
+            receiver=receiver,
+            tags=tags,
+            priority=priority,
+            attempt=attempt,
+            provider=provider,
+            error_code=error_code,
+            error_message=error_message,
+        )
+
+    def matching(self, kind: str, fact: Fact) -> list[int]:
+        """Positions of the rules of `kind` that match, in priority order."""
+        if self._network is not None:
+            names = self._network.matches(self.program.message(kind, fact.fields))
+            if names is not None:
+                return sorted({self.program.names[name][1] for name in names})
+        return reference.matching(self._rules[kind], fact.fields)
+
+    def route(self, fact: Fact) -> RoutingDecision:
+        matched = self.matching("routing", fact)
+        if not matched:
+            reason = f"no routing rule matches channel {fact.fields['channel']!r}"
+            return RoutingDecision("reject", DEFAULT_RULE, str(self.version), reason=reason)
+        return self.routing_decision(self._rules["routing"][matched[0]], fact)
+
+    def routing_decision(self, rule: RoutingRule, fact: Fact) -> RoutingDecision:
+        version = str(self.version)
+        if rule.defer_until is not None:
+            until = next_local(fact.now, rule.defer_until, self.timezone)
+            return RoutingDecision("defer", rule.name, version, defer_until=until)
+        if rule.reject:
+            return RoutingDecision("reject", rule.name, version, reason=rule.reject)
+        return RoutingDecision("route", rule.name, version, tiers=rule.tiers)
+
+    def quotas(self, fact: Fact) -> QuotaDecision:
+        rules = self._rules["quotas"]
+        checks = tuple(quota_check(rules[i], fact.fields) for i in self.matching("quotas", fact))
+        return QuotaDecision(checks, str(self.version))
+
+    def on_failure(self, scene: Scene, fact: Fact) -> FailureDecision:
+        if scene not in DEFAULT_FAILURES:
+            raise ValueError(f"unknown scene {scene!r}")
+        matched = self.matching(scene, fact)
+        rule = self._rules[scene][matched[0]] if matched else DEFAULT_FAILURES[scene]
+        return failure_decision(rule, fact.fields["attempt"], str(self.version))
+
+    def explain(self, fact: Fact, scene: Scene | None = None) -> Explanation:
+        """The decisions for a fact and, for every rule, whether it matched and why not."""
+        return explain(self, fact, scene)
+
+    def close(self) -> None:
+        """Free the engine state (evaluations afterwards use the reference evaluator)."""
+        if self._network is not None:
+            self._network.close()
+
+
+def quota_check(rule: QuotaRule, fields: Mapping[str, Any]) -> QuotaCheck:
+    key = rule.name + "".join(f"|{name}={fields[name]}" for name in rule.key)
+    return QuotaCheck(rule.name, key, rule.limit, rule.window_seconds, rule.on_exceed)
+
+
+def failure_decision(rule: FailureRule, attempt: int, version: str) -> FailureDecision:
+    """Apply a failure rule to the number of attempts already made."""
+    base = {"rule": rule.name, "version": version, "scene": rule.scene}
+    if rule.action == "retry":
+        policy = rule.retry
+        if attempt > policy.max:
+            return FailureDecision("fail", exhausted=True, reasons=(f"attempt {attempt} > retry max {policy.max}",), **base)
+        delay = min(policy.delay * policy.backoff ** max(attempt - 1, 0), policy.max_delay)
+        return FailureDecision("retry", delay_seconds=delay, **base)
+    if rule.action == "switch_provider":
+        switch = rule.switch
+        if attempt > switch.max:
+            return FailureDecision("fail", exhausted=True, reasons=(f"attempt {attempt} > switch max {switch.max}",), **base)
+        return FailureDecision("switch_provider", delay_seconds=switch.delay, exclude_current=switch.exclude_current, **base)
+    if rule.action == "alert":
+        return FailureDecision("alert", alert=rule.alert, **base)
+    return FailureDecision(rule.action, **base)
+
+
+def next_local(now: datetime, at: time, zone: ZoneInfo) -> datetime:
+    """The first moment after `now` whose local wall-clock time in `zone` is `at`."""
+    local = now.astimezone(zone)
+    candidate = datetime.combine(local.date(), at, tzinfo=zone)
+    if candidate <= local:
+        candidate = datetime.combine(local.date() + timedelta(days=1), at, tzinfo=zone)
+    return candidate
+
+
+def _by_priority(rules: Sequence[Rule]) -> tuple[Rule, ...]:
+    return tuple(sorted(rules, key=lambda rule: -rule.priority))
+
+
+def _start_network(program: Program) -> Any:
+    try:
+        from .network import Network
+    except ImportError:  # durable-rules not installed: the reference evaluator decides alone
+        return None
+    return Network(program)
