@@ -14,7 +14,7 @@ open the circuit for everybody.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -213,22 +213,22 @@ class Selector:
         tiers: Sequence[Sequence[Candidate]],
         *,
         scope: str,
-        exclude: set[str] | frozenset[str],
+        exclude: Collection[str],
         accounts: Mapping[str, ProviderAccount],
         now: float,
     ) -> Choice:
         """Walk the tiers in order and pick by weighted round robin among the usable accounts of the first
         tier that has any. `scope` (the routing rule's name) keys the round-robin positions."""
         _checked_tiers(tiers)
-        skipped: list[str] = []
+        skipped: list[tuple[int, str]] = []
         entries: list[tuple[int, Candidate, ProviderAccount]] = []
         for number, tier in enumerate(tiers, 1):
             for candidate in tier:
                 account = accounts.get(candidate.provider)
                 if candidate.provider in exclude:
-                    skipped.append(f"{candidate.provider}: already failed")
+                    skipped.append((number, f"{candidate.provider}: already failed"))
                 elif account is None:
-                    skipped.append(f"{candidate.provider}: not configured")
+                    skipped.append((number, f"{candidate.provider}: not configured"))
                 else:
                     entries.append((number, candidate, account))
         if not entries:
@@ -251,9 +251,9 @@ class Selector:
         script_keys += [keys.swrr(f"{scope}#{number}") for number in range(1, len(tiers) + 1)]
         args.append(STATE_TTL)
         provider, tier, verdicts = self._choose(keys=script_keys, args=args)
-        for (_, candidate, _), verdict in zip(entries, verdicts):
+        for (number, candidate, _), verdict in zip(entries, verdicts):
             if _text(verdict) in _VERDICTS:
-                skipped.append(f"{candidate.provider}: {_VERDICTS[_text(verdict)]}")
+                skipped.append((number, f"{candidate.provider}: {_VERDICTS[_text(verdict)]}"))
         return Choice(_text(provider) if provider else None, int(tier), _reason(provider, int(tier), skipped))
 
     def record(self, provider: str, ok: bool, policy: CircuitPolicy, now: float) -> BreakerState:
@@ -286,9 +286,11 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _reason(provider: bytes | str | None, tier: int, skipped: list[str]) -> str:
-    unavailable = "; ".join(skipped)
+def _reason(provider: bytes | str | None, tier: int, skipped: list[tuple[int, str]]) -> str:
+    """Why this account, listing the accounts passed over in the tiers that were looked at."""
+    looked_at = [(number, why) for number, why in skipped if not provider or number <= tier]
+    unavailable = "; ".join(why for _, why in sorted(looked_at, key=lambda item: item[0]))
     if not provider:
-        return f"no provider available ({unavailable})" if skipped else "no provider available"
+        return f"no provider available ({unavailable})" if unavailable else "no provider available"
     chosen = f"{_text(provider)} from tier {tier} by weighted round robin"
-    return f"{chosen}; skipped {unavailable}" if skipped else chosen
+    return f"{chosen}; skipped {unavailable}" if unavailable else chosen

@@ -156,6 +156,8 @@ def test_failover_to_tier_two_when_tier_one_circuits_are_open(selector: Selector
     choice = selector.choose(tiers, scope=_scope(), exclude={b}, accounts=accounts, now=T0)
     assert (choice.provider, choice.tier) == (backup, 2)
     assert f"{a}: circuit open" in choice.reason
+    tier_one = selector.choose(tiers, scope=_scope(), exclude={backup}, accounts=accounts, now=T0)
+    assert tier_one.provider == b and backup not in tier_one.reason  # tiers never reached are not reported
 
 
 def test_nobody_left_gives_none_and_says_why(selector: Selector) -> None:
@@ -245,17 +247,18 @@ def test_probe_slots_are_shared_by_concurrent_choosers(selector: Selector) -> No
     assert granted.count(None) == 8 - POLICY.half_open_probes
 
 
+_steps = st.sampled_from([0.0, 0.0, 0.0, 0.25, 1.0, 3.0, 10.0, 41.0]) | st.floats(0, 20)
 _events = st.lists(
     st.one_of(
-        st.tuples(st.just("record"), st.booleans(), st.floats(0, 20)),
-        st.tuples(st.just("choose"), st.just(True), st.floats(0, 20)),
+        st.tuples(st.just("record"), st.booleans(), _steps),
+        st.tuples(st.just("choose"), st.just(True), _steps),
     ),
     min_size=1,
-    max_size=40,
+    max_size=60,
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(events=_events, policy=st.builds(
     CircuitPolicy,
     failure_ratio=st.sampled_from([0.1, 0.25, 0.5, 0.75, 1.0]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 from typing import Any
@@ -63,7 +65,8 @@ def test_sign_content_layout() -> None:
         (b'{"a":"\\ud800x"}', '{"a":"\ufffdx"}'),
         (b'{"a":"\xff\xe2\x82"}', '{"a":"\ufffd\ufffd\ufffd"}'),
         (b'{"<":1}', '{"\\u003c":1}'),
-        (b'{"b":{"d":[3,{"f":1,"e":2}],"c":null},"a":[true,false]}', '{"a":[true,false],"b":{"c":null,"d":[3,{"e":2,"f":1}]}}'),
+        (b'{"b":{"d":[3,{"f":1,"e":2}],"c":null},"a":[true,false]}',
+         '{"a":[true,false],"b":{"c":null,"d":[3,{"e":2,"f":1}]}}'),
         (b'{"a":1,"a":2}', '{"a":2}'),
         (b'{"a":{}, "b":[]}', '{"a":{},"b":[]}'),
         ('{"é":1,"z":2,"Z":3,"😀":4,"\uff5e":5}'.encode(), '{"Z":3,"z":2,"é":1,"\uff5e":5,"😀":4}'),
@@ -139,7 +142,9 @@ def test_any_changed_part_fails_verification(change: str, value: Any) -> None:
     assert not verify(**args, given=good)
 
 
-@pytest.mark.parametrize("given", ["", "7A1AFC75536CB239791D1E5849D82C07893CB05712FE7B71DE251CA2FA7BFCE5", "é" * 64, "0" * 64])
+@pytest.mark.parametrize(
+    "given", ["", "7A1AFC75536CB239791D1E5849D82C07893CB05712FE7B71DE251CA2FA7BFCE5", "é" * 64, "0" * 64]
+)
 def test_malformed_or_wrong_signatures_are_rejected(given: str) -> None:
     """Empty, uppercase (the reference compares case-sensitively), non-ASCII and wrong values fail."""
     assert not verify(SECRET, "POST", "/api/v1/messages", SEND_BODY, 1700000000, "abc123", given)
@@ -158,9 +163,6 @@ def test_sign_headers_produce_a_verifiable_request() -> None:
 
 def test_webhook_signature_signs_timestamp_dot_body() -> None:
     """The webhook signature is HMAC-SHA256 over "<ts>.<raw body>" and verifies only unchanged."""
-    import hashlib
-    import hmac
-
     body = b'{"event":"delivered"}'
     expected = hmac.new(b"whsec", b'1700000000.{"event":"delivered"}', hashlib.sha256).hexdigest()
     assert signing.webhook_signature("whsec", 1700000000, body) == expected

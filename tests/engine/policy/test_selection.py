@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -172,6 +170,6 @@ def test_probe_slots_of_lost_probes_are_freed_after_open_for() -> None:
 
 def test_closed_breaker_acquire_changes_nothing() -> None:
     """A closed breaker admits every call and stores nothing for it."""
-    breaker = replace(_record(Breaker(), "+", T0))
+    breaker = _record(Breaker(), "+", T0)
     assert breaker_admits(breaker, POLICY, T0)
     assert breaker_acquire(breaker, POLICY, T0) == breaker
