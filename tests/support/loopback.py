@@ -33,6 +33,13 @@ class Reply:
 Handler = Callable[[Recorded], Reply]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Clients that vanish mid-request (a killed worker) are expected here, not failures."""
+
+
 class LoopbackServer:
     """Serves `handler` on an ephemeral port; `requests` lists what arrived, in order."""
 
@@ -40,8 +47,7 @@ class LoopbackServer:
         self.handler = handler
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._make_handler())
-        self._server.daemon_threads = True
+        self._server = _QuietServer(("127.0.0.1", 0), self._make_handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
