@@ -12,6 +12,7 @@ import enum
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -225,7 +226,7 @@ def validate_config(schema: ConfigSchema, config: Mapping[str, Any]) -> list[tup
             problems.append((key, "must not be empty"))
         elif expected is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
             problems.append((key, f"must be a number, got {value!r}"))
-        elif expected is list and not isinstance(value, list):
+        elif expected is list and not isinstance(value, (list, tuple)):
             problems.append((key, f"must be a list, got {type(value).__name__}"))
         elif expected is dict and not isinstance(value, dict):
             problems.append((key, f"must be a mapping, got {type(value).__name__}"))
@@ -274,12 +275,20 @@ def http_send(
     try:
         response = ctx.transport(request)
     except TransportError as exc:
-        result = SendResult(Outcome.RETRYABLE, error_code="network", error_message=str(exc))
+        result = transport_failure(exc)
     else:
         result = parse(response)
     if summarize is None:
         return result
     return dataclasses.replace(result, request_summary=summarize(request))
+
+
+URL_QUERY = re.compile(r"\?[^\s'\")]+")
+
+
+def transport_failure(exc: TransportError) -> SendResult:
+    """A call that did not complete: retryable, with any URL query (tokens, keys) cut from the message."""
+    return SendResult(Outcome.RETRYABLE, error_code="network", error_message=URL_QUERY.sub("?***", str(exc)))
 
 
 def check_shared_secret(request: CallbackRequest, callback: Mapping[str, Any]) -> str:
@@ -405,8 +414,7 @@ def _call(request: HttpRequest, parse: Callable[[HttpResponse], Any], ctx: SendC
     try:
         response = ctx.transport(request)
     except TransportError as exc:
-        return SendResult(Outcome.RETRYABLE, error_code="network", error_message=str(exc),
-                          request_summary=summarize(request))
+        return dataclasses.replace(transport_failure(exc), request_summary=summarize(request))
     answer = parse(response)
     if isinstance(answer, SendResult):
         return dataclasses.replace(answer, request_summary=summarize(request))

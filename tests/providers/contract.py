@@ -123,12 +123,16 @@ def vendor(handler: Handler) -> Iterator[LoopbackServer]:
     One server for the whole run: a loopback server takes half a second to shut down.
     """
     global _server
-    with _lock:
+    if not _lock.acquire(timeout=10):
+        raise RuntimeError("the mock vendor server is already in use (nested contract.vendor blocks?)")
+    try:
         if _server is None:
             _server = LoopbackServer(handler).start()
         _server.handler = handler
         _server.requests.clear()
         yield _server
+    finally:
+        _lock.release()
 
 
 def _slow(reply: Reply) -> Reply:

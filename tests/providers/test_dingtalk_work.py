@@ -1,0 +1,136 @@
+"""DingTalk work notifications: token fetch and cache, one refresh, asyncsend_v2 body, errcode mapping."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timezone
+
+import pytest
+
+from providers import dingtalk_work
+from providers.base import Account, Message, Outcome, SendContext, token_cache_key, with_defaults
+from tests.providers import contract
+from tests.providers.contract import ProviderCase, Scenario
+from tests.support.loopback import Recorded, Reply
+from tests.support.tokens import MemoryTokenCache
+
+APP_KEY, APP_SECRET, AGENT_ID = "dingabcdefghijk", "app-secret-3c3c3c", 987654321
+ISSUED = "dingtalk-token-7b7b7b"
+MESSAGE = Message("T11", 1, "user001|user002", "dingtalk", "审批已通过", subject="审批")
+NOW = datetime(2026, 11, 27, 8, 0, tzinfo=timezone.utc)
+SEND_PATH = "/topapi/message/corpconversation/asyncsend_v2"
+
+
+def errcode(code: int, message: str, **extra: object) -> Reply:
+    return Reply(200, json.dumps({"errcode": code, "errmsg": message, **extra}))
+
+
+OK = errcode(0, "ok", task_id=256271667526, request_id="4jzllmte0wau")
+
+
+class DingTalkServer:
+    """oapi.dingtalk.com on loopback: issues tokens and checks asyncsend_v2 as DingTalk does."""
+
+    def __init__(self, reply: Reply, problems: list[str], tokens: list[str] | None = None) -> None:
+        self.reply, self.problems = reply, problems
+        self.tokens = list(tokens or [ISSUED])
+        self.valid: set[str] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, request: Recorded) -> Reply:
+        if request.path == "/gettoken" and request.method == "GET":
+            if request.query != {"appkey": APP_KEY, "appsecret": APP_SECRET}:
+                return errcode(40089, "不合法的corpid或corpsecret")
+            with self.lock:
+                token = self.tokens.pop(0) if len(self.tokens) > 1 else self.tokens[0]
+                self.valid.add(token)
+            return errcode(0, "ok", access_token=token, expires_in=7200)
+        if request.path == SEND_PATH and request.method == "POST":
+            if request.query.get("access_token") not in self.valid:
+                return errcode(40014, "不合法的access_token")
+            body = json.loads(request.body)
+            if body.get("agent_id") != AGENT_ID or not body.get("userid_list") or "msgtype" not in body.get("msg", {}):
+                self.problems.append(f"bad body {body}")
+            return self.reply
+        self.problems.append(f"unexpected {request.method} {request.path}")
+        return Reply(404, "")
+
+
+def config(url: str, **extra: object) -> dict[str, object]:
+    return {"app_key": APP_KEY, "app_secret": APP_SECRET, "agent_id": AGENT_ID,
+            "base_url": url, "timeout": contract.TIMEOUT, **extra}
+
+
+CASE = ProviderCase(
+    provider=dingtalk_work,
+    config=config,
+    vendor=DingTalkServer,
+    message=MESSAGE,
+    success=OK,
+    message_id="256271667526",
+    hidden=(ISSUED,),
+    vendor_errors=(
+        Scenario("busy", errcode(-1, "系统繁忙"), Outcome.RETRYABLE, "-1"),
+        Scenario("flow-control", errcode(90018, "请求频率超过限制"), Outcome.RETRYABLE, "90018"),
+        Scenario("no-permission", errcode(88, "ding talk error[subcode=60011,submsg=没有调用该接口的权限]"),
+                 Outcome.PERMANENT, "88"),
+        Scenario("monthly-quota", errcode(90020, "您的企业本月api调用量已超过限制"), Outcome.PERMANENT, "90020"),
+    ),
+)
+
+
+@pytest.mark.parametrize("scenario", contract.scenarios(CASE), ids=str)
+def test_contract(scenario: Scenario) -> None:
+    """The DingTalk work notification provider meets the shared HTTP provider contract in this scenario."""
+    contract.check(CASE, scenario)
+
+
+def account(url: str, **extra: object) -> Account:
+    return Account("ding", "dingtalk_work", with_defaults(dingtalk_work.CONFIG, config(url, **extra)))
+
+
+class TestToken:
+    def test_token_cached_across_sends(self) -> None:
+        """Two sends share one gettoken, cached under a digest of app key and agent id."""
+        tokens = MemoryTokenCache()
+        with contract.vendor(DingTalkServer(OK, [])) as server:
+            ctx = SendContext(contract.TRANSPORT, NOW, tokens)
+            assert dingtalk_work.send(MESSAGE, account(server.url), ctx).ok
+            assert dingtalk_work.send(MESSAGE, account(server.url), ctx).ok
+            assert [r.path for r in server.requests].count("/gettoken") == 1
+        assert tokens.keys() == [token_cache_key("dingtalk_work", APP_KEY, str(AGENT_ID))]
+
+    def test_expired_token_refreshed_once(self) -> None:
+        """A cached token answered with 40014 is replaced and the message sent again within the call."""
+        tokens = MemoryTokenCache()
+        tokens.set(token_cache_key("dingtalk_work", APP_KEY, str(AGENT_ID)), "old-token", 100)
+        with contract.vendor(DingTalkServer(OK, [], tokens=["new-token"])) as server:
+            result = dingtalk_work.send(MESSAGE, account(server.url), SendContext(contract.TRANSPORT, NOW, tokens))
+            used = [r.query["access_token"] for r in server.requests if r.path == SEND_PATH]
+        assert result.ok and used == ["old-token", "new-token"]
+
+
+class TestRequest:
+    def test_asyncsend_body(self) -> None:
+        """agent_id as a number, receivers comma-joined, a text message."""
+        request = dingtalk_work.build_request(MESSAGE, account("http://h"), NOW, "tok")
+        assert request.url == f"http://h{SEND_PATH}?access_token=tok"
+        assert json.loads(request.body) == {
+            "agent_id": AGENT_ID, "userid_list": "user001,user002",
+            "msg": {"msgtype": "text", "text": {"content": "审批已通过"}},
+        }
+
+    def test_markdown_uses_the_subject_as_title(self) -> None:
+        """msgtype markdown sends title (the subject) and text."""
+        body = json.loads(dingtalk_work.build_request(MESSAGE, account("http://h", msgtype="markdown"), NOW, "t").body)
+        assert body["msg"] == {"msgtype": "markdown", "markdown": {"title": "审批", "text": "审批已通过"}}
+
+    def test_empty_receiver_is_permanent(self) -> None:
+        """No user ids means nothing is sent and the failure is permanent."""
+        with contract.vendor(DingTalkServer(OK, [])) as server:
+            result = dingtalk_work.send(
+                Message("T12", 1, " , ", "dingtalk", "x"), account(server.url),
+                SendContext(contract.TRANSPORT, NOW, MemoryTokenCache()),
+            )
+        assert (result.outcome, result.error_code) == (Outcome.PERMANENT, "invalid_receiver")
