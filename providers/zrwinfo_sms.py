@@ -92,7 +92,9 @@ def single_send_fields(message: Message, config: Mapping[str, Any]) -> dict[str,
         raise Undeliverable("invalid_message", "missing sign_name (set it on the message or in the account config)")
     for name, value in message.params.items():
         if any(separator in value for separator in SEPARATORS):
-            raise Undeliverable("invalid_message", f"template value {name!r} contains '##' or '$$', which Zrwinfo splits on")
+            raise Undeliverable(
+                "invalid_message", f"template value {name!r} contains '##' or '$$', which Zrwinfo splits on"
+            )
     return {
         "sign": sign,
         "templateId": message.template_code,

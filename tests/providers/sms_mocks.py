@@ -121,7 +121,7 @@ def _aliyun_auth(request: Recorded, secrets: Mapping[str, str], seen_nonces: set
     if missing:
         return aliyun_error(400, "IncompleteSignature", f"Headers not signed or missing: {', '.join(missing)}")
     if request.header("x-acs-action") != "SendSms":
-        return aliyun_error(404, "InvalidAction.NotFound", "Specified api is not found, please check your url and method.")
+        return aliyun_error(404, "InvalidAction.NotFound", "Specified api is not found.")
     if request.header("x-acs-version") != "2017-05-25":
         return aliyun_error(400, "InvalidVersion", "Specified parameter Version is not valid.")
     if match["ak"] not in secrets:

@@ -16,7 +16,9 @@ from engine.transport import RequestsTransport
 from providers import aliyun_sms
 from providers.base import Account, CallbackRequest, HttpResponse, Message, Outcome, SendContext, SendResult
 from tests.providers import contract
-from tests.providers.sms_mocks import NoTokens, aliyun_business, aliyun_check, aliyun_error, aliyun_vendor, contract_vendor
+from tests.providers.sms_mocks import (
+    NoTokens, aliyun_business, aliyun_check, aliyun_error, aliyun_vendor, contract_vendor,
+)
 from tests.support.loopback import LoopbackServer, Reply, loopback
 
 AK, SECRET = "LTAI5tMockAccessKey", "MockAccessKeySecret0123456789abcd"
@@ -287,7 +289,8 @@ def test_garbage_report_yields_no_reports_and_a_clear_error(body: bytes) -> None
 def test_unreadable_report_time_falls_back_to_now() -> None:
     """A report whose report_time cannot be read is still applied, timed at reception."""
     item = {**REPORTS[0], "report_time": "yesterday"}
-    result = aliyun_sms.parse_callback(report_request(json.dumps([item]).encode()), make_account(token="s3cret-token"), NOW)
+    request = report_request(json.dumps([item]).encode())
+    result = aliyun_sms.parse_callback(request, make_account(token="s3cret-token"), NOW)
     assert result.reports[0].reported_at == NOW
 
 

@@ -14,13 +14,17 @@ from engine.transport import RequestsTransport
 from providers import tencent_sms
 from providers.base import Account, CallbackRequest, Message, Outcome, SendContext, SendResult
 from tests.providers import contract
-from tests.providers.sms_mocks import NoTokens, contract_vendor, tencent_check, tencent_error, tencent_status, tencent_vendor
+from tests.providers.sms_mocks import (
+    NoTokens, contract_vendor, tencent_check, tencent_error, tencent_status, tencent_vendor,
+)
 from tests.support.loopback import LoopbackServer, Reply, loopback
 
 SECRET_ID, SECRET_KEY = "AKIDmockSecretId0123456789", "mockSecretKey0123456789abcdef"
 NOW = datetime(2026, 3, 1, 16, 30, 0, tzinfo=timezone.utc)
 SCRIPTED: dict[str, Reply] = {
-    "+8613800000001": tencent_status("LimitExceeded.PhoneNumberThirtySecondLimit", "单个手机号30秒内下发短信条数超过设定的上限", "+8613800000001"),
+    "+8613800000001": tencent_status(
+        "LimitExceeded.PhoneNumberThirtySecondLimit", "单个手机号30秒内下发短信条数超过设定的上限", "+8613800000001"
+    ),
     "+8613800000002": tencent_status("InvalidParameterValue.IncorrectPhoneNumber", "手机号格式错误", "+8613800000002"),
     "+8613800000003": tencent_status("FailedOperation.TemplateIncorrectOrUnapproved", "模板未审批或内容不匹配", "+8613800000003"),
     "+8613800000004": tencent_status("FailedOperation.InsufficientBalanceInSmsPackage", "套餐包余量不足", "+8613800000004"),
@@ -97,7 +101,8 @@ def test_build_request_sends_template_values_in_order() -> None:
     assert request.url == "https://sms.tencentcloudapi.com/" and request.timeout == 0.3
     assert request.headers["X-TC-Timestamp"] == "1772382600" and request.headers["X-TC-Region"] == "ap-guangzhou"
     assert request.headers["Authorization"].startswith(
-        f"TC3-HMAC-SHA256 Credential={SECRET_ID}/2026-03-01/sms/tc3_request, SignedHeaders=content-type;host;x-tc-action, "
+        f"TC3-HMAC-SHA256 Credential={SECRET_ID}/2026-03-01/sms/tc3_request, "
+        "SignedHeaders=content-type;host;x-tc-action, "
     )
 
 
@@ -192,7 +197,8 @@ def report_request(body: bytes, token: str = "cb-token", client: str = "203.0.11
 
 def test_status_callback_items_become_delivery_reports() -> None:
     """SUCCESS -> delivered; FAIL -> failed with errmsg as code and description as message; reply result 0."""
-    result = tencent_sms.parse_callback(report_request(json.dumps(REPORTS).encode()), make_account(token="cb-token"), NOW)
+    request = report_request(json.dumps(REPORTS).encode())
+    result = tencent_sms.parse_callback(request, make_account(token="cb-token"), NOW)
     assert result.verified and result.error == ""
     delivered, failed = result.reports
     assert (delivered.provider_message_id, delivered.status, delivered.receiver) == (
@@ -253,8 +259,12 @@ CASE = contract.ProviderCase(
         {"SerialNo": "5000:1", "PhoneNumber": "+8613800138000", "Code": "Ok", "Message": "send success"}
     ], "RequestId": "r"}})),
     vendor_errors=(
-        contract.Scenario("throttled", SCRIPTED["+8613800000001"], Outcome.RETRYABLE, "LimitExceeded.PhoneNumberThirtySecondLimit"),
-        contract.Scenario("no-balance", SCRIPTED["+8613800000004"], Outcome.PERMANENT, "FailedOperation.InsufficientBalanceInSmsPackage"),
+        contract.Scenario(
+            "throttled", SCRIPTED["+8613800000001"], Outcome.RETRYABLE, "LimitExceeded.PhoneNumberThirtySecondLimit"
+        ),
+        contract.Scenario(
+            "no-balance", SCRIPTED["+8613800000004"], Outcome.PERMANENT, "FailedOperation.InsufficientBalanceInSmsPackage"
+        ),
     ),
     message_id="5000:1",
     final=False,

@@ -175,7 +175,8 @@ def test_form_push_becomes_a_delivery_report() -> None:
     """A form push with deliverResult DELIVRD is delivered; the vendor gets {"code":"0","msg":"SUCCESS"}."""
     result = zrwinfo_sms.parse_callback(push(urlencode(DELIVERED).encode()), make_account(token="zr-token"), NOW)
     (report,) = result.reports
-    assert (report.provider_message_id, report.status, report.receiver) == (DELIVERED["smUuid"], "delivered", "13800138000")
+    assert (report.provider_message_id, report.status) == (DELIVERED["smUuid"], "delivered")
+    assert report.receiver == "13800138000"
     assert report.reported_at == datetime(2026, 3, 1, 8, 30, 5, tzinfo=timezone.utc)
     assert json.loads(result.reply.body) == {"code": "0", "msg": "SUCCESS"} and result.verified
 
