@@ -116,20 +116,21 @@ def cmd_diff(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     changes: Counter[tuple[str, str, str]] = Counter()
     shown = total = 0
-    for number, data in _facts(lines, sys.stderr):
-        total += 1
-        try:
-            before, after = (_decide(ruleset, data, now) for ruleset in (old, new))
-        except FactError as exc:
-            print(f"{args.facts}:{number}: {exc}", file=sys.stderr)
-            return EXIT_ERROR
-        for kind in after:
-            if before[kind] != after[kind]:
+    try:
+        for number, data in _facts(lines, sys.stderr, str(args.facts)):
+            total += 1
+            before, after = (_decide(ruleset, data, now, f"{args.facts}:{number}") for ruleset in (old, new))
+            for kind in after:
+                if before[kind] == after[kind]:
+                    continue
                 changes[(kind, _rule_of(before[kind]), _rule_of(after[kind]))] += 1
                 if shown < args.show:
                     shown += 1
                     print(f"{args.facts}:{number}: {kind}\n  old: {json.dumps(before[kind], ensure_ascii=False)}\n"
                           f"  new: {json.dumps(after[kind], ensure_ascii=False)}")
+    except FactError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_ERROR
     print(f"{total} fact(s) replayed: {old.version} -> {new.version}")
     for (kind, before_rule, after_rule), count in sorted(changes.items()):
         print(f"  {count:6d}  {kind}: {before_rule} -> {after_rule}")
@@ -160,8 +161,13 @@ def summary(ruleset: RuleSet) -> str:
     return "\n".join(lines)
 
 
-def _decide(ruleset: RuleSet, data: Mapping[str, Any], now: datetime) -> dict[str, Any]:
-    fact = fact_from_mapping(ruleset, data, now)
+def _decide(ruleset: RuleSet, data: Any, now: datetime, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise FactError(f"{where}: a fact is a JSON object")
+    try:
+        fact = fact_from_mapping(ruleset, data, now)
+    except FactError as exc:
+        raise FactError(f"{where}: {exc}") from None
     out: dict[str, Any] = {"routing": routing_summary(ruleset.route(fact)), "quotas": quota_summary(ruleset.quotas(fact))}
     scene = data.get("scene")
     if scene in SCENES:
@@ -175,7 +181,7 @@ def _rule_of(summary: Any) -> str:
     return str(summary["rule"])
 
 
-def _facts(lines: list[str], progress: TextIO) -> Iterator[tuple[int, dict[str, Any]]]:
+def _facts(lines: list[str], progress: TextIO, name: str) -> Iterator[tuple[int, Any]]:
     """(line number, fact) for every non-blank line; a progress bar on a terminal for large files."""
     bar = progress.isatty() and len(lines) >= 1000
     for number, line in enumerate(lines, 1):
@@ -188,7 +194,7 @@ def _facts(lines: list[str], progress: TextIO) -> Iterator[tuple[int, dict[str, 
         try:
             data = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise FactError(f"line {number}: not JSON: {exc}") from None
+            raise FactError(f"{name}:{number}: not JSON: {exc}") from None
         yield number, data
     if bar:
         progress.write("\n")
