@@ -90,6 +90,8 @@ def compose(message: Message, config: Mapping[str, Any], now: datetime) -> Email
 
 
 def receiver_address(receiver: str) -> Address:
+    if not receiver.strip():
+        raise Undeliverable("invalid_receiver", "empty receiver")
     try:
         address = Address(addr_spec=receiver.strip())
     except (ValueError, HeaderParseError) as exc:
