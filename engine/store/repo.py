@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import peewee
 
 from engine.store.crypto import decrypt_secret, encrypt_secret, new_app_id, new_secret
+from engine.store import statements
 from engine.store.db import connection
 from engine.store.models import (
     APP_STATUSES,
@@ -38,6 +39,7 @@ APP_NAME_MAX = 100
 
 P = ParamSpec("P")
 R = TypeVar("R")
+M = TypeVar("M", bound=peewee.Model)
 
 
 class NotFound(LookupError):
@@ -94,7 +96,7 @@ def create_app(
 
 @_guarded
 def get_app(app_id: str) -> Application | None:
-    return Application.get_or_none(Application.app_id == app_id)
+    return _first(Application, ("app_id",), [app_id])
 
 
 def app_secret(app: Application, key: bytes) -> str:
@@ -172,8 +174,11 @@ def create_tasks(rows: list[dict[str, Any]], batch: dict[str, Any] | None = None
         with _db().atomic():
             if batch is not None:
                 Batch.insert(**batch).execute()
-            for start in range(0, len(prepared), INSERT_CHUNK):
-                Task.insert_many(prepared[start : start + INSERT_CHUNK]).execute()
+            if len(prepared) == 1:
+                _insert(Task, prepared[0])
+            else:
+                for start in range(0, len(prepared), INSERT_CHUNK):
+                    Task.insert_many(prepared[start : start + INSERT_CHUNK]).execute()
     except peewee.IntegrityError as exc:
         raise DuplicateTask(f"task or batch already exists: {exc}") from exc
 
@@ -181,10 +186,9 @@ def create_tasks(rows: list[dict[str, Any]], batch: dict[str, Any] | None = None
 @_guarded
 def get_task(task_id: str, app_id: str | None = None) -> Task | None:
     """The task; with `app_id`, only if that app created it."""
-    query = Task.select().where(Task.task_id == task_id)
-    if app_id is not None:
-        query = query.where(Task.app_id == app_id)
-    return query.first()
+    if app_id is None:
+        return _first(Task, ("task_id",), [task_id])
+    return _first(Task, ("task_id", "app_id"), [task_id, app_id])
 
 
 @_guarded
@@ -202,8 +206,7 @@ def get_tasks(task_ids: list[str]) -> dict[str, Task]:
 @_guarded
 def update_task(task_id: str, **fields: Any) -> None:
     _check_task_update(fields)
-    changed = Task.update(**fields, updated_at=utcnow()).where(Task.task_id == task_id).execute()
-    if not changed:
+    if not _update(Task, {**fields, "updated_at": utcnow()}, {"task_id": task_id}):
         raise NotFound(f"no task {task_id!r}")
 
 
@@ -212,8 +215,7 @@ def mark_status_if(task_id: str, expected: tuple[str, ...], **fields: Any) -> bo
     """Update the task only while its status is one of `expected`; whether it did (the loser of a race gets False)."""
     _check_statuses(expected)
     _check_task_update(fields)
-    query = Task.update(**fields, updated_at=utcnow()).where((Task.task_id == task_id) & Task.status.in_(expected))
-    return query.execute() > 0
+    return _update(Task, {**fields, "updated_at": utcnow()}, {"task_id": task_id}, status_in=expected) > 0
 
 
 @_guarded
@@ -351,11 +353,11 @@ def batch_summary(batch_id: str, app_id: str) -> dict[str, Any] | None:
 @_guarded
 def begin_attempt(task_id: str, number: int, provider: str, rule: str, rule_version: str) -> bool:
     """Claim attempt `number` of the task; False when it was already begun (by this or another worker)."""
+    row = _with_defaults(Attempt, dict(task_id=task_id, number=number, provider=provider, rule=rule,
+                                       rule_version=rule_version))
     try:
         with _db().atomic():
-            Attempt.insert(
-                task_id=task_id, number=number, provider=provider, rule=rule, rule_version=rule_version
-            ).execute()
+            _insert(Attempt, row)
     except peewee.IntegrityError:
         return False
     return True
@@ -378,28 +380,46 @@ def finish_attempt(
     """Record how a begun attempt ended."""
     if status not in ATTEMPT_STATUSES:
         raise ValueError(f"attempt status must be one of {ATTEMPT_STATUSES}, got {status!r}")
-    changed = (
-        Attempt.update(
-            status=status,
-            final=final,
-            provider_message_id=provider_message_id,
-            error_code=error_code,
-            error_message=error_message,
-            request=request,
-            response=response,
-            latency_ms=latency_ms,
-            finished_at=utcnow(),
-        )
-        .where((Attempt.task_id == task_id) & (Attempt.number == number))
-        .execute()
-    )
-    if not changed:
+    values = dict(status=status, final=final, provider_message_id=provider_message_id, error_code=error_code,
+                  error_message=error_message, request=request, response=response, latency_ms=latency_ms,
+                  finished_at=utcnow())
+    if not _update(Attempt, values, {"task_id": task_id, "number": number}):
         raise NotFound(f"no attempt {number} of task {task_id!r}")
 
 
 @_guarded
 def list_attempts(task_id: str) -> list[Attempt]:
-    return list(Attempt.select().where(Attempt.task_id == task_id).order_by(Attempt.number))
+    sql = statements.select_sql(_db(), Attempt, ("task_id",), order_by="number")
+    return statements.fetch(_db(), Attempt, sql, [task_id])
+
+
+# -- prepared statements for the per-message path (see engine.store.statements) -----------------------------
+
+
+def _first(model: type[M], where: tuple[str, ...], params: list[Any]) -> M | None:
+    rows = statements.fetch(_db(), model, statements.select_sql(_db(), model, where, limit=1), params)
+    return rows[0] if rows else None
+
+
+def _insert(model: type[peewee.Model], row: dict[str, Any]) -> None:
+    row = {name: value for name, value in row.items() if name != "id"}
+    statements.execute(_db(), statements.insert_sql(_db(), model, tuple(row)), statements.db_values(model, row))
+
+
+def _update(model: type[peewee.Model], values: dict[str, Any], where: dict[str, Any],
+            status_in: tuple[str, ...] = ()) -> int:
+    sql = statements.update_sql(_db(), model, tuple(values), tuple(where), len(status_in))
+    params = statements.db_values(model, values) + statements.db_values(model, where) + list(status_in)
+    return statements.execute(_db(), sql, params)
+
+
+def _with_defaults(model: type[peewee.Model], row: dict[str, Any]) -> dict[str, Any]:
+    full: dict[str, Any] = {}
+    for name, field in model._meta.fields.items():
+        if name != "id" and name not in row and field.default is not None:
+            full[name] = field.default() if callable(field.default) else field.default
+    full.update(row)
+    return full
 
 
 @_guarded

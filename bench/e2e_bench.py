@@ -1,0 +1,224 @@
+"""End-to-end benchmark: signed API -> store -> stream -> worker -> fake provider over loopback.
+
+Starts a mock vendor (uvicorn), one `mpush serve --no-workers` process and one `mpush worker`
+process on a scratch rules dir, database and Redis db, then offers load at a fixed rate from
+client threads and prints: offered and achieved accept rate, accept latency p50/p99, delivered
+messages per second, accept-to-delivery latency p50/p99.
+
+    .venv/bin/python bench/e2e_bench.py --rate 1000 --seconds 20
+    .venv/bin/python bench/e2e_bench.py --batch 20 --rate 2000          # 20 receivers per request
+    .venv/bin/python bench/e2e_bench.py --database-url postgresql://postgres@127.0.0.1/test
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.signing import sign_headers  # noqa: E402
+
+RULES = """
+templates:
+  - {{name: code, variables: [code], text: "your code is {{code}}"}}
+channels:
+  - {{id: 1, name: bench, type: sms, template: code}}
+providers:
+  - {{name: vendor, type: fake, config: {{url: "http://127.0.0.1:{port}/send"}}}}
+routing:
+  - {{name: bench, when: {{channel: bench}}, providers: [{{use: vendor}}]}}
+quotas:
+  - {{name: per-app, key: [app], limit: 100000000, per: 1d}}
+  - {{name: per-receiver, key: [app, receiver], limit: 1000, per: 1h}}
+"""
+
+MOCK = """
+import sys, time, json
+from collections import deque
+received = deque()
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/stats":
+        body = json.dumps(list(received)).encode()
+    else:
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        received.append((time.time(), json.loads(b"".join(chunks))["task_id"]))
+        body = b'{"code": 0}'
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Client(threading.Thread):
+    """Sends signed requests on one keep-alive connection at its share of the offered rate."""
+
+    def __init__(self, port: int, app_id: str, secret: str, rate: float, until: float, batch: int,
+                 accepted: dict[str, float], latencies: list[float], errors: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.port, self.app_id, self.secret = port, app_id, secret
+        self.interval, self.until, self.batch = 1.0 / rate, until, batch
+        self.accepted, self.latencies, self.errors = accepted, latencies, errors
+
+    def run(self) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        path = "/api/v1/messages/batch" if self.batch > 1 else "/api/v1/messages"
+        next_at = time.monotonic()
+        while next_at < self.until:
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            receivers = [f"138{uuid.uuid4().int % 10**8:08d}" for _ in range(self.batch)]
+            body = {"channel_id": 1, "template_params": {"code": "123456"}}
+            body.update({"receivers": receivers} if self.batch > 1 else {"receiver": receivers[0]})
+            raw = json.dumps(body).encode()
+            headers = {"Content-Type": "application/json",
+                       **sign_headers(self.app_id, self.secret, "POST", path, raw, now=int(time.time()))}
+            started = time.perf_counter()
+            connection.request("POST", path, raw, headers)
+            answer = json.loads(connection.getresponse().read())
+            self.latencies.append(time.perf_counter() - started)
+            if answer["code"] != 0:
+                self.errors.append(answer["message"])
+            elif self.batch == 1:
+                self.accepted[answer["data"]["task_id"]] = time.time()
+            next_at += self.interval
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=1000, help="messages offered per second")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--batch", type=int, default=1, help="receivers per request")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--worker-threads", type=int, default=16)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--database-url", default="")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="mpush-bench-"))
+    mock_port, api_port = free_port(), free_port()
+    (tmp / "rules").mkdir()
+    (tmp / "rules" / "bench.yaml").write_text(RULES.format(port=mock_port), encoding="utf-8")
+    (tmp / "mock.py").write_text(MOCK, encoding="utf-8")
+    database_url = args.database_url or f"sqlite:///{tmp / 'mpush.db'}"
+    redis.Redis.from_url(args.redis_url).flushdb()
+    env = {**os.environ, "MPUSH_REDIS_URL": args.redis_url, "MPUSH_DATABASE_URL": database_url,
+           "MPUSH_RULES_DIR": str(tmp / "rules"), "MPUSH_DATA_DIR": str(tmp / "data"),
+           "MPUSH_ENCRYPTION_KEY": "b" * 32, "MPUSH_ADMIN_TOKEN": "bench", "MPUSH_LOG_LEVEL": "WARNING",
+           "MPUSH_WORKER_THREADS": str(args.worker_threads), "MPUSH_WATCH_RULES": "false",
+           "PYTHONPATH": str(tmp)}
+    mpush = [sys.executable, "-m", "engine.cli"]
+    created = subprocess.run([*mpush, "apps", "create", "bench", "--daily-quota", "0", "--rate-limit", "0"],
+                             env=env, check=True, capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in created.splitlines() if line.startswith("app_"))
+    app_id, secret = fields["app_id"].strip(), fields["app_secret"].strip()
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "uvicorn", "mock:app", "--port", str(mock_port), "--log-level",
+                          "warning"], env=env, cwd=tmp),
+        subprocess.Popen([*mpush, "serve", "--no-workers", "--port", str(api_port)], env=env),
+        subprocess.Popen([*mpush, "worker"], env=env),
+    ]
+    try:
+        wait_port(mock_port)
+        wait_port(api_port)
+        time.sleep(1.0)
+        return run_load(args, api_port, mock_port, app_id, secret)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)
+
+
+def run_load(args: argparse.Namespace, api_port: int, mock_port: int, app_id: str, secret: str) -> int:
+    accepted: dict[str, float] = {}
+    latencies: list[float] = []
+    errors: list[str] = []
+    request_rate = args.rate / args.batch
+    started = time.monotonic()
+    until = started + args.seconds
+    clients = [Client(api_port, app_id, secret, request_rate / args.clients, until, args.batch, accepted,
+                      latencies, errors) for _ in range(args.clients)]
+    wall_start = time.time()
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join()
+    load_seconds = time.monotonic() - started
+    offered = len(latencies) * args.batch
+    received = wait_delivered(mock_port, offered - len(errors) * args.batch, timeout=120)
+    times = [at for at, _ in received]
+    delivered_rate = len(received) / (max(times) - wall_start) if times else 0.0
+    e2e = [at - accepted[task_id] for at, task_id in received if task_id in accepted]
+    print(f"cores: {os.cpu_count()}  batch: {args.batch}  clients: {args.clients}  "
+          f"worker threads: {args.worker_threads}")
+    print(f"offered: {args.rate:.0f} msg/s for {args.seconds:.0f} s; accepted {offered - len(errors) * args.batch}"
+          f" messages at {offered / load_seconds:.0f} msg/s ({len(latencies) / load_seconds:.0f} req/s),"
+          f" {len(errors)} refused {set(errors) or ''}")
+    print(f"accept latency: p50 {percentile(latencies, 0.5) * 1000:.1f} ms, "
+          f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms")
+    print(f"delivered: {len(received)} messages, {delivered_rate:.0f} msg/s sustained (first accept to last delivery)")
+    if e2e:
+        print(f"accept->delivery: p50 {statistics.median(e2e) * 1000:.1f} ms, p99 {percentile(e2e, 0.99) * 1000:.1f} ms")
+    return 0
+
+
+def wait_delivered(port: int, expected: int, timeout: float) -> list[tuple[float, str]]:
+    deadline = time.monotonic() + timeout
+    received: list[tuple[float, str]] = []
+    while time.monotonic() < deadline:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/stats")
+        received = [tuple(item) for item in json.loads(connection.getresponse().read())]  # type: ignore[misc]
+        if len(received) >= expected:
+            break
+        time.sleep(0.5)
+    return received
+
+
+if __name__ == "__main__":
+    sys.exit(main())
