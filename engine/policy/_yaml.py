@@ -42,32 +42,40 @@ def parse(file: str, text: str) -> tuple[Document | None, list[RuleIssue]]:
         line = mark.line + 1 if mark is not None else 1
         problem = getattr(exc, "problem", None) or str(exc)
         return None, [RuleIssue(file, line, "", f"YAML syntax error: {problem}")]
-    lines: dict[Path, int] = {(): 1}
-    issues: list[RuleIssue] = []
-    data = _convert(root, (), lines, issues, file) if root is not None else {}
-    return Document(file, data, lines), issues
+    walk = _Walk(file)
+    data = walk.convert(root, ()) if root is not None else {}
+    return Document(file, data, walk.lines), walk.issues
 
 
-_constructor = yaml.constructor.SafeConstructor()
+class _Walk:
+    """One conversion. Its constructor caches every node it builds, so it must not outlive the file."""
 
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.lines: dict[Path, int] = {(): 1}
+        self.issues: list[RuleIssue] = []
+        self.constructor = yaml.constructor.SafeConstructor()
 
-def _convert(node: yaml.Node, path: Path, lines: dict[Path, int], issues: list[RuleIssue], file: str) -> Any:
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
+    def convert(self, node: yaml.Node, path: Path) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            return self.mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.convert(item, (*path, i)) for i, item in enumerate(node.value)]
+        return self.constructor.construct_object(node)
+
+    def mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = _constructor.construct_object(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            key = self.constructor.construct_object(key_node) if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
             if not isinstance(key, (str, int)) or isinstance(key, bool):
-                issues.append(RuleIssue(file, key_node.start_mark.line + 1, format_path(path), "keys must be plain strings"))
+                self.issues.append(RuleIssue(self.file, line, format_path(path), "keys must be plain strings"))
                 continue
-            key = str(key)
-            child = (*path, key)
-            if key in out:
-                issues.append(RuleIssue(file, key_node.start_mark.line + 1, format_path(child), "duplicate key"))
+            child = (*path, str(key))
+            if str(key) in out:
+                self.issues.append(RuleIssue(self.file, line, format_path(child), "duplicate key"))
                 continue
-            lines[child] = key_node.start_mark.line + 1
-            out[key] = _convert(value_node, child, lines, issues, file)
+            self.lines[child] = line
+            out[str(key)] = self.convert(value_node, child)
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, (*path, i), lines, issues, file) for i, item in enumerate(node.value)]
-    return _constructor.construct_object(node)
