@@ -25,7 +25,8 @@ from engine.signing import sign_headers
 from engine.store import repo
 from engine.worker import Worker
 
-REDIS_URL = os.environ.get("MPUSH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# db 14: the whole-gateway tests clear every gateway key there, so unit tests (db 15) keep theirs.
+REDIS_URL = os.environ.get("MPUSH_TEST_GATEWAY_REDIS_URL", "redis://127.0.0.1:6379/14")
 ENCRYPTION_KEY = "k" * 32
 FINAL = ("success", "failed")
 
