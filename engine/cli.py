@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _settings() -> Settings:
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # our reload logs say what changed and why
     return settings
 
 
