@@ -378,22 +378,31 @@ def send_with_token(
     summarize: Callable[[HttpRequest], Mapping[str, Any]],
 ) -> SendResult:
     """Send with the cached token; on a stale-token answer drop it, fetch a new one and send once more."""
-    result = SendResult(Outcome.RETRYABLE, error_code="token", error_message="no access token")
-    for refreshed in (False, True):
-        token = None if refreshed else ctx.tokens.get(source.cache_key)
-        if token is None:
-            fetched = _fetch_token(source, ctx, summarize)
-            if isinstance(fetched, SendResult):
-                return fetched
-            token = fetched
-        try:
-            request = build(token)
-        except Undeliverable as exc:
-            return exc.result()
-        result = _call(request, parse, ctx, summarize)
-        if result.error_code not in source.stale_codes:
-            return result
-        ctx.tokens.delete(source.cache_key)
+    result = _send_with(ctx.tokens.get(source.cache_key), source, build, parse, ctx, summarize)
+    if result.error_code not in source.stale_codes:
+        return result
+    ctx.tokens.delete(source.cache_key)
+    return _send_with(None, source, build, parse, ctx, summarize)
+
+
+def _send_with(
+    token: str | None,
+    source: TokenSource,
+    build: Callable[[str], HttpRequest],
+    parse: Callable[[HttpResponse], SendResult],
+    ctx: SendContext,
+    summarize: Callable[[HttpRequest], Mapping[str, Any]],
+) -> SendResult:
+    if token is None:
+        fetched = _fetch_token(source, ctx, summarize)
+        if isinstance(fetched, SendResult):
+            return fetched
+        token = fetched
+    try:
+        request = build(token)
+    except Undeliverable as exc:
+        return exc.result()
+    result: SendResult = _call(request, parse, ctx, summarize)
     return result
 
 

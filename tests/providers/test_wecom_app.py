@@ -12,7 +12,7 @@ from providers import wecom_app
 from providers.base import Account, Message, Outcome, SendContext, with_defaults
 from tests.providers import contract
 from tests.providers.contract import ProviderCase, Scenario
-from tests.support.loopback import Handler, Recorded, Reply
+from tests.support.loopback import Recorded, Reply
 from tests.support.tokens import MemoryTokenCache
 
 CORP_ID, CORP_SECRET, AGENT_ID = "ww1234567890abcd", "corp-secret-9f8e7d", 1000002
