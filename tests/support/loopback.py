@@ -48,7 +48,7 @@ class LoopbackServer:
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", 0), self._make_handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def url(self) -> str:
