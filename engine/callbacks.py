@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from engine import delivery, metrics
 from engine.services import Services
 from engine.store import repo
+from engine.store.models import Task
 from providers import registry
 from providers.base import CallbackReply, CallbackRequest, DeliveryReport
 
@@ -57,7 +58,7 @@ def apply_report(svc: Services, account_name: str, report: DeliveryReport, raw: 
         repo.record_callback(task_id=attempt.task_id, applied=False, note="duplicate report", **record)
         return "duplicate"
     task = repo.get_task(attempt.task_id)
-    if task is None or task.status != "sent" or task.provider_message_id != report.provider_message_id:
+    if task is None or not _awaits(task, report):
         state = task.status if task else "missing"
         repo.record_callback(task_id=attempt.task_id, applied=False, note=f"task is {state}, not awaiting this report",
                              **record)
@@ -65,12 +66,23 @@ def apply_report(svc: Services, account_name: str, report: DeliveryReport, raw: 
     repo.record_callback(task_id=task.task_id, applied=True, note="", **record)
     when = report.reported_at or datetime.fromtimestamp(now, UTC)
     if report.status == "delivered":
-        delivery.finish(svc, task, "success", callback_status="delivered", callback_time=when)
+        if task.status == "success":
+            repo.update_task(task.task_id, callback_status="delivered", callback_time=when)
+        else:
+            delivery.finish(svc, task, "success", callback_status="delivered", callback_time=when)
         return "delivered"
+    if task.status == "success" and not repo.mark_status_if(task.task_id, ("success",), status="sent"):
+        return "stale"  # a bounce reopens an accepted email; someone else moved it meanwhile
     delivery.on_failure(svc, task, "callback_failure", now, provider=account_name, number=task.retry_count,
                         error_code=report.error_code, error_message=report.error_message,
                         extra={"callback_status": report.status, "callback_time": when})
     return report.status
+
+
+def _awaits(task: Task, report: DeliveryReport) -> bool:
+    """Reports apply to the task's latest attempt while it awaits one (sent), or to an accepted
+    email or chat message whose later bounce says it did not arrive (success)."""
+    return task.provider_message_id == report.provider_message_id and task.status in ("sent", "success")
 
 
 def _json_reply(status: int, message: str) -> CallbackReply:
