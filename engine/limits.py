@@ -51,7 +51,7 @@ ADMITTED = Admission(True)
 
 def counter_key(check: QuotaCheck, now: float) -> str:
     """The Redis counter of one quota rule in the window `now` falls in (per rule, so rules never share)."""
-    bucket = window_bucket(now, check.window_seconds)
+    bucket = window_bucket(now, check.window_seconds, check.utc_offset)
     return keys.quota(f"{check.rule}:{check.window_seconds}:{check.key}", bucket)
 
 
@@ -97,7 +97,8 @@ class Limits:
         if not exhausted:
             return ADMITTED
         check = checks[exhausted - 1]
-        retry_at = window_end(window_bucket(now, check.window_seconds), check.window_seconds)
+        bucket = window_bucket(now, check.window_seconds, check.utc_offset)
+        retry_at = window_end(bucket, check.window_seconds, check.utc_offset)
         return Admission(False, check.rule, check.on_exceed, retry_at)
 
     def refund(

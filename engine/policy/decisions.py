@@ -37,13 +37,18 @@ class RoutingDecision:
 
 @dataclass(frozen=True, slots=True)
 class QuotaCheck:
-    """One matching quota rule: the counter key (without the window), its limit and window."""
+    """One matching quota rule: the counter key (without the window), its limit and window.
+
+    `utc_offset` (seconds east of UTC in the rule set's time zone) aligns windows to local time,
+    so a daily quota starts again at local midnight.
+    """
 
     rule: str
     key: str
     limit: int
     window_seconds: int
     on_exceed: OnExceed = "reject"
+    utc_offset: int = 0
 
 
 @dataclass(frozen=True, slots=True)

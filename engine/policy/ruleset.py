@@ -143,7 +143,8 @@ class RuleSet:
 
     def quotas(self, fact: Fact) -> QuotaDecision:
         rules = self._rules["quotas"]
-        checks = tuple(quota_check(rules[i], fact.fields) for i in self.matching("quotas", fact))
+        offset = local_offset(fact.now, self.timezone)
+        checks = tuple(quota_check(rules[i], fact.fields, offset) for i in self.matching("quotas", fact))
         return QuotaDecision(checks, str(self.version))
 
     def on_failure(self, scene: Scene, fact: Fact) -> FailureDecision:
@@ -163,9 +164,15 @@ class RuleSet:
             self._network.close()
 
 
-def quota_check(rule: QuotaRule, fields: Mapping[str, Any]) -> QuotaCheck:
+def quota_check(rule: QuotaRule, fields: Mapping[str, Any], utc_offset: int = 0) -> QuotaCheck:
     key = rule.name + "".join(f"|{name}={fields[name]}" for name in rule.key)
-    return QuotaCheck(rule.name, key, rule.limit, rule.window_seconds, rule.on_exceed)
+    return QuotaCheck(rule.name, key, rule.limit, rule.window_seconds, rule.on_exceed, utc_offset)
+
+
+def local_offset(now: datetime, zone: ZoneInfo) -> int:
+    """Seconds east of UTC that `zone` is at `now`."""
+    offset = now.astimezone(zone).utcoffset()
+    return int(offset.total_seconds()) if offset else 0
 
 
 def failure_decision(rule: FailureRule, attempt: int, version: str) -> FailureDecision:

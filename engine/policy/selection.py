@@ -21,14 +21,14 @@ SLOTS = 10  # the breaker's window is counted in this many buckets of window_sec
 # --- fixed windows -----------------------------------------------------------------------------
 
 
-def window_bucket(now: float, window_seconds: float) -> int:
-    """The epoch-aligned fixed window `now` falls in."""
-    return math.floor(now / window_seconds)
+def window_bucket(now: float, window_seconds: float, utc_offset: int = 0) -> int:
+    """The fixed window `now` falls in, windows aligned to the epoch in local time (`utc_offset`)."""
+    return math.floor((now + utc_offset) / window_seconds)
 
 
-def window_end(bucket: int, window_seconds: float) -> float:
+def window_end(bucket: int, window_seconds: float, utc_offset: int = 0) -> float:
     """When the window `bucket` is over (and its counter starts again from zero)."""
-    return (bucket + 1) * window_seconds
+    return (bucket + 1) * window_seconds - utc_offset
 
 
 def counter_ttl(window_seconds: int) -> int:

@@ -211,3 +211,16 @@ def test_counters_match_a_reference_model(limits: Limits, calls: list[tuple[list
         for i, check in enumerate(checks):
             assert limits.used(check, now) == model.get((i, window_bucket(now, check.window_seconds)), 0)
             assert limits.used(check, now) <= check.limit
+
+
+def test_daily_window_follows_local_midnight(limits: Limits) -> None:
+    """With the rule set's UTC offset, a daily quota starts again at local midnight, not UTC midnight."""
+    from datetime import UTC, datetime
+
+    shanghai = 8 * 3600
+    check = QuotaCheck(_unique("local-day"), "app=a1", 1, 86400, utc_offset=shanghai)
+    before_local_midnight = datetime(2026, 11, 27, 15, 59, tzinfo=UTC).timestamp()  # 23:59 in Shanghai
+    assert limits.admit([check], now=before_local_midnight).allowed
+    refused = limits.admit([check], now=before_local_midnight)
+    assert not refused.allowed and refused.retry_at == datetime(2026, 11, 27, 16, 0, tzinfo=UTC).timestamp()
+    assert limits.admit([check], now=before_local_midnight + 60).allowed  # 00:00:59 the next local day

@@ -190,3 +190,14 @@ def test_explain_names_winner_losers_and_reasons(ruleset: RuleSet) -> None:
     assert "lost low (priority 1, rules.yaml:" in text and "lost to high" in text
     assert "--  quiet (priority 9, rules.yaml:" in text and "channel is 'promo', got 'sms'" in text
     assert "=> retry by backoff after 5s" in text
+
+
+def test_quota_checks_carry_the_rule_sets_utc_offset() -> None:
+    """Quota checks are aligned to the rule set's time zone: Asia/Shanghai is 8 hours east of UTC."""
+    from datetime import UTC, datetime
+
+    from engine.policy.ruleset import local_offset
+    from zoneinfo import ZoneInfo
+
+    assert local_offset(datetime(2026, 11, 27, tzinfo=UTC), ZoneInfo("Asia/Shanghai")) == 8 * 3600
+    assert local_offset(datetime(2026, 7, 1, tzinfo=UTC), ZoneInfo("Europe/Berlin")) == 2 * 3600
