@@ -13,9 +13,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from api.errors import ApiError, envelope
+from engine.policy.cases import FactError, fact_from_mapping
 from engine.policy.decisions import SCENES
+from engine.policy.issues import RuleError
+from engine.policy.loader import load_texts
+from engine.policy.ruleset import RuleSet
 from engine.services import Services
 from engine.store import repo
+from providers import registry
 
 Endpoint = Callable[[Request], Awaitable[JSONResponse]]
 
@@ -63,22 +68,34 @@ async def rules_reload(request: Request) -> JSONResponse:
 
 @admin
 async def rules_explain(request: Request) -> JSONResponse:
-    """Explain a fact against the live rule set: {channel, receiver, app?, attempt?, provider?, error_code?, ...}."""
+    """Dry run: {"fact": {...}, "scene"?: ..., "rules"?: {"file.yaml": "text", ...}} against the live rule
+    set, or against the posted rule files (loaded, validated and compiled aside, never made live)."""
     svc: Services = request.app.state.services
     body = await _json(request)
-    ruleset = svc.rules.current
-    channel = ruleset.channel(body.get("channel", ""))
-    if channel is None:
-        raise ApiError(400, f"unknown channel {body.get('channel')!r}")
-    scene = body.get("scene")
+    fact_data, scene, files = body.get("fact"), body.get("scene"), body.get("rules")
+    if not isinstance(fact_data, dict):
+        raise ApiError(400, "fact must be a JSON object: {channel, receiver, app, ...}")
     if scene is not None and scene not in SCENES:
         raise ApiError(400, f"scene must be one of {', '.join(SCENES)}")
-    fact = ruleset.fact(
-        now=datetime.now(UTC), app=str(body.get("app", "")), channel=channel, receiver=str(body.get("receiver", "")),
-        tags=list(body.get("tags", [])), attempt=int(body.get("attempt", 0)), provider=str(body.get("provider", "")),
-        error_code=str(body.get("error_code", "")), error_message=str(body.get("error_message", "")),
-    )
-    return envelope(data={"version": str(ruleset.version), "explanation": str(ruleset.explain(fact, scene))})
+    ruleset = svc.rules.current if files is None else await run_in_threadpool(_load_posted, svc, files)
+    try:
+        fact = fact_from_mapping(ruleset, fact_data, datetime.now(UTC))
+        explanation = str(ruleset.explain(fact, scene))
+    except FactError as exc:
+        raise ApiError(400, str(exc)) from None
+    finally:
+        if files is not None:
+            ruleset.close()
+    return envelope(data={"version": str(ruleset.version), "explanation": explanation})
+
+
+def _load_posted(svc: Services, files: Any) -> RuleSet:
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()) or not files:
+        raise ApiError(400, "rules must map file names to YAML text")
+    try:
+        return load_texts(files, env=svc.settings.rule_env or {}, provider_types=registry.config_schemas())
+    except RuleError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 def _app_public(app: Any) -> dict[str, Any]:
