@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from rulekit import NOON, SHANGHAI, load
+from tests.engine.policy.rulekit import NOON, SHANGHAI, load
 
 from engine.policy import DEFAULT_RULE, AlertSpec, Candidate, Fact, RuleSet
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from rulekit import NOON, load
+from tests.engine.policy.rulekit import NOON, load
 
 from engine.policy import RuleError, RuleSet
 from engine.policy.compiler import MAX_ALTERNATIVES, MAX_FEATURES, MAX_SIBLINGS, MAX_SIMULTANEOUS, EngineError

@@ -9,11 +9,11 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from rulekit import CATALOGUE, SHANGHAI
+from tests.engine.policy.rulekit import CATALOGUE, SHANGHAI
 
 from engine.policy import SCENES, RuleError, RuleSet
 from engine.policy.loader import load_texts
-from rulekit import TYPES
+from tests.engine.policy.rulekit import TYPES
 
 TEXT_VALUES: dict[str, list[str]] = {
     "app": ["a1", "a2", "a3"],

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from rulekit import CATALOGUE, TYPES, load
+from tests.engine.policy.rulekit import CATALOGUE, TYPES, load
 
 from engine.policy import RuleError
 from engine.policy.loader import load_dir, load_git
@@ -86,7 +86,7 @@ failures:
 
 def test_settings_set_zone_and_region() -> None:
     """settings: timezone changes local_hour; default_region changes how bare numbers are read."""
-    from rulekit import NOON
+    from tests.engine.policy.rulekit import NOON
 
     ruleset = load("settings: {timezone: Europe/London, default_region: GB}\n" + "routing:\n  - {name: r, providers: [{use: a}]}\n")
     fact = ruleset.fact(now=NOON, app="x", channel=ruleset.channels["sms"], receiver="07400123456")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rulekit import TYPES
+from tests.engine.policy.rulekit import TYPES
 
 from engine.policy import RuleError
 from engine.policy.loader import load_dir, load_texts
