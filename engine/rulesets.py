@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from engine import metrics
 from engine.policy import RuleError, RuleIssue, RuleSet, load_dir
 from engine.policy.cases import load_cases, run_cases
 
@@ -54,6 +55,7 @@ class RuleSetHolder:
         self.last_error: str | None = None
         self.current: RuleSet = build(self.path, env=self._env, provider_types=self.provider_types, backend=backend)
         self.loaded_at = datetime.now(UTC)
+        metrics.RULES_OK.set(1)
 
     @property
     def provider_types(self) -> Mapping[str, Any]:
@@ -77,12 +79,16 @@ class RuleSetHolder:
             self.reloads += 1
             self.last_error = None
             old.close()
+            metrics.RULES_RELOADS.labels("ok").inc()
+            metrics.RULES_OK.set(1)
             log.info("rules.reloaded version=%s previous=%s", fresh.version, old.version)
             return fresh
 
     def _failed(self, error: RuleError) -> RuleError:
         self.failures += 1
         self.last_error = str(error)
+        metrics.RULES_RELOADS.labels("failed").inc()
+        metrics.RULES_OK.set(0)
         log.error("rules.reload_failed version_kept=%s\n%s", self.current.version, error)
         return error
 
