@@ -53,6 +53,7 @@ class TestAdmin:
         assert any("rules.yaml:" in line and "nobody" in line for line in answer.json()["data"]["errors"])
         status = admin(gw, "GET", "/rules").json()["data"]
         assert status["version"] == before and "nobody" in status["last_error"]
+        assert "mpush_rules_last_reload_ok 0.0" in requests.get(gw.url + "/metrics", timeout=5).text
         rules_file.write_text(RULES.replace("code {code}", "your code {code}"), encoding="utf-8")
         assert admin(gw, "POST", "/rules/reload").json()["data"]["version"] != before
 
