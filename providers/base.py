@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -294,19 +295,27 @@ def transport_failure(exc: TransportError) -> SendResult:
 def check_shared_secret(request: CallbackRequest, callback: Mapping[str, Any]) -> str:
     """Verify a report from a vendor that does not sign: `?token=` and/or source address allowlist.
 
-    `callback` is the account's `callback:` block ({token, allow_ips}); returns "" when the request
-    passes, else the reason it does not. With neither configured, unsigned reports are refused.
+    `callback` is the account's `callback:` block ({token, allow_ips}); `allow_ips` entries are
+    addresses or networks (203.0.113.0/24). Returns "" when the request passes, else the reason it
+    does not. With neither configured, unsigned reports are refused.
     """
-
     token = str(callback.get("token") or "")
     allow_ips = [str(ip) for ip in callback.get("allow_ips") or ()]
     if not token and not allow_ips:
         return "callback has no token or allow_ips configured for this account"
     if token and not hmac.compare_digest(request.query.get("token", "").encode(), token.encode()):
         return "callback token missing or wrong"
-    if allow_ips and request.client_host not in allow_ips:
+    if allow_ips and not _address_allowed(request.client_host, allow_ips):
         return f"callback from {request.client_host or 'unknown address'} is not in allow_ips"
     return ""
+
+
+def _address_allowed(host: str, allowed: list[str]) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(entry, strict=False) for entry in allowed)
 
 
 def json_object(body: bytes) -> dict[str, Any] | None:
