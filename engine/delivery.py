@@ -1,4 +1,11 @@
-"""Delivering one task: route, select, render, send, record, and carry out the failure decision.
+"""Delivering tasks: route, select, render, send, record, and carry out the failure decision.
+
+`deliver_many` takes the send jobs of one stream read through the stages together, so a read
+costs two queries, two transactions and concurrent provider calls however many tasks it holds:
+
+    load (tasks + attempts) -> prepare each (route, select) -> claim (attempts begun + tasks
+    processing, one transaction) -> send (concurrently) -> record (attempts finished + final
+    statuses, one transaction) -> failure decisions, webhooks, report timeouts
 
 Every stage is a short function over `Services`; the rule set is snapshotted once per task so
 an evaluation in progress finishes on the version it started with.
@@ -9,17 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from engine import metrics, webhooks
 from engine.policy.decisions import FailureDecision, Scene
 from engine.policy.model import Channel, ProviderAccount, render
+from engine.policy.ruleset import RuleSet
 from engine.queue import job
 from engine.services import Services
 from engine.store import repo
-from engine.store.models import Task
+from engine.store.models import Attempt, Task
 from providers import registry
 from providers.base import Account, Message, Outcome, SendContext, SendResult, with_defaults
 
@@ -27,17 +36,71 @@ log = logging.getLogger("mpush.delivery")
 
 FINAL_STATUSES = ("success", "failed")
 OPEN_STATUSES = ("pending", "scheduled", "processing")
+WEBHOOK_URL_TTL = 2.0
+
+T = TypeVar("T")
+U = TypeVar("U")
+Mapper = Callable[[Callable[[T], U], Sequence[T]], list[U]]
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """An attempt ready to be claimed: the task, the account chosen for it and the routing rule that decided."""
+
+    task: Task
+    ruleset: RuleSet
+    channel: Channel
+    account: ProviderAccount
+    number: int
+    rule: str
+    rule_version: str
+
+    @property
+    def claim(self) -> repo.AttemptClaim:
+        return repo.AttemptClaim(self.task.task_id, self.number, self.account.name, self.rule, self.rule_version)
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A claimed attempt and what the provider made of it."""
+
+    plan: Planned
+    result: SendResult
+    latency_ms: int
 
 
 def deliver(svc: Services, task_id: str, now: float) -> str:
     """Make the next attempt of a task; returns a short label of what happened."""
-    task = repo.get_task(task_id)
+    return deliver_many(svc, [task_id], now)[0]
+
+
+def deliver_many(svc: Services, task_ids: Sequence[str], now: float, mapper: Mapper[Planned, Sent] | None = None
+                 ) -> list[str]:
+    """Make the next attempt of each task; a label per id, in order. `mapper` runs the provider calls (a
+    thread pool's `map` sends them concurrently); a task named twice is handled once, the repeat is "done"."""
+    unique = list(dict.fromkeys(task_ids))
+    tasks, attempts = repo.load_for_delivery(unique)
+    labels: dict[str, str] = {}
+    plans: list[Planned] = []
+    for task_id in unique:
+        step = prepare(svc, tasks.get(task_id), attempts.get(task_id, []), now)
+        if isinstance(step, Planned):
+            plans.append(step)
+        else:
+            labels[task_id] = step
+    claimed = claim(plans, labels)
+    sent = (mapper or _map)(lambda plan: attempt(svc, plan, now), claimed)
+    labels.update(record(svc, sent, now))
+    return _per_entry(task_ids, labels)
+
+
+def prepare(svc: Services, task: Task | None, attempts: list[Attempt], now: float) -> Planned | str:
+    """Route the task and choose its account; a label instead when nothing is to be sent now."""
     if task is None:
         return "missing"
     if task.status not in OPEN_STATUSES:
         return "done"
     ruleset = svc.rules.current
-    attempts = repo.list_attempts(task_id)
     if attempts and attempts[-1].status == "sending":
         return _resolve_lost_attempt(svc, task, attempts[-1].number, attempts[-1].provider, now)
     channel = ruleset.channel(task.channel)
@@ -58,20 +121,85 @@ def deliver(svc: Services, task_id: str, now: float) -> str:
     if choice.provider is None:
         return on_failure(svc, task, "send_failure", now, provider="", number=len(attempts),
                           error_code="no_provider", error_message=choice.reason)
-    account = ruleset.providers[choice.provider]
-    number = len(attempts) + 1
-    if not repo.begin_attempt(task_id, number, account.name, decision.rule, decision.version):
-        return "busy"
-    repo.mark_status_if(task_id, OPEN_STATUSES, status="processing", provider=account.name,
-                        rule=decision.rule, rule_version=decision.version)
-    message = build_message(svc, task, channel, account, number)
-    result, latency_ms = send(svc, account, message, now)
-    return record_result(svc, task, account, number, result, latency_ms, now)
+    return Planned(task, ruleset, channel, ruleset.providers[choice.provider], len(attempts) + 1, decision.rule,
+                   decision.version)
 
 
-def build_message(svc: Services, task: Task, channel: Channel, account: ProviderAccount, number: int) -> Message:
+def claim(plans: list[Planned], labels: dict[str, str]) -> list[Planned]:
+    """Begin the planned attempts; one begun elsewhere already (the per-attempt lock) is labelled "busy"."""
+    won = repo.claim_attempts([plan.claim for plan in plans], OPEN_STATUSES)
+    labels.update((plan.task.task_id, "busy") for plan, ok in zip(plans, won) if not ok)
+    return [plan for plan, ok in zip(plans, won) if ok]
+
+
+def attempt(svc: Services, plan: Planned, now: float) -> Sent:
+    """Render and send one claimed attempt."""
+    message = build_message(svc, plan.task, plan.channel, plan.account, plan.number, plan.ruleset)
+    result, latency_ms = send(svc, plan.account, message, now)
+    return Sent(plan, result, latency_ms)
+
+
+def record(svc: Services, sent: list[Sent], now: float) -> dict[str, str]:
+    """Store every outcome and the resulting statuses in one transaction, then count each call for the
+    circuit breakers, announce final statuses, queue report timeouts and decide the failures."""
+    succeeded = [item for item in sent if item.result.ok]
+    applied = repo.record_attempts([_attempt_end(item) for item in sent],
+                                   [_status_change(item) for item in succeeded])
+    for item in sent:
+        svc.selector.record(item.plan.account.name, item.result.outcome is not Outcome.RETRYABLE,
+                            item.plan.account.circuit, now)
+    labels: dict[str, str] = {}
+    for item, changed in zip(succeeded, applied):
+        task_id = item.plan.task.task_id
+        if not item.result.final:
+            labels[task_id] = "sent"
+        else:
+            labels[task_id] = announce_final(svc, item.plan.task, "success") if changed else "done"
+    timeouts = [(job("timeout", item.plan.task.task_id), now + svc.settings.callback_timeout)
+                for item in succeeded if not item.result.final]
+    if timeouts:
+        svc.queue.defer_many(timeouts)
+    for item in sent:
+        if not item.result.ok:
+            labels[item.plan.task.task_id] = on_failure(
+                svc, item.plan.task, "send_failure", now, provider=item.plan.account.name, number=item.plan.number,
+                error_code=item.result.error_code, error_message=item.result.error_message)
+    return labels
+
+
+def _attempt_end(item: Sent) -> repo.AttemptEnd:
+    result = item.result
+    return repo.AttemptEnd(item.plan.task.task_id, item.plan.number, result.outcome.value, result.final,
+                           result.provider_message_id, result.error_code, result.error_message,
+                           dict(result.request_summary), dict(result.response_summary), item.latency_ms)
+
+
+def _status_change(item: Sent) -> repo.StatusChange:
+    """A successful call: final means delivered; otherwise sent, and the delivery report will tell."""
+    fields = {"provider": item.plan.account.name, "retry_count": item.plan.number,
+              "provider_message_id": item.result.provider_message_id, "error_code": "", "error_message": ""}
+    if item.result.final:
+        return repo.StatusChange(item.plan.task.task_id, (*OPEN_STATUSES, "sent"), {"status": "success", **fields})
+    return repo.StatusChange(item.plan.task.task_id, OPEN_STATUSES, {"status": "sent", **fields})
+
+
+def _per_entry(task_ids: Sequence[str], labels: Mapping[str, str]) -> list[str]:
+    seen: set[str] = set()
+    result = []
+    for task_id in task_ids:
+        result.append("done" if task_id in seen else labels[task_id])
+        seen.add(task_id)
+    return result
+
+
+def _map(fn: Callable[[T], U], items: Sequence[T]) -> list[U]:
+    return [fn(item) for item in items]
+
+
+def build_message(svc: Services, task: Task, channel: Channel, account: ProviderAccount, number: int,
+                  ruleset: RuleSet | None = None) -> Message:
     """The provider's view of one attempt: rendered text plus the vendor template and params."""
-    template = svc.rules.current.templates.get(channel.template)
+    template = (ruleset or svc.rules.current).templates.get(channel.template)
     params: dict[str, str] = json.loads(task.template_params or "{}")
     vendor = account.template_for(channel.template)
     return Message(
@@ -108,27 +236,6 @@ def send(svc: Services, account: ProviderAccount, message: Message, now: float) 
 def provider_account(account: ProviderAccount) -> Account:
     schema = registry.get(account.type).CONFIG
     return Account(account.name, account.type, with_defaults(schema, account.config), callback=account.callback)
-
-
-def record_result(svc: Services, task: Task, account: ProviderAccount, number: int,
-                  result: SendResult, latency_ms: int, now: float) -> str:
-    repo.finish_attempt(
-        task.task_id, number, status=result.outcome.value, final=result.final,
-        provider_message_id=result.provider_message_id, error_code=result.error_code,
-        error_message=result.error_message, request=dict(result.request_summary),
-        response=dict(result.response_summary), latency_ms=latency_ms,
-    )
-    svc.selector.record(account.name, result.outcome is not Outcome.RETRYABLE, account.circuit, now)
-    if not result.ok:
-        return on_failure(svc, task, "send_failure", now, provider=account.name, number=number,
-                          error_code=result.error_code, error_message=result.error_message)
-    if result.final:
-        return finish(svc, task, "success", provider=account.name, retry_count=number,
-                      provider_message_id=result.provider_message_id, error_code="", error_message="")
-    repo.mark_status_if(task.task_id, OPEN_STATUSES, status="sent", provider=account.name, retry_count=number,
-                        provider_message_id=result.provider_message_id, error_code="", error_message="")
-    svc.queue.defer(job("timeout", task.task_id), now + svc.settings.callback_timeout)
-    return "sent"
 
 
 def _resolve_lost_attempt(svc: Services, task: Task, number: int, provider: str, now: float) -> str:
@@ -190,9 +297,33 @@ def finish(svc: Services, task: Task, status: str, **fields: Any) -> str:
     """Move a task to a final status once, and tell the app's webhook about it."""
     if not repo.mark_status_if(task.task_id, (*OPEN_STATUSES, "sent"), status=status, **fields):
         return "done"
+    return announce_final(svc, task, status)
+
+
+def announce_final(svc: Services, task: Task, status: str) -> str:
+    """Count a task that just reached a final status and queue its webhook event, if its app has a webhook."""
     metrics.FINAL.labels(status).inc()
-    webhooks.notify(svc, task.task_id)
+    if _has_webhook(task.app_id):
+        webhooks.notify(svc, task.task_id)
     return status
+
+
+_webhook_urls: dict[str, tuple[float, bool]] = {}
+
+
+def _has_webhook(app_id: str) -> bool:
+    """Whether the app has a webhook URL, as this process read it at most WEBHOOK_URL_TTL seconds ago.
+
+    Saves two lookups per final message for the apps without one; a URL set moments ago may miss
+    the events of tasks finishing within that window in processes that had just looked.
+    """
+    checked = _webhook_urls.get(app_id)
+    moment = time.monotonic()
+    if checked is None or moment - checked[0] > WEBHOOK_URL_TTL:
+        app = repo.get_app(app_id)
+        checked = (moment, bool(app and app.webhook_url))
+        _webhook_urls[app_id] = checked
+    return checked[1]
 
 
 def check_report_timeout(svc: Services, task_id: str, now: float) -> str:

@@ -1,49 +1,47 @@
-"""The HTTP transport that carries providers' requests: one requests.Session per thread."""
+"""The HTTP transport that carries providers' requests: one shared urllib3 connection pool manager."""
 
 from __future__ import annotations
 
-import threading
-
-import requests
+import certifi
+import urllib3
 
 from providers.base import HttpRequest, HttpResponse, TransportError
 
 
-class RequestsTransport:
-    """Performs `HttpRequest`s with a per-thread `requests.Session`.
+class HttpTransport:
+    """Performs `HttpRequest`s over keep-alive connections pooled per host; safe to share between threads.
 
-    `trust_env` is off: the default session re-reads proxy variables from the environment on
-    every call, which costs more CPU than the call itself on loopback.
+    urllib3 directly costs about a third of the CPU of a `requests.Session` per call, which is
+    most of a worker's budget on loopback. Semantics match the session it replaces: no proxies
+    from the environment, TLS verified against certifi's bundle, no retries, no redirects, and
+    the request's timeout for connecting and for each read.
     """
 
     def __init__(self, pool_size: int = 32) -> None:
-        self._local = threading.local()
-        self._pool_size = pool_size
-
-    def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.trust_env = False
-            adapter = requests.adapters.HTTPAdapter(pool_maxsize=self._pool_size)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            self._local.session = session
-        return session
+        self._pools = urllib3.PoolManager(num_pools=64, maxsize=pool_size, cert_reqs="CERT_REQUIRED",
+                                          ca_certs=certifi.where(), retries=False)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         try:
-            response = self._session().request(
+            response = self._pools.request(
                 request.method,
                 request.url,
+                body=request.body or None,
                 headers=dict(request.headers),
-                data=request.body or None,
-                timeout=request.timeout,
-                allow_redirects=False,
+                timeout=urllib3.Timeout(connect=request.timeout, read=request.timeout),
+                redirect=False,
+                retries=False,
             )
-        except requests.RequestException as exc:
+        except urllib3.exceptions.HTTPError as exc:
             raise TransportError(f"{type(exc).__name__}: {_first_line(exc)}") from None
-        return HttpResponse(response.status_code, dict(response.headers), response.content)
+        return HttpResponse(response.status, dict(response.headers), response.data)
+
+    def close(self) -> None:
+        self._pools.clear()
+
+
+# The name the wiring (engine.services) and the provider tests still import.
+RequestsTransport = HttpTransport
 
 
 def _first_line(exc: Exception) -> str:

@@ -1,7 +1,9 @@
-"""Stream consumers: N threads reading the consumer group, a reclaimer for a dead worker's entries.
+"""Stream consumers: a few threads reading the consumer group, a pool sending, a reclaimer for a dead worker's entries.
 
 The loop only orchestrates read -> handle -> ack; what a job means lives in `delivery`,
-`webhooks` and `scheduler`. Signals are wired by the CLI, which sets the stop event.
+`webhooks` and `scheduler`. The send jobs of one read go through `delivery.deliver_many`
+together, their provider calls spread over the `threads` of the send pool. Signals are wired
+by the CLI, which sets the stop event.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import peewee
 import redis
@@ -23,6 +28,13 @@ from engine.store.db import StoreUnavailable
 
 log = logging.getLogger("mpush.worker")
 
+CONSUMERS = 2  # stream readers: while one batch waits on the database, the other's provider calls run
+MIN_READ = 8
+POSTPONE = (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError, redis.ConnectionError)
+
+T = TypeVar("T")
+U = TypeVar("U")
+
 HANDLERS = {
     "send": delivery.deliver,
     "webhook": webhooks.deliver_webhook,
@@ -31,14 +43,19 @@ HANDLERS = {
 
 
 class Worker:
-    """Consumes the task stream with `threads` consumers; `burst` returns once the stream is drained."""
+    """Consumes the task stream, making up to `threads` provider calls at once; `drain` returns once the stream
+    is empty."""
 
     def __init__(self, svc: Services, *, threads: int | None = None, name: str | None = None) -> None:
         self.svc = svc
         self.threads = threads or svc.settings.worker_threads
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.counters: collections.Counter[str] = collections.Counter()
+        # A read holds about one round of provider calls, so a batch ends well within the visibility timeout.
+        self.read_count = max(MIN_READ, self.threads)
         self._lock = threading.Lock()
+        self._senders = ThreadPoolExecutor(self.threads, thread_name_prefix="sender")
+        self._in_hand: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} threads={self.threads} {dict(self.counters)}>"
@@ -46,12 +63,13 @@ class Worker:
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, then finish the entries in hand, ack them and return."""
         workers = [threading.Thread(target=self._consume, args=(f"{self.name}-{i}", stop), name=f"consumer-{i}")
-                   for i in range(self.threads)]
+                   for i in range(min(CONSUMERS, self.threads))]
         workers.append(threading.Thread(target=self._reclaim, args=(stop,), name="reclaimer"))
         for thread in workers:
             thread.start()
         for thread in workers:
             thread.join()
+        self._senders.shutdown()
         log.info("worker.stopped %r", self)
 
     def handle(self, entry: Entry, now: float) -> bool:
@@ -62,7 +80,7 @@ class Worker:
             return True
         try:
             label = handler(self.svc, entry.ref, now)
-        except (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError, redis.ConnectionError) as exc:
+        except POSTPONE as exc:
             log.warning("job.postponed %s: %s (left pending for reclaim)", entry.job, exc)
             self._count("postponed")
             return False
@@ -78,7 +96,7 @@ class Worker:
         queue = self.svc.queue
         while not stop.is_set():
             try:
-                entries = queue.read(consumer, count=10, block_ms=500)
+                entries = queue.read(consumer, count=self.read_count, block_ms=500)
             except redis.RedisError as exc:
                 log.warning("queue.read failed: %s", exc)
                 stop.wait(1.0)
@@ -86,9 +104,39 @@ class Worker:
             self._process(entries)
 
     def _process(self, entries: list[Entry]) -> None:
-        done = [entry.id for entry in entries if self.handle(entry, time.time())]
-        if done:
-            self.svc.queue.ack(done)
+        with self._lock:
+            self._in_hand.update(entry.id for entry in entries)
+        try:
+            sends = [entry for entry in entries if entry.kind == "send"]
+            done = self._deliver(sends, time.time()) if sends else []
+            done += [entry.id for entry in entries if entry.kind != "send" and self.handle(entry, time.time())]
+            if done:
+                self.svc.queue.ack(done)
+        finally:
+            with self._lock:
+                self._in_hand.difference_update(entry.id for entry in entries)
+
+    def _deliver(self, entries: list[Entry], now: float) -> list[str]:
+        """The send jobs of one read as a batch; the ids that may be acked. A batch that fails for any other
+        reason than an unreachable store or Redis is retried entry by entry, so one bad task stays alone."""
+        try:
+            labels = delivery.deliver_many(self.svc, [entry.ref for entry in entries], now, self._map)
+        except POSTPONE as exc:
+            log.warning("batch.postponed %d send jobs: %s (left pending for reclaim)", len(entries), exc)
+            self._count("postponed", len(entries))
+            return []
+        except Exception:
+            log.exception("batch.crashed %d send jobs; handling them one by one", len(entries))
+            return [entry.id for entry in entries if self.handle(entry, now)]
+        for label in labels:
+            self._count(f"send.{label}")
+        return [entry.id for entry in entries]
+
+    def _map(self, fn: Callable[[T], U], items: Sequence[T]) -> list[U]:
+        """Provider calls of a batch on the send pool; a single one runs right here."""
+        if len(items) < 2:
+            return [fn(item) for item in items]
+        return list(self._senders.map(fn, items))
 
     def _reclaim(self, stop: threading.Event) -> None:
         idle_ms = int(self.svc.settings.visibility_timeout * 1000)
@@ -98,19 +146,22 @@ class Worker:
             except redis.RedisError as exc:
                 log.warning("queue.reclaim failed: %s", exc)
                 continue
+            with self._lock:  # entries this process is still working on are not stale, only slow
+                entries = [entry for entry in entries if entry.id not in self._in_hand]
             if entries:
                 log.info("queue.reclaimed %d entries", len(entries))
-                self._process(entries)
+            for start in range(0, len(entries), self.read_count):
+                self._process(entries[start : start + self.read_count])
 
     def drain(self, *, idle_rounds: int = 2) -> None:
         """Burst mode: handle entries until the stream and the due delayed jobs are empty."""
         quiet = 0
         while quiet < idle_rounds:
             self.svc.queue.release_due(time.time())
-            entries = self.svc.queue.read(f"{self.name}-burst", count=50, block_ms=50)
+            entries = self.svc.queue.read(f"{self.name}-burst", count=self.read_count, block_ms=50)
             quiet = 0 if entries else quiet + 1
             self._process(entries)
 
-    def _count(self, label: str) -> None:
+    def _count(self, label: str, n: int = 1) -> None:
         with self._lock:
-            self.counters[label] += 1
+            self.counters[label] += n

@@ -7,7 +7,8 @@ it cannot be reached. Datetimes go in and come out timezone-aware (UTC).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
@@ -35,6 +36,7 @@ from engine.store.models import (
 )
 
 INSERT_CHUNK = 100
+ATTEMPT_INSERT_CHUNK = 50  # 13 columns each: under SQLite's older 999-parameter limit
 APP_NAME_MAX = 100
 
 P = ParamSpec("P")
@@ -63,6 +65,13 @@ def _db() -> peewee.Database:
     if database.obj is None:
         raise RuntimeError("the store is not bound: call engine.store.db.bind(connect(url)) first")
     return database.obj
+
+
+def _write_transaction() -> peewee._atomic:
+    """A transaction that writes. On SQLite it takes the write lock at BEGIN (IMMEDIATE), so two processes
+    never both hold a read snapshot and then deadlock upgrading it; the busy timeout waits for the lock instead."""
+    db = _db()
+    return db.atomic("IMMEDIATE") if isinstance(db, peewee.SqliteDatabase) else db.atomic()
 
 
 # -- applications ---------------------------------------------------------------------------------------------
@@ -171,7 +180,10 @@ def create_tasks(rows: list[dict[str, Any]], batch: dict[str, Any] | None = None
         rows = [{"batch_id": batch["batch_id"], **row} for row in rows]
     prepared = [_new_task_row(row) for row in rows]
     try:
-        with _db().atomic():
+        if batch is None and len(prepared) == 1:
+            _insert(Task, prepared[0])  # one statement is its own transaction: a single round trip
+            return
+        with _write_transaction():
             if batch is not None:
                 Batch.insert(**batch).execute()
             if len(prepared) == 1:
@@ -197,10 +209,13 @@ def find_idempotent(app_id: str, key: str) -> Task | None:
 
 
 @_guarded
-def get_tasks(task_ids: list[str]) -> dict[str, Task]:
-    if not task_ids:
+def get_tasks(task_ids: Sequence[str]) -> dict[str, Task]:
+    """The tasks that exist among `task_ids`, by id, in one query."""
+    unique = list(dict.fromkeys(task_ids))
+    if not unique:
         return {}
-    return {task.task_id: task for task in Task.select().where(Task.task_id.in_(list(task_ids)))}
+    sql = statements.select_in_sql(_db(), Task, "task_id", len(unique))
+    return {task.task_id: task for task in statements.fetch(_db(), Task, sql, unique)}
 
 
 @_guarded
@@ -378,19 +393,146 @@ def finish_attempt(
     latency_ms: int | None = None,
 ) -> None:
     """Record how a begun attempt ended."""
-    if status not in ATTEMPT_STATUSES:
-        raise ValueError(f"attempt status must be one of {ATTEMPT_STATUSES}, got {status!r}")
-    values = dict(status=status, final=final, provider_message_id=provider_message_id, error_code=error_code,
-                  error_message=error_message, request=request, response=response, latency_ms=latency_ms,
-                  finished_at=utcnow())
-    if not _update(Attempt, values, {"task_id": task_id, "number": number}):
-        raise NotFound(f"no attempt {number} of task {task_id!r}")
+    _finish(AttemptEnd(task_id, number, status, final, provider_message_id, error_code, error_message, request,
+                       response, latency_ms))
 
 
 @_guarded
 def list_attempts(task_id: str) -> list[Attempt]:
     sql = statements.select_sql(_db(), Attempt, ("task_id",), order_by="number")
     return statements.fetch(_db(), Attempt, sql, [task_id])
+
+
+# -- the worker's batch steps: a few statements and two transactions for a whole stream read -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptClaim:
+    """Attempt `number` of a task, about to be sent through `provider` as routing rule `rule` decided."""
+
+    task_id: str
+    number: int
+    provider: str
+    rule: str
+    rule_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEnd:
+    """How a begun attempt ended (the fields of `finish_attempt`)."""
+
+    task_id: str
+    number: int
+    status: str
+    final: bool
+    provider_message_id: str = ""
+    error_code: str = ""
+    error_message: str = ""
+    request: Any = None
+    response: Any = None
+    latency_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """Set `fields` on a task only while its status is one of `expected`, as `mark_status_if` does."""
+
+    task_id: str
+    expected: tuple[str, ...]
+    fields: Mapping[str, Any]
+
+
+@_guarded
+def load_for_delivery(task_ids: Sequence[str]) -> tuple[dict[str, Task], dict[str, list[Attempt]]]:
+    """The tasks that exist among `task_ids` and each one's attempts in order: two queries for any number."""
+    tasks = get_tasks(task_ids)
+    attempts: dict[str, list[Attempt]] = {task_id: [] for task_id in tasks}
+    if tasks:
+        sql = statements.select_in_sql(_db(), Attempt, "task_id", len(tasks), ("task_id", "number"))
+        for attempt in statements.fetch(_db(), Attempt, sql, list(tasks)):
+            attempts[attempt.task_id].append(attempt)
+    return tasks, attempts
+
+
+@_guarded
+def claim_attempts(claims: Sequence[AttemptClaim], expected: tuple[str, ...]) -> list[bool]:
+    """Begin each attempt and move its task to `processing` (while its status is one of `expected`), all in one
+    transaction; returns which claims were won.
+
+    The unique (task, number) pair is the per-attempt lock: when any claim was already begun elsewhere, the
+    transaction rolls back and every claim is tried on its own, so only that one is lost.
+    """
+    _check_statuses(expected)
+    if not claims:
+        return []
+    try:
+        with _write_transaction():
+            _insert_attempts(claims)
+            _mark_processing(claims, expected)
+    except peewee.IntegrityError:
+        return [_claim_one(claim, expected) for claim in claims]
+    return [True] * len(claims)
+
+
+@_guarded
+def record_attempts(ends: Sequence[AttemptEnd], changes: Sequence[StatusChange]) -> list[bool]:
+    """Finish the attempts and apply the status changes in one transaction; whether each change applied.
+
+    Rows are written in task id order, so two such transactions never wait on each other in a cycle.
+    """
+    for change in changes:
+        _check_statuses(change.expected)
+        _check_task_update(change.fields)
+    if not ends and not changes:
+        return []
+    applied: dict[int, bool] = {}
+    with _write_transaction():
+        for end in sorted(ends, key=lambda end: (end.task_id, end.number)):
+            _finish(end)
+        for index, change in sorted(enumerate(changes), key=lambda item: item[1].task_id):
+            fields = {**change.fields, "updated_at": utcnow()}
+            applied[index] = _update(Task, fields, {"task_id": change.task_id}, status_in=change.expected) > 0
+    return [applied[index] for index in range(len(changes))]
+
+
+def _insert_attempts(claims: Sequence[AttemptClaim]) -> None:
+    rows = [_with_defaults(Attempt, dict(task_id=claim.task_id, number=claim.number, provider=claim.provider,
+                                         rule=claim.rule, rule_version=claim.rule_version)) for claim in claims]
+    fields = tuple(rows[0])
+    for start in range(0, len(rows), ATTEMPT_INSERT_CHUNK):
+        chunk = rows[start : start + ATTEMPT_INSERT_CHUNK]
+        params = [value for row in chunk for value in statements.db_values(Attempt, row)]
+        statements.execute(_db(), statements.insert_sql(_db(), Attempt, fields, len(chunk)), params)
+
+
+def _mark_processing(claims: Sequence[AttemptClaim], expected: tuple[str, ...]) -> None:
+    """One UPDATE per distinct (provider, rule, version): usually one for the whole batch."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for claim in sorted(claims, key=lambda claim: claim.task_id):
+        groups.setdefault((claim.provider, claim.rule, claim.rule_version), []).append(claim.task_id)
+    for (provider, rule, version), task_ids in groups.items():
+        values = {"status": "processing", "provider": provider, "rule": rule, "rule_version": version,
+                  "updated_at": utcnow()}
+        sql = statements.update_in_sql(_db(), Task, tuple(values), "task_id", len(task_ids), len(expected))
+        statements.execute(_db(), sql, statements.db_values(Task, values) + task_ids + list(expected))
+
+
+def _claim_one(claim: AttemptClaim, expected: tuple[str, ...]) -> bool:
+    if not begin_attempt(claim.task_id, claim.number, claim.provider, claim.rule, claim.rule_version):
+        return False
+    mark_status_if(claim.task_id, expected, status="processing", provider=claim.provider, rule=claim.rule,
+                   rule_version=claim.rule_version)
+    return True
+
+
+def _finish(end: AttemptEnd) -> None:
+    if end.status not in ATTEMPT_STATUSES:
+        raise ValueError(f"attempt status must be one of {ATTEMPT_STATUSES}, got {end.status!r}")
+    values = dict(status=end.status, final=end.final, provider_message_id=end.provider_message_id,
+                  error_code=end.error_code, error_message=end.error_message, request=end.request,
+                  response=end.response, latency_ms=end.latency_ms, finished_at=utcnow())
+    if not _update(Attempt, values, {"task_id": end.task_id, "number": end.number}):
+        raise NotFound(f"no attempt {end.number} of task {end.task_id!r}")
 
 
 # -- prepared statements for the per-message path (see engine.store.statements) -----------------------------

@@ -44,9 +44,22 @@ def select_sql(db: peewee.Database, model: type[peewee.Model], where: tuple[str,
 
 
 @lru_cache(maxsize=256)
-def insert_sql(db: peewee.Database, model: type[peewee.Model], fields: tuple[str, ...]) -> str:
+def select_in_sql(db: peewee.Database, model: type[peewee.Model], field: str, count: int,
+                  order_by: tuple[str, ...] = ()) -> str:
+    """SELECT * ... WHERE `field` is one of `count` parameters."""
+    sql = (f"SELECT * FROM {_table(db, model)} WHERE {_column(db, model, field)} "
+           f"IN ({', '.join([db.param] * count)})")
+    if order_by:
+        sql += " ORDER BY " + ", ".join(_column(db, model, name) for name in order_by)
+    return sql
+
+
+@lru_cache(maxsize=256)
+def insert_sql(db: peewee.Database, model: type[peewee.Model], fields: tuple[str, ...], rows: int = 1) -> str:
+    """INSERT of `rows` rows (one statement, one round trip) with a parameter per field of each."""
     columns = ", ".join(_column(db, model, name) for name in fields)
-    return f"INSERT INTO {_table(db, model)} ({columns}) VALUES ({', '.join([db.param] * len(fields))})"
+    row = f"({', '.join([db.param] * len(fields))})"
+    return f"INSERT INTO {_table(db, model)} ({columns}) VALUES {', '.join([row] * rows)}"
 
 
 @lru_cache(maxsize=256)
@@ -55,6 +68,17 @@ def update_sql(db: peewee.Database, model: type[peewee.Model], fields: tuple[str
     """UPDATE ... SET fields WHERE each `where` field equals a parameter [AND status IN (n params)]."""
     assignments = ", ".join(f"{_column(db, model, name)} = {db.param}" for name in fields)
     condition = " AND ".join(f"{_column(db, model, name)} = {db.param}" for name in where)
+    if status_in:
+        condition += f" AND {_column(db, model, 'status')} IN ({', '.join([db.param] * status_in)})"
+    return f"UPDATE {_table(db, model)} SET {assignments} WHERE {condition}"
+
+
+@lru_cache(maxsize=256)
+def update_in_sql(db: peewee.Database, model: type[peewee.Model], fields: tuple[str, ...], key: str, count: int,
+                  status_in: int = 0) -> str:
+    """UPDATE ... SET fields WHERE `key` is one of `count` parameters [AND status IN (n params)]."""
+    assignments = ", ".join(f"{_column(db, model, name)} = {db.param}" for name in fields)
+    condition = f"{_column(db, model, key)} IN ({', '.join([db.param] * count)})"
     if status_in:
         condition += f" AND {_column(db, model, 'status')} IN ({', '.join([db.param] * status_in)})"
     return f"UPDATE {_table(db, model)} SET {assignments} WHERE {condition}"
