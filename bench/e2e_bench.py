@@ -128,6 +128,12 @@ class Client(threading.Thread):
             next_at += self.interval
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=1000, help="messages offered per second")
@@ -166,7 +172,9 @@ def main() -> int:
         wait_port(mock_port)
         wait_port(api_port)
         time.sleep(1.0)
-        return run_load(args, api_port, mock_port, app_id, secret)
+        named = {"api": processes[1].pid, "worker": processes[2].pid, "mock": processes[0].pid,
+                 "load generator": os.getpid()}
+        return run_load(args, api_port, mock_port, app_id, secret, named)
     finally:
         for process in processes:
             process.terminate()
@@ -174,7 +182,8 @@ def main() -> int:
             process.wait(30)
 
 
-def run_load(args: argparse.Namespace, api_port: int, mock_port: int, app_id: str, secret: str) -> int:
+def run_load(args: argparse.Namespace, api_port: int, mock_port: int, app_id: str, secret: str,
+             processes: dict[str, int]) -> int:
     accepted: dict[str, float] = {}
     latencies: list[float] = []
     errors: list[str] = []
@@ -184,6 +193,7 @@ def run_load(args: argparse.Namespace, api_port: int, mock_port: int, app_id: st
     clients = [Client(api_port, app_id, secret, request_rate / args.clients, until, args.batch, accepted,
                       latencies, errors) for _ in range(args.clients)]
     wall_start = time.time()
+    cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
     for client in clients:
         client.start()
     for client in clients:
@@ -191,6 +201,8 @@ def run_load(args: argparse.Namespace, api_port: int, mock_port: int, app_id: st
     load_seconds = time.monotonic() - started
     offered = len(latencies) * args.batch
     received = wait_delivered(mock_port, offered - len(errors) * args.batch, timeout=120)
+    cpu = {name: [after - before for after, before in zip(cpu_seconds(pid), cpu_before[name])]
+           for name, pid in processes.items()}
     times = [at for at, _ in received]
     delivered_rate = len(received) / (max(times) - wall_start) if times else 0.0
     e2e = [at - accepted[task_id] for at, task_id in received if task_id in accepted]
@@ -204,6 +216,10 @@ def run_load(args: argparse.Namespace, api_port: int, mock_port: int, app_id: st
     print(f"delivered: {len(received)} messages, {delivered_rate:.0f} msg/s sustained (first accept to last delivery)")
     if e2e:
         print(f"accept->delivery: p50 {statistics.median(e2e) * 1000:.1f} ms, p99 {percentile(e2e, 0.99) * 1000:.1f} ms")
+    if received:
+        print("CPU µs per message (user+system): " + ", ".join(
+            f"{name} {user / len(received) * 1e6:.0f}+{system / len(received) * 1e6:.0f}"
+            for name, (user, system) in cpu.items()))
     return 0
 
 
