@@ -1,8 +1,13 @@
-"""Authentication of `/api/v1`: the reference's steps and codes, plus replay and rate protection."""
+"""Authentication of `/api/v1`: the reference's steps and codes, plus replay and rate protection.
+
+`authenticate` does it for one request. The send path checks a group of requests at once:
+`verify` each (no Redis), then `admit_nonces` remembers all their nonces in one round trip.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +15,7 @@ from api import errors
 from api.errors import ApiError
 from engine import keys
 from engine.services import Services
-from engine.signing import verify
+from engine.signing import verify as signature_matches
 from engine.store import repo
 from engine.store.crypto import SecretError
 from engine.store.models import Application
@@ -25,15 +30,30 @@ class Caller:
 
     app: Application
     body: dict[str, Any]
+    nonce: str = ""
 
 
 def authenticate(svc: Services, method: str, path: str, headers: dict[str, str], raw: bytes, now: float) -> Caller:
     """Verify the four X- headers over METHOD+PATH+canonical body+ts+nonce; raise ApiError on refusal."""
+    caller = verify(svc, method, path, headers, raw, now)
+    refusal = admit_nonces(svc, [caller], now)[0]
+    if refusal is not None:
+        raise refusal
+    return caller
+
+
+def verify(svc: Services, method: str, path: str, headers: dict[str, str], raw: bytes, now: float,
+           apps: dict[str, Application | None] | None = None) -> Caller:
+    """Every check that needs no Redis: headers, app, secret, body, window, signature. `apps` caches the
+    application rows across a group of requests checked together."""
     app_id, stamp, nonce, given = (headers.get(name, "") for name in HEADERS)
     if not (app_id and stamp and nonce and given):
         raise ApiError(errors.UNAUTHORIZED)
     ts = _parse_timestamp(stamp)
-    app = repo.get_app(app_id)
+    if apps is None:
+        app = repo.get_app(app_id)
+    else:
+        app = apps[app_id] if app_id in apps else apps.setdefault(app_id, repo.get_app(app_id))
     if app is None:
         raise ApiError(errors.INVALID_APP_ID)
     if app.status != 1:
@@ -45,13 +65,26 @@ def authenticate(svc: Services, method: str, path: str, headers: dict[str, str],
     body = _parse_body(raw)
     if abs(now - ts) > WINDOW_SECONDS:
         raise ApiError(errors.INVALID_SIGNATURE, "invalid signature: timestamp outside the 300 s window")
-    if not verify(secret, method, path, raw, ts, nonce, given):
+    if not signature_matches(secret, method, path, raw, ts, nonce, given):
         raise ApiError(errors.INVALID_SIGNATURE)
-    if not svc.redis.set(keys.nonce(app_id, nonce), 1, nx=True, ex=2 * WINDOW_SECONDS):
-        raise ApiError(errors.INVALID_SIGNATURE, "invalid signature: nonce already used (replay)")
-    if app.rate_limit and not svc.limits.rate_allow(app_id, app.rate_limit, now):
-        raise ApiError(errors.RATE_LIMITED)
-    return Caller(app, body)
+    return Caller(app, body, nonce)
+
+
+def admit_nonces(svc: Services, callers: Sequence[Caller], now: float) -> list[ApiError | None]:
+    """Remember each verified request's nonce (all in one round trip) and count it against its app's rate;
+    per caller, None when admitted, else the refusal. A nonce seen before is a replay."""
+    pipe = svc.redis.pipeline(transaction=False)
+    for caller in callers:
+        pipe.set(keys.nonce(caller.app.app_id, caller.nonce), 1, nx=True, ex=2 * WINDOW_SECONDS)
+    refusals: list[ApiError | None] = []
+    for caller, fresh in zip(callers, pipe.execute()):
+        if not fresh:
+            refusals.append(ApiError(errors.INVALID_SIGNATURE, "invalid signature: nonce already used (replay)"))
+        elif caller.app.rate_limit and not svc.limits.rate_allow(caller.app.app_id, caller.app.rate_limit, now):
+            refusals.append(ApiError(errors.RATE_LIMITED))
+        else:
+            refusals.append(None)
+    return refusals
 
 
 def _parse_timestamp(value: str) -> int:

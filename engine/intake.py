@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -80,12 +81,67 @@ def parse(body: dict[str, Any], *, batch: bool, idempotency_key: str = "") -> Se
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A valid request whose quota units are taken (or that is deferred until its quota window resets)."""
+
+    app: Application
+    request: SendRequest
+    channel: Channel
+    template: Template
+    now: float
+    moment: datetime
+    due: float | None
+    checks: list[QuotaCheck]
+    costs: list[int]
+    counted: bool
+
+    def refund(self, svc: Services) -> None:
+        """Give the quota units back (the request was not stored after all)."""
+        if self.counted:
+            svc.limits.refund(self.checks, now=self.now, costs=self.costs)
+
+
 def accept(svc: Services, app: Application, request: SendRequest, now: float) -> Accepted:
     """Admit, store and enqueue the request's tasks; raise `Refused` and change nothing otherwise."""
     if request.idempotency_key:
         existing = repo.find_idempotent(app.app_id, request.idempotency_key)
         if existing is not None:
             return Accepted((existing.task_id,), existing.status, existing.created_at, existing.batch_id or "", True)
+    admitted = admit(svc, app, request, now)
+    try:
+        accepted = _store_and_enqueue(svc, admitted.app, admitted.channel, admitted.template, request,
+                                      admitted.moment, admitted.due)
+    except Refused:
+        admitted.refund(svc)
+        raise
+    if accepted.replayed:
+        admitted.refund(svc)
+    return accepted
+
+
+def accept_many(svc: Services, requests: Sequence[tuple[Application, SendRequest]], now: float
+                ) -> list[Accepted | Exception]:
+    """`accept` for many requests at once, an outcome per request (`Refused`, or whatever else went wrong, is
+    returned, not raised): the plain single-receiver ones are stored in one transaction and enqueued in one
+    round trip; batches and idempotent requests go through `accept`."""
+    outcomes: dict[int, Accepted | Exception] = {}
+    admitted: dict[int, Admitted] = {}
+    for index, (app, request) in enumerate(requests):
+        try:
+            if request.batch or request.idempotency_key:
+                outcomes[index] = accept(svc, app, request, now)
+            else:
+                admitted[index] = admit(svc, app, request, now)
+        except Exception as exc:  # this request's failure is its own, as when accepted alone
+            outcomes[index] = exc
+    if admitted:
+        outcomes.update(zip(admitted, _store_and_enqueue_many(svc, list(admitted.values()))))
+    return [outcomes[index] for index in range(len(requests))]
+
+
+def admit(svc: Services, app: Application, request: SendRequest, now: float) -> Admitted:
+    """Validate the request against the live rule set and take its quota units; raise `Refused` otherwise."""
     ruleset = svc.rules.current
     channel = ruleset.channel(request.channel)
     if channel is None:
@@ -102,15 +158,43 @@ def accept(svc: Services, app: Application, request: SendRequest, now: float) ->
         if admission.on_exceed != "defer" or admission.retry_at is None:
             raise Refused("quota", f"quota exceeded: {admission.rule}")
         due = max(due or 0.0, admission.retry_at)
+    return Admitted(app, request, channel, template, now, moment, due, checks, costs, admission.allowed)
+
+
+def _store_and_enqueue_many(svc: Services, admitted: list[Admitted]) -> list[Accepted | Exception]:
+    """Single-receiver, key-less requests: one insert transaction, one enqueue round trip. When the store or
+    the queue fails every request is refused and its quota units given back, as `accept` does for one."""
+    rows = [_task_row(item.app, item.channel, item.template, item.request, item.request.receivers[0], item.moment,
+                      "scheduled" if item.due else "pending", item.due, "") for item in admitted]
     try:
-        accepted = _store_and_enqueue(svc, app, channel, template, request, moment, due)
-    except Refused:
-        if admission.allowed:
-            svc.limits.refund(checks, now=now, costs=costs)
-        raise
-    if accepted.replayed and admission.allowed:
-        svc.limits.refund(checks, now=now, costs=costs)
-    return accepted
+        try:
+            repo.create_tasks(rows)
+        except StoreUnavailable as exc:
+            raise Refused("unavailable", f"database unavailable: {exc}") from None
+        _enqueue(svc, [(row["task_id"], item.due) for row, item in zip(rows, admitted)])
+    except Exception as exc:
+        for item in admitted:
+            item.refund(svc)
+        return [exc] * len(admitted)
+    for item in admitted:
+        metrics.ACCEPTED.labels(item.channel.name).inc()
+    return [Accepted((row["task_id"],), row["status"], item.moment) for row, item in zip(rows, admitted)]
+
+
+def _enqueue(svc: Services, jobs: list[tuple[str, float | None]]) -> None:
+    """Due jobs to the stream, later ones to the delayed set; on a Redis failure the tasks are marked failed."""
+    try:
+        delayed = [(job("send", task_id), due) for task_id, due in jobs if due]
+        if delayed:
+            svc.queue.defer_many(delayed)
+        ready = [job("send", task_id) for task_id, due in jobs if not due]
+        if ready:
+            svc.queue.enqueue(ready)
+    except redis.RedisError as exc:
+        for task_id, _ in jobs:
+            repo.update_task(task_id, status="failed", error_code="queue_unavailable",
+                             error_message=f"failed to push to queue: {exc}")
+        raise Refused("unavailable", f"failed to push to queue: {exc}") from None
 
 
 def _store_and_enqueue(svc: Services, app: Application, channel: Channel, template: Template,
@@ -132,16 +216,7 @@ def _store_and_enqueue(svc: Services, app: Application, channel: Channel, templa
             raise
         return Accepted((existing.task_id,), existing.status, existing.created_at, existing.batch_id or "", True)
     task_ids = tuple(row["task_id"] for row in rows)
-    try:
-        if due:
-            svc.queue.defer_many((job("send", task_id), due) for task_id in task_ids)
-        else:
-            svc.queue.enqueue([job("send", task_id) for task_id in task_ids])
-    except redis.RedisError as exc:
-        for task_id in task_ids:
-            repo.update_task(task_id, status="failed", error_code="queue_unavailable",
-                             error_message=f"failed to push to queue: {exc}")
-        raise Refused("unavailable", f"failed to push to queue: {exc}") from None
+    _enqueue(svc, [(task_id, due) for task_id in task_ids])
     metrics.ACCEPTED.labels(channel.name).inc(len(task_ids))
     return Accepted(task_ids, status, moment, batch_id)
 
