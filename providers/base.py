@@ -318,6 +318,33 @@ def _address_allowed(host: str, allowed: list[str]) -> bool:
     return any(address in ipaddress.ip_network(entry, strict=False) for entry in allowed)
 
 
+def parse_json_reports(
+    request: CallbackRequest,
+    account: Account,
+    item_report: Callable[[Any], DeliveryReport | None],
+    reply: Callable[[int, str], CallbackReply],
+    invalid: str,
+) -> CallbackResult:
+    """JSON delivery reports (one object or a list) behind the shared-secret check.
+
+    `item_report` turns one item into a report or None when it is unusable (`invalid` says how);
+    usable items are kept even when others are not, and the reply says how many were refused.
+    """
+    refused = check_shared_secret(request, account.callback)
+    if refused:
+        return CallbackResult((), reply(403, refused), verified=False, error=refused)
+    try:
+        payload = json.loads(request.body)
+    except ValueError:
+        return CallbackResult((), reply(400, "body is not JSON"), error="body is not JSON")
+    items = payload if isinstance(payload, list) else [payload]
+    reports = tuple(report for item in items if (report := item_report(item)) is not None)
+    if len(reports) != len(items):
+        error = f"{len(items) - len(reports)} item(s) {invalid}"
+        return CallbackResult(reports, reply(400, error), error=error)
+    return CallbackResult(reports, reply(200, "ok"))
+
+
 def json_object(body: bytes) -> dict[str, Any] | None:
     """The body parsed as a JSON object, or None when it is not one."""
     try:

@@ -16,7 +16,7 @@ from typing import Any
 from providers.base import (
     Account, CallbackReply, CallbackRequest, CallbackResult, ConfigField, ConfigSchema,
     DeliveryReport, HttpRequest, HttpResponse, Message, Outcome, SendContext, SendResult,
-    bad_response, check_shared_secret, classify_status, http_send, json_object, request_summary,
+    bad_response, parse_json_reports, classify_status, http_send, json_object, request_summary,
 )
 
 TYPE = "fake"
@@ -130,19 +130,8 @@ def parse_response(response: HttpResponse) -> SendResult:
 
 def parse_callback(request: CallbackRequest, account: Account, now: datetime) -> CallbackResult:
     """Reports as JSON `{"id", "status": delivered|failed|rejected, "code", "message"}` (or a list of them)."""
-    refused = check_shared_secret(request, account.callback)
-    if refused:
-        return CallbackResult((), _reply(403, refused), verified=False, error=refused)
-    try:
-        payload = json.loads(request.body)
-    except ValueError:
-        return CallbackResult((), _reply(400, "body is not JSON"), error="body is not JSON")
-    items = payload if isinstance(payload, list) else [payload]
-    reports = tuple(report for item in items if (report := _report(item, now)) is not None)
-    if len(reports) != len(items):
-        error = f"{len(items) - len(reports)} item(s) lack an id or a status in {', '.join(REPORT_STATUSES)}"
-        return CallbackResult(reports, _reply(400, error), error=error)
-    return CallbackResult(reports, _reply(200, "ok"))
+    invalid = f"lack an id or a status in {', '.join(REPORT_STATUSES)}"
+    return parse_json_reports(request, account, lambda item: _report(item, now), _reply, invalid)
 
 
 def _report(item: Any, now: datetime) -> DeliveryReport | None:

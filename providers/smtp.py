@@ -20,7 +20,7 @@ from typing import Any
 
 from providers.base import (
     Account, CallbackReply, CallbackRequest, CallbackResult, ConfigField, ConfigSchema, DeliveryReport,
-    Message, Outcome, SendContext, SendResult, Undeliverable, check_shared_secret, redact,
+    Message, Outcome, SendContext, SendResult, Undeliverable, parse_json_reports, redact,
 )
 
 TYPE = "smtp"
@@ -163,19 +163,8 @@ def parse_callback(request: CallbackRequest, account: Account, now: datetime) ->
     One object or a list. bounced/failed -> failed, complained/rejected -> rejected,
     delivered/sent/success -> delivered; items with another status are not applied.
     """
-    refused = check_shared_secret(request, account.callback)
-    if refused:
-        return CallbackResult((), _reply(403, refused), verified=False, error=refused)
-    try:
-        payload = json.loads(request.body)
-    except ValueError:
-        return CallbackResult((), _reply(400, "body is not JSON"), error="body is not JSON")
-    items = payload if isinstance(payload, list) else [payload]
-    reports = tuple(report for item in items if (report := bounce_report(item, now)) is not None)
-    if len(reports) != len(items):
-        error = f"{len(items) - len(reports)} item(s) without a message_id or with an unknown status"
-        return CallbackResult(reports, _reply(400, error), error=error)
-    return CallbackResult(reports, _reply(200, "ok"))
+    invalid = "without a message_id or with an unknown status"
+    return parse_json_reports(request, account, lambda item: bounce_report(item, now), _reply, invalid)
 
 
 def bounce_report(item: Any, now: datetime) -> DeliveryReport | None:
