@@ -1,0 +1,91 @@
+"""Single sends answered together: each request still gets its own verdict, replays and bad ones included."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from engine.signing import sign_headers
+from engine.store import repo
+from tests.support.service import Gateway, gateway
+
+pytestmark = pytest.mark.timeout(60)
+
+RULES = """
+templates:
+  - {name: code, variables: [code], text: "code {code}"}
+channels:
+  - {id: 1, name: otp, type: sms, template: code}
+providers:
+  - {name: console, type: console}
+routing:
+  - {name: otp, when: {channel: otp}, providers: [{use: console}]}
+"""
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[Gateway]:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "rules.yaml").write_text(RULES, encoding="utf-8")
+    with gateway(tmp_path, rules, workers=False) as running:
+        yield running
+
+
+def post_all(gw: Gateway, bodies: list[tuple[bytes, dict[str, str]]]) -> list[dict[str, Any]]:
+    """POST every (body, headers) at the same instant from its own thread; the answers in order."""
+    start = threading.Barrier(len(bodies))
+    answers: list[dict[str, Any]] = [{}] * len(bodies)
+
+    def post(index: int) -> None:
+        raw, headers = bodies[index]
+        start.wait(5)
+        answers[index] = requests.post(gw.url + "/api/v1/messages", data=raw, timeout=10,
+                                       headers={"Content-Type": "application/json", **headers}).json()
+
+    threads = [threading.Thread(target=post, args=(index,)) for index in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    return answers
+
+
+def signed(gw: Gateway, receiver: str, *, nonce: str | None = None, secret: str | None = None,
+           channel: object = "otp") -> tuple[bytes, dict[str, str]]:
+    raw = json.dumps({"channel_id": channel, "receiver": receiver, "template_params": {"code": "1"}}).encode()
+    return raw, sign_headers(gw.app_id, secret or gw.secret, "POST", "/api/v1/messages", raw,
+                             now=int(time.time()), nonce=nonce or uuid.uuid4().hex)
+
+
+def test_concurrent_sends_each_get_their_own_task(gw: Gateway) -> None:
+    """Twenty simultaneous sends get twenty distinct stored tasks for the right receivers."""
+    answers = post_all(gw, [signed(gw, f"1380000{i:04d}") for i in range(20)])
+    assert [answer["code"] for answer in answers] == [0] * 20
+    tasks = [repo.get_task(answer["data"]["task_id"]) for answer in answers]
+    assert [task.receiver for task in tasks] == [f"1380000{i:04d}" for i in range(20)]
+
+
+def test_a_replay_sent_alongside_its_original_is_refused_once(gw: Gateway) -> None:
+    """Of several simultaneous copies of one signed request exactly one is accepted; the rest are replays."""
+    copy = signed(gw, "13800000001", nonce="same-nonce")
+    answers = post_all(gw, [copy] * 5)
+    assert sorted(answer["code"] for answer in answers) == [0, 20003, 20003, 20003, 20003]
+    assert sum("replay" in answer["message"] for answer in answers) == 4
+
+
+def test_bad_requests_among_good_ones_are_refused_and_store_nothing(gw: Gateway) -> None:
+    """A wrong signature and an unknown channel get their own codes; the good sends around them are stored."""
+    bodies = [signed(gw, "13800000001"), signed(gw, "13800000002", secret="0" * 32),
+              signed(gw, "13800000003", channel=99), signed(gw, "13800000004")]
+    answers = post_all(gw, bodies)
+    assert [answer["code"] for answer in answers] == [0, 20003, 10001, 0]
+    assert repo.task_counts(gw.app_id)["pending"] == 2

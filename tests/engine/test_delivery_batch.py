@@ -1,0 +1,101 @@
+"""Delivering a stream read as a batch, against real Redis, SQLite and a loopback vendor."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine import delivery
+from engine.store import repo
+from tests.support.loopback import LoopbackServer, Reply
+from tests.support.service import Gateway, gateway
+
+pytestmark = pytest.mark.timeout(60)
+
+RULES = """
+templates:
+  - {{name: code, variables: [code], text: "code {{code}}"}}
+channels:
+  - {{id: 1, name: otp, type: sms, template: code}}
+providers:
+  - {{name: vendor, type: fake, config: {{url: "{url}/send"}}}}
+routing:
+  - {{name: otp, when: {{channel: otp}}, providers: [{{use: vendor}}]}}
+failures:
+  - {{name: give-up, scene: send_failure, action: fail}}
+"""
+
+
+@pytest.fixture
+def vendor() -> Iterator[LoopbackServer]:
+    """A vendor that fails receivers ending in 9 with a 500 and accepts the others."""
+    server = LoopbackServer(lambda request: Reply(500, '{"code": 1}') if b'9"' in request.body
+                            else Reply(200, '{"code": 0}')).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gw(tmp_path: Path, vendor: LoopbackServer) -> Iterator[Gateway]:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "rules.yaml").write_text(RULES.format(url=vendor.url), encoding="utf-8")
+    with gateway(tmp_path, rules, workers=False) as running:
+        yield running
+
+
+def accepted(gw: Gateway, receiver: str) -> str:
+    answer = gw.send("otp", receiver, {"code": "1"})
+    assert answer["code"] == 0, answer
+    return str(answer["data"]["task_id"])
+
+
+def test_a_batch_delivers_each_task_and_labels_every_entry(gw: Gateway, vendor: LoopbackServer) -> None:
+    """Each task of a read is sent once; failures follow the failure rules; unknown and repeated ids are labelled."""
+    ok = [accepted(gw, f"1380000000{i}") for i in range(4)]
+    failing = accepted(gw, "13800000009")
+    labels = delivery.deliver_many(gw.svc, [*ok, failing, "no-such-task", ok[0]], time.time())
+    assert labels == ["success"] * 4 + ["failed", "missing", "done"]
+    assert len(vendor.requests) == 5
+    assert {repo.get_task(task_id).status for task_id in ok} == {"success"}
+    assert repo.get_task(failing).error_code != ""
+    assert [attempt.status for attempt in repo.list_attempts(failing)] == ["retryable"]
+
+
+def test_an_attempt_claimed_elsewhere_meanwhile_is_lost_alone(gw: Gateway) -> None:
+    """When another worker begins a planned attempt between load and claim, only that task is labelled busy."""
+    first, second = accepted(gw, "13800000001"), accepted(gw, "13800000002")
+    now = time.time()
+    tasks, attempts = repo.load_for_delivery([first, second])
+    plans = [delivery.prepare(gw.svc, tasks[task_id], attempts[task_id], now) for task_id in (first, second)]
+    assert repo.begin_attempt(second, 1, "vendor", "otp", "elsewhere")
+    labels: dict[str, str] = {}
+    claimed = delivery.claim(plans, labels)  # type: ignore[arg-type]
+    assert [plan.task.task_id for plan in claimed] == [first]
+    assert labels == {second: "busy"}
+    assert [attempt.rule_version for attempt in repo.list_attempts(second)] == ["elsewhere"]
+
+
+def test_a_lost_attempt_is_resolved_not_resent(gw: Gateway, vendor: LoopbackServer) -> None:
+    """An attempt left 'sending' by a dead worker becomes 'unknown' and the failure rules decide; no call is made."""
+    task_id = accepted(gw, "13800000001")
+    assert repo.claim_attempts([repo.AttemptClaim(task_id, 1, "vendor", "otp", "v")], delivery.OPEN_STATUSES)
+    assert delivery.deliver_many(gw.svc, [task_id], time.time()) == ["failed"]
+    assert vendor.requests == []
+    assert [attempt.status for attempt in repo.list_attempts(task_id)] == ["unknown"]
+
+
+def test_provider_calls_go_through_the_given_mapper(gw: Gateway) -> None:
+    """The send stage hands every claimed attempt to the mapper in one call (a pool's map sends them at once)."""
+    task_ids = [accepted(gw, f"1380000000{i}") for i in range(3)]
+    seen: list[int] = []
+
+    def mapper(fn, items):  # type: ignore[no-untyped-def]
+        seen.append(len(items))
+        return [fn(item) for item in items]
+
+    assert delivery.deliver_many(gw.svc, task_ids, time.time(), mapper) == ["success"] * 3
+    assert seen == [3]
