@@ -6,12 +6,11 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
-from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
-from zoneinfo import ZoneInfo
 
+from providers._sms import as_utc, json_array, json_reply, parse_report_items, report_time, send_sms
 from providers.base import (
     Account,
     CallbackReply,
@@ -28,11 +27,7 @@ from providers.base import (
     SendResult,
     Undeliverable,
     bad_response,
-    check_shared_secret,
-    http_send,
     json_object,
-    redact,
-    secret_values,
     with_defaults,
 )
 
@@ -52,8 +47,7 @@ ACTION = "SendSms"
 VERSION = "2017-05-25"
 ALGORITHM = "ACS3-HMAC-SHA256"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-REPORT_ZONE = ZoneInfo("Asia/Shanghai")  # SmsReport times are Beijing wall-clock time
-REPLY_OK = CallbackReply(json.dumps({"code": 0, "msg": "接收成功"}, ensure_ascii=False), 200, "application/json")
+REPLY_OK = json_reply({"code": 0, "msg": "接收成功"})
 
 # Throttling and vendor-side faults clear up on their own; every other code (bad number, template or
 # sign not approved, no balance, bad credentials, SignatureNonceUsed = this very attempt already
@@ -73,10 +67,7 @@ RETRYABLE_CODES = frozenset(
 
 def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
     """Send one templated SMS; the result awaits a delivery report (final=False)."""
-    config = with_defaults(CONFIG, account.config)
-    result = http_send(build_request, parse_response, message, account, ctx)
-    result = replace(result, request_summary=request_summary(message, config))
-    return _without_secrets(result, secret_values(CONFIG, config))
+    return send_sms(message, account, ctx, CONFIG, build_request, parse_response, request_summary)
 
 
 def build_request(message: Message, account: Account, now: datetime) -> HttpRequest:
@@ -89,7 +80,7 @@ def build_request(message: Message, account: Account, now: datetime) -> HttpRequ
         "host": endpoint.netloc,
         "x-acs-action": ACTION,
         "x-acs-version": VERSION,
-        "x-acs-date": _utc(now).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "x-acs-date": as_utc(now).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "x-acs-signature-nonce": signature_nonce(message),
         "x-acs-content-sha256": EMPTY_SHA256,
     }
@@ -175,25 +166,10 @@ def classify(code: str, status: int) -> Outcome:
 
 def parse_callback(request: CallbackRequest, account: Account, now: datetime) -> CallbackResult:
     """An SmsReport push: a JSON array of reports. Aliyun does not sign it: token / allow_ips guard it."""
-    refused = check_shared_secret(request, account.callback or {})
-    if refused:
-        return CallbackResult((), _error_reply(403, refused), verified=False, error=refused)
-    items = _json(request.body)
-    if not isinstance(items, list):
-        error = "body is not a JSON array of SmsReport items"
-        return CallbackResult((), _error_reply(400, error), error=error)
-    reports: list[DeliveryReport] = []
-    problems: list[str] = []
-    for index, item in enumerate(items):
-        report = _report(item, now)
-        if isinstance(report, str):
-            problems.append(f"item {index}: {report}")
-        else:
-            reports.append(report)
-    error = "; ".join(problems)
-    if problems and not reports:
-        return CallbackResult((), _error_reply(400, error), error=error)
-    return CallbackResult(tuple(reports), REPLY_OK, error=error)
+    return parse_report_items(
+        request, account, now, items=json_array, unreadable="body is not a JSON array of SmsReport items",
+        report=_report, accepted=REPLY_OK, refusal=_error_reply,
+    )
 
 
 def request_summary(message: Message, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -219,53 +195,14 @@ def _report(item: Any, now: datetime) -> DeliveryReport | str:
         status="delivered" if delivered else "failed",
         error_code="" if delivered else str(item.get("err_code") or ""),
         error_message="" if delivered else str(item.get("err_msg") or ""),
-        reported_at=_report_time(item.get("report_time"), now),
+        reported_at=report_time(item.get("report_time"), now),
         receiver=str(item.get("phone_number") or ""),
     )
 
 
-def _report_time(value: Any, now: datetime) -> datetime:
-    try:
-        return datetime.strptime(str(value), "%Y-%m-%d %H:%M:%S").replace(tzinfo=REPORT_ZONE)
-    except ValueError:
-        return now
-
-
 def _error_reply(status: int, error: str) -> CallbackReply:
-    return CallbackReply(json.dumps({"code": status, "msg": error}, ensure_ascii=False), status, "application/json")
-
-
+    return json_reply({"code": status, "msg": error}, status)
 
 
 def _encode(value: str) -> str:
     return quote(value, safe="")
-
-
-def _utc(now: datetime) -> datetime:
-    return now.astimezone(timezone.utc) if now.tzinfo else now.replace(tzinfo=timezone.utc)
-
-
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
-
-
-def _without_secrets(result: SendResult, secrets: list[str]) -> SendResult:
-    return replace(
-        result,
-        error_message=redact(result.error_message, secrets),
-        request_summary=_scrub(result.request_summary, secrets),
-        response_summary=_scrub(result.response_summary, secrets),
-    )
-
-
-def _scrub(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, str):
-        return redact(value, secrets)
-    if isinstance(value, Mapping):
-        return {key: _scrub(item, secrets) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_scrub(item, secrets) for item in value]
-    return value

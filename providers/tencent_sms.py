@@ -6,12 +6,11 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
-from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo
 
+from providers._sms import as_utc, json_array, json_reply, parse_report_items, report_time, send_sms
 from providers.base import (
     Account,
     CallbackReply,
@@ -28,11 +27,7 @@ from providers.base import (
     SendResult,
     Undeliverable,
     bad_response,
-    check_shared_secret,
-    http_send,
     json_object,
-    redact,
-    secret_values,
     with_defaults,
 )
 
@@ -55,8 +50,7 @@ ACTION = "SendSms"
 VERSION = "2021-01-11"
 ALGORITHM = "TC3-HMAC-SHA256"
 CONTENT_TYPE = "application/json; charset=utf-8"
-REPORT_ZONE = ZoneInfo("Asia/Shanghai")  # user_receive_time is Beijing wall-clock time
-REPLY_OK = CallbackReply(json.dumps({"result": 0, "errmsg": "OK"}), 200, "application/json")
+REPLY_OK = json_reply({"result": 0, "errmsg": "OK"})
 
 # Vendor-side faults and frequency limits clear up on their own. Everything else (bad number,
 # template or sign not approved, no balance, bad credentials, clock skew) needs a human or
@@ -74,10 +68,7 @@ PERMANENT_DESPITE_PREFIX = frozenset(
 
 def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
     """Send one templated SMS; the result awaits a delivery report (final=False)."""
-    config = with_defaults(CONFIG, account.config)
-    result = http_send(build_request, parse_response, message, account, ctx)
-    result = replace(result, request_summary=request_summary(message, config))
-    return _without_secrets(result, secret_values(CONFIG, config))
+    return send_sms(message, account, ctx, CONFIG, build_request, parse_response, request_summary)
 
 
 def build_request(message: Message, account: Account, now: datetime) -> HttpRequest:
@@ -85,7 +76,7 @@ def build_request(message: Message, account: Account, now: datetime) -> HttpRequ
     config = with_defaults(CONFIG, account.config)
     payload = json.dumps(send_sms_payload(message, config), ensure_ascii=False).encode()
     endpoint = urlsplit(config["base_url"])
-    timestamp = int(_utc(now).timestamp())
+    timestamp = int(as_utc(now).timestamp())
     signed = {"content-type": CONTENT_TYPE, "host": endpoint.netloc, "x-tc-action": ACTION}
     authorization = tc3_authorization(
         config["secret_id"], config["secret_key"], SERVICE, timestamp, signed, payload
@@ -184,25 +175,10 @@ def classify(code: str, status: int) -> Outcome:
 
 def parse_callback(request: CallbackRequest, account: Account, now: datetime) -> CallbackResult:
     """A status callback: a JSON array of reports. Tencent does not sign it: token / allow_ips guard it."""
-    refused = check_shared_secret(request, account.callback or {})
-    if refused:
-        return CallbackResult((), _error_reply(refused), verified=False, error=refused)
-    items = _json(request.body)
-    if not isinstance(items, list):
-        error = "body is not a JSON array of status reports"
-        return CallbackResult((), _error_reply(error), error=error)
-    reports: list[DeliveryReport] = []
-    problems: list[str] = []
-    for index, item in enumerate(items):
-        report = _report(item, now)
-        if isinstance(report, str):
-            problems.append(f"item {index}: {report}")
-        else:
-            reports.append(report)
-    error = "; ".join(problems)
-    if problems and not reports:
-        return CallbackResult((), _error_reply(error), error=error)
-    return CallbackResult(tuple(reports), REPLY_OK, error=error)
+    return parse_report_items(
+        request, account, now, items=json_array, unreadable="body is not a JSON array of status reports",
+        report=_report, accepted=REPLY_OK, refusal=_error_reply,
+    )
 
 
 def request_summary(message: Message, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -231,7 +207,7 @@ def _report(item: Any, now: datetime) -> DeliveryReport | str:
         status="delivered" if delivered else "failed",
         error_code="" if delivered else str(item.get("errmsg") or ""),
         error_message="" if delivered else str(item.get("description") or ""),
-        reported_at=_report_time(item.get("user_receive_time"), now),
+        reported_at=report_time(item.get("user_receive_time"), now),
         receiver=f"+{nationcode}{mobile}" if nationcode and mobile else mobile,
     )
 
@@ -242,49 +218,10 @@ def _failure(code: str, message: str, status: int, summary: Mapping[str, Any]) -
     )
 
 
-def _report_time(value: Any, now: datetime) -> datetime:
-    try:
-        return datetime.strptime(str(value), "%Y-%m-%d %H:%M:%S").replace(tzinfo=REPORT_ZONE)
-    except ValueError:
-        return now
-
-
-def _error_reply(error: str) -> CallbackReply:
-    """Tencent's documented refusal: a non-zero `result` with the reason."""
-    return CallbackReply(json.dumps({"result": 1, "errmsg": error}, ensure_ascii=False), 200, "application/json")
-
-
+def _error_reply(status: int, error: str) -> CallbackReply:
+    """Tencent's documented refusal: always HTTP 200 with a non-zero `result`; `status` is not sent."""
+    return json_reply({"result": 1, "errmsg": error})
 
 
 def _hmac(key: bytes, message: str) -> bytes:
     return hmac.new(key, message.encode(), hashlib.sha256).digest()
-
-
-def _utc(now: datetime) -> datetime:
-    return now.astimezone(timezone.utc) if now.tzinfo else now.replace(tzinfo=timezone.utc)
-
-
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
-
-
-def _without_secrets(result: SendResult, secrets: list[str]) -> SendResult:
-    return replace(
-        result,
-        error_message=redact(result.error_message, secrets),
-        request_summary=_scrub(result.request_summary, secrets),
-        response_summary=_scrub(result.response_summary, secrets),
-    )
-
-
-def _scrub(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, str):
-        return redact(value, secrets)
-    if isinstance(value, Mapping):
-        return {key: _scrub(item, secrets) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_scrub(item, secrets) for item in value]
-    return value

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
-from zoneinfo import ZoneInfo
 
+from providers._sms import json_reply, json_value, parse_report_items, report_time, send_sms
 from providers.base import (
     Account,
     CallbackReply,
@@ -26,11 +24,7 @@ from providers.base import (
     SendResult,
     Undeliverable,
     bad_response,
-    check_shared_secret,
-    http_send,
     json_object,
-    redact,
-    secret_values,
     with_defaults,
 )
 
@@ -51,8 +45,7 @@ CONFIG: ConfigSchema = {
 PATH = "/api/v2/single_send"
 CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 SEPARATORS = ("##", "$$")  # the vendor splits template values on either
-REPORT_ZONE = ZoneInfo("Asia/Shanghai")
-REPLY_OK = CallbackReply(json.dumps({"code": "0", "msg": "SUCCESS"}), 200, "application/json")
+REPLY_OK = json_reply({"code": "0", "msg": "SUCCESS"})
 
 # 9024 is the per-number frequency limit: it clears with time. The other documented codes (9001 bad
 # sign, 9003 bad number, 9006 bad accesskey, 9010 no balance, 9016 sign, 9017 template, 9023
@@ -62,10 +55,7 @@ RETRYABLE_CODES = frozenset({"9024"})
 
 def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
     """Send one templated SMS; the result awaits a delivery report (final=False)."""
-    config = with_defaults(CONFIG, account.config)
-    result = http_send(build_request, parse_response, message, account, ctx)
-    result = replace(result, request_summary=request_summary(message, config))
-    return _without_secrets(result, secret_values(CONFIG, config))
+    return send_sms(message, account, ctx, CONFIG, build_request, parse_response, request_summary)
 
 
 def build_request(message: Message, account: Account, now: datetime) -> HttpRequest:
@@ -140,25 +130,11 @@ def classify(code: str, status: int) -> Outcome:
 def parse_callback(request: CallbackRequest, account: Account, now: datetime) -> CallbackResult:
     """A status push: form fields smUuid, mobile, deliverResult, deliverTime, batchId (or the same
     keys as a JSON object or array). Zrwinfo does not sign it: token / allow_ips guard it."""
-    refused = check_shared_secret(request, account.callback or {})
-    if refused:
-        return CallbackResult((), _error_reply(403, refused), verified=False, error=refused)
-    items = _items(request)
-    if items is None:
-        error = "body is neither report form fields nor a JSON report object or array"
-        return CallbackResult((), _error_reply(400, error), error=error)
-    reports: list[DeliveryReport] = []
-    problems: list[str] = []
-    for index, item in enumerate(items):
-        report = _report(item, now)
-        if isinstance(report, str):
-            problems.append(f"item {index}: {report}")
-        else:
-            reports.append(report)
-    error = "; ".join(problems)
-    if problems and not reports:
-        return CallbackResult((), _error_reply(400, error), error=error)
-    return CallbackResult(tuple(reports), REPLY_OK, error=error)
+    return parse_report_items(
+        request, account, now, items=_items,
+        unreadable="body is neither report form fields nor a JSON report object or array",
+        report=_report, accepted=REPLY_OK, refusal=_error_reply,
+    )
 
 
 def request_summary(message: Message, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -174,7 +150,7 @@ def _items(request: CallbackRequest) -> list[Any] | None:
     """Report items from a JSON body, else from form fields, else from the query string (GET)."""
     stripped = request.body.strip()
     if stripped[:1] in (b"{", b"["):
-        parsed = _json(stripped)
+        parsed = json_value(stripped)
         if isinstance(parsed, dict):
             return [parsed]
         return parsed if isinstance(parsed, list) else None
@@ -199,45 +175,10 @@ def _report(item: Any, now: datetime) -> DeliveryReport | str:
         status="delivered" if delivered else "failed",
         error_code="" if delivered else result,
         error_message="",
-        reported_at=_report_time(item.get("deliverTime"), now),
+        reported_at=report_time(item.get("deliverTime"), now),
         receiver=str(item.get("mobile") or ""),
     )
 
 
-def _report_time(value: Any, now: datetime) -> datetime:
-    try:
-        return datetime.strptime(str(value), "%Y-%m-%d %H:%M:%S").replace(tzinfo=REPORT_ZONE)
-    except ValueError:
-        return now
-
-
 def _error_reply(status: int, error: str) -> CallbackReply:
-    return CallbackReply(json.dumps({"code": "1", "msg": error}, ensure_ascii=False), status, "application/json")
-
-
-
-
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
-
-
-def _without_secrets(result: SendResult, secrets: list[str]) -> SendResult:
-    return replace(
-        result,
-        error_message=redact(result.error_message, secrets),
-        request_summary=_scrub(result.request_summary, secrets),
-        response_summary=_scrub(result.response_summary, secrets),
-    )
-
-
-def _scrub(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, str):
-        return redact(value, secrets)
-    if isinstance(value, Mapping):
-        return {key: _scrub(item, secrets) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_scrub(item, secrets) for item in value]
-    return value
+    return json_reply({"code": "1", "msg": error}, status)
