@@ -35,8 +35,7 @@ from engine.store.models import (
     utcnow,
 )
 
-INSERT_CHUNK = 100
-ATTEMPT_INSERT_CHUNK = 50  # 13 columns each: under SQLite's older 999-parameter limit
+INSERT_PARAMETERS = 999  # per multi-row INSERT: SQLite's limit before 3.32, far below the others'
 APP_NAME_MAX = 100
 
 P = ParamSpec("P")
@@ -186,11 +185,7 @@ def create_tasks(rows: list[dict[str, Any]], batch: dict[str, Any] | None = None
         with _write_transaction():
             if batch is not None:
                 Batch.insert(**batch).execute()
-            if len(prepared) == 1:
-                _insert(Task, prepared[0])
-            else:
-                for start in range(0, len(prepared), INSERT_CHUNK):
-                    Task.insert_many(prepared[start : start + INSERT_CHUNK]).execute()
+            _insert_rows(Task, prepared)
     except peewee.IntegrityError as exc:
         raise DuplicateTask(f"task or batch already exists: {exc}") from exc
 
@@ -496,13 +491,9 @@ def record_attempts(ends: Sequence[AttemptEnd], changes: Sequence[StatusChange])
 
 
 def _insert_attempts(claims: Sequence[AttemptClaim]) -> None:
-    rows = [_with_defaults(Attempt, dict(task_id=claim.task_id, number=claim.number, provider=claim.provider,
-                                         rule=claim.rule, rule_version=claim.rule_version)) for claim in claims]
-    fields = tuple(rows[0])
-    for start in range(0, len(rows), ATTEMPT_INSERT_CHUNK):
-        chunk = rows[start : start + ATTEMPT_INSERT_CHUNK]
-        params = [value for row in chunk for value in statements.db_values(Attempt, row)]
-        statements.execute(_db(), statements.insert_sql(_db(), Attempt, fields, len(chunk)), params)
+    _insert_rows(Attempt, [_with_defaults(Attempt, dict(task_id=claim.task_id, number=claim.number,
+                                                         provider=claim.provider, rule=claim.rule,
+                                                         rule_version=claim.rule_version)) for claim in claims])
 
 
 def _mark_processing(claims: Sequence[AttemptClaim], expected: tuple[str, ...]) -> None:
@@ -546,6 +537,16 @@ def _first(model: type[M], where: tuple[str, ...], params: list[Any]) -> M | Non
 def _insert(model: type[peewee.Model], row: dict[str, Any]) -> None:
     row = {name: value for name, value in row.items() if name != "id"}
     statements.execute(_db(), statements.insert_sql(_db(), model, tuple(row)), statements.db_values(model, row))
+
+
+def _insert_rows(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> None:
+    """Rows with the same fields, as few multi-row INSERT statements as the parameter limit allows."""
+    fields = tuple(rows[0])
+    per_statement = max(1, INSERT_PARAMETERS // len(fields))
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        params = [value for row in chunk for value in statements.db_values(model, {name: row[name] for name in fields})]
+        statements.execute(_db(), statements.insert_sql(_db(), model, fields, len(chunk)), params)
 
 
 def _update(model: type[peewee.Model], values: dict[str, Any], where: dict[str, Any],
