@@ -38,21 +38,25 @@ def contract_vendor(make_check: Callable[[], Check]) -> Callable[[Reply, list[st
     return vendor
 
 
+def scripted_vendor(
+    check: Check, receiver: Callable[[Recorded], str], answer: Answer, success: Callable[[Recorded], Reply]
+) -> Handler:
+    """A mock vendor: its refusal when `check` has one, else the answer scripted for the receiver, else `success`."""
+
+    def handle(request: Recorded) -> Reply:
+        refused = check(request)
+        if refused:
+            return refused
+        scripted = answer(receiver(request))
+        if scripted is not None:
+            return scripted
+        return success(request)
+
+    return handle
+
+
 def rfc3986(value: str) -> str:
     return quote(value, safe="-_.~")
-
-
-class NoTokens:
-    """SMS providers never use the token cache; any use is a bug the test should see."""
-
-    def get(self, key: str) -> str | None:
-        raise AssertionError("SMS providers do not use access tokens")
-
-    def set(self, key: str, value: str, ttl_seconds: int) -> None:
-        raise AssertionError("SMS providers do not use access tokens")
-
-    def delete(self, key: str) -> None:
-        raise AssertionError("SMS providers do not use access tokens")
 
 
 # --- Aliyun dysmsapi ---------------------------------------------------------------------------
@@ -97,19 +101,12 @@ def aliyun_check(secrets: Mapping[str, str]) -> Check:
 
 
 def aliyun_vendor(secrets: Mapping[str, str], answer: Answer = lambda receiver: None) -> Handler:
-    check = aliyun_check(secrets)
+    return scripted_vendor(aliyun_check(secrets), lambda request: request.query["PhoneNumbers"], answer, _aliyun_ok)
 
-    def handle(request: Recorded) -> Reply:
-        refused = check(request)
-        if refused:
-            return refused
-        scripted = answer(request.query["PhoneNumbers"])
-        if scripted is not None:
-            return scripted
-        ok = {"RequestId": "F655A8D5-MOCK", "Code": "OK", "Message": "OK", "BizId": "900619746936498440^0"}
-        return Reply(200, json.dumps(ok))
 
-    return handle
+def _aliyun_ok(request: Recorded) -> Reply:
+    ok = {"RequestId": "F655A8D5-MOCK", "Code": "OK", "Message": "OK", "BizId": "900619746936498440^0"}
+    return Reply(200, json.dumps(ok))
 
 
 def _aliyun_auth(request: Recorded, secrets: Mapping[str, str], seen_nonces: set[str]) -> Reply | None:
@@ -189,23 +186,19 @@ def tencent_check(secrets: Mapping[str, str]) -> Check:
 
 
 def tencent_vendor(secrets: Mapping[str, str], answer: Answer = lambda receiver: None) -> Handler:
-    check = tencent_check(secrets)
+    return scripted_vendor(tencent_check(secrets), _tencent_receiver, answer, _tencent_ok)
 
-    def handle(request: Recorded) -> Reply:
-        refused = check(request)
-        if refused:
-            return refused
-        body = json.loads(request.body)
-        receiver = body["PhoneNumberSet"][0]
-        scripted = answer(receiver)
-        if scripted is not None:
-            return scripted
-        status = {"SerialNo": "5000:1045710669157053657849499619", "PhoneNumber": receiver, "Fee": 1,
-                  "SessionContext": body.get("SessionContext", ""), "Code": "Ok", "Message": "send success",
-                  "IsoCode": "CN"}
-        return Reply(200, json.dumps({"Response": {"SendStatusSet": [status], "RequestId": "mock-req"}}))
 
-    return handle
+def _tencent_receiver(request: Recorded) -> str:
+    return json.loads(request.body)["PhoneNumberSet"][0]
+
+
+def _tencent_ok(request: Recorded) -> Reply:
+    body = json.loads(request.body)
+    status = {"SerialNo": "5000:1045710669157053657849499619", "PhoneNumber": body["PhoneNumberSet"][0], "Fee": 1,
+              "SessionContext": body.get("SessionContext", ""), "Code": "Ok", "Message": "send success",
+              "IsoCode": "CN"}
+    return Reply(200, json.dumps({"Response": {"SendStatusSet": [status], "RequestId": "mock-req"}}))
 
 
 def _tencent_auth(request: Recorded, secrets: Mapping[str, str]) -> Reply | None:
@@ -273,16 +266,12 @@ def zrwinfo_check(credentials: Mapping[str, str]) -> Check:
 
 
 def zrwinfo_vendor(credentials: Mapping[str, str], answer: Answer = lambda receiver: None) -> Handler:
-    check = zrwinfo_check(credentials)
+    return scripted_vendor(zrwinfo_check(credentials), _zrwinfo_receiver, answer, _zrwinfo_ok)
 
-    def handle(request: Recorded) -> Reply:
-        refused = check(request)
-        if refused:
-            return refused
-        form = dict(parse_qsl(request.body.decode("utf-8")))
-        scripted = answer(form["mobile"])
-        if scripted is not None:
-            return scripted
-        return Reply(200, json.dumps({"code": "0", "msg": "SUCCESS", "smUuid": "16596_1_0_13800138000_1_Ab3cD"}))
 
-    return handle
+def _zrwinfo_receiver(request: Recorded) -> str:
+    return dict(parse_qsl(request.body.decode("utf-8")))["mobile"]
+
+
+def _zrwinfo_ok(request: Recorded) -> Reply:
+    return Reply(200, json.dumps({"code": "0", "msg": "SUCCESS", "smUuid": "16596_1_0_13800138000_1_Ab3cD"}))

@@ -12,13 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.transport import RequestsTransport
 from providers import aliyun_sms
-from providers.base import Account, CallbackRequest, HttpResponse, Message, Outcome, SendContext, SendResult
+from providers.base import Account, CallbackRequest, HttpResponse, Message, Outcome, SendResult
 from tests.providers import contract
-from tests.providers.sms_mocks import (
-    NoTokens, aliyun_business, aliyun_check, aliyun_error, aliyun_vendor, contract_vendor,
-)
+from tests.providers.sms_mocks import aliyun_business, aliyun_check, aliyun_error, aliyun_vendor, contract_vendor
+from tests.providers.sms_support import live_context, push_request, stored_text
 from tests.support.loopback import LoopbackServer, Reply, loopback
 
 AK, SECRET = "LTAI5tMockAccessKey", "MockAccessKeySecret0123456789abcd"
@@ -70,8 +68,7 @@ def vendor(shared_vendor: LoopbackServer) -> LoopbackServer:
 
 
 def send_to(server: LoopbackServer, message: Message, secret: str = SECRET) -> SendResult:
-    ctx = SendContext(RequestsTransport(), datetime.now(timezone.utc), NoTokens())
-    return aliyun_sms.send(message, make_account(server.url, secret), ctx)
+    return aliyun_sms.send(message, make_account(server.url, secret), live_context())
 
 
 def test_signature_matches_the_published_acs3_vector() -> None:
@@ -209,8 +206,7 @@ def test_sign_name_falls_back_to_the_account_default(vendor: LoopbackServer) -> 
     """Without a sign name on the message, the account's sign_name is used."""
     account = make_account(vendor.url)
     account = Account(account.name, account.type, {**account.config, "sign_name": "木雷"})
-    ctx = SendContext(RequestsTransport(), datetime.now(timezone.utc), NoTokens())
-    assert aliyun_sms.send(make_message(sign_name=""), account, ctx).ok
+    assert aliyun_sms.send(make_message(sign_name=""), account, live_context()).ok
     assert vendor.requests[0].query["SignName"] == "木雷"
 
 
@@ -219,7 +215,7 @@ def test_secret_never_appears_in_results(vendor: LoopbackServer) -> None:
     receivers = ["13800138000", "13800000002", "13800000009", "13800000013"]
     results = [send_to(vendor, make_message(r)) for r in receivers] + [send_to(vendor, make_message(), "x" * 30)]
     for result in results:
-        stored = json.dumps([result.error_message, result.request_summary, result.response_summary])
+        stored = stored_text(result)
         assert SECRET not in stored and "x" * 30 not in stored
 
 
@@ -242,7 +238,7 @@ REPORTS = [
 
 
 def report_request(body: bytes, token: str = "s3cret-token", client: str = "203.0.113.7") -> CallbackRequest:
-    return CallbackRequest("POST", {"token": token}, {"Content-Type": "application/json"}, body, client)
+    return push_request(body, token, client)
 
 
 def test_smsreport_items_become_delivery_reports() -> None:

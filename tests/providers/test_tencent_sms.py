@@ -10,13 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.transport import RequestsTransport
 from providers import tencent_sms
-from providers.base import Account, CallbackRequest, Message, Outcome, SendContext, SendResult
+from providers.base import Account, CallbackRequest, Message, Outcome, SendResult
 from tests.providers import contract
-from tests.providers.sms_mocks import (
-    NoTokens, contract_vendor, tencent_check, tencent_error, tencent_status, tencent_vendor,
-)
+from tests.providers.sms_mocks import contract_vendor, tencent_check, tencent_error, tencent_status, tencent_vendor
+from tests.providers.sms_support import live_context, push_request, stored_text
 from tests.support.loopback import LoopbackServer, Reply, loopback
 
 SECRET_ID, SECRET_KEY = "AKIDmockSecretId0123456789", "mockSecretKey0123456789abcdef"
@@ -73,7 +71,7 @@ def vendor(shared_vendor: LoopbackServer) -> LoopbackServer:
 
 def send_to(server: LoopbackServer, message: Message, secret_key: str = SECRET_KEY) -> SendResult:
     account = Account("tencent-main", "tencent_sms", make_config(server.url, secret_key))
-    return tencent_sms.send(message, account, SendContext(RequestsTransport(), datetime.now(timezone.utc), NoTokens()))
+    return tencent_sms.send(message, account, live_context())
 
 
 def test_signature_matches_the_published_tc3_example() -> None:
@@ -176,7 +174,7 @@ def test_secret_never_appears_in_results(vendor: LoopbackServer) -> None:
     receivers = ["+8613800138000", "+8613800000004", "+8613800000009", "+8613800000013"]
     results = [send_to(vendor, make_message(r)) for r in receivers] + [send_to(vendor, make_message(), "y" * 24)]
     for result in results:
-        stored = json.dumps([result.error_message, result.request_summary, result.response_summary])
+        stored = stored_text(result)
         assert SECRET_KEY not in stored and "y" * 24 not in stored
 
 
@@ -192,7 +190,7 @@ REPORTS = [
 
 
 def report_request(body: bytes, token: str = "cb-token", client: str = "203.0.113.9") -> CallbackRequest:
-    return CallbackRequest("POST", {"token": token}, {"Content-Type": "application/json"}, body, client)
+    return push_request(body, token, client)
 
 
 def test_status_callback_items_become_delivery_reports() -> None:

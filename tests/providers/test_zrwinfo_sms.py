@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.transport import RequestsTransport
 from providers import zrwinfo_sms
-from providers.base import Account, CallbackRequest, Message, Outcome, SendContext, SendResult
+from providers.base import Account, CallbackRequest, Message, Outcome, SendResult
 from tests.providers import contract
-from tests.providers.sms_mocks import NoTokens, contract_vendor, zrwinfo_answer, zrwinfo_check, zrwinfo_vendor
+from tests.providers.sms_mocks import contract_vendor, zrwinfo_answer, zrwinfo_check, zrwinfo_vendor
+from tests.providers.sms_support import live_context, push_request, stored_text
 from tests.support.loopback import LoopbackServer, Recorded, Reply, loopback
 
 ACCESSKEY, SECRET = "QUG8vMockAccessKey", "ciKkzMockSecret0123456789abcdefg"
@@ -65,7 +65,7 @@ def vendor(shared_vendor: LoopbackServer) -> LoopbackServer:
 
 def send_to(server_url: str, message: Message, secret: str = SECRET) -> SendResult:
     account = Account("zrwinfo-backup", "zrwinfo_sms", make_config(server_url, secret))
-    return zrwinfo_sms.send(message, account, SendContext(RequestsTransport(), datetime.now(timezone.utc), NoTokens()))
+    return zrwinfo_sms.send(message, account, live_context())
 
 
 def test_build_request_posts_the_documented_form() -> None:
@@ -153,7 +153,7 @@ def test_secret_never_appears_in_results_even_when_the_vendor_echoes_it() -> Non
     with loopback(echo) as server:
         echoed = send_to(server.url, make_message())
     assert echoed.error_code == "9002" and "accesskey" in echoed.error_message
-    stored = json.dumps([echoed.error_message, echoed.request_summary, echoed.response_summary])
+    stored = stored_text(echoed)
     assert SECRET not in stored and "***" in stored
 
 
@@ -167,8 +167,7 @@ FAILED = {"smUuid": "16596_1_0_13800000002_1_Xy9Z", "mobile": "13800000002", "ba
 
 def push(body: bytes, token: str = "zr-token", client: str = "203.0.113.5", method: str = "POST",
          query: dict[str, str] | None = None) -> CallbackRequest:
-    headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    return CallbackRequest(method, {"token": token, **(query or {})}, headers, body, client)
+    return push_request(body, token, client, "application/x-www-form-urlencoded", method, query)
 
 
 def test_form_push_becomes_a_delivery_report() -> None:
