@@ -28,7 +28,7 @@ from engine.store.db import StoreUnavailable
 
 log = logging.getLogger("mpush.worker")
 
-CONSUMERS = 2  # stream readers: while one batch waits on the database, the other's provider calls run
+CONSUMERS = 4  # stream readers: while some batches wait on the database or Redis, the others send
 MIN_READ = 8
 POSTPONE = (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError, redis.ConnectionError)
 
