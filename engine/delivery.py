@@ -3,7 +3,7 @@
 `deliver_many` takes the send jobs of one stream read through the stages together, so a read
 costs two queries, two transactions and concurrent provider calls however many tasks it holds:
 
-    load (tasks + attempts) -> prepare each (route, select) -> claim (attempts begun + tasks
+    load (tasks + attempts) -> route each -> select (one round trip) -> claim (attempts begun + tasks
     processing, one transaction) -> send (concurrently) -> record (attempts finished + final
     statuses, one transaction) -> failure decisions, webhooks, report timeouts
 
@@ -22,10 +22,11 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from engine import metrics, webhooks
-from engine.policy.decisions import FailureDecision, Scene
+from engine.policy.decisions import FailureDecision, RoutingDecision, Scene
 from engine.policy.model import Channel, ProviderAccount, render
 from engine.policy.ruleset import RuleSet
 from engine.queue import job
+from engine.selector import ChoiceRequest
 from engine.services import Services
 from engine.store import repo
 from engine.store.models import Attempt, Task
@@ -61,6 +62,18 @@ class Planned:
 
 
 @dataclass(frozen=True, slots=True)
+class Routed:
+    """A task the rule set routed: the decision, attempts made so far and the accounts it already failed on."""
+
+    task: Task
+    ruleset: RuleSet
+    channel: Channel
+    decision: RoutingDecision
+    attempts: int
+    excluded: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class Sent:
     """A claimed attempt and what the provider made of it."""
 
@@ -81,21 +94,22 @@ def deliver_many(svc: Services, task_ids: Sequence[str], now: float, mapper: Map
     unique = list(dict.fromkeys(task_ids))
     tasks, attempts = repo.load_for_delivery(unique)
     labels: dict[str, str] = {}
-    plans: list[Planned] = []
+    routed: list[Routed] = []
     for task_id in unique:
-        step = prepare(svc, tasks.get(task_id), attempts.get(task_id, []), now)
-        if isinstance(step, Planned):
-            plans.append(step)
+        step = route(svc, tasks.get(task_id), attempts.get(task_id, []), now)
+        if isinstance(step, Routed):
+            routed.append(step)
         else:
             labels[task_id] = step
+    plans = select(svc, routed, labels, now)
     claimed = claim(plans, labels)
     sent = (mapper or _map)(lambda plan: attempt(svc, plan, now), claimed)
     labels.update(record(svc, sent, now))
     return _per_entry(task_ids, labels)
 
 
-def prepare(svc: Services, task: Task | None, attempts: list[Attempt], now: float) -> Planned | str:
-    """Route the task and choose its account; a label instead when nothing is to be sent now."""
+def route(svc: Services, task: Task | None, attempts: list[Attempt], now: float) -> Routed | str:
+    """Ask the rule set who may deliver the task; a label instead when nothing is to be sent now."""
     if task is None:
         return "missing"
     if task.status not in OPEN_STATUSES:
@@ -115,14 +129,23 @@ def prepare(svc: Services, task: Task | None, attempts: list[Attempt], now: floa
                       rule=decision.rule, rule_version=decision.version)
     if decision.action == "defer" and decision.defer_until is not None:
         return defer(svc, task, decision.defer_until.timestamp(), rule=decision.rule, rule_version=decision.version)
-    excluded = set(json.loads(task.exclude_providers or "[]"))
-    choice = svc.selector.choose(decision.tiers, scope=decision.rule, exclude=excluded,
-                                 accounts=ruleset.providers, now=now)
-    if choice.provider is None:
-        return on_failure(svc, task, "send_failure", now, provider="", number=len(attempts),
-                          error_code="no_provider", error_message=choice.reason)
-    return Planned(task, ruleset, channel, ruleset.providers[choice.provider], len(attempts) + 1, decision.rule,
-                   decision.version)
+    excluded = frozenset(json.loads(task.exclude_providers or "[]"))
+    return Routed(task, ruleset, channel, decision, len(attempts), excluded)
+
+
+def select(svc: Services, routed: list[Routed], labels: dict[str, str], now: float) -> list[Planned]:
+    """Choose an account for every routed task in one round trip; no account available is a send failure."""
+    requests = [ChoiceRequest(r.decision.tiers, r.decision.rule, r.excluded, r.ruleset.providers) for r in routed]
+    plans: list[Planned] = []
+    for item, choice in zip(routed, svc.selector.choose_many(requests, now)):
+        if choice.provider is None:
+            labels[item.task.task_id] = on_failure(svc, item.task, "send_failure", now, provider="",
+                                                   number=item.attempts, error_code="no_provider",
+                                                   error_message=choice.reason)
+            continue
+        plans.append(Planned(item.task, item.ruleset, item.channel, item.ruleset.providers[choice.provider],
+                             item.attempts + 1, item.decision.rule, item.decision.version))
+    return plans
 
 
 def claim(plans: list[Planned], labels: dict[str, str]) -> list[Planned]:
@@ -145,9 +168,8 @@ def record(svc: Services, sent: list[Sent], now: float) -> dict[str, str]:
     succeeded = [item for item in sent if item.result.ok]
     applied = repo.record_attempts([_attempt_end(item) for item in sent],
                                    [_status_change(item) for item in succeeded])
-    for item in sent:
-        svc.selector.record(item.plan.account.name, item.result.outcome is not Outcome.RETRYABLE,
-                            item.plan.account.circuit, now)
+    svc.selector.record_many([(item.plan.account.name, item.result.outcome is not Outcome.RETRYABLE,
+                               item.plan.account.circuit) for item in sent], now)
     labels: dict[str, str] = {}
     for item, changed in zip(succeeded, applied):
         task_id = item.plan.task.task_id

@@ -174,6 +174,70 @@ class Choice:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class ChoiceRequest:
+    """One message's choice: the routing decision's tiers, its scope, the accounts it may not use."""
+
+    tiers: Sequence[Sequence[Candidate]]
+    scope: str
+    exclude: Collection[str]
+    accounts: Mapping[str, ProviderAccount]
+
+
+@dataclass(frozen=True, slots=True)
+class _ChooseCall:
+    """The choose script's keys and arguments for one request, and what was skipped before calling it."""
+
+    keys: list[str]
+    args: list[str | int | float]
+    entries: list[tuple[int, Candidate, ProviderAccount]]
+    skipped: list[tuple[int, str]]
+
+    def choice(self, reply: Sequence[object] | None) -> Choice:
+        if reply is None:
+            return Choice(None, 0, _reason(None, 0, self.skipped))
+        provider, tier, verdicts = reply
+        skipped = list(self.skipped)
+        for (number, candidate, _), verdict in zip(self.entries, verdicts):  # type: ignore[call-overload]
+            if _text(verdict) in _VERDICTS:
+                skipped.append((number, f"{candidate.provider}: {_VERDICTS[_text(verdict)]}"))
+        return Choice(_text(provider) if provider else None, int(tier), _reason(provider, int(tier), skipped))
+
+
+def _choose_call(request: ChoiceRequest, now: float) -> _ChooseCall:
+    tiers = request.tiers
+    _checked_tiers(tiers)
+    skipped: list[tuple[int, str]] = []
+    entries: list[tuple[int, Candidate, ProviderAccount]] = []
+    for number, tier in enumerate(tiers, 1):
+        for candidate in tier:
+            account = request.accounts.get(candidate.provider)
+            if candidate.provider in request.exclude:
+                skipped.append((number, f"{candidate.provider}: already failed"))
+            elif account is None:
+                skipped.append((number, f"{candidate.provider}: not configured"))
+            else:
+                entries.append((number, candidate, account))
+    script_keys: list[str] = []
+    args: list[str | int | float] = [now, len(entries), len(tiers)]
+    for number, candidate, account in entries:
+        rate = account.rate
+        bucket = window_bucket(now, rate.per_seconds) if rate else 0
+        script_keys += [keys.breaker(candidate.provider), keys.provider_rate(candidate.provider, bucket)]
+        args += [
+            candidate.provider,
+            candidate.weight,
+            number,
+            rate.count if rate else 0,
+            counter_ttl(rate.per_seconds) if rate else 0,
+            account.circuit.open_for_seconds,
+            account.circuit.half_open_probes,
+        ]
+    script_keys += [keys.swrr(f"{request.scope}#{number}") for number in range(1, len(tiers) + 1)]
+    args.append(STATE_TTL)
+    return _ChooseCall(script_keys, args, entries, skipped)
+
+
 def _breaker_from(fields: Mapping[str, str]) -> Breaker:
     ring: list[Slot | None] = [None] * SLOTS
     for i in range(SLOTS):
@@ -219,59 +283,34 @@ class Selector:
     ) -> Choice:
         """Walk the tiers in order and pick by weighted round robin among the usable accounts of the first
         tier that has any. `scope` (the routing rule's name) keys the round-robin positions."""
-        _checked_tiers(tiers)
-        skipped: list[tuple[int, str]] = []
-        entries: list[tuple[int, Candidate, ProviderAccount]] = []
-        for number, tier in enumerate(tiers, 1):
-            for candidate in tier:
-                account = accounts.get(candidate.provider)
-                if candidate.provider in exclude:
-                    skipped.append((number, f"{candidate.provider}: already failed"))
-                elif account is None:
-                    skipped.append((number, f"{candidate.provider}: not configured"))
-                else:
-                    entries.append((number, candidate, account))
-        if not entries:
-            return Choice(None, 0, _reason(None, 0, skipped))
-        script_keys: list[str] = []
-        args: list[str | int | float] = [now, len(entries), len(tiers)]
-        for number, candidate, account in entries:
-            rate = account.rate
-            bucket = window_bucket(now, rate.per_seconds) if rate else 0
-            script_keys += [keys.breaker(candidate.provider), keys.provider_rate(candidate.provider, bucket)]
-            args += [
-                candidate.provider,
-                candidate.weight,
-                number,
-                rate.count if rate else 0,
-                counter_ttl(rate.per_seconds) if rate else 0,
-                account.circuit.open_for_seconds,
-                account.circuit.half_open_probes,
-            ]
-        script_keys += [keys.swrr(f"{scope}#{number}") for number in range(1, len(tiers) + 1)]
-        args.append(STATE_TTL)
-        provider, tier, verdicts = self._choose(keys=script_keys, args=args)
-        for (number, candidate, _), verdict in zip(entries, verdicts):
-            if _text(verdict) in _VERDICTS:
-                skipped.append((number, f"{candidate.provider}: {_VERDICTS[_text(verdict)]}"))
-        return Choice(_text(provider) if provider else None, int(tier), _reason(provider, int(tier), skipped))
+        return self.choose_many([ChoiceRequest(tiers, scope, exclude, accounts)], now)[0]
+
+    def choose_many(self, requests: Sequence[ChoiceRequest], now: float) -> list[Choice]:
+        """`choose` for several messages in one round trip; Redis runs the choices in order, so the
+        result is exactly that of choosing one after another."""
+        calls = [_choose_call(request, now) for request in requests]
+        pipe = self.redis.pipeline(transaction=False)
+        for call in calls:
+            if call.entries:
+                self._choose(keys=call.keys, args=call.args, client=pipe)
+        replies = iter(pipe.execute() if any(call.entries for call in calls) else ())
+        return [call.choice(next(replies) if call.entries else None) for call in calls]
 
     def record(self, provider: str, ok: bool, policy: CircuitPolicy, now: float) -> BreakerState:
         """Count one call's outcome; `ok=False` only for retryable failures. Returns the state after it."""
-        state = self._record(
-            keys=[keys.breaker(provider)],
-            args=[
-                1 if ok else 0,
-                now,
-                policy.failure_ratio,
-                policy.min_calls,
-                policy.window_seconds,
-                policy.open_for_seconds,
-                policy.half_open_probes,
-                STATE_TTL,
-            ],
-        )
-        return _text(state)  # type: ignore[return-value]
+        return self.record_many([(provider, ok, policy)], now)[0]
+
+    def record_many(self, outcomes: Sequence[tuple[str, bool, CircuitPolicy]], now: float) -> list[BreakerState]:
+        """`record` for several calls in one round trip, applied in order."""
+        if not outcomes:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for provider, ok, policy in outcomes:
+            self._record(keys=[keys.breaker(provider)], args=[
+                1 if ok else 0, now, policy.failure_ratio, policy.min_calls, policy.window_seconds,
+                policy.open_for_seconds, policy.half_open_probes, STATE_TTL,
+            ], client=pipe)
+        return [_text(state) for state in pipe.execute()]  # type: ignore[misc]
 
     def breaker(self, provider: str) -> Breaker:
         """The stored breaker of one account (counts included), for health and admin views."""

@@ -70,10 +70,11 @@ def test_an_attempt_claimed_elsewhere_meanwhile_is_lost_alone(gw: Gateway) -> No
     first, second = accepted(gw, "13800000001"), accepted(gw, "13800000002")
     now = time.time()
     tasks, attempts = repo.load_for_delivery([first, second])
-    plans = [delivery.prepare(gw.svc, tasks[task_id], attempts[task_id], now) for task_id in (first, second)]
-    assert repo.begin_attempt(second, 1, "vendor", "otp", "elsewhere")
+    routed = [delivery.route(gw.svc, tasks[task_id], attempts[task_id], now) for task_id in (first, second)]
     labels: dict[str, str] = {}
-    claimed = delivery.claim(plans, labels)  # type: ignore[arg-type]
+    plans = delivery.select(gw.svc, routed, labels, now)  # type: ignore[arg-type]
+    assert repo.begin_attempt(second, 1, "vendor", "otp", "elsewhere")
+    claimed = delivery.claim(plans, labels)
     assert [plan.task.task_id for plan in claimed] == [first]
     assert labels == {second: "busy"}
     assert [attempt.rule_version for attempt in repo.list_attempts(second)] == ["elsewhere"]

@@ -287,3 +287,27 @@ def test_redis_breaker_equals_the_pure_model(selector: Selector, events: list[tu
             assert choice.provider == (a if admitted else None)
         assert selector.breaker(a) == model
         assert selector.state(a, now) == breaker_state(model, now)
+
+
+def test_choose_many_in_one_round_trip_equals_choosing_one_by_one(selector: Selector) -> None:
+    """A pipelined batch of choices follows the same nginx order, skips the same excluded accounts,
+    and answers an empty candidate list with no provider."""
+    from engine.selector import ChoiceRequest
+
+    a, b, c = _names("a", "b", "c")
+    tiers = ((Candidate(a, 5), Candidate(b, 1), Candidate(c, 1)),)
+    accounts = _accounts([a, b, c])
+    request = ChoiceRequest(tiers, _scope(), frozenset(), accounts)
+    picks = [choice.provider for choice in selector.choose_many([request] * 7, T0)]
+    assert picks == [a, a, b, a, c, a, a]
+    excluded = ChoiceRequest(tiers, _scope(), frozenset({a, b, c}), accounts)
+    nothing = ChoiceRequest((), _scope(), frozenset(), accounts)
+    assert [choice.provider for choice in selector.choose_many([excluded, nothing, request], T0)] == [None, None, a]
+
+
+def test_record_many_counts_like_recording_one_by_one(selector: Selector) -> None:
+    """Recording a batch of outcomes in one round trip opens the circuit exactly as single records do."""
+    (name,) = _names("batched")
+    states = selector.record_many([(name, False, POLICY)] * POLICY.min_calls, T0)
+    assert states[-1] == "open" and set(states[:-1]) == {"closed"}
+    assert selector.record_many([], T0) == []
