@@ -15,9 +15,11 @@ open the circuit for everybody.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 import redis
+from redis.commands.core import Script
 
 from engine import keys
 from engine.policy.decisions import Candidate
@@ -289,11 +291,7 @@ class Selector:
         """`choose` for several messages in one round trip; Redis runs the choices in order, so the
         result is exactly that of choosing one after another."""
         calls = [_choose_call(request, now) for request in requests]
-        pipe = self.redis.pipeline(transaction=False)
-        for call in calls:
-            if call.entries:
-                self._choose(keys=call.keys, args=call.args, client=pipe)
-        replies = iter(pipe.execute() if any(call.entries for call in calls) else ())
+        replies = iter(self._pipelined(self._choose, [(call.keys, call.args) for call in calls if call.entries]))
         return [call.choice(next(replies) if call.entries else None) for call in calls]
 
     def record(self, provider: str, ok: bool, policy: CircuitPolicy, now: float) -> BreakerState:
@@ -302,15 +300,32 @@ class Selector:
 
     def record_many(self, outcomes: Sequence[tuple[str, bool, CircuitPolicy]], now: float) -> list[BreakerState]:
         """`record` for several calls in one round trip, applied in order."""
-        if not outcomes:
+        calls = [([keys.breaker(provider)], [1 if ok else 0, now, policy.failure_ratio, policy.min_calls,
+                                             policy.window_seconds, policy.open_for_seconds,
+                                             policy.half_open_probes, STATE_TTL])
+                 for provider, ok, policy in outcomes]
+        return [_text(state) for state in self._pipelined(self._record, calls)]  # type: ignore[misc]
+
+    def _pipelined(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run `script` once per call in one round trip, in order.
+
+        EVALSHA is sent directly: a pipeline handed Script objects asks SCRIPT EXISTS first, an
+        extra round trip every time. A NOSCRIPT (Redis restarted) fails every call of the batch
+        alike, before any ran, so loading the script and sending the batch again is safe.
+        """
+        if not calls:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for provider, ok, policy in outcomes:
-            self._record(keys=[keys.breaker(provider)], args=[
-                1 if ok else 0, now, policy.failure_ratio, policy.min_calls, policy.window_seconds,
-                policy.open_for_seconds, policy.half_open_probes, STATE_TTL,
-            ], client=pipe)
-        return [_text(state) for state in pipe.execute()]  # type: ignore[misc]
+        for retry in (False, True):
+            pipe = self.redis.pipeline(transaction=False)
+            for script_keys, args in calls:
+                pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
+            try:
+                return pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if retry:
+                    raise
+                self.redis.script_load(script.script)
+        raise AssertionError("unreachable")
 
     def breaker(self, provider: str) -> Breaker:
         """The stored breaker of one account (counts included), for health and admin views."""

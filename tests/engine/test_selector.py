@@ -311,3 +311,12 @@ def test_record_many_counts_like_recording_one_by_one(selector: Selector) -> Non
     states = selector.record_many([(name, False, POLICY)] * POLICY.min_calls, T0)
     assert states[-1] == "open" and set(states[:-1]) == {"closed"}
     assert selector.record_many([], T0) == []
+
+
+def test_batches_survive_a_redis_that_forgot_its_scripts(selector: Selector, client: redis.Redis) -> None:
+    """After SCRIPT FLUSH (a restarted Redis) a pipelined batch loads the scripts again and runs once."""
+    (name,) = _names("flushed")
+    client.script_flush()
+    failures = [(name, False, POLICY)] * (POLICY.min_calls - 1)
+    assert selector.record_many(failures, T0) == ["closed"] * len(failures)  # run twice, they would open it
+    assert selector.record(name, False, POLICY, T0) == "open"
