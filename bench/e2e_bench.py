@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 import redis
 
@@ -93,39 +94,59 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-class Client(threading.Thread):
-    """Sends signed requests on one keep-alive connection at its share of the offered rate."""
+def signed_requests(count: int, app_id: str, secret: str, batch: int, port: int) -> list[bytes]:
+    """Whole HTTP requests, signed before the run so the load generator spends its CPU on sending only."""
+    path = "/api/v1/messages/batch" if batch > 1 else "/api/v1/messages"
+    now, built = int(time.time()), []
+    for _ in range(count):
+        receivers = [f"138{uuid.uuid4().int % 10**8:08d}" for _ in range(batch)]
+        body: dict[str, object] = {"channel_id": 1, "template_params": {"code": "123456"}}
+        body.update({"receivers": receivers} if batch > 1 else {"receiver": receivers[0]})
+        raw = json.dumps(body).encode()
+        headers = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json", "Content-Length": str(len(raw)),
+                   **sign_headers(app_id, secret, "POST", path, raw, now=now)}
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        built.append(f"POST {path} HTTP/1.1\r\n{head}\r\n".encode() + raw)
+    return built
 
-    def __init__(self, port: int, app_id: str, secret: str, rate: float, until: float, batch: int,
+
+class Client(threading.Thread):
+    """Sends pre-signed requests on one keep-alive connection at its share of the offered rate."""
+
+    def __init__(self, port: int, requests: list[bytes], rate: float, batch: int,
                  accepted: dict[str, float], latencies: list[float], errors: list[str]) -> None:
         super().__init__(daemon=True)
-        self.port, self.app_id, self.secret = port, app_id, secret
-        self.interval, self.until, self.batch = 1.0 / rate, until, batch
+        self.port, self.requests, self.interval, self.batch = port, requests, 1.0 / rate, batch
         self.accepted, self.latencies, self.errors = accepted, latencies, errors
 
     def run(self) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        path = "/api/v1/messages/batch" if self.batch > 1 else "/api/v1/messages"
+        sock = socket.create_connection(("127.0.0.1", self.port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = sock.makefile("rb")
         next_at = time.monotonic()
-        while next_at < self.until:
+        for request in self.requests:
             delay = next_at - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            receivers = [f"138{uuid.uuid4().int % 10**8:08d}" for _ in range(self.batch)]
-            body = {"channel_id": 1, "template_params": {"code": "123456"}}
-            body.update({"receivers": receivers} if self.batch > 1 else {"receiver": receivers[0]})
-            raw = json.dumps(body).encode()
-            headers = {"Content-Type": "application/json",
-                       **sign_headers(self.app_id, self.secret, "POST", path, raw, now=int(time.time()))}
             started = time.perf_counter()
-            connection.request("POST", path, raw, headers)
-            answer = json.loads(connection.getresponse().read())
+            sock.sendall(request)
+            answer = json.loads(read_response(reader))
             self.latencies.append(time.perf_counter() - started)
             if answer["code"] != 0:
                 self.errors.append(answer["message"])
             elif self.batch == 1:
                 self.accepted[answer["data"]["task_id"]] = time.time()
             next_at += self.interval
+        sock.close()
+
+
+def read_response(reader: BinaryIO) -> bytes:
+    """The body of one HTTP/1.1 response with a Content-Length (what uvicorn sends for JSON)."""
+    length = 0
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    return reader.read(length)
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -140,7 +161,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--batch", type=int, default=1, help="receivers per request")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--worker-threads", type=int, default=16)
+    parser.add_argument("--worker-threads", type=int, default=4,
+                        help="send threads of the worker; the mock answers at once, so few threads waste least")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--database-url", default="")
     args = parser.parse_args()
@@ -188,10 +210,11 @@ def run_load(args: argparse.Namespace, api_port: int, mock_port: int, app_id: st
     latencies: list[float] = []
     errors: list[str] = []
     request_rate = args.rate / args.batch
+    per_client = int(request_rate * args.seconds / args.clients)
+    prepared = signed_requests(per_client * args.clients, app_id, secret, args.batch, api_port)
+    clients = [Client(api_port, prepared[i * per_client:(i + 1) * per_client], request_rate / args.clients,
+                      args.batch, accepted, latencies, errors) for i in range(args.clients)]
     started = time.monotonic()
-    until = started + args.seconds
-    clients = [Client(api_port, app_id, secret, request_rate / args.clients, until, args.batch, accepted,
-                      latencies, errors) for _ in range(args.clients)]
     wall_start = time.time()
     cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
     for client in clients:
