@@ -37,7 +37,6 @@ OPERATORS: dict[str, tuple[str, ...]] = {
     INT: ("eq", "in", "not_in", "lt", "lte", "gt", "gte"),
     LIST: ("eq", "in", "not_in", "exists"),
 }
-COMBINATORS = ("all", "any", "not")
 # Fields whose values must name something declared in the rule set.
 REFERENCES = {"channel": "channel", "template": "template", "provider": "provider account", "channel_type": "channel type"}
 

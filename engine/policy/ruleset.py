@@ -24,7 +24,6 @@ from .issues import RuleIssue
 from .model import Channel, ProviderAccount, RuleSetVersion, Template
 from .rules import FailureRule, Origin, QuotaRule, RetryPolicy, Rule, RoutingRule, Settings
 
-BACKENDS = ("network", "reference")
 _BUILT_IN = Origin("(built in)", 0, "")
 DEFAULT_FAILURES: dict[str, FailureRule] = {
     "send_failure": FailureRule(DEFAULT_RULE, _BUILT_IN, "send_failure", "retry", retry=RetryPolicy()),
