@@ -18,7 +18,6 @@ from .issues import RuleError, RuleIssue
 from .ruleset import RuleSet
 from .schema import AnyValue, Int, ListOf, MapOf, Num, Obj, Str
 
-FACT_KEYS = ("app", "channel", "receiver", "tags", "priority", "attempt", "provider", "error_code", "error_message", "now")
 _FACT = Obj(
     {
         "app": Str(),
@@ -35,6 +34,7 @@ _FACT = Obj(
     },
     required=("channel",),
 )
+FACT_KEYS = tuple(key for key in _FACT.fields if key != "scene")
 _ROUTE = Obj(
     {"rule": Str(), "action": Str(enum=("route", "defer", "reject")), "defer_until": Str(), "reason": Str(), "tiers": ListOf(ListOf(Str()))}
 )
@@ -122,7 +122,7 @@ def fact_from_mapping(ruleset: RuleSet, data: Mapping[str, Any], now: datetime |
 
     `now` comes from the data, else the argument, else noon of 2024-01-01 in the rule set's zone.
     """
-    unknown = sorted(set(data) - set(FACT_KEYS) - {"scene"})
+    unknown = sorted(set(data) - set(_FACT.fields))
     if unknown:
         raise FactError(f"unknown fact field(s) {', '.join(unknown)} (fields: {', '.join(FACT_KEYS)}, scene)")
     channel = ruleset.channel(data.get("channel", ""))
