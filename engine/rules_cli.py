@@ -145,9 +145,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def summary(ruleset: RuleSet) -> str:
     """One screen about a loaded rule set."""
-    disabled = "" if not ruleset.notes else f", {len(ruleset.notes)} note(s)"
+    notes = f", {len(ruleset.notes)} note(s)" if ruleset.notes else ""
     lines = [
-        f"rule set {ruleset.version} OK ({ruleset.backend} backend, time zone {ruleset.timezone.key}{disabled})",
+        f"rule set {ruleset.version} OK ({ruleset.backend} backend, time zone {ruleset.timezone.key}{notes})",
         f"  channels   {len(ruleset.channels):4d}  " + ", ".join(f"{c.id}:{c.name}" for c in ruleset.channels.values()),
         f"  templates  {len(ruleset.templates):4d}  " + ", ".join(ruleset.templates),
         f"  providers  {len(ruleset.providers):4d}  enabled: " + ", ".join(ruleset.providers),
