@@ -489,3 +489,22 @@ def errcode_result(response: HttpResponse, retryable: frozenset[str], id_key: st
         Outcome.RETRYABLE if code in retryable else Outcome.PERMANENT,
         error_code=code, error_message=str(answer.get("errmsg") or ""), response_summary=summary,
     )
+
+
+def errcode_token(response: HttpResponse, retryable: frozenset[str]) -> tuple[str, int] | SendResult:
+    """Read an `{"errcode", "access_token", "expires_in"}` token answer: (token, lifetime s) or the failure."""
+    result = errcode_result(response, retryable)
+    if not result.ok:
+        return result
+    answer = json_object(response.body) or {}
+    if not answer.get("access_token"):
+        return bad_response(response)
+    return str(answer["access_token"]), int(answer.get("expires_in") or 7200)
+
+
+MOBILE = re.compile(r"^\+?\d{6,15}$")
+
+
+def receiver_names(receiver: str) -> list[str]:
+    """The names in a `a|b` or `a,b` receiver, blanks dropped."""
+    return [part.strip() for part in re.split(r"[|,]", receiver) if part.strip()]

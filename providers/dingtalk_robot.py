@@ -6,7 +6,6 @@ import base64
 import hashlib
 import hmac
 import json
-import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -14,7 +13,7 @@ from urllib.parse import quote, quote_plus
 
 from providers.base import (
     Account, ConfigField, ConfigSchema, HttpRequest, HttpResponse, Message, SendContext, SendResult,
-    errcode_result, http_send, request_summary,
+    MOBILE, errcode_result, http_send, receiver_names, request_summary,
 )
 
 TYPE = "dingtalk_robot"
@@ -31,7 +30,6 @@ CONFIG: ConfigSchema = {
 # Retry later: system busy, sending too fast (20 messages a minute per robot), robot rate limits.
 # Permanent: 310000 keyword / signature / IP check failed, 300001 unknown token, 400102 robot disabled, ...
 RETRYABLE_CODES = frozenset({"-1", "130101", "410100", "90030"})
-MOBILE = re.compile(r"^\+?\d{6,15}$")
 
 
 def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
@@ -63,7 +61,7 @@ def build_request(message: Message, account: Account, now: datetime) -> HttpRequ
 
 def payload(message: Message, config: Mapping[str, Any]) -> dict[str, object]:
     """The robot message: text or markdown, with receivers (`a|b`, user ids or mobiles) @mentioned."""
-    names = [part.strip() for part in re.split(r"[|,]", message.receiver) if part.strip()]
+    names = receiver_names(message.receiver)
     at = {
         "atMobiles": [n for n in names if MOBILE.match(n)],
         "atUserIds": [n for n in names if not MOBILE.match(n) and n != "@all"],

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from functools import partial
 from urllib.parse import urlencode
 
 from providers.base import (
     Account, ConfigField, ConfigSchema, HttpRequest, HttpResponse, Message, SendContext, SendResult,
-    TokenSource, Undeliverable, bad_response, errcode_result, json_object, request_summary,
-    send_with_token, token_cache_key,
+    TokenSource, Undeliverable, errcode_result, errcode_token, receiver_names,
+    request_summary, send_with_token, token_cache_key,
 )
 
 TYPE = "dingtalk_work"
@@ -35,7 +36,7 @@ def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
     """Send with the cached token; an invalid/expired token is refreshed once within this call."""
     source = TokenSource(
         token_cache_key(TYPE, str(account.config["app_key"]), str(account.config["agent_id"])),
-        build_token_request(account), parse_token_response, STALE_TOKEN,
+        build_token_request(account), partial(errcode_token, retryable=RETRYABLE_CODES), STALE_TOKEN,
     )
     return send_with_token(
         source, lambda token: build_request(message, account, ctx.now, token), parse_response, ctx, summarize,
@@ -51,18 +52,8 @@ def build_token_request(account: Account) -> HttpRequest:
     return HttpRequest("GET", f"{account.config['base_url']}/gettoken?{query}", timeout=float(account.config["timeout"]))
 
 
-def parse_token_response(response: HttpResponse) -> tuple[str, int] | SendResult:
-    result = errcode_result(response, RETRYABLE_CODES)
-    if not result.ok:
-        return result
-    answer = json_object(response.body) or {}
-    if not answer.get("access_token"):
-        return bad_response(response)
-    return str(answer["access_token"]), int(answer.get("expires_in") or 7200)
-
-
 def build_request(message: Message, account: Account, now: datetime, token: str) -> HttpRequest:
-    users = [user.strip() for user in message.receiver.replace("|", ",").split(",") if user.strip()]
+    users = receiver_names(message.receiver)
     if not users:
         raise Undeliverable("invalid_receiver", "empty receiver (give DingTalk user ids, comma-separated)")
     config = account.config

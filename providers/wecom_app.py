@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from functools import partial
 from urllib.parse import urlencode
 
 from providers.base import (
     Account, ConfigField, ConfigSchema, HttpRequest, HttpResponse, Message, SendContext,
-    SendResult, TokenSource, Undeliverable, bad_response, errcode_result, json_object, request_summary,
+    SendResult, TokenSource, Undeliverable, errcode_result, errcode_token, request_summary,
     send_with_token, token_cache_key,
 )
 
@@ -36,7 +37,7 @@ def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
     """Send with the cached token; an invalid/expired token is refreshed once within this call."""
     source = TokenSource(
         token_cache_key(TYPE, str(account.config["corp_id"]), str(account.config["agent_id"])),
-        build_token_request(account), parse_token_response, STALE_TOKEN,
+        build_token_request(account), partial(errcode_token, retryable=RETRYABLE_CODES), STALE_TOKEN,
     )
     return send_with_token(
         source, lambda token: build_request(message, account, ctx.now, token), parse_response, ctx, summarize,
@@ -52,16 +53,6 @@ def build_token_request(account: Account) -> HttpRequest:
     return HttpRequest(
         "GET", f"{account.config['base_url']}/cgi-bin/gettoken?{query}", timeout=float(account.config["timeout"]),
     )
-
-
-def parse_token_response(response: HttpResponse) -> tuple[str, int] | SendResult:
-    result = errcode_result(response, RETRYABLE_CODES)
-    if not result.ok:
-        return result
-    answer = json_object(response.body) or {}
-    if not answer.get("access_token"):
-        return bad_response(response)
-    return str(answer["access_token"]), int(answer.get("expires_in") or 7200)
 
 
 def build_request(message: Message, account: Account, now: datetime, token: str) -> HttpRequest:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 from urllib.parse import urlencode
 
 from providers.base import (
     Account, ConfigField, ConfigSchema, HttpRequest, HttpResponse, Message, SendContext, SendResult,
-    errcode_result, http_send, request_summary,
+    MOBILE, errcode_result, http_send, receiver_names, request_summary,
 )
 
 TYPE = "wecom_robot"
@@ -26,7 +25,6 @@ CONFIG: ConfigSchema = {
 # Retry later: system busy, API frequency limit (a robot takes 20 messages a minute).
 # Permanent: 93000 invalid webhook key, 40008 bad msgtype, 44004 empty / 45002 too long content, ...
 RETRYABLE_CODES = frozenset({"-1", "45009", "45033"})
-MOBILE = re.compile(r"^\+?\d{6,15}$")
 
 
 def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
@@ -40,7 +38,7 @@ def summarize(request: HttpRequest) -> dict[str, object]:
 
 def mentions(receiver: str) -> tuple[list[str], list[str]]:
     """Split the receiver (`a|b` or `a,b`) into user ids and mobile numbers to @mention."""
-    names = [part.strip() for part in re.split(r"[|,]", receiver) if part.strip()]
+    names = receiver_names(receiver)
     return [n for n in names if not MOBILE.match(n)], [n for n in names if MOBILE.match(n)]
 
 
