@@ -25,6 +25,7 @@ class ConfigFieldLike(Protocol):
     type: type
     required: bool
     secret: bool
+    choices: tuple[Any, ...]
 
 
 ConfigSchema = Mapping[str, ConfigFieldLike]
@@ -161,6 +162,8 @@ def _config(ctx: Context, item: Located, raw: dict[str, Any], schema: ConfigSche
             ctx.problem(item, path, error)
         elif spec.type is str and spec.required and coerced == "":
             ctx.problem(item, path, "must not be empty")
+        elif spec.choices and coerced not in spec.choices:
+            ctx.problem(item, path, f"must be one of {', '.join(map(str, spec.choices))}, got {coerced!r}")
         else:
             config[key] = coerced
     for key, spec in schema.items():

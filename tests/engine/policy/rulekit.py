@@ -18,6 +18,7 @@ TYPES = {
         "key": ConfigField(secret=True),
         "port": ConfigField(int, required=False, default=1),
         "verbose": ConfigField(bool, required=False, default=False),
+        "mode": ConfigField(required=False, default="text", choices=("text", "markdown")),
     },
 }
 SHANGHAI = ZoneInfo("Asia/Shanghai")

@@ -19,7 +19,8 @@ EXPECTED = {
         "{f}:10: failures[0].when.error_message.matches: bad regular expression '(': "
         "missing ), unterminated subpattern at position 0"
     ],
-    "config_key": ["{f}:9: providers[1].config.colour: unknown key (known: id, key, port, verbose)"],
+    "config_choice": ["{f}:9: providers[1].config.mode: must be one of text, markdown, got 'fax'"],
+    "config_key": ["{f}:9: providers[1].config.colour: unknown key (known: id, key, mode, port, verbose)"],
     "duplicate_key": ["{f}:9: routing[0].name: duplicate key"],
     "duplicate_name": ["{f}:10: routing[1].name: duplicate routing name 'all' (first defined at {f}:8)"],
     "int64_overflow": ["{f}:10: failures[0].when.attempt.lt: 9223372036854775808 is outside the 64-bit integer range"],
