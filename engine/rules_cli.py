@@ -170,7 +170,9 @@ def _decide(ruleset: RuleSet, data: Any, now: datetime, where: str) -> dict[str,
         raise FactError(f"{where}: {exc}") from None
     out: dict[str, Any] = {"routing": routing_summary(ruleset.route(fact)), "quotas": quota_summary(ruleset.quotas(fact))}
     scene = data.get("scene")
-    if scene in SCENES:
+    if scene is not None and scene not in SCENES:
+        raise FactError(f"{where}: scene must be one of {', '.join(SCENES)}")
+    if scene is not None:
         out[scene] = failure_summary(ruleset.on_failure(scene, fact))
     return out
 

@@ -137,6 +137,14 @@ def test_diff_reports_a_bad_facts_line(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 2 and f"{facts}:2: unknown channel 'nope'" in err
 
 
+def test_diff_refuses_an_unknown_scene_like_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A fact line naming a scene that does not exist is a bad line, not silently a routing-only fact."""
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(json.dumps({**FACTS[0], "scene": "send_failur"}) + "\n")
+    code, _, err = run(capsys, "diff", str(SHIPPED), str(SHIPPED), "--facts", str(facts))
+    assert code == 2 and f"{facts}:1: scene must be one of send_failure" in err
+
+
 def test_schema_is_json_schema_of_rule_files(capsys: pytest.CaptureFixture[str]) -> None:
     """schema prints a JSON Schema whose properties are the rule-file sections."""
     code, out, _ = run(capsys, "schema")
