@@ -9,7 +9,6 @@ import redis
 
 from engine import keys
 from engine.policy.decisions import OnExceed, QuotaCheck
-from engine.policy.model import Rate
 from engine.policy.selection import counter_ttl, window_bucket, window_end
 
 # KEYS: counters. ARGV: cost, limit and ttl per counter. Returns 0, or the 1-based index of the first
@@ -72,7 +71,7 @@ def _costs(checks: Sequence[QuotaCheck], cost: int, costs: Sequence[int] | None)
 
 
 class Limits:
-    """Quota rules, per-app request rate and per-provider send rate, counted in Redis."""
+    """Quota rules and per-app request rate, counted in Redis (the selector counts per-account send rates)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
@@ -124,16 +123,3 @@ class Limits:
             return True
         key = keys.rate(app_id, window_bucket(now, 1))
         return not int(self._take(keys=[key], args=[1, limit_per_second, counter_ttl(1)]))
-
-    def provider_allow(self, name: str, rate: Rate | None, now: float) -> bool:
-        """One send through a provider account within its rate (None = unlimited).
-
-        The selector already counts the sends of the accounts it chooses against the same
-        counter; this is for sends that bypass selection (admin test sends).
-        """
-        if rate is None:
-            return True
-        if rate.count < 0 or rate.per_seconds < 1:
-            raise ValueError(f"rate of {name!r} must be >= 0 per >= 1s, got {rate}")
-        key = keys.provider_rate(name, window_bucket(now, rate.per_seconds))
-        return not int(self._take(keys=[key], args=[1, rate.count, counter_ttl(rate.per_seconds)]))

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from engine.limits import Limits, counter_key
 from engine.policy.decisions import QuotaCheck
-from engine.policy.model import Rate
 from engine.policy.selection import window_bucket
 
 pytestmark = pytest.mark.redis
@@ -147,16 +146,6 @@ def test_app_rate_limit_per_second(limits: Limits) -> None:
     assert all(limits.rate_allow(app, 0, T0 + 0.5) for _ in range(50))
     with pytest.raises(ValueError):
         limits.rate_allow(app, -1, T0)
-
-
-def test_provider_rate(limits: Limits) -> None:
-    """A provider account sends at most `count` per `per_seconds` window; no rate means unlimited."""
-    name = _unique("prov")
-    rate = Rate(count=2, per_seconds=10)
-    start = window_bucket(T0, 10) * 10
-    assert [limits.provider_allow(name, rate, start + 1) for _ in range(3)] == [True, True, False]
-    assert limits.provider_allow(name, rate, start + 10)
-    assert limits.provider_allow(name, None, start)
 
 
 def test_concurrent_admissions_never_exceed_the_limit(limits: Limits) -> None:
