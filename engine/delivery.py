@@ -29,14 +29,13 @@ from engine.queue import job
 from engine.selector import ChoiceRequest
 from engine.services import Services
 from engine.store import repo
-from engine.store.models import Attempt, Task
+from engine.store.models import OPEN_TASK_STATUSES, Attempt, Task
 from providers import registry
 from providers.base import Account, Message, Outcome, SendContext, SendResult, with_defaults
 
 log = logging.getLogger("mpush.delivery")
 
-FINAL_STATUSES = ("success", "failed")
-OPEN_STATUSES = ("pending", "scheduled", "processing")
+UNFINISHED = (*OPEN_TASK_STATUSES, "sent")  # a sent task still awaits its delivery report
 WEBHOOK_URL_TTL = 2.0
 
 T = TypeVar("T")
@@ -112,7 +111,7 @@ def route(svc: Services, task: Task | None, attempts: list[Attempt], now: float)
     """Ask the rule set who may deliver the task; a label instead when nothing is to be sent now."""
     if task is None:
         return "missing"
-    if task.status not in OPEN_STATUSES:
+    if task.status not in OPEN_TASK_STATUSES:
         return "done"
     ruleset = svc.rules.current
     if attempts and attempts[-1].status == "sending":
@@ -150,14 +149,14 @@ def select(svc: Services, routed: list[Routed], labels: dict[str, str], now: flo
 
 def claim(plans: list[Planned], labels: dict[str, str]) -> list[Planned]:
     """Begin the planned attempts; one begun elsewhere already (the per-attempt lock) is labelled "busy"."""
-    won = repo.claim_attempts([plan.claim for plan in plans], OPEN_STATUSES)
+    won = repo.claim_attempts([plan.claim for plan in plans], OPEN_TASK_STATUSES)
     labels.update((plan.task.task_id, "busy") for plan, ok in zip(plans, won) if not ok)
     return [plan for plan, ok in zip(plans, won) if ok]
 
 
 def attempt(svc: Services, plan: Planned, now: float) -> Sent:
     """Render and send one claimed attempt."""
-    message = build_message(svc, plan.task, plan.channel, plan.account, plan.number, plan.ruleset)
+    message = build_message(plan)
     result, latency_ms = send(svc, plan.account, message, now)
     return Sent(plan, result, latency_ms)
 
@@ -201,8 +200,8 @@ def _status_change(item: Sent) -> repo.StatusChange:
     fields = {"provider": item.plan.account.name, "retry_count": item.plan.number,
               "provider_message_id": item.result.provider_message_id, "error_code": "", "error_message": ""}
     if item.result.final:
-        return repo.StatusChange(item.plan.task.task_id, (*OPEN_STATUSES, "sent"), {"status": "success", **fields})
-    return repo.StatusChange(item.plan.task.task_id, OPEN_STATUSES, {"status": "sent", **fields})
+        return repo.StatusChange(item.plan.task.task_id, UNFINISHED, {"status": "success", **fields})
+    return repo.StatusChange(item.plan.task.task_id, OPEN_TASK_STATUSES, {"status": "sent", **fields})
 
 
 def _per_entry(task_ids: Sequence[str], labels: Mapping[str, str]) -> list[str]:
@@ -218,15 +217,15 @@ def _map(fn: Callable[[T], U], items: Sequence[T]) -> list[U]:
     return [fn(item) for item in items]
 
 
-def build_message(svc: Services, task: Task, channel: Channel, account: ProviderAccount, number: int,
-                  ruleset: RuleSet | None = None) -> Message:
+def build_message(plan: Planned) -> Message:
     """The provider's view of one attempt: rendered text plus the vendor template and params."""
-    template = (ruleset or svc.rules.current).templates.get(channel.template)
+    task, channel, account = plan.task, plan.channel, plan.account
+    template = plan.ruleset.templates.get(channel.template)
     params: dict[str, str] = json.loads(task.template_params or "{}")
     vendor = account.template_for(channel.template)
     return Message(
         task_id=task.task_id,
-        attempt=number,
+        attempt=plan.number,
         receiver=task.receiver,
         channel_type=channel.type,
         text=task.content,
@@ -256,6 +255,7 @@ def send(svc: Services, account: ProviderAccount, message: Message, now: float) 
 
 
 def provider_account(account: ProviderAccount) -> Account:
+    """The account as its provider takes it: the rule file's settings with the provider's defaults filled in."""
     schema = registry.get(account.type).CONFIG
     return Account(account.name, account.type, with_defaults(schema, account.config), callback=account.callback)
 
@@ -302,7 +302,7 @@ def _retry(svc: Services, task: Task, decision: FailureDecision, provider: str, 
     excluded = json.loads(task.exclude_providers or "[]")
     if decision.action == "switch_provider" and decision.exclude_current and provider and provider not in excluded:
         excluded.append(provider)
-    if not repo.mark_status_if(task.task_id, (*OPEN_STATUSES, "sent"), status="pending",
+    if not repo.mark_status_if(task.task_id, UNFINISHED, status="pending",
                                exclude_providers=json.dumps(excluded), **fields):
         return "done"
     svc.queue.defer(job("send", task.task_id), now + decision.delay_seconds)
@@ -310,14 +310,14 @@ def _retry(svc: Services, task: Task, decision: FailureDecision, provider: str, 
 
 
 def defer(svc: Services, task: Task, due: float, **fields: Any) -> str:
-    if repo.mark_status_if(task.task_id, OPEN_STATUSES, status="scheduled", scheduled_at=_dt(due), **fields):
+    if repo.mark_status_if(task.task_id, OPEN_TASK_STATUSES, status="scheduled", scheduled_at=_dt(due), **fields):
         svc.queue.defer(job("send", task.task_id), due)
     return "deferred"
 
 
 def finish(svc: Services, task: Task, status: str, **fields: Any) -> str:
     """Move a task to a final status once, and tell the app's webhook about it."""
-    if not repo.mark_status_if(task.task_id, (*OPEN_STATUSES, "sent"), status=status, **fields):
+    if not repo.mark_status_if(task.task_id, UNFINISHED, status=status, **fields):
         return "done"
     return announce_final(svc, task, status)
 

@@ -16,10 +16,8 @@ APP_STATUSES = (APP_ENABLED, APP_DISABLED)
 
 TASK_STATUSES = ("pending", "scheduled", "processing", "sent", "success", "failed")
 OPEN_TASK_STATUSES = ("pending", "scheduled", "processing")
-FINAL_TASK_STATUSES = ("success", "failed")
 CALLBACK_STATUSES = ("", "delivered", "failed", "rejected", "timeout")
 ATTEMPT_STATUSES = ("sending", "ok", "retryable", "permanent", "unknown")
-WEBHOOK_STATUSES = ("pending", "delivered", "failed")
 
 
 def utcnow() -> datetime:

@@ -10,6 +10,7 @@ import pytest
 
 from engine import delivery
 from engine.store import repo
+from engine.store.models import OPEN_TASK_STATUSES
 from tests.support.loopback import LoopbackServer, Reply
 from tests.support.service import Gateway, gateway
 
@@ -83,7 +84,7 @@ def test_an_attempt_claimed_elsewhere_meanwhile_is_lost_alone(gw: Gateway) -> No
 def test_a_lost_attempt_is_resolved_not_resent(gw: Gateway, vendor: LoopbackServer) -> None:
     """An attempt left 'sending' by a dead worker becomes 'unknown' and the failure rules decide; no call is made."""
     task_id = accepted(gw, "13800000001")
-    assert repo.claim_attempts([repo.AttemptClaim(task_id, 1, "vendor", "otp", "v")], delivery.OPEN_STATUSES)
+    assert repo.claim_attempts([repo.AttemptClaim(task_id, 1, "vendor", "otp", "v")], OPEN_TASK_STATUSES)
     assert delivery.deliver_many(gw.svc, [task_id], time.time()) == ["failed"]
     assert vendor.requests == []
     assert [attempt.status for attempt in repo.list_attempts(task_id)] == ["unknown"]
