@@ -12,7 +12,7 @@ from engine import metrics
 from engine.queue import job
 from engine.signing import webhook_signature
 from engine.store import repo
-from engine.store.models import Task
+from engine.store.models import Task, WebhookDelivery
 from providers.base import HttpRequest, TransportError
 
 if TYPE_CHECKING:
@@ -71,29 +71,13 @@ def deliver_webhook(svc: Services, delivery_id: str, now: float) -> str:
     app = repo.get_app(delivery.app_id)
     if app is None:
         return "done"
-    secret = repo.app_secret(app, svc.key)
-    body = delivery.body.encode()
-    stamp = int(now)
-    request = HttpRequest("POST", delivery.url, {
-        "Content-Type": "application/json",
-        "User-Agent": USER_AGENT,
-        "X-Webhook-Id": str(delivery.id),
-        "X-Webhook-Event": delivery.event,
-        "X-Webhook-Timestamp": str(stamp),
-        "X-Webhook-Signature": webhook_signature(secret, stamp, body),
-    }, body, timeout=10.0)
+    request = _signed_request(delivery, repo.app_secret(app, svc.key), int(now))
     started = time.perf_counter()
-    status_code, error = 0, ""
-    try:
-        status_code = svc.transport(request).status
-    except TransportError as exc:
-        error = str(exc)
+    status_code, error = _post(svc, request)
     delivered = 200 <= status_code < 300
-    if not delivered and not error:
-        error = f"HTTP {status_code}"
     tries = delivery.tries + 1
     give_up = not delivered and tries >= MAX_TRIES
-    next_at = None if delivered or give_up else now + BACKOFF_SECONDS[min(tries - 1, len(BACKOFF_SECONDS) - 1)]
+    next_at = None if delivered or give_up else now + _backoff(tries)
     repo.record_webhook_try(delivery.id, status_code=status_code, error=error,
                             latency_ms=round((time.perf_counter() - started) * 1000), delivered=delivered,
                             next_at=datetime.fromtimestamp(next_at, UTC) if next_at else None, give_up=give_up)
@@ -104,6 +88,34 @@ def deliver_webhook(svc: Services, delivery_id: str, now: float) -> str:
     if next_at is not None:
         svc.queue.defer(job("webhook", str(delivery.id)), next_at)
     return result
+
+
+def _signed_request(delivery: WebhookDelivery, secret: str, stamp: int) -> HttpRequest:
+    body = delivery.body.encode()
+    return HttpRequest("POST", delivery.url, {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "X-Webhook-Id": str(delivery.id),
+        "X-Webhook-Event": delivery.event,
+        "X-Webhook-Timestamp": str(stamp),
+        "X-Webhook-Signature": webhook_signature(secret, stamp, body),
+    }, body, timeout=10.0)
+
+
+def _post(svc: Services, request: HttpRequest) -> tuple[int, str]:
+    """The receiver's status code (0 when unreachable) and what went wrong, empty when it answered 2xx."""
+    status_code, error = 0, ""
+    try:
+        status_code = svc.transport(request).status
+    except TransportError as exc:
+        error = str(exc)
+    if not 200 <= status_code < 300 and not error:
+        error = f"HTTP {status_code}"
+    return status_code, error
+
+
+def _backoff(tries: int) -> int:
+    return BACKOFF_SECONDS[min(tries - 1, len(BACKOFF_SECONDS) - 1)]
 
 
 def send_alert(svc: Services, url: str, level: str, task: Task, *, provider: str, error_code: str,
