@@ -22,7 +22,7 @@ from engine.queue import job
 from engine.services import Services
 from engine.store import repo
 from engine.store.db import StoreUnavailable
-from engine.store.models import Application
+from engine.store.models import Application, Task
 
 MAX_BATCH = 1000
 MAX_RECEIVER = 255
@@ -90,11 +90,14 @@ class Admitted:
     channel: Channel
     template: Template
     now: float
-    moment: datetime
     due: float | None
     checks: list[QuotaCheck]
     costs: list[int]
     counted: bool
+
+    @property
+    def moment(self) -> datetime:
+        return datetime.fromtimestamp(self.now, UTC)
 
     def refund(self, svc: Services) -> None:
         """Give the quota units back (the request was not stored after all)."""
@@ -107,11 +110,10 @@ def accept(svc: Services, app: Application, request: SendRequest, now: float) ->
     if request.idempotency_key:
         existing = repo.find_idempotent(app.app_id, request.idempotency_key)
         if existing is not None:
-            return Accepted((existing.task_id,), existing.status, existing.created_at, existing.batch_id or "", True)
+            return _replayed(existing)
     admitted = admit(svc, app, request, now)
     try:
-        accepted = _store_and_enqueue(svc, admitted.app, admitted.channel, admitted.template, request,
-                                      admitted.moment, admitted.due)
+        accepted = _store_and_enqueue(svc, admitted)
     except Refused:
         admitted.refund(svc)
         raise
@@ -158,7 +160,7 @@ def admit(svc: Services, app: Application, request: SendRequest, now: float) -> 
         if admission.on_exceed != "defer" or admission.retry_at is None:
             raise Refused("quota", f"quota exceeded: {admission.rule}")
         due = max(due or 0.0, admission.retry_at)
-    return Admitted(app, request, channel, template, now, moment, due, checks, costs, admission.allowed)
+    return Admitted(app, request, channel, template, now, due, checks, costs, admission.allowed)
 
 
 def _store_and_enqueue_many(svc: Services, admitted: list[Admitted]) -> list[Accepted | Exception]:
@@ -197,8 +199,14 @@ def _enqueue(svc: Services, jobs: list[tuple[str, float | None]]) -> None:
         raise Refused("unavailable", f"failed to push to queue: {exc}") from None
 
 
-def _store_and_enqueue(svc: Services, app: Application, channel: Channel, template: Template,
-                       request: SendRequest, moment: datetime, due: float | None) -> Accepted:
+def _replayed(existing: Task) -> Accepted:
+    """The answer to a repeated idempotency key: the task its first request created."""
+    return Accepted((existing.task_id,), existing.status, existing.created_at, existing.batch_id or "", True)
+
+
+def _store_and_enqueue(svc: Services, admitted: Admitted) -> Accepted:
+    app, channel, template, request = admitted.app, admitted.channel, admitted.template, admitted.request
+    moment, due = admitted.moment, admitted.due
     batch_id = str(uuid.uuid4()) if request.batch else ""
     status = "scheduled" if due else "pending"
     rows = [_task_row(app, channel, template, request, receiver, moment, status, due, batch_id)
@@ -214,7 +222,7 @@ def _store_and_enqueue(svc: Services, app: Application, channel: Channel, templa
         existing = repo.find_idempotent(app.app_id, request.idempotency_key) if request.idempotency_key else None
         if existing is None:
             raise
-        return Accepted((existing.task_id,), existing.status, existing.created_at, existing.batch_id or "", True)
+        return _replayed(existing)
     task_ids = tuple(row["task_id"] for row in rows)
     _enqueue(svc, [(task_id, due) for task_id in task_ids])
     metrics.ACCEPTED.labels(channel.name).inc(len(task_ids))
