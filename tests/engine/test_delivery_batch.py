@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +34,7 @@ failures:
 @pytest.fixture
 def vendor() -> Iterator[LoopbackServer]:
     """A vendor that fails receivers ending in 9 with a 500 and accepts the others."""
-    server = LoopbackServer(lambda request: Reply(500, '{"code": 1}') if b'9"' in request.body
+    server = LoopbackServer(lambda request: Reply(500, '{"code": 1}') if json.loads(request.body)["receiver"][-1] == "9"
                             else Reply(200, '{"code": 0}')).start()
     yield server
     server.stop()
