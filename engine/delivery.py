@@ -140,7 +140,7 @@ def select(svc: Services, routed: list[Routed], labels: dict[str, str], now: flo
         if choice.provider is None:
             labels[item.task.task_id] = on_failure(svc, item.task, "send_failure", now, provider="",
                                                    number=item.attempts, error_code="no_provider",
-                                                   error_message=choice.reason)
+                                                   error_message=choice.reason, ruleset=item.ruleset)
             continue
         plans.append(Planned(item.task, item.ruleset, item.channel, item.ruleset.providers[choice.provider],
                              item.attempts + 1, item.decision.rule, item.decision.version))
@@ -184,7 +184,7 @@ def record(svc: Services, sent: list[Sent], now: float) -> dict[str, str]:
         if not item.result.ok:
             labels[item.plan.task.task_id] = on_failure(
                 svc, item.plan.task, "send_failure", now, provider=item.plan.account.name, number=item.plan.number,
-                error_code=item.result.error_code, error_message=item.result.error_message)
+                error_code=item.result.error_code, error_message=item.result.error_message, ruleset=item.plan.ruleset)
     return labels
 
 
@@ -271,9 +271,14 @@ def _resolve_lost_attempt(svc: Services, task: Task, number: int, provider: str,
 
 
 def on_failure(svc: Services, task: Task, scene: Scene, now: float, *, provider: str, number: int,
-               error_code: str, error_message: str, extra: Mapping[str, Any] | None = None) -> str:
-    """Ask the rule set what a failure means, then carry the decision out."""
-    ruleset = svc.rules.current
+               error_code: str, error_message: str, extra: Mapping[str, Any] | None = None,
+               ruleset: RuleSet | None = None) -> str:
+    """Ask the rule set what a failure means, then carry the decision out.
+
+    `ruleset` is the version that routed the attempt, so a reload in between never splits one
+    attempt's decisions across versions; reports and timeouts arrive later and use the live one.
+    """
+    ruleset = ruleset or svc.rules.current
     channel = ruleset.channel(task.channel)
     if channel is None:
         return finish(svc, task, "failed", error_code=error_code or "channel_gone", error_message=error_message)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,21 @@ def test_provider_calls_go_through_the_given_mapper(gw: Gateway) -> None:
 
     assert delivery.deliver_many(gw.svc, task_ids, time.time(), mapper) == ["success"] * 3
     assert seen == [3]
+
+
+def test_a_reload_during_the_sends_leaves_the_attempt_on_its_version(gw: Gateway) -> None:
+    """The failure of an attempt routed under one rule-set version is decided by that version, even when
+    the rules were reloaded while the provider call was in flight."""
+    task_id = accepted(gw, "13800000009")
+    rules_file = gw.svc.settings.rules_dir / "rules.yaml"
+    routed_version = str(gw.svc.rules.current.version)
+
+    def reload_then_send(send: Any, plans: Sequence[Any]) -> list[Any]:
+        rules_file.write_text(rules_file.read_text(encoding="utf-8").replace("give-up", "newer-rule"), "utf-8")
+        assert not isinstance(gw.svc.rules.reload(), Exception)
+        return [send(plan) for plan in plans]
+
+    assert delivery.deliver_many(gw.svc, [task_id], time.time(), mapper=reload_then_send) == ["failed"]
+    task = repo.get_task(task_id)
+    assert (task.rule, task.rule_version) == ("give-up", routed_version)
+    assert str(gw.svc.rules.current.version) != routed_version
