@@ -20,6 +20,7 @@ from engine.policy.loader import load_texts
 from engine.policy.ruleset import RuleSet
 from engine.services import Services
 from engine.store import repo
+from engine.store.models import Application
 from providers import registry
 
 Endpoint = Callable[[Request], Awaitable[JSONResponse]]
@@ -98,9 +99,9 @@ def _load_posted(svc: Services, files: Any) -> RuleSet:
         raise ApiError(400, str(exc)) from None
 
 
-def _app_public(app: Any) -> dict[str, Any]:
+def _app_public(app: Application) -> dict[str, Any]:
     return {"app_id": app.app_id, "name": app.name, "status": app.status, "webhook_url": app.webhook_url,
-            "daily_quota": app.daily_quota, "rate_limit": app.rate_limit, "created_at": str(app.created_at)}
+            "daily_quota": app.daily_quota, "rate_limit": app.rate_limit, "created_at": repo.rfc3339(app.created_at)}
 
 
 @admin

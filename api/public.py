@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -106,7 +105,7 @@ def _message_data(result: intake.Accepted | Exception) -> dict[str, Any] | Excep
         return _refusal(result)
     if isinstance(result, Exception):
         return result
-    return {"task_id": result.task_ids[0], "status": result.status, "created_at": _rfc3339(result.created_at)}
+    return {"task_id": result.task_ids[0], "status": result.status, "created_at": repo.rfc3339(result.created_at)}
 
 
 async def send_batch(request: Request) -> JSONResponse:
@@ -144,7 +143,7 @@ def _accept_batch(svc: Services, caller: Caller, idempotency_key: str) -> dict[s
         summary = repo.batch_summary(accepted.batch_id, caller.app.app_id)
         total = summary["total_count"] if summary else total
     return {"batch_id": accepted.batch_id, "total_count": total, "success_count": total, "failed_count": 0,
-            "status": accepted.status, "created_at": _rfc3339(accepted.created_at)}
+            "status": accepted.status, "created_at": repo.rfc3339(accepted.created_at)}
 
 
 def _public_task(caller: Caller, task_id: str) -> dict[str, Any]:
@@ -159,7 +158,3 @@ def _batch_summary(caller: Caller, batch_id: str) -> dict[str, Any]:
     if summary is None:
         raise ApiError(errors.BAD_REQUEST, "batch not found: record not found")
     return summary
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
