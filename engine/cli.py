@@ -1,4 +1,7 @@
-"""The `mpush` command: serve, worker, migrate, apps, send, rules. Signals are wired here only."""
+"""The `mpush` command: serve, worker, migrate, apps, send, rules. Signals are wired here only.
+
+Each command imports what it needs when it runs, so `mpush rules check` loads no server, store or Redis code.
+"""
 
 from __future__ import annotations
 
