@@ -29,7 +29,7 @@ from engine.store import repo
 
 REFUSAL_CODES = {"invalid": errors.BAD_REQUEST, "quota": errors.QUOTA_EXCEEDED, "unavailable": errors.REDIS_ERROR}
 
-SEND_BATCH = 64
+SEND_BATCH = 16
 
 T = TypeVar("T")
 
