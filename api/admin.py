@@ -20,7 +20,7 @@ from engine.policy.loader import load_texts
 from engine.policy.ruleset import RuleSet
 from engine.services import Services
 from engine.store import repo
-from engine.store.models import Application
+from engine.store.models import Application, Task
 from providers import registry
 
 Endpoint = Callable[[Request], Awaitable[JSONResponse]]
@@ -146,11 +146,35 @@ async def apps_action(request: Request) -> JSONResponse:
 
 
 @admin
+async def tasks_list(request: Request) -> JSONResponse:
+    """GET /api/admin/tasks?app_id=&status=&batch_id=&page=&page_size= — newest first."""
+    query = request.query_params
+    try:
+        page, page_size = int(query.get("page", 1)), int(query.get("page_size", 20))
+        total, tasks = await run_in_threadpool(lambda: repo.list_tasks(
+            app_id=query.get("app_id"), status=query.get("status"), batch_id=query.get("batch_id"),
+            page=page, page_size=page_size))
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    items = [{key: value for key, value in repo.task_to_public(task).items() if key != "attempts"} for task in tasks]
+    return envelope(data={"total": total, "page": page, "size": page_size, "items": items})
+
+
+@admin
 async def task_detail(request: Request) -> JSONResponse:
+    """Any app's task with its attempts, delivery reports and webhook deliveries (each try)."""
     task = await run_in_threadpool(repo.get_task, request.path_params["task_id"])
     if task is None:
         raise ApiError(404, "task not found")
-    return envelope(data=await run_in_threadpool(repo.task_to_public, task))
+    return envelope(data=await run_in_threadpool(_task_detail, task))
+
+
+def _task_detail(task: Task) -> dict[str, Any]:
+    return {
+        **repo.task_to_public(task),
+        "callbacks": [repo.callback_to_public(callback) for callback in repo.list_callbacks(task.task_id)],
+        "webhooks": [repo.webhook_delivery_to_public(d) for d in repo.list_webhook_deliveries(task.task_id)],
+    }
 
 
 @admin

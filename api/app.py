@@ -36,6 +36,7 @@ ROUTES = [
     Route("/api/admin/apps", admin.apps_list, methods=["GET"]),
     Route("/api/admin/apps", admin.apps_create, methods=["POST"]),
     Route("/api/admin/apps/{app_id}/{action}", admin.apps_action, methods=["POST"]),
+    Route("/api/admin/tasks", admin.tasks_list, methods=["GET"]),
     Route("/api/admin/tasks/{task_id}", admin.task_detail, methods=["GET"]),
     Route("/api/admin/stats", admin.stats, methods=["GET"]),
 ]

@@ -698,3 +698,48 @@ def task_counts(app_id: str | None = None, since: datetime | None = None) -> dic
     counts.update({status: n for status, n in query.tuples()})
     return counts
 
+
+
+# -- admin read views -----------------------------------------------------------------------------------------
+
+PAGE_SIZE_MAX = 100
+
+
+@_guarded
+def list_tasks(*, app_id: str | None = None, status: str | None = None, batch_id: str | None = None,
+               page: int = 1, page_size: int = 20) -> tuple[int, list[Task]]:
+    """A page of tasks, newest first, and how many match in all."""
+    if page < 1 or not 1 <= page_size <= PAGE_SIZE_MAX:
+        raise ValueError(f"page must be >= 1 and page_size between 1 and {PAGE_SIZE_MAX}")
+    if status is not None:
+        _check_statuses((status,))
+    query = Task.select()
+    for field, value in ((Task.app_id, app_id), (Task.status, status), (Task.batch_id, batch_id)):
+        if value is not None:
+            query = query.where(field == value)
+    total = query.count()
+    return total, list(query.order_by(Task.id.desc()).paginate(page, page_size))
+
+
+@_guarded
+def list_callbacks(task_id: str) -> list[Callback]:
+    return list(Callback.select().where(Callback.task_id == task_id).order_by(Callback.id))
+
+
+@_guarded
+def list_webhook_deliveries(task_id: str) -> list[WebhookDelivery]:
+    return list(WebhookDelivery.select().where(WebhookDelivery.task_id == task_id).order_by(WebhookDelivery.id))
+
+
+def callback_to_public(callback: Callback) -> dict[str, Any]:
+    return {"provider": callback.provider, "provider_message_id": callback.provider_message_id,
+            "status": callback.status, "error_code": callback.error_code, "error_message": callback.error_message,
+            "verified": callback.verified, "applied": callback.applied, "note": callback.note,
+            "created_at": rfc3339(callback.created_at)}
+
+
+def webhook_delivery_to_public(delivery: WebhookDelivery) -> dict[str, Any]:
+    return {"id": delivery.id, "event": delivery.event, "url": delivery.url, "status": delivery.status,
+            "tries": [{"number": t.number, "status_code": t.status_code, "error": t.error, "latency_ms": t.latency_ms,
+                       "created_at": rfc3339(t.created_at)} for t in list_webhook_tries(delivery.id)],
+            "created_at": rfc3339(delivery.created_at)}

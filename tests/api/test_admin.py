@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+
+from engine.store import repo
+from tests.support.loopback import LoopbackServer, Reply
 
 from tests.support.service import Gateway, gateway
 
@@ -92,3 +96,32 @@ class TestAdmin:
         assert task["status"] == "success" and len(task["attempts"]) == 1
         assert admin(gw, "GET", "/stats").json()["data"]["tasks"]["success"] >= 1
         assert admin(gw, "GET", "/tasks/no-such-task").status_code == 404
+
+    def test_tasks_are_listed_newest_first_with_filters_and_paging(self, gw: Gateway) -> None:
+        """The task list pages newest first and filters by app and status; bad paging is a 400."""
+        ids = [gw.send("otp", f"1380000000{i}", {"code": "1"})["data"]["task_id"] for i in range(3)]
+        for task_id in ids:
+            gw.wait(task_id)
+        page = admin(gw, "GET", f"/tasks?app_id={gw.app_id}&status=success&page=1&page_size=2").json()["data"]
+        assert page["total"] == 3 and [item["task_id"] for item in page["items"]] == ids[::-1][:2]
+        assert admin(gw, "GET", "/tasks?status=failed").json()["data"]["total"] == 0
+        assert admin(gw, "GET", "/tasks?page_size=1000").status_code == 400
+        assert admin(gw, "GET", "/tasks?status=lost").status_code == 400
+
+    def test_task_detail_shows_reports_and_webhook_tries(self, gw: Gateway) -> None:
+        """A task's detail lists the delivery reports recorded for it and every try of its webhook event."""
+        receiver = LoopbackServer(lambda request: Reply(200, "{}")).start()
+        try:
+            repo.set_webhook(gw.app_id, receiver.url + "/events")
+            task_id = gw.send("otp", "13800138000", {"code": "1"})["data"]["task_id"]
+            gw.wait(task_id)
+            deadline = time.monotonic() + 10
+            while not (detail := admin(gw, "GET", f"/tasks/{task_id}").json()["data"])["webhooks"] or \
+                    not detail["webhooks"][0]["tries"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            [hook] = detail["webhooks"]
+            assert hook["event"] == "delivered" and [t["status_code"] for t in hook["tries"]] == [200]
+            assert detail["callbacks"] == []
+        finally:
+            receiver.stop()

@@ -421,3 +421,19 @@ def test_stale_open_tasks_lists_only_old_unfinished_ones() -> None:
     cutoff = now - timedelta(minutes=10)
     assert repo.stale_open_tasks(cutoff) == [first.task_id, second.task_id]
     assert repo.stale_open_tasks(cutoff, limit=1) == [first.task_id]
+
+
+def test_list_tasks_pages_newest_first_with_filters() -> None:
+    """The admin task list filters by app, status and batch, pages newest first and counts all matches."""
+    first = create_task("a" * 16, status="success")
+    second = create_task("a" * 16, status="success")
+    create_task("a" * 16, status="failed")
+    create_task("b" * 16, status="success")
+    total, page = repo.list_tasks(app_id="a" * 16, status="success", page=1, page_size=1)
+    assert total == 2 and [task.task_id for task in page] == [second.task_id]
+    assert [task.task_id for task in repo.list_tasks(app_id="a" * 16, status="success", page=2, page_size=1)[1]] == [
+        first.task_id]
+    with pytest.raises(ValueError):
+        repo.list_tasks(page_size=101)
+    with pytest.raises(ValueError):
+        repo.list_tasks(status="lost")
