@@ -13,6 +13,7 @@ messages per second, accept-to-delivery latency p50/p99.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import json
 import os
@@ -21,11 +22,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import redis
 
@@ -110,43 +110,54 @@ def signed_requests(count: int, app_id: str, secret: str, batch: int, port: int)
     return built
 
 
-class Client(threading.Thread):
-    """Sends pre-signed requests on one keep-alive connection at its share of the offered rate."""
+@dataclass
+class Tally:
+    """What the clients saw: latencies, refusals, and when each task was accepted."""
 
-    def __init__(self, port: int, requests: list[bytes], rate: float, batch: int,
-                 accepted: dict[str, float], latencies: list[float], errors: list[str]) -> None:
-        super().__init__(daemon=True)
-        self.port, self.requests, self.interval, self.batch = port, requests, 1.0 / rate, batch
-        self.accepted, self.latencies, self.errors = accepted, latencies, errors
-
-    def run(self) -> None:
-        sock = socket.create_connection(("127.0.0.1", self.port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        reader = sock.makefile("rb")
-        next_at = time.monotonic()
-        for request in self.requests:
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            started = time.perf_counter()
-            sock.sendall(request)
-            answer = json.loads(read_response(reader))
-            self.latencies.append(time.perf_counter() - started)
-            if answer["code"] != 0:
-                self.errors.append(answer["message"])
-            elif self.batch == 1:
-                self.accepted[answer["data"]["task_id"]] = time.time()
-            next_at += self.interval
-        sock.close()
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    accepted: dict[str, float] = field(default_factory=dict)
 
 
-def read_response(reader: BinaryIO) -> bytes:
+async def client(port: int, requests: list[bytes], interval: float, start: float, batch: int, tally: Tally) -> None:
+    """Sends pre-signed requests on one keep-alive connection, one every `interval` seconds from `start`.
+
+    All clients share one thread and event loop: threads in the load generator would queue on its
+    own GIL and add that wait to the latencies it measures.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    loop, next_at = asyncio.get_running_loop(), start
+    for request in requests:
+        delay = next_at - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        started = time.perf_counter()
+        writer.write(request)
+        answer = json.loads(await read_response(reader))
+        tally.latencies.append(time.perf_counter() - started)
+        if answer["code"] != 0:
+            tally.errors.append(answer["message"])
+        elif batch == 1:
+            tally.accepted[answer["data"]["task_id"]] = time.time()
+        next_at += interval
+    writer.close()
+
+
+async def read_response(reader: asyncio.StreamReader) -> bytes:
     """The body of one HTTP/1.1 response with a Content-Length (what uvicorn sends for JSON)."""
     length = 0
-    while (line := reader.readline()) not in (b"\r\n", b""):
+    while (line := await reader.readline()) not in (b"\r\n", b""):
         if line[:15].lower() == b"content-length:":
             length = int(line[15:])
-    return reader.read(length)
+    return await reader.readexactly(length)
+
+
+async def offer(port: int, prepared: list[bytes], clients: int, interval: float, batch: int, tally: Tally) -> None:
+    start = asyncio.get_running_loop().time() + 0.1
+    share = len(prepared) // clients
+    await asyncio.gather(*(client(port, prepared[i * share:(i + 1) * share], interval, start + i * interval / clients,
+                                  batch, tally) for i in range(clients)))
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -206,22 +217,16 @@ def main() -> int:
 
 def run_load(args: argparse.Namespace, api_port: int, mock_port: int, app_id: str, secret: str,
              processes: dict[str, int]) -> int:
-    accepted: dict[str, float] = {}
-    latencies: list[float] = []
-    errors: list[str] = []
+    tally = Tally()
     request_rate = args.rate / args.batch
     per_client = int(request_rate * args.seconds / args.clients)
     prepared = signed_requests(per_client * args.clients, app_id, secret, args.batch, api_port)
-    clients = [Client(api_port, prepared[i * per_client:(i + 1) * per_client], request_rate / args.clients,
-                      args.batch, accepted, latencies, errors) for i in range(args.clients)]
     started = time.monotonic()
     wall_start = time.time()
     cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
-    for client in clients:
-        client.start()
-    for client in clients:
-        client.join()
+    asyncio.run(offer(api_port, prepared, args.clients, args.clients / request_rate, args.batch, tally))
     load_seconds = time.monotonic() - started
+    latencies, errors, accepted = tally.latencies, tally.errors, tally.accepted
     offered = len(latencies) * args.batch
     received = wait_delivered(mock_port, offered - len(errors) * args.batch, timeout=120)
     cpu = {name: [after - before for after, before in zip(cpu_seconds(pid), cpu_before[name])]
