@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from tests.support.loopback import LoopbackServer, Reply
-from tests.support.service import gateway
+from tests.support.service import gateway, write_rules
 
 RULES = """
 templates:
@@ -31,9 +31,7 @@ def test_alert_action_posts_the_alert_and_fails_the_task(tmp_path: Path) -> None
     """A failure matching an alert rule posts the reference's alert payload, then fails the task under that rule."""
     receiver = LoopbackServer(lambda request: Reply(200, "{}")).start()
     try:
-        rules = tmp_path / "rules"
-        rules.mkdir()
-        (rules / "rules.yaml").write_text(RULES.format(url=receiver.url), encoding="utf-8")
+        rules = write_rules(tmp_path, RULES.format(url=receiver.url))
         with gateway(tmp_path, rules) as gw:
             task_id = gw.send("otp", "13800138000", {"code": "1"})["data"]["task_id"]
             task = gw.wait(task_id)

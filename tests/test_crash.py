@@ -14,7 +14,7 @@ from pathlib import Path
 from engine.store import repo
 from engine.store.models import Attempt
 from tests.support.loopback import LoopbackServer, Reply
-from tests.support.service import ENCRYPTION_KEY, REDIS_URL, gateway
+from tests.support.service import ENCRYPTION_KEY, REDIS_URL, gateway, write_rules
 
 RULES = """
 templates:
@@ -58,9 +58,7 @@ def test_killed_worker_is_taken_over_without_resending_an_attempt(tmp_path: Path
     """After SIGKILL of the first worker, a second one brings all 1,000 tasks to a final status,
     and the vendor never receives one attempt (task, attempt number) twice."""
     vendor = LoopbackServer(lambda request: Reply(200, '{"code": 0}', delay=0.01)).start()
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "rules.yaml").write_text(RULES.format(url=vendor.url), encoding="utf-8")
+    rules = write_rules(tmp_path, RULES.format(url=vendor.url))
     database_url = f"sqlite:///{tmp_path / 'mpush.db'}"
     first = second = None
     try:

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from engine.queue import job
 from engine.store import repo
-from tests.support.service import gateway
+from tests.support.service import gateway, write_rules
 
 RULES = """
 settings: {timezone: Asia/Shanghai}
@@ -30,9 +30,7 @@ quotas:
 def test_quiet_hours_and_deferring_quota_hold_messages_in_the_delayed_set(tmp_path: Path) -> None:
     """A quiet-hours route schedules the task for 09:00 local; a quota past its limit with on_exceed
     defer accepts the message and schedules it for local midnight, both as durable delayed jobs."""
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "rules.yaml").write_text(RULES, encoding="utf-8")
+    rules = write_rules(tmp_path, RULES)
     zone = ZoneInfo("Asia/Shanghai")
     with gateway(tmp_path, rules) as gw:
         quiet = gw.send("quiet", "13800138000", {"text": "sale"})["data"]["task_id"]

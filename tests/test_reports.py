@@ -16,7 +16,7 @@ from engine.store import repo
 from engine.store.models import Callback, WebhookDelivery
 from engine.worker import Worker
 from tests.support.loopback import LoopbackServer, Recorded, Reply
-from tests.support.service import Gateway, gateway
+from tests.support.service import Gateway, gateway, write_rules
 
 RULES = """
 templates:
@@ -61,10 +61,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def rules_dir(tmp_path: Path) -> Path:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "rules.yaml").write_text(RULES.format(), encoding="utf-8")
-    return rules
+    return write_rules(tmp_path, RULES.format())
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import requests
 
 from engine.store import repo
 from tests.support.loopback import LoopbackServer, Recorded, Reply
-from tests.support.service import Gateway, gateway
+from tests.support.service import Gateway, gateway, write_rules
 
 RULES = """
 settings: {{timezone: Asia/Shanghai, default_region: CN}}
@@ -106,9 +106,7 @@ def vendor() -> Iterator[Vendor]:
 
 @pytest.fixture
 def gw(tmp_path: Path, vendor: Vendor) -> Iterator[Gateway]:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "rules.yaml").write_text(RULES.format(url=vendor.url), encoding="utf-8")
+    rules = write_rules(tmp_path, RULES.format(url=vendor.url))
     with gateway(tmp_path, rules) as running:
         yield running
 

@@ -13,7 +13,7 @@ import requests
 from engine.store import repo
 from tests.support.loopback import LoopbackServer, Reply
 
-from tests.support.service import Gateway, gateway
+from tests.support.service import Gateway, gateway, write_rules
 
 RULES = """
 templates:
@@ -29,9 +29,7 @@ routing:
 
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[Gateway]:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "rules.yaml").write_text(RULES, encoding="utf-8")
+    rules = write_rules(tmp_path, RULES)
     with gateway(tmp_path, rules) as running:
         yield running
 

@@ -15,7 +15,7 @@ import requests
 
 from engine.signing import sign_headers
 from engine.store import repo
-from tests.support.service import Gateway, gateway
+from tests.support.service import Gateway, gateway, write_rules
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,9 +33,7 @@ routing:
 
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[Gateway]:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "rules.yaml").write_text(RULES, encoding="utf-8")
+    rules = write_rules(tmp_path, RULES)
     with gateway(tmp_path, rules, workers=False) as running:
         yield running
 

@@ -14,7 +14,7 @@ from engine import delivery
 from engine.store import repo
 from engine.store.models import OPEN_TASK_STATUSES
 from tests.support.loopback import LoopbackServer, Reply
-from tests.support.service import Gateway, gateway
+from tests.support.service import Gateway, gateway, write_rules
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,9 +43,7 @@ def vendor() -> Iterator[LoopbackServer]:
 
 @pytest.fixture
 def gw(tmp_path: Path, vendor: LoopbackServer) -> Iterator[Gateway]:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "rules.yaml").write_text(RULES.format(url=vendor.url), encoding="utf-8")
+    rules = write_rules(tmp_path, RULES.format(url=vendor.url))
     with gateway(tmp_path, rules, workers=False) as running:
         yield running
 

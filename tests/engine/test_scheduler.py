@@ -8,7 +8,7 @@ from pathlib import Path
 from engine import scheduler
 from engine.queue import job
 from engine.store.models import Task
-from tests.support.service import gateway
+from tests.support.service import gateway, write_rules
 
 RULES = """
 templates: [{name: code, variables: [code], text: "code {code}"}]
@@ -21,9 +21,7 @@ routing: [{name: otp, when: {channel: otp}, providers: [{use: fake}]}]
 def test_stranded_open_tasks_are_requeued_once(tmp_path: Path) -> None:
     """A pending task untouched for longer than the threshold with no delayed job goes back on the
     stream; one that still has its delayed job, and a fresh one, do not."""
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "rules.yaml").write_text(RULES, encoding="utf-8")
+    rules = write_rules(tmp_path, RULES)
     with gateway(tmp_path, rules, workers=False) as gw:
         ids = [gw.send("otp", f"1380000000{i}", {"code": "1"})["data"]["task_id"] for i in range(3)]
         gw.svc.redis.delete(gw.svc.queue.stream)  # Redis lost the stream

@@ -79,6 +79,14 @@ class Gateway:
             time.sleep(0.05)
 
 
+def write_rules(tmp: Path, text: str) -> Path:
+    """A rules directory under `tmp` holding `text` as its one rule file."""
+    rules = tmp / "rules"
+    rules.mkdir()
+    (rules / "rules.yaml").write_text(text, encoding="utf-8")
+    return rules
+
+
 def settings_for(tmp: Path, rules_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
         data_dir=tmp / "data", rules_dir=rules_dir, redis_url=REDIS_URL,
