@@ -18,7 +18,7 @@ from engine.store import db as store_db
 from engine.store.crypto import key_from_text
 from engine.store.migrations import migrate
 from engine.tokens import RedisTokenCache
-from engine.transport import RequestsTransport
+from engine.transport import HttpTransport
 
 log = logging.getLogger("mpush")
 
@@ -34,7 +34,7 @@ class Services:
     queue: Queue
     limits: Limits
     selector: Selector
-    transport: RequestsTransport
+    transport: HttpTransport
     tokens: RedisTokenCache
     key: bytes
 
@@ -71,7 +71,7 @@ def open_services(settings: Settings, *, rules: RuleSetHolder | None = None) -> 
         queue=queue,
         limits=Limits(client),
         selector=Selector(client),
-        transport=RequestsTransport(),
+        transport=HttpTransport(),
         tokens=RedisTokenCache(client),
         key=key_from_text(settings.encryption_key),
     )

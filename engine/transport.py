@@ -1,48 +1,78 @@
-"""The HTTP transport that carries providers' requests: one shared urllib3 connection pool manager."""
+"""The HTTP transport that carries providers' requests: libcurl (pycurl), one easy handle per thread."""
 
 from __future__ import annotations
 
+import threading
+from io import BytesIO
+
 import certifi
-import urllib3
+import pycurl
 
 from providers.base import HttpRequest, HttpResponse, TransportError
 
 
 class HttpTransport:
-    """Performs `HttpRequest`s over keep-alive connections pooled per host; safe to share between threads.
+    """Performs `HttpRequest`s over keep-alive connections; safe to share between threads.
 
-    urllib3 directly costs about a third of the CPU of a `requests.Session` per call, which is
-    most of a worker's budget on loopback. Semantics match the session it replaces: no proxies
-    from the environment, TLS verified against certifi's bundle, no retries, no redirects, and
-    the request's timeout for connecting and for each read.
+    A provider call on loopback costs about 100 µs of CPU through libcurl, against about 400 µs
+    through urllib3 and 600 µs through a `requests.Session`, and libcurl runs the call without
+    the GIL, so the send threads of a worker do not queue on each other. Each thread keeps its
+    own handle, whose connection cache gives keep-alive per host. Semantics: no proxies from the
+    environment, TLS verified against certifi's bundle, no retries, no redirects, and the
+    request's timeout both for connecting and for the whole exchange.
     """
 
-    def __init__(self, pool_size: int = 32) -> None:
-        self._pools = urllib3.PoolManager(num_pools=64, maxsize=pool_size, cert_reqs="CERT_REQUIRED",
-                                          ca_certs=certifi.where(), retries=False)
+    def __init__(self) -> None:
+        self._local = threading.local()
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        curl = self._handle()
+        body, header_lines = BytesIO(), []
+        curl.reset()
+        curl.setopt(pycurl.NOSIGNAL, 1)  # timeouts without SIGALRM, which only the main thread may take
+        curl.setopt(pycurl.PROXY, "")  # ignore http_proxy and friends from the environment
+        curl.setopt(pycurl.CAINFO, certifi.where())
+        curl.setopt(pycurl.URL, request.url)
+        curl.setopt(pycurl.HTTPHEADER, [f"{name}: {value}" for name, value in request.headers.items()] + ["Expect:"])
+        if request.method == "GET" and not request.body:
+            curl.setopt(pycurl.HTTPGET, 1)
+        else:
+            curl.setopt(pycurl.CUSTOMREQUEST, request.method)
+            curl.setopt(pycurl.POSTFIELDS, request.body or b"")
+        curl.setopt(pycurl.WRITEFUNCTION, body.write)
+        curl.setopt(pycurl.HEADERFUNCTION, header_lines.append)
+        timeout_ms = max(1, round(request.timeout * 1000))
+        curl.setopt(pycurl.CONNECTTIMEOUT_MS, timeout_ms)
+        curl.setopt(pycurl.TIMEOUT_MS, timeout_ms)
         try:
-            response = self._pools.request(
-                request.method,
-                request.url,
-                body=request.body or None,
-                headers=dict(request.headers),
-                timeout=urllib3.Timeout(connect=request.timeout, read=request.timeout),
-                redirect=False,
-                retries=False,
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            raise TransportError(f"{type(exc).__name__}: {_first_line(exc)}") from None
-        return HttpResponse(response.status, dict(response.headers), response.data)
+            curl.perform()
+        except pycurl.error as exc:
+            code, text = exc.args if len(exc.args) == 2 else (0, str(exc))
+            raise TransportError(f"curl error {code}: {text}") from None
+        return HttpResponse(int(curl.getinfo(pycurl.RESPONSE_CODE)), _headers(header_lines), body.getvalue())
 
     def close(self) -> None:
-        self._pools.clear()
+        """Close this thread's handle and its connections (other threads' close with their thread)."""
+        curl = getattr(self._local, "curl", None)
+        if curl is not None:
+            curl.close()
+            del self._local.curl
+
+    def _handle(self) -> pycurl.Curl:
+        curl = getattr(self._local, "curl", None)
+        if curl is None:
+            curl = self._local.curl = pycurl.Curl()
+        return curl
 
 
-# The name the wiring (engine.services) and the provider tests still import.
-RequestsTransport = HttpTransport
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+def _headers(lines: list[bytes]) -> dict[str, str]:
+    """The final response's headers (after any 1xx interim response), names lower-cased."""
+    headers: dict[str, str] = {}
+    for raw in lines:
+        line = raw.decode("iso-8859-1").rstrip("\r\n")
+        if line.startswith("HTTP/"):
+            headers = {}
+        elif ":" in line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    return headers

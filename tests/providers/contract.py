@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from types import ModuleType
 from typing import Any
 
-from engine.transport import RequestsTransport
+from engine.transport import HttpTransport
 from providers.base import (
     Account, Message, Outcome, SendContext, SendResult, secret_values, validate_config, with_defaults,
 )
@@ -36,7 +36,7 @@ from tests.support.tokens import MemoryTokenCache
 
 TIMEOUT = 0.3  # every case's config must pass this as `timeout`
 SLOW = 1.0
-TRANSPORT = RequestsTransport()
+TRANSPORT = HttpTransport()
 
 Vendor = Callable[[Reply, list[str]], Handler]
 

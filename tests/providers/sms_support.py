@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
-from engine.transport import RequestsTransport
+from engine.transport import HttpTransport
 from providers.base import CallbackRequest, SendContext, SendResult
 
 
@@ -25,7 +25,7 @@ class NoTokens:
 
 def live_context() -> SendContext:
     """Real HTTP over loopback, the wall clock (vendors check request times), no token cache."""
-    return SendContext(RequestsTransport(), datetime.now(timezone.utc), NoTokens())
+    return SendContext(HttpTransport(), datetime.now(timezone.utc), NoTokens())
 
 
 def push_request(
