@@ -71,19 +71,21 @@ def verify(svc: Services, method: str, path: str, headers: dict[str, str], raw: 
 
 
 def admit_nonces(svc: Services, callers: Sequence[Caller], now: float) -> list[ApiError | None]:
-    """Remember each verified request's nonce (all in one round trip) and count it against its app's rate;
-    per caller, None when admitted, else the refusal. A nonce seen before is a replay."""
+    """Remember each verified request's nonce and count it against its app's rate (a round trip for each,
+    whatever the number of callers); per caller, None when admitted, else the refusal. A nonce seen before
+    is a replay, and a replay counts against no rate."""
     pipe = svc.redis.pipeline(transaction=False)
     for caller in callers:
         pipe.set(keys.nonce(caller.app.app_id, caller.nonce), 1, nx=True, ex=2 * WINDOW_SECONDS)
+    fresh = [bool(new) for new in pipe.execute()]
+    within_rate = iter(svc.limits.rate_allow_many(
+        [(caller.app.app_id, caller.app.rate_limit) for caller, new in zip(callers, fresh) if new], now))
     refusals: list[ApiError | None] = []
-    for caller, fresh in zip(callers, pipe.execute()):
-        if not fresh:
+    for new in fresh:
+        if not new:
             refusals.append(ApiError(errors.INVALID_SIGNATURE, "invalid signature: nonce already used (replay)"))
-        elif caller.app.rate_limit and not svc.limits.rate_allow(caller.app.app_id, caller.app.rate_limit, now):
-            refusals.append(ApiError(errors.RATE_LIMITED))
         else:
-            refusals.append(None)
+            refusals.append(None if next(within_rate) else ApiError(errors.RATE_LIMITED))
     return refusals
 
 

@@ -6,6 +6,7 @@ in the stream or the delayed set. Anything refused changes nothing (quota units 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Sequence
@@ -17,7 +18,9 @@ import redis
 
 from engine import metrics
 from engine.policy.decisions import QuotaCheck
+from engine.limits import Admission
 from engine.policy.model import Channel, Template, render
+from engine.policy.ruleset import RuleSet
 from engine.queue import job
 from engine.services import Services
 from engine.store import repo
@@ -125,18 +128,24 @@ def accept(svc: Services, app: Application, request: SendRequest, now: float) ->
 def accept_many(svc: Services, requests: Sequence[tuple[Application, SendRequest]], now: float
                 ) -> list[Accepted | Exception]:
     """`accept` for many requests at once, an outcome per request (`Refused`, or whatever else went wrong, is
-    returned, not raised): the plain single-receiver ones are stored in one transaction and enqueued in one
-    round trip; batches and idempotent requests go through `accept`."""
+    returned, not raised): the plain single-receiver ones are admitted in one round trip, stored in one
+    transaction and enqueued in one round trip; batches and idempotent requests go through `accept`."""
     outcomes: dict[int, Accepted | Exception] = {}
-    admitted: dict[int, Admitted] = {}
+    plain: dict[int, tuple[Application, SendRequest]] = {}
     for index, (app, request) in enumerate(requests):
-        try:
-            if request.batch or request.idempotency_key:
+        if request.batch or request.idempotency_key:
+            try:
                 outcomes[index] = accept(svc, app, request, now)
-            else:
-                admitted[index] = admit(svc, app, request, now)
-        except Exception as exc:  # this request's failure is its own, as when accepted alone
-            outcomes[index] = exc
+            except Exception as exc:  # this request's failure is its own, as when accepted alone
+                outcomes[index] = exc
+        else:
+            plain[index] = (app, request)
+    admitted: dict[int, Admitted] = {}
+    for index, outcome in zip(plain, admit_many(svc, list(plain.values()), now)):
+        if isinstance(outcome, Admitted):
+            admitted[index] = outcome
+        else:
+            outcomes[index] = outcome
     if admitted:
         outcomes.update(zip(admitted, _store_and_enqueue_many(svc, list(admitted.values()))))
     return [outcomes[index] for index in range(len(requests))]
@@ -144,7 +153,34 @@ def accept_many(svc: Services, requests: Sequence[tuple[Application, SendRequest
 
 def admit(svc: Services, app: Application, request: SendRequest, now: float) -> Admitted:
     """Validate the request against the live rule set and take its quota units; raise `Refused` otherwise."""
+    outcome = admit_many(svc, [(app, request)], now)[0]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def admit_many(svc: Services, requests: Sequence[tuple[Application, SendRequest]], now: float
+               ) -> list[Admitted | Exception]:
+    """`admit` for many requests, their quota units taken in one round trip and in order; per request its
+    admission, or the exception that refused it."""
     ruleset = svc.rules.current
+    outcomes: list[Admitted | Exception] = []
+    for app, request in requests:
+        try:
+            outcomes.append(_checked(ruleset, app, request, now))
+        except Refused as exc:
+            outcomes.append(exc)
+    checked = [item for item in outcomes if isinstance(item, Admitted)]
+    try:
+        admissions = svc.limits.admit_many([(item.checks, item.costs) for item in checked], now=now)
+    except redis.RedisError as exc:
+        return [exc if isinstance(item, Admitted) else item for item in outcomes]
+    decided = iter([_counted(item, admission) for item, admission in zip(checked, admissions)])
+    return [next(decided) if isinstance(item, Admitted) else item for item in outcomes]
+
+
+def _checked(ruleset: RuleSet, app: Application, request: SendRequest, now: float) -> Admitted:
+    """The request validated against the rule set, with the quota checks it must pass (none counted yet)."""
     channel = ruleset.channel(request.channel)
     if channel is None:
         raise Refused("invalid", "invalid channel_id: record not found")
@@ -152,15 +188,18 @@ def admit(svc: Services, app: Application, request: SendRequest, now: float) -> 
     missing = template.missing(request.params)
     if missing:
         raise Refused("invalid", f"missing template params: [{' '.join(missing)}]")
-    moment = datetime.fromtimestamp(now, UTC)
-    checks, costs = _quota_checks(svc, app, channel, request, moment)
-    admission = svc.limits.admit(checks, now=now, costs=costs)
+    checks, costs = _quota_checks(ruleset, app, channel, request, datetime.fromtimestamp(now, UTC))
     due = request.scheduled_at.timestamp() if request.scheduled_at and request.scheduled_at.timestamp() > now else None
-    if not admission.allowed:
-        if admission.on_exceed != "defer" or admission.retry_at is None:
-            raise Refused("quota", f"quota exceeded: {admission.rule}")
-        due = max(due or 0.0, admission.retry_at)
-    return Admitted(app, request, channel, template, now, due, checks, costs, admission.allowed)
+    return Admitted(app, request, channel, template, now, due, checks, costs, False)
+
+
+def _counted(item: Admitted, admission: Admission) -> Admitted | Refused:
+    """What the quota counters said: counted, deferred until the exhausted window resets, or refused."""
+    if admission.allowed:
+        return dataclasses.replace(item, counted=True)
+    if admission.on_exceed != "defer" or admission.retry_at is None:
+        return Refused("quota", f"quota exceeded: {admission.rule}")
+    return dataclasses.replace(item, due=max(item.due or 0.0, admission.retry_at))
 
 
 def _store_and_enqueue_many(svc: Services, admitted: list[Admitted]) -> list[Accepted | Exception]:
@@ -253,10 +292,9 @@ def _task_row(app: Application, channel: Channel, template: Template, request: S
     }
 
 
-def _quota_checks(svc: Services, app: Application, channel: Channel, request: SendRequest,
+def _quota_checks(ruleset: RuleSet, app: Application, channel: Channel, request: SendRequest,
                   moment: datetime) -> tuple[list[QuotaCheck], list[int]]:
     """Every quota that applies, merged by counter key, with how many units each receiver costs it."""
-    ruleset = svc.rules.current
     merged: dict[str, tuple[QuotaCheck, int]] = {}
     if app.daily_quota:
         merged["app.daily_quota"] = (QuotaCheck("app.daily_quota", f"app-quota|app={app.app_id}",

@@ -11,18 +11,28 @@ from engine import keys
 from engine.policy.decisions import OnExceed, QuotaCheck
 from engine.policy.selection import counter_ttl, window_bucket, window_end
 
-# KEYS: counters. ARGV: cost, limit and ttl per counter. Returns 0, or the 1-based index of the first
-# counter without room for its cost — in which case nothing was counted.
+# Takes the units of several requests in order, each all or nothing. KEYS: the counters of every
+# request, one request after another. ARGV: the number of requests, then how many counters each
+# has, then cost, limit and ttl per counter. Returns per request 0, or the 1-based index of its
+# first counter without room for its cost — in which case nothing of that request was counted.
 _TAKE = """
-for i = 1, #KEYS do
-  local cost, limit = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1])
-  if tonumber(redis.call('GET', KEYS[i]) or '0') + cost > limit then return i end
+local requests = tonumber(ARGV[1])
+local results, k, a = {}, 0, requests + 1
+for r = 1, requests do
+  local size, failed = tonumber(ARGV[1 + r]), 0
+  for i = 1, size do
+    local cost, limit = tonumber(ARGV[a + 3 * i - 2]), tonumber(ARGV[a + 3 * i - 1])
+    if tonumber(redis.call('GET', KEYS[k + i]) or '0') + cost > limit then failed = i break end
+  end
+  if failed == 0 then
+    for i = 1, size do
+      local cost = tonumber(ARGV[a + 3 * i - 2])
+      if redis.call('INCRBY', KEYS[k + i], cost) == cost then redis.call('EXPIRE', KEYS[k + i], ARGV[a + 3 * i]) end
+    end
+  end
+  results[r], k, a = failed, k + size, a + 3 * size
 end
-for i = 1, #KEYS do
-  local cost = tonumber(ARGV[3 * i - 2])
-  if redis.call('INCRBY', KEYS[i], cost) == cost then redis.call('EXPIRE', KEYS[i], ARGV[3 * i]) end
-end
-return 0
+return results
 """
 
 # KEYS: counters. ARGV: cost per counter. Gives back up to that many units, never below zero.
@@ -86,19 +96,21 @@ class Limits:
         `cost` applies to every check; `costs` gives one per check instead (a batch costs a per-app
         quota one unit per receiver, but a per-receiver quota one unit).
         """
-        per_check = _costs(checks, cost, costs)
-        if not checks:
-            return ADMITTED
-        args: list[int] = []
-        for check, units in zip(checks, per_check):
-            args += [units, check.limit, counter_ttl(check.window_seconds)]
-        exhausted = int(self._take(keys=[counter_key(c, now) for c in checks], args=args))
-        if not exhausted:
-            return ADMITTED
-        check = checks[exhausted - 1]
-        bucket = window_bucket(now, check.window_seconds, check.utc_offset)
-        retry_at = window_end(bucket, check.window_seconds, check.utc_offset)
-        return Admission(False, check.rule, check.on_exceed, retry_at)
+        return self.admit_many([(checks, _costs(checks, cost, costs))], now=now)[0]
+
+    def admit_many(self, requests: Sequence[tuple[Sequence[QuotaCheck], Sequence[int]]], *, now: float
+                   ) -> list[Admission]:
+        """`admit` for several requests (their checks and a cost per check) in one round trip: each is
+        counted whole or not at all, in order, so a later request sees what the earlier ones took."""
+        for checks, costs in requests:
+            _costs(checks, 1, costs)
+        counted = [(checks, costs) for checks, costs in requests if checks]
+        if not counted:
+            return [ADMITTED] * len(requests)
+        exhausted = iter(self._take_many([[(counter_key(check, now), units, check.limit,
+                                            counter_ttl(check.window_seconds)) for check, units in zip(checks, costs)]
+                                          for checks, costs in counted]))
+        return [_admission(checks, next(exhausted), now) if checks else ADMITTED for checks, _ in requests]
 
     def refund(
         self, checks: Sequence[QuotaCheck], now: float, cost: int = 1, *, costs: Sequence[int] | None = None
@@ -117,9 +129,32 @@ class Limits:
 
     def rate_allow(self, app_id: str, limit_per_second: int, now: float) -> bool:
         """One request of an app within its per-second limit (0 = unlimited)."""
-        if limit_per_second < 0:
-            raise ValueError(f"rate limit must be >= 0, got {limit_per_second}")
-        if limit_per_second == 0:
-            return True
-        key = keys.rate(app_id, window_bucket(now, 1))
-        return not int(self._take(keys=[key], args=[1, limit_per_second, counter_ttl(1)]))
+        return self.rate_allow_many([(app_id, limit_per_second)], now)[0]
+
+    def rate_allow_many(self, requests: Sequence[tuple[str, int]], now: float) -> list[bool]:
+        """`rate_allow` for several requests (app id and its limit) in one round trip, counted in order."""
+        if any(limit < 0 for _, limit in requests):
+            raise ValueError(f"rate limits must be >= 0, got {[limit for _, limit in requests]}")
+        limited = [[(keys.rate(app_id, window_bucket(now, 1)), 1, limit, counter_ttl(1))]
+                   for app_id, limit in requests if limit]
+        refused = iter(self._take_many(limited) if limited else [])
+        return [not next(refused) if limit else True for _, limit in requests]
+
+    def _take_many(self, requests: list[list[tuple[str, int, int, int]]]) -> list[int]:
+        """Run the take script over requests of (counter key, cost, limit, ttl); per request 0 or the
+        1-based index of its counter that had no room."""
+        counter_keys = [key for counters in requests for key, *_ in counters]
+        args: list[int | str] = [len(requests), *(len(counters) for counters in requests)]
+        for counters in requests:
+            for _, cost, limit, ttl in counters:
+                args += [cost, limit, ttl]
+        return [int(result) for result in self._take(keys=counter_keys, args=args)]
+
+
+def _admission(checks: Sequence[QuotaCheck], exhausted: int, now: float) -> Admission:
+    """What the take script's answer for one request means: admitted, or which rule refused and until when."""
+    if not exhausted:
+        return ADMITTED
+    check = checks[exhausted - 1]
+    bucket = window_bucket(now, check.window_seconds, check.utc_offset)
+    return Admission(False, check.rule, check.on_exceed, window_end(bucket, check.window_seconds, check.utc_offset))

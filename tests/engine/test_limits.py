@@ -177,29 +177,75 @@ _calls = st.lists(
 )
 
 
+class _Model:
+    """The plain model of the counters: per rule and window, the sum of admitted costs, never above the limit."""
+
+    def __init__(self, checks: list[QuotaCheck]) -> None:
+        self.checks = checks
+        self.used: dict[tuple[int, int], int] = {}
+
+    def admit(self, indexes: list[int], costs: list[int], now: float) -> tuple[bool, str | None]:
+        slots = [(i, window_bucket(now, self.checks[i].window_seconds)) for i in indexes]
+        full = [s for s in slots if self.used.get(s, 0) + costs[s[0]] > self.checks[s[0]].limit]
+        if full:
+            return False, self.checks[full[0][0]].rule
+        for s in slots:
+            self.used[s] = self.used.get(s, 0) + costs[s[0]]
+        return True, None
+
+    def assert_matches(self, limits: Limits, now: float) -> None:
+        for i, check in enumerate(self.checks):
+            assert limits.used(check, now) == self.used.get((i, window_bucket(now, check.window_seconds)), 0)
+            assert limits.used(check, now) <= check.limit
+
+
+def _model_checks() -> list[QuotaCheck]:
+    return [_check("m0", 7, 60), _check("m1", 12, 300), _check("m2", 20, 3600)]
+
+
 @settings(max_examples=60, deadline=None)
 @given(calls=_calls)
 def test_counters_match_a_reference_model(limits: Limits, calls: list[tuple[list[int], float, set[int]]]) -> None:
     """For any sequence of admissions with any costs, times and rule subsets, decisions and counters equal a
     plain model: per rule and window, the sum of admitted costs, never above the limit."""
-    checks = [_check("m0", 7, 60), _check("m1", 12, 300), _check("m2", 20, 3600)]
-    model: dict[tuple[int, int], int] = {}
+    model = _Model(_model_checks())
     for costs, offset, chosen in calls:
-        now = T0 + offset
         indexes = sorted(chosen)
-        slots = [(i, window_bucket(now, checks[i].window_seconds)) for i in indexes]
-        expected = all(model.get(s, 0) + costs[s[0]] <= checks[s[0]].limit for s in slots)
-        verdict = limits.admit([checks[i] for i in indexes], now=now, costs=[costs[i] for i in indexes])
-        assert verdict.allowed == expected
-        if expected:
-            for s in slots:
-                model[s] = model.get(s, 0) + costs[s[0]]
-        else:
-            first = next(s for s in slots if model.get(s, 0) + costs[s[0]] > checks[s[0]].limit)
-            assert verdict.rule == checks[first[0]].rule
-        for i, check in enumerate(checks):
-            assert limits.used(check, now) == model.get((i, window_bucket(now, check.window_seconds)), 0)
-            assert limits.used(check, now) <= check.limit
+        verdict = limits.admit([model.checks[i] for i in indexes], now=T0 + offset, costs=[costs[i] for i in indexes])
+        assert (verdict.allowed, verdict.rule) == model.admit(indexes, costs, T0 + offset)
+        model.assert_matches(limits, T0 + offset)
+
+
+@settings(max_examples=40, deadline=None)
+@given(groups=st.lists(st.tuples(st.floats(0, 400), _calls), min_size=1, max_size=5))
+def test_admit_many_decides_each_request_as_if_admitted_alone_in_order(
+        limits: Limits, groups: list[tuple[float, list[tuple[list[int], float, set[int]]]]]) -> None:
+    """A group admitted in one round trip gets, request by request, the verdicts and counts that one
+    admission after another would give: a later request sees what the earlier ones took."""
+    model = _Model(_model_checks())
+    for offset, calls in groups:
+        requests = [sorted(chosen) for _, _, chosen in calls]
+        verdicts = limits.admit_many([([model.checks[i] for i in indexes], [costs[i] for i in indexes])
+                                      for indexes, (costs, _, _) in zip(requests, calls)], now=T0 + offset)
+        expected = [model.admit(indexes, costs, T0 + offset) for indexes, (costs, _, _) in zip(requests, calls)]
+        assert [(v.allowed, v.rule) for v in verdicts] == expected
+        model.assert_matches(limits, T0 + offset)
+
+
+def test_admit_many_with_no_checks_admits_without_touching_redis(limits: Limits) -> None:
+    """Requests no quota applies to are admitted even with Redis unreachable."""
+    offline = Limits(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
+    assert [a.allowed for a in offline.admit_many([([], []), ([], [])], now=T0)] == [True, True]
+
+
+def test_rate_allow_many_counts_in_order_per_app(limits: Limits) -> None:
+    """Several requests' rate checks in one round trip: each app's limit holds across the group, 0 is unlimited."""
+    busy, calm = _unique("busy"), _unique("calm")
+    group = [(busy, 2), (calm, 0), (busy, 2), (busy, 2), (calm, 0)]
+    assert limits.rate_allow_many(group, T0 + 0.2) == [True, True, True, False, True]
+    assert limits.rate_allow_many([(busy, 2)], T0 + 1.2) == [True]
+    with pytest.raises(ValueError):
+        limits.rate_allow_many([(busy, -1)], T0)
 
 
 def test_daily_window_follows_local_midnight(limits: Limits) -> None:
