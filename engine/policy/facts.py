@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -70,11 +71,41 @@ def receiver_country(receiver: str, default_region: str) -> str:
     """ISO region of a phone number ("+8613800138000" -> "CN"); "" for anything else."""
     if "@" in receiver or not any(ch.isdigit() for ch in receiver):
         return ""
+    quick = _single_region_country(receiver, default_region)
+    if quick is not None:
+        return quick
     try:
         number = phonenumbers.parse(receiver, default_region)
     except phonenumbers.NumberParseException:
         return ""
     return phonenumbers.region_code_for_number(number) or ""
+
+
+_PLAIN_NUMBER = re.compile(r"\+?[1-9][0-9]{4,17}")
+
+
+def _single_region_country(receiver: str, default_region: str) -> str | None:
+    """The region `phonenumbers` gives a number of bare ASCII digits whose calling code belongs to one
+    region alone, read off the calling code without its full parse (a fifth of the cost); None when
+    the number needs that parse: other characters, a shared code such as +1, an international prefix."""
+    if not _PLAIN_NUMBER.fullmatch(receiver):
+        return None
+    if receiver[0] == "+":
+        digits = receiver[1:]
+        size = next((n for n in (1, 2, 3) if int(digits[:n]) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE), 0)
+        if not size:
+            return None
+        regions, national = phonenumbers.COUNTRY_CODE_TO_REGION_CODE[int(digits[:size])], digits[size:]
+    else:
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(default_region)
+        if metadata is None or metadata.international_prefix is None or metadata.country_code is None:
+            return None
+        if re.match(metadata.international_prefix, receiver):
+            return None
+        regions, national = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(metadata.country_code, ()), receiver
+    if len(regions) != 1 or not 4 <= len(national) <= 15:
+        return None
+    return regions[0]
 
 
 def receiver_domain(receiver: str) -> str:
