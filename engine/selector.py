@@ -67,9 +67,13 @@ end
 """
 
 # KEYS: breaker, rate per candidate, then one round-robin hash per tier.
-# ARGV: now, candidates, tiers, then per candidate: name, weight, tier, rate limit, rate ttl, open_for, probes.
+# ARGV: now, candidates, tiers, then per candidate: name, weight, tier, rate limit, rate ttl, open_for, probes;
+# then the state ttl and how many messages to choose for, one after another. Returns one choice per message.
 _CHOOSE = _BREAKER_LUA + """
 local now, n, tiers = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttl, times = ARGV[#ARGV - 1], tonumber(ARGV[#ARGV])
+
+local function choose()
 local verdicts = {}
 for i = 1, n do verdicts[i] = '' end
 for t = 1, tiers do
@@ -109,7 +113,7 @@ for t = 1, tiers do
       pairs_[2 * j] = string.format('%d', current[j])
     end
     redis.call('HSET', swrr, unpack(pairs_))
-    redis.call('EXPIRE', swrr, ARGV[#ARGV])
+    redis.call('EXPIRE', swrr, ttl)
     local i = eligible[best]
     local a = 3 + (i - 1) * 7
     acquire(KEYS[2 * i - 1], breakers[i], now, tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]))
@@ -120,14 +124,21 @@ for t = 1, tiers do
   end
 end
 return {false, 0, verdicts}
+end
+
+local choices = {}
+for m = 1, times do choices[m] = choose() end
+return choices
 """
 
-# KEYS: breaker. ARGV: ok (1/0), now, failure_ratio, min_calls, window_seconds, open_for, probes, ttl.
+# KEYS: breaker. ARGV: now, failure_ratio, min_calls, window_seconds, open_for, probes, ttl, then the
+# outcomes (1 ok / 0 failed) in the order they happened. Returns the state after each.
 _RECORD = _BREAKER_LUA + """
-local key = KEYS[1]
-local ok, now = ARGV[1] == '1', tonumber(ARGV[2])
-local ratio, min_calls, window = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local open_for, probes = tonumber(ARGV[6]), tonumber(ARGV[7])
+local key, now = KEYS[1], tonumber(ARGV[1])
+local ratio, min_calls, window = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local open_for, probes, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+
+local function record(ok)
 local b = load(key)
 if b.state == 'open' then return 'open' end
 if b.state == 'half_open' then
@@ -139,7 +150,7 @@ if b.state == 'half_open' then
   else
     redis.call('HSET', key, 'probes_ok', b.ok + 1)
   end
-  redis.call('EXPIRE', key, ARGV[8])
+  redis.call('EXPIRE', key, ttl)
   return ok and 'half_open' or 'open'
 end
 local bucket = math.floor(now / (window / SLOTS))
@@ -157,11 +168,16 @@ for s = 0, SLOTS - 1 do
 end
 if calls >= min_calls and failures >= ratio * calls then
   open(key, now + open_for)
-  redis.call('EXPIRE', key, ARGV[8])
+  redis.call('EXPIRE', key, ttl)
   return 'open'
 end
-redis.call('EXPIRE', key, ARGV[8])
+redis.call('EXPIRE', key, ttl)
 return 'closed'
+end
+
+local states = {}
+for i = 8, #ARGV do states[i - 7] = record(ARGV[i] == '1') end
+return states
 """
 
 _VERDICTS = {"open": "circuit open", "half_open": "half-open, probe slots busy", "rate": "over its send rate"}
@@ -288,23 +304,38 @@ class Selector:
         return self.choose_many([ChoiceRequest(tiers, scope, exclude, accounts)], now)[0]
 
     def choose_many(self, requests: Sequence[ChoiceRequest], now: float) -> list[Choice]:
-        """`choose` for several messages in one round trip; Redis runs the choices in order, so the
-        result is exactly that of choosing one after another."""
+        """`choose` for several messages in one round trip. Identical requests (the usual batch: one route)
+        are chosen for in one script call; Redis runs the choices one after another, so the result is
+        exactly that of choosing for each group's messages in turn, groups in order of appearance."""
         calls = [_choose_call(request, now) for request in requests]
-        replies = iter(self._pipelined(self._choose, [(call.keys, call.args) for call in calls if call.entries]))
-        return [call.choice(next(replies) if call.entries else None) for call in calls]
+        groups: dict[tuple[tuple[str, ...], tuple[object, ...]], list[int]] = {}
+        for index, call in enumerate(calls):
+            if call.entries:
+                groups.setdefault((tuple(call.keys), tuple(call.args)), []).append(index)
+        replies: dict[int, Sequence[object] | None] = {}
+        batches = self._pipelined(self._choose, [(list(keys), [*args, len(members)])
+                                                 for (keys, args), members in groups.items()])
+        for members, batch in zip(groups.values(), batches):
+            replies.update(zip(members, batch))
+        return [call.choice(replies.get(index)) for index, call in enumerate(calls)]
 
     def record(self, provider: str, ok: bool, policy: CircuitPolicy, now: float) -> BreakerState:
         """Count one call's outcome; `ok=False` only for retryable failures. Returns the state after it."""
         return self.record_many([(provider, ok, policy)], now)[0]
 
     def record_many(self, outcomes: Sequence[tuple[str, bool, CircuitPolicy]], now: float) -> list[BreakerState]:
-        """`record` for several calls in one round trip, applied in order."""
-        calls = [([keys.breaker(provider)], [1 if ok else 0, now, policy.failure_ratio, policy.min_calls,
-                                             policy.window_seconds, policy.open_for_seconds,
-                                             policy.half_open_probes, STATE_TTL])
-                 for provider, ok, policy in outcomes]
-        return [_text(state) for state in self._pipelined(self._record, calls)]  # type: ignore[misc]
+        """`record` for several calls in one round trip, applied in order: one script call per account."""
+        groups: dict[tuple[str, CircuitPolicy], list[int]] = {}
+        for index, (provider, _, policy) in enumerate(outcomes):
+            groups.setdefault((provider, policy), []).append(index)
+        calls = [([keys.breaker(provider)], [now, policy.failure_ratio, policy.min_calls, policy.window_seconds,
+                                             policy.open_for_seconds, policy.half_open_probes, STATE_TTL,
+                                             *(1 if outcomes[i][1] else 0 for i in members)])
+                 for (provider, policy), members in groups.items()]
+        states: dict[int, BreakerState] = {}
+        for members, replies in zip(groups.values(), self._pipelined(self._record, calls)):
+            states.update(zip(members, map(_text, replies)))  # type: ignore[arg-type]
+        return [states[index] for index in range(len(outcomes))]
 
     def _pipelined(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
         """Run `script` once per call in one round trip, in order.

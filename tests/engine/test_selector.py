@@ -313,6 +313,39 @@ def test_record_many_counts_like_recording_one_by_one(selector: Selector) -> Non
     assert selector.record_many([], T0) == []
 
 
+@settings(max_examples=60, deadline=None)
+@given(outcomes=st.lists(st.tuples(st.sampled_from([0, 1, 2]), st.booleans()), max_size=30),
+       step=st.floats(0, 40))
+def test_record_many_equals_recording_one_by_one(selector: Selector, outcomes: list[tuple[int, bool]],
+                                                 step: float) -> None:
+    """Outcomes of several accounts interleaved in one batch leave every breaker, and answer every state,
+    as recording them one at a time would."""
+    batched, single = _names("x", "y", "z"), _names("x", "y", "z")
+    for names in (batched, single):  # a history first, so half-open and open breakers are batched too
+        selector.record_many([(names[0], False, POLICY)] * POLICY.min_calls, T0)
+    states = selector.record_many([(batched[i], ok, POLICY) for i, ok in outcomes], T0 + step)
+    assert states == [selector.record(single[i], ok, POLICY, T0 + step) for i, ok in outcomes]
+    assert [selector.breaker(name) for name in batched] == [selector.breaker(name) for name in single]
+
+
+def test_choose_many_groups_equal_choosing_group_by_group(selector: Selector) -> None:
+    """Interleaved requests of two routes get, route by route, the picks of choosing one after another."""
+    from engine.selector import ChoiceRequest
+
+    def routes() -> tuple[ChoiceRequest, ChoiceRequest]:
+        a, b = _names("a", "b")
+        accounts = _accounts([a, b])
+        return (ChoiceRequest(((Candidate(a, 2), Candidate(b, 1)),), _scope(), frozenset(), accounts),
+                ChoiceRequest(((Candidate(a, 1), Candidate(b, 3)),), _scope(), frozenset(), accounts))
+
+    first, second = routes()
+    batched = [choice.provider for choice in selector.choose_many([first, second] * 3, T0)]
+    first, second = routes()
+    alone = [selector.choose_many([request], T0)[0].provider for request in [first] * 3 + [second] * 3]
+    assert [name.split("-")[0] for name in batched[0::2] + batched[1::2]] == [name.split("-")[0] for name in alone]
+    assert [name.split("-")[0] for name in alone] == ["a", "b", "a", "b", "a", "b"]
+
+
 def test_batches_survive_a_redis_that_forgot_its_scripts(selector: Selector, client: redis.Redis) -> None:
     """After SCRIPT FLUSH (a restarted Redis) a pipelined batch loads the scripts again and runs once."""
     (name,) = _names("flushed")
