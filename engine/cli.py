@@ -114,7 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("serve.listening http://%s:%d rules=%s redis=%s database=%s", host, port, svc.rules.current.version,
              "embedded" if settings.embedded_redis else "external", settings.effective_database_url.split("://")[0])
     log.info("serve.admin_token stored in %s", settings.data_dir / "admin.token")
-    server = uvicorn.Server(uvicorn.Config(create_app(svc), host=host, port=port, log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(create_app(svc), host=host, port=port, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=10))
     try:
         server.run()

@@ -388,8 +388,8 @@ def finish_attempt(
     latency_ms: int | None = None,
 ) -> None:
     """Record how a begun attempt ended."""
-    _finish(AttemptEnd(task_id, number, status, final, provider_message_id, error_code, error_message, request,
-                       response, latency_ms))
+    _finish_many([AttemptEnd(task_id, number, status, final, provider_message_id, error_code, error_message,
+                             request, response, latency_ms)])
 
 
 @_guarded
@@ -482,8 +482,7 @@ def record_attempts(ends: Sequence[AttemptEnd], changes: Sequence[StatusChange])
         return []
     applied: dict[int, bool] = {}
     with _write_transaction():
-        for end in sorted(ends, key=lambda end: (end.task_id, end.number)):
-            _finish(end)
+        _finish_many(sorted(ends, key=lambda end: (end.task_id, end.number)))
         for index, change in sorted(enumerate(changes), key=lambda item: item[1].task_id):
             fields = {**change.fields, "updated_at": utcnow()}
             applied[index] = _update(Task, fields, {"task_id": change.task_id}, status_in=change.expected) > 0
@@ -516,14 +515,25 @@ def _claim_one(claim: AttemptClaim, expected: tuple[str, ...]) -> bool:
     return True
 
 
-def _finish(end: AttemptEnd) -> None:
-    if end.status not in ATTEMPT_STATUSES:
-        raise ValueError(f"attempt status must be one of {ATTEMPT_STATUSES}, got {end.status!r}")
-    values = dict(status=end.status, final=end.final, provider_message_id=end.provider_message_id,
+def _finish_many(ends: Sequence[AttemptEnd]) -> None:
+    """Finish the attempts with one statement run for each; NotFound when any of them was never begun."""
+    for end in ends:
+        if end.status not in ATTEMPT_STATUSES:
+            raise ValueError(f"attempt status must be one of {ATTEMPT_STATUSES}, got {end.status!r}")
+    if not ends:
+        return
+    finished_at = utcnow()
+    rows = [(dict(status=end.status, final=end.final, provider_message_id=end.provider_message_id,
                   error_code=end.error_code, error_message=end.error_message, request=end.request,
-                  response=end.response, latency_ms=end.latency_ms, finished_at=utcnow())
-    if not _update(Attempt, values, {"task_id": end.task_id, "number": end.number}):
-        raise NotFound(f"no attempt {end.number} of task {end.task_id!r}")
+                  response=end.response, latency_ms=end.latency_ms, finished_at=finished_at),
+             {"task_id": end.task_id, "number": end.number}) for end in ends]
+    sql = statements.update_sql(_db(), Attempt, tuple(rows[0][0]), tuple(rows[0][1]))
+    params = [statements.db_values(Attempt, values) + statements.db_values(Attempt, where) for values, where in rows]
+    matched = statements.execute_many(_db(), sql, params)
+    if matched != len(ends):
+        begun = {(a.task_id, a.number) for a in Attempt.select().where(Attempt.task_id.in_([e.task_id for e in ends]))}
+        missing = [(end.task_id, end.number) for end in ends if (end.task_id, end.number) not in begun]
+        raise NotFound(f"attempts never begun: {missing}")
 
 
 # -- prepared statements for the per-message path (see engine.store.statements) -----------------------------

@@ -108,3 +108,10 @@ def _instance(model: type[M], fields: Iterable[peewee.Field], row: Sequence[Any]
 def execute(db: peewee.Database, sql: str, params: Sequence[Any]) -> int:
     """Run an INSERT or UPDATE; the number of rows it matched."""
     return int(db.execute_sql(sql, params).rowcount)
+
+
+def execute_many(db: peewee.Database, sql: str, params: Sequence[Sequence[Any]]) -> int:
+    """Run one INSERT or UPDATE for each parameter row in a single driver call; the rows they matched in all."""
+    cursor = db.cursor()
+    cursor.executemany(sql, params)
+    return int(cursor.rowcount)
