@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -68,6 +69,7 @@ class RuleSet:
         self._network = _start_network(self.program) if backend == "network" else None
         self.backend = "network" if self._network is not None else "reference"
         if self._network is not None:
+            self._network_matching = _memoized_matching(self._network, self.program.names)
             weakref.finalize(self, self._network.close)
 
     def __repr__(self) -> str:
@@ -119,9 +121,9 @@ class RuleSet:
     def matching(self, kind: str, fact: Fact) -> list[int]:
         """Positions of the rules of `kind` that match, in priority order."""
         if self._network is not None:
-            names = self._network.matches(self.program.message(kind, fact.fields))
-            if names is not None:
-                return sorted({self.program.names[name][1] for name in names})
+            positions = self._network_matching(tuple(self.program.message(kind, fact.fields).items()))
+            if positions is not None:
+                return list(positions)
         return reference.matching(self._rules[kind], fact.fields)
 
     def route(self, fact: Fact) -> RoutingDecision:
@@ -161,6 +163,23 @@ class RuleSet:
         """Free the engine state (evaluations afterwards use the reference evaluator)."""
         if self._network is not None:
             self._network.close()
+
+
+MATCH_MEMO = 4096
+
+
+def _memoized_matching(network: Any, names: Mapping[str, tuple[str, int]]
+                       ) -> Callable[[tuple[tuple[str, Any], ...]], tuple[int, ...] | None]:
+    """The network's matches per engine message, remembered: the message holds only what rules test (the
+    integer fields and one flag per text test), so the messages of a day's traffic repeat, while each
+    fact differs. Holds no reference to the rule set, so dropping the rule set still closes the network."""
+
+    @functools.lru_cache(maxsize=MATCH_MEMO)
+    def positions(message: tuple[tuple[str, Any], ...]) -> tuple[int, ...] | None:
+        found = network.matches(dict(message))
+        return None if found is None else tuple(sorted({names[name][1] for name in found}))
+
+    return positions
 
 
 def quota_check(rule: QuotaRule, fields: Mapping[str, Any], utc_offset: int = 0) -> QuotaCheck:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import datetime, timezone
 from typing import Any
 
@@ -180,6 +181,33 @@ def test_closed_network_falls_back_to_the_reference_evaluator() -> None:
     before = ruleset.route(fact(ruleset))
     ruleset.close()
     assert ruleset.route(fact(ruleset)) == before
+
+
+def test_a_dropped_rule_set_closes_its_network_without_waiting_for_the_collector() -> None:
+    """The remembered matches keep no cycle through the rule set: the last reference gone, its engine is freed."""
+    ruleset = load(RULES)
+    ruleset.route(fact(ruleset))
+    network = ruleset._network
+    assert network is not None and not network.closed
+    gc.disable()
+    try:
+        del ruleset
+        assert network.closed
+    finally:
+        gc.enable()
+
+
+def test_repeated_evaluations_answer_as_the_reference_does() -> None:
+    """Facts that share everything rules test are decided from memory after the first, and every decision,
+    receiver-keyed quotas included, still equals the reference evaluator's."""
+    network, reference = load(RULES), load(RULES, backend="reference")
+    for n in range(40):
+        for channel in ("sms", "promo"):
+            receiver = f"+86138001{n:05d}" if n % 2 else f"+1415555{n:04d}"
+            facts = [fact(ruleset, channel=channel, receiver=receiver) for ruleset in (network, reference)]
+            assert network.route(facts[0]) == reference.route(facts[1])
+            assert network.quotas(facts[0]) == reference.quotas(facts[1])
+    assert network._network_matching.cache_info().hits > 100
 
 
 def test_explain_names_winner_losers_and_reasons(ruleset: RuleSet) -> None:
