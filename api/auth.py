@@ -71,9 +71,9 @@ def verify(svc: Services, method: str, path: str, headers: dict[str, str], raw: 
 
 
 def admit_nonces(svc: Services, callers: Sequence[Caller], now: float) -> list[ApiError | None]:
-    """Remember each verified request's nonce and count it against its app's rate (a round trip for each,
-    whatever the number of callers); per caller, None when admitted, else the refusal. A nonce seen before
-    is a replay, and a replay counts against no rate."""
+    """Remember each verified request's nonce and count it against its app's rate: one round trip for all
+    the nonces, one for all the rates. Per caller, None when admitted, else the refusal. A nonce seen
+    before is a replay, and a replay counts against no rate."""
     pipe = svc.redis.pipeline(transaction=False)
     for caller in callers:
         pipe.set(keys.nonce(caller.app.app_id, caller.nonce), 1, nx=True, ex=2 * WINDOW_SECONDS)

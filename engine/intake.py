@@ -17,8 +17,8 @@ from typing import Any, Literal
 import redis
 
 from engine import metrics
-from engine.policy.decisions import QuotaCheck
 from engine.limits import Admission
+from engine.policy.decisions import QuotaCheck
 from engine.policy.model import Channel, Template, render
 from engine.policy.ruleset import RuleSet
 from engine.queue import job
