@@ -2,7 +2,7 @@
 
 Starts a mock vendor (uvicorn), one `mpush serve --no-workers` process and one `mpush worker`
 process on a scratch rules dir, database and Redis db, then offers load at a fixed rate from
-client threads and prints: offered and achieved accept rate, accept latency p50/p99, delivered
+asyncio clients on keep-alive connections and prints: offered and achieved accept rate, accept latency p50/p99, delivered
 messages per second, accept-to-delivery latency p50/p99.
 
     .venv/bin/python bench/e2e_bench.py --rate 1000 --seconds 20
