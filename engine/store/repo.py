@@ -7,7 +7,8 @@ it cannot be reached. Datetimes go in and come out timezone-aware (UTC).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
@@ -17,7 +18,7 @@ import peewee
 
 from engine.store.crypto import decrypt_secret, encrypt_secret, new_app_id, new_secret
 from engine.store import statements
-from engine.store.db import connection
+from engine.store.db import connection, writer_turn
 from engine.store.models import (
     APP_STATUSES,
     ATTEMPT_STATUSES,
@@ -66,11 +67,18 @@ def _db() -> peewee.Database:
     return database.obj
 
 
-def _write_transaction() -> peewee._atomic:
+@contextmanager
+def _write_transaction() -> Iterator[None]:
     """A transaction that writes. On SQLite it takes the write lock at BEGIN (IMMEDIATE), so two processes
-    never both hold a read snapshot and then deadlock upgrading it; the busy timeout waits for the lock instead."""
+    never both hold a read snapshot and then deadlock upgrading it, and it waits for its writer turn first,
+    so it never meets the lock taken and sleeps in the busy handler."""
     db = _db()
-    return db.atomic("IMMEDIATE") if isinstance(db, peewee.SqliteDatabase) else db.atomic()
+    if not isinstance(db, peewee.SqliteDatabase):
+        with db.atomic():
+            yield
+        return
+    with writer_turn(db), db.atomic("IMMEDIATE"):
+        yield
 
 
 # -- applications ---------------------------------------------------------------------------------------------
@@ -180,7 +188,8 @@ def create_tasks(rows: list[dict[str, Any]], batch: dict[str, Any] | None = None
     prepared = [_new_task_row(row) for row in rows]
     try:
         if batch is None and len(prepared) == 1:
-            _insert(Task, prepared[0])  # one statement is its own transaction: a single round trip
+            with writer_turn(_db()):
+                _insert(Task, prepared[0])  # one statement is its own transaction: a single round trip
             return
         with _write_transaction():
             if batch is not None:

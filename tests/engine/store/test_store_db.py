@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -10,7 +14,7 @@ import pytest
 from playhouse.pool import PooledMySQLDatabase, PooledPostgresqlDatabase
 
 from engine.store import repo
-from engine.store.db import StoreUnavailable, bind, connect, connection, ping
+from engine.store.db import StoreUnavailable, WriterTurns, bind, connect, connection, ping
 from engine.store.migrations import SchemaVersion, migrate
 from engine.store.models import MODELS, database
 
@@ -148,3 +152,77 @@ def test_concurrent_migrations_apply_each_step_exactly_once(db: peewee.Database)
         thread.join(timeout=30)
     assert errors == []
     assert sorted(results) == [[], ["001_create_tables"]]
+
+
+def _enters(turns: WriterTurns) -> tuple[threading.Event, threading.Event]:
+    """Start a thread that takes a turn; (inside, let_go): set when it got in, set to make it leave."""
+    inside, let_go = threading.Event(), threading.Event()
+
+    def take() -> None:
+        with turns.turn():
+            inside.set()
+            let_go.wait(10)
+
+    threading.Thread(target=take, daemon=True).start()
+    return inside, let_go
+
+
+def test_writer_turns_admit_one_thread_at_a_time(tmp_path: Path) -> None:
+    """While one thread holds the write turn another waits, and gets in once the first lets go."""
+    turns = WriterTurns(str(tmp_path / "mpush.db"))
+    first_inside, first_go = _enters(turns)
+    assert first_inside.wait(5)
+    second_inside, second_go = _enters(turns)
+    assert not second_inside.wait(0.3)
+    first_go.set()
+    assert second_inside.wait(5)
+    second_go.set()
+
+
+def test_writer_turns_are_reentrant_and_held_until_the_outer_turn_ends(tmp_path: Path) -> None:
+    """A nested turn in the same thread does not wait on itself, and leaving it keeps the outer turn held."""
+    turns = WriterTurns(str(tmp_path / "mpush.db"))
+    with turns.turn():
+        with turns.turn():
+            pass
+        other_inside, other_go = _enters(turns)
+        assert not other_inside.wait(0.3)
+    assert other_inside.wait(5)
+    other_go.set()
+
+
+def test_a_process_that_dies_holding_the_turn_gives_it_up(tmp_path: Path) -> None:
+    """The turn of a killed process is released by the kernel: the next writer gets in."""
+    path = str(tmp_path / "mpush.db")
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from engine.store.db import WriterTurns
+        with WriterTurns({path!r}).turn():
+            print("held", flush=True)
+            time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[3])
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        inside, go = _enters(WriterTurns(path))
+        assert not inside.wait(0.3)
+        holder.send_signal(signal.SIGKILL)
+        assert inside.wait(5)
+        go.set()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_sqlite_write_transactions_take_their_turn(tmp_path: Path) -> None:
+    """Storing a task in a SQLite file waits while another writer holds the turn, then goes ahead."""
+    db = connect(f"sqlite:///{tmp_path / 'mpush.db'}")
+    bind(db)
+    migrate(db)
+    other, other_go = _enters(WriterTurns(str(tmp_path / "mpush.db")))
+    assert other.wait(5)
+    created = threading.Event()
+    row = {"task_id": "turn-task", "app_id": "a" * 16, "receiver": "13800000000"}
+    threading.Thread(target=lambda: (repo.create_tasks([row]), created.set()), daemon=True).start()
+    assert not created.wait(0.3)
+    other_go.set()
+    assert created.wait(5)
