@@ -81,8 +81,14 @@ class Queue:
         """Move jobs due by `now` to the stream; returns how many moved."""
         return int(self._release_due(keys=[self.delayed, self.stream], args=[now, limit]))
 
-    def read(self, consumer: str, *, count: int = 10, block_ms: int = 1000) -> list[Entry]:
-        response = self.redis.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms)
+    def read(self, consumer: str, *, count: int = 10, block_ms: int = 1000, ack: Sequence[str] = ()) -> list[Entry]:
+        """New entries for `consumer`, after acknowledging the `ack` ids of its previous read in the same
+        round trip (Redis runs the acknowledgement before the read starts waiting)."""
+        pipe = self.redis.pipeline(transaction=False)
+        if ack:
+            self._ack(pipe, ack)
+        pipe.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms)
+        response = pipe.execute()[-1]
         return [_entry(eid, data) for _, messages in response or () for eid, data in messages if data]
 
     def reclaim(self, consumer: str, *, min_idle_ms: int, count: int = 100) -> list[Entry]:
@@ -93,9 +99,12 @@ class Queue:
     def ack(self, entry_ids: Sequence[str]) -> None:
         if entry_ids:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.xack(self.stream, self.group, *entry_ids)
-            pipe.xdel(self.stream, *entry_ids)
+            self._ack(pipe, entry_ids)
             pipe.execute()
+
+    def _ack(self, pipe: redis.client.Pipeline, entry_ids: Sequence[str]) -> None:
+        pipe.xack(self.stream, self.group, *entry_ids)
+        pipe.xdel(self.stream, *entry_ids)
 
     def dead_letter(self, entry: Entry, reason: str) -> None:
         self.redis.xadd(keys.DEAD_LETTER, {"job": entry.job, "reason": reason[:500]})

@@ -93,28 +93,35 @@ class Worker:
         return True
 
     def _consume(self, consumer: str, stop: threading.Event) -> None:
-        queue = self.svc.queue
+        """Read, handle, and acknowledge what was done with the next read's round trip (or at the end)."""
+        queue, done = self.svc.queue, list[str]()
         while not stop.is_set():
             try:
-                entries = queue.read(consumer, count=self.read_count, block_ms=500)
+                entries = queue.read(consumer, count=self.read_count, block_ms=500, ack=done)
             except redis.RedisError as exc:
                 log.warning("queue.read failed: %s", exc)
                 stop.wait(1.0)
-                continue
-            self._process(entries)
+                continue  # `done` is acknowledged again with the next read; a repeated XACK is harmless
+            done = self._process(entries)
+        self._ack(done)
 
-    def _process(self, entries: list[Entry]) -> None:
+    def _process(self, entries: list[Entry]) -> list[str]:
+        """Handle a read's entries; the ids that may be acknowledged."""
         with self._lock:
             self._in_hand.update(entry.id for entry in entries)
         try:
             sends = [entry for entry in entries if entry.kind == "send"]
             done = self._deliver(sends, time.time()) if sends else []
-            done += [entry.id for entry in entries if entry.kind != "send" and self.handle(entry, time.time())]
-            if done:
-                self.svc.queue.ack(done)
+            return done + [entry.id for entry in entries if entry.kind != "send" and self.handle(entry, time.time())]
         finally:
             with self._lock:
                 self._in_hand.difference_update(entry.id for entry in entries)
+
+    def _ack(self, done: list[str]) -> None:
+        try:
+            self.svc.queue.ack(done)
+        except redis.RedisError as exc:  # the entries are reclaimed later and found done
+            log.warning("queue.ack failed for %d entries: %s", len(done), exc)
 
     def _deliver(self, entries: list[Entry], now: float) -> list[str]:
         """The send jobs of one read as a batch; the ids that may be acked. A batch that fails for any other
@@ -151,16 +158,17 @@ class Worker:
             if entries:
                 log.info("queue.reclaimed %d entries", len(entries))
             for start in range(0, len(entries), self.read_count):
-                self._process(entries[start : start + self.read_count])
+                self._ack(self._process(entries[start : start + self.read_count]))
 
     def drain(self, *, idle_rounds: int = 2) -> None:
         """Burst mode: handle entries until the stream and the due delayed jobs are empty."""
-        quiet = 0
+        quiet, done = 0, list[str]()
         while quiet < idle_rounds:
             self.svc.queue.release_due(time.time())
-            entries = self.svc.queue.read(f"{self.name}-burst", count=self.read_count, block_ms=50)
+            entries = self.svc.queue.read(f"{self.name}-burst", count=self.read_count, block_ms=50, ack=done)
             quiet = 0 if entries else quiet + 1
-            self._process(entries)
+            done = self._process(entries)
+        self.svc.queue.ack(done)
 
     def _count(self, label: str, n: int = 1) -> None:
         with self._lock:
