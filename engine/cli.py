@@ -119,6 +119,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("serve.admin_token stored in %s", settings.data_dir / "admin.token")
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=10))
+    # uvicorn stops serving on SIGTERM/SIGINT, then raises the signal again against the handler it found
+    # installed: with the default one the process would die there, before the workers finish and the
+    # embedded Redis is shut down. This handler lets the shutdown below run instead.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     try:
         server.run()
     finally:
