@@ -27,7 +27,7 @@ class HttpTransport:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         curl = self._handle()
-        body, header_lines = BytesIO(), []
+        body, header_lines = BytesIO(), list[bytes]()
         curl.reset()
         curl.setopt(pycurl.NOSIGNAL, 1)  # timeouts without SIGALRM, which only the main thread may take
         curl.setopt(pycurl.PROXY, "")  # ignore http_proxy and friends from the environment
