@@ -540,7 +540,8 @@ def _finish_many(ends: Sequence[AttemptEnd]) -> None:
     params = [statements.db_values(Attempt, values) + statements.db_values(Attempt, where) for values, where in rows]
     matched = statements.execute_many(_db(), sql, params)
     if matched != len(ends):
-        begun = {(a.task_id, a.number) for a in Attempt.select().where(Attempt.task_id.in_([e.task_id for e in ends]))}
+        query = Attempt.select(Attempt.task_id, Attempt.number).where(Attempt.task_id.in_([e.task_id for e in ends]))
+        begun = {(attempt.task_id, attempt.number) for attempt in query}
         missing = [(end.task_id, end.number) for end in ends if (end.task_id, end.number) not in begun]
         raise NotFound(f"attempts never begun: {missing}")
 
