@@ -64,9 +64,14 @@ def counter_key(check: QuotaCheck, now: float) -> str:
     return keys.quota(f"{check.rule}:{check.window_seconds}:{check.key}", bucket)
 
 
-def _costs(checks: Sequence[QuotaCheck], cost: int, costs: Sequence[int] | None) -> list[int]:
-    """One cost per check (the same `cost` for all unless `costs` names each), validated with the checks."""
-    per_check = list(costs) if costs is not None else [cost] * len(checks)
+def _per_check(checks: Sequence[QuotaCheck], cost: int, costs: Sequence[int] | None) -> list[int]:
+    """One cost per check: the same `cost` for all unless `costs` names each."""
+    return list(costs) if costs is not None else [cost] * len(checks)
+
+
+def _validated(checks: Sequence[QuotaCheck], costs: Sequence[int]) -> list[int]:
+    """The costs, once they and the checks are known to make a countable request; ValueError otherwise."""
+    per_check = list(costs)
     if len(per_check) != len(checks):
         raise ValueError(f"{len(per_check)} costs for {len(checks)} quota checks")
     if any(c < 1 for c in per_check):
@@ -96,15 +101,14 @@ class Limits:
         `cost` applies to every check; `costs` gives one per check instead (a batch costs a per-app
         quota one unit per receiver, but a per-receiver quota one unit).
         """
-        return self.admit_many([(checks, _costs(checks, cost, costs))], now=now)[0]
+        return self.admit_many([(checks, _per_check(checks, cost, costs))], now=now)[0]
 
     def admit_many(self, requests: Sequence[tuple[Sequence[QuotaCheck], Sequence[int]]], *, now: float
                    ) -> list[Admission]:
         """`admit` for several requests (their checks and a cost per check) in one round trip: each is
         counted whole or not at all, in order, so a later request sees what the earlier ones took."""
-        for checks, costs in requests:
-            _costs(checks, 1, costs)
-        counted = [(checks, costs) for checks, costs in requests if checks]
+        validated = [(checks, _validated(checks, costs)) for checks, costs in requests]
+        counted = [(checks, costs) for checks, costs in validated if checks]
         if not counted:
             return [ADMITTED] * len(requests)
         exhausted = iter(self._take_many([[(counter_key(check, now), units, check.limit,
@@ -119,7 +123,7 @@ class Limits:
 
         Pass the same `now` and costs as to `admit`, so the units go back to the window they came from.
         """
-        per_check = _costs(checks, cost, costs)
+        per_check = _validated(checks, _per_check(checks, cost, costs))
         if checks:
             self._give_back(keys=[counter_key(c, now) for c in checks], args=per_check)
 

@@ -51,13 +51,6 @@ class HttpTransport:
             raise TransportError(f"curl error {code}: {text}") from None
         return HttpResponse(int(curl.getinfo(pycurl.RESPONSE_CODE)), _headers(header_lines), body.getvalue())
 
-    def close(self) -> None:
-        """Close this thread's handle and its connections (other threads' close with their thread)."""
-        curl = getattr(self._local, "curl", None)
-        if curl is not None:
-            curl.close()
-            del self._local.curl
-
     def _handle(self) -> pycurl.Curl:
         curl = getattr(self._local, "curl", None)
         if curl is None:
