@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -18,20 +16,8 @@ from engine.policy.selection import window_bucket
 
 pytestmark = pytest.mark.redis
 
-REDIS_URL = os.environ.get("MPUSH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 RUN = uuid.uuid4().hex[:12]  # every key these tests touch contains it
 T0 = 1_700_000_000.0
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
-    connection.ping()
-    yield connection
-    stale = list(connection.scan_iter(match=f"*{RUN}*", count=1000))
-    if stale:
-        connection.delete(*stale)
-    connection.close()
 
 
 @pytest.fixture(scope="module")

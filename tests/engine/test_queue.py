@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -13,18 +11,14 @@ from engine.queue import Queue, job
 
 pytestmark = pytest.mark.redis
 
-REDIS_URL = os.environ.get("MPUSH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+RUN = uuid.uuid4().hex[:12]  # every key these tests touch contains it
 
 
 @pytest.fixture
-def queue() -> Iterator[Queue]:
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
-    name = f"test-stream-{uuid.uuid4().hex[:10]}"
-    queue = Queue(client, stream=name)
+def queue(client: redis.Redis) -> Queue:
+    queue = Queue(client, stream=f"test-stream-{RUN}-{uuid.uuid4().hex[:8]}")
     queue.ensure_group()
-    yield queue
-    client.delete(name, queue.delayed)
-    client.close()
+    return queue
 
 
 def test_read_acknowledges_the_previous_read_in_the_same_call(queue: Queue) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -25,29 +23,13 @@ from engine.policy.selection import (
     window_bucket,
 )
 from engine.selector import Selector
+from tests.support.redis_server import connect_test_redis
 
 pytestmark = pytest.mark.redis
 
-REDIS_URL = os.environ.get("MPUSH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 RUN = uuid.uuid4().hex[:12]
 T0 = 1_700_000_000.0
 POLICY = CircuitPolicy(failure_ratio=0.5, min_calls=4, window_seconds=60, open_for_seconds=30, half_open_probes=2)
-
-
-def _connect() -> redis.Redis:
-    connection = redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
-    connection.ping()
-    return connection
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[redis.Redis]:
-    connection = _connect()
-    yield connection
-    stale = list(connection.scan_iter(match=f"*{RUN}*", count=1000))
-    if stale:
-        connection.delete(*stale)
-    connection.close()
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +86,7 @@ def test_shared_round_robin_equals_the_pure_step(selector: Selector, weights: li
 
 def test_two_selectors_on_two_connections_share_the_rotation(selector: Selector) -> None:
     """Alternating between two processes' selectors still yields one nginx sequence."""
-    other = Selector(_connect())
+    other = Selector(connect_test_redis())
     a, b, c = _names("a", "b", "c")
     tiers = ((Candidate(a, 5), Candidate(b, 1), Candidate(c, 1)),)
     scope, accounts = _scope(), _accounts([a, b, c])
