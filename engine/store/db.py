@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
+import re
 import threading
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -93,7 +94,7 @@ def connection(db: peewee.Database) -> Iterator[peewee.Database]:
 
 class WriterTurns:
     """Takes turns writing one SQLite file, across the threads and processes using it: an exclusive flock on
-    a file beside it, held around each write transaction.
+    a file beside it, held around each write.
 
     SQLite lets one writer in at a time, and its busy handler makes the others sleep 1, 2, 5, 10, 25, 50,
     then 100 ms between tries; with an API and a worker writing, BEGIN IMMEDIATE waited 4-9 ms at p90 and
@@ -105,26 +106,75 @@ class WriterTurns:
         self.path = f"{database_path}-writer.lock"
         self._local = threading.local()
 
-    @contextmanager
-    def turn(self) -> Iterator[None]:
+    def take(self) -> None:
         local = self._local
         if getattr(local, "fd", None) is None:
             local.fd, local.depth = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600), 0
         if local.depth == 0:
             fcntl.flock(local.fd, fcntl.LOCK_EX)
         local.depth += 1
+
+    def give_back(self) -> None:
+        local = self._local
+        local.depth -= 1
+        if local.depth == 0:
+            fcntl.flock(local.fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        self.take()
         try:
             yield
         finally:
-            local.depth -= 1
-            if local.depth == 0:
-                fcntl.flock(local.fd, fcntl.LOCK_UN)
+            self.give_back()
 
 
-def writer_turn(db: peewee.Database) -> contextlib.AbstractContextManager[None]:
-    """Hold the write turn of `db` when it is a SQLite file (nothing to take turns on otherwise)."""
-    turns = getattr(db, "writer_turns", None)
-    return turns.turn() if isinstance(turns, WriterTurns) else contextlib.nullcontext()
+_WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+
+
+class TurnTakingSqliteDatabase(peewee.SqliteDatabase):
+    """A SQLite file whose writers take turns (`WriterTurns`): a transaction begun IMMEDIATE or EXCLUSIVE
+    holds the turn until it commits or rolls back, and a write outside a transaction for its statement."""
+
+    def __init__(self, database: str, **kwargs: Any) -> None:
+        super().__init__(database, **kwargs)
+        self.writer_turns = WriterTurns(database)
+        self._turn_held = threading.local()
+
+    def begin(self, lock_type: str | None = None) -> None:
+        if lock_type not in ("IMMEDIATE", "EXCLUSIVE"):
+            super().begin(lock_type)
+            return
+        self.writer_turns.take()
+        try:
+            super().begin(lock_type)
+        except BaseException:
+            self.writer_turns.give_back()
+            raise
+        self._turn_held.value = True
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self._end_turn()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._end_turn()
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        if self.in_transaction() or not _WRITE.match(sql):
+            return super().execute_sql(sql, params)
+        with self.writer_turns.turn():
+            return super().execute_sql(sql, params)
+
+    def _end_turn(self) -> None:
+        if getattr(self._turn_held, "value", False):
+            self._turn_held.value = False
+            self.writer_turns.give_back()
 
 
 def _sqlite(path: str) -> peewee.SqliteDatabase:
@@ -137,9 +187,7 @@ def _sqlite(path: str) -> peewee.SqliteDatabase:
         name = f"file:mpush-{uuid.uuid4().hex}?mode=memory&cache=shared"
         return peewee.SqliteDatabase(name, uri=True, pragmas={"foreign_keys": 1}, timeout=5)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    db = peewee.SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=5)
-    db.writer_turns = WriterTurns(path)  # type: ignore[attr-defined]
-    return db
+    return TurnTakingSqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=5)
 
 
 def _mysql(name: str, options: dict[str, object]) -> peewee.MySQLDatabase:

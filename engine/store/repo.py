@@ -7,8 +7,7 @@ it cannot be reached. Datetimes go in and come out timezone-aware (UTC).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
@@ -18,7 +17,7 @@ import peewee
 
 from engine.store.crypto import decrypt_secret, encrypt_secret, new_app_id, new_secret
 from engine.store import statements
-from engine.store.db import connection, writer_turn
+from engine.store.db import connection
 from engine.store.models import (
     APP_STATUSES,
     ATTEMPT_STATUSES,
@@ -67,18 +66,12 @@ def _db() -> peewee.Database:
     return database.obj
 
 
-@contextmanager
-def _write_transaction() -> Iterator[None]:
+def _write_transaction() -> peewee._atomic:
     """A transaction that writes. On SQLite it takes the write lock at BEGIN (IMMEDIATE), so two processes
-    never both hold a read snapshot and then deadlock upgrading it, and it waits for its writer turn first,
-    so it never meets the lock taken and sleeps in the busy handler."""
+    never both hold a read snapshot and then deadlock upgrading it; it waits for its writer turn first
+    (`TurnTakingSqliteDatabase`), so it never meets the lock taken and sleeps in the busy handler."""
     db = _db()
-    if not isinstance(db, peewee.SqliteDatabase):
-        with db.atomic():
-            yield
-        return
-    with writer_turn(db), db.atomic("IMMEDIATE"):
-        yield
+    return db.atomic("IMMEDIATE") if isinstance(db, peewee.SqliteDatabase) else db.atomic()
 
 
 # -- applications ---------------------------------------------------------------------------------------------
@@ -188,8 +181,7 @@ def create_tasks(rows: list[dict[str, Any]], batch: dict[str, Any] | None = None
     prepared = [_new_task_row(row) for row in rows]
     try:
         if batch is None and len(prepared) == 1:
-            with writer_turn(_db()):
-                _insert(Task, prepared[0])  # one statement is its own transaction: a single round trip
+            _insert(Task, prepared[0])  # one statement is its own transaction: a single round trip
             return
         with _write_transaction():
             if batch is not None:
@@ -375,7 +367,7 @@ def begin_attempt(task_id: str, number: int, provider: str, rule: str, rule_vers
     row = _with_defaults(Attempt, dict(task_id=task_id, number=number, provider=provider, rule=rule,
                                        rule_version=rule_version))
     try:
-        with _db().atomic():
+        with _write_transaction():
             _insert(Attempt, row)
     except peewee.IntegrityError:
         return False
@@ -397,8 +389,9 @@ def finish_attempt(
     latency_ms: int | None = None,
 ) -> None:
     """Record how a begun attempt ended."""
-    _finish_many([AttemptEnd(task_id, number, status, final, provider_message_id, error_code, error_message,
-                             request, response, latency_ms)])
+    with _write_transaction():
+        _finish_many([AttemptEnd(task_id, number, status, final, provider_message_id, error_code, error_message,
+                                 request, response, latency_ms)])
 
 
 @_guarded
@@ -525,7 +518,8 @@ def _claim_one(claim: AttemptClaim, expected: tuple[str, ...]) -> bool:
 
 
 def _finish_many(ends: Sequence[AttemptEnd]) -> None:
-    """Finish the attempts with one statement run for each; NotFound when any of them was never begun."""
+    """Finish the attempts with one statement run for each, inside a write transaction (the driver's
+    executemany passes by the database's writer turns); NotFound when any of them was never begun."""
     for end in ends:
         if end.status not in ATTEMPT_STATUSES:
             raise ValueError(f"attempt status must be one of {ATTEMPT_STATUSES}, got {end.status!r}")
@@ -675,7 +669,7 @@ def record_webhook_try(
     if not delivered and not give_up and next_at is None:
         raise ValueError("a try that neither delivered nor gave up needs next_at")
     status = "delivered" if delivered else "failed" if give_up else "pending"
-    with _db().atomic():
+    with _write_transaction():
         # Incrementing in SQL first takes the row lock, so concurrent tries get distinct numbers.
         changed = (
             WebhookDelivery.update(

@@ -213,16 +213,19 @@ def test_a_process_that_dies_holding_the_turn_gives_it_up(tmp_path: Path) -> Non
         holder.wait()
 
 
-def test_sqlite_write_transactions_take_their_turn(tmp_path: Path) -> None:
-    """Storing a task in a SQLite file waits while another writer holds the turn, then goes ahead."""
+@pytest.mark.parametrize("count", [1, 3], ids=["one task, a single statement", "three tasks, a transaction"])
+def test_sqlite_writes_take_their_turn(tmp_path: Path, count: int) -> None:
+    """Storing tasks in a SQLite file, alone or in a transaction, waits while another writer holds the turn,
+    then goes ahead."""
     db = connect(f"sqlite:///{tmp_path / 'mpush.db'}")
     bind(db)
     migrate(db)
     other, other_go = _enters(WriterTurns(str(tmp_path / "mpush.db")))
     assert other.wait(5)
     created = threading.Event()
-    row = {"task_id": "turn-task", "app_id": "a" * 16, "receiver": "13800000000"}
-    threading.Thread(target=lambda: (repo.create_tasks([row]), created.set()), daemon=True).start()
+    rows = [{"task_id": f"turn-task-{n}", "app_id": "a" * 16, "receiver": "13800000000"} for n in range(count)]
+    threading.Thread(target=lambda: (repo.create_tasks(rows), created.set()), daemon=True).start()
     assert not created.wait(0.3)
     other_go.set()
     assert created.wait(5)
+    assert repo.get_task(rows[-1]["task_id"]) is not None
