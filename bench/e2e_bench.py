@@ -1,6 +1,6 @@
 """End-to-end benchmark: signed API -> store -> stream -> worker -> fake provider over loopback.
 
-Starts a mock vendor (uvicorn), one `mpush serve --no-workers` process and one `mpush worker`
+Starts the mock vendor (`mock_vendor.py`), one `mpush serve --no-workers` process and one `mpush worker`
 process on a scratch rules dir, database and Redis db, then offers load at a fixed rate from
 asyncio clients on keep-alive connections and prints: offered and achieved accept rate, accept latency p50/p99, delivered
 messages per second, accept-to-delivery latency p50/p99.
@@ -47,29 +47,6 @@ quotas:
   - {{name: per-app, key: [app], limit: 100000000, per: 1d}}
   - {{name: per-receiver, key: [app, receiver], limit: 1000, per: 1h}}
 """
-
-MOCK = """
-import sys, time, json
-from collections import deque
-received = deque()
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    if scope["path"] == "/stats":
-        body = json.dumps(list(received)).encode()
-    else:
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        received.append((time.time(), json.loads(b"".join(chunks))["task_id"]))
-        body = b'{"code": 0}'
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": body})
-"""
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -182,22 +159,19 @@ def main() -> int:
     mock_port, api_port = free_port(), free_port()
     (tmp / "rules").mkdir()
     (tmp / "rules" / "bench.yaml").write_text(RULES.format(port=mock_port), encoding="utf-8")
-    (tmp / "mock.py").write_text(MOCK, encoding="utf-8")
     database_url = args.database_url or f"sqlite:///{tmp / 'mpush.db'}"
     redis.Redis.from_url(args.redis_url).flushdb()
     env = {**os.environ, "MPUSH_REDIS_URL": args.redis_url, "MPUSH_DATABASE_URL": database_url,
            "MPUSH_RULES_DIR": str(tmp / "rules"), "MPUSH_DATA_DIR": str(tmp / "data"),
            "MPUSH_ENCRYPTION_KEY": "b" * 32, "MPUSH_ADMIN_TOKEN": "bench", "MPUSH_LOG_LEVEL": "WARNING",
-           "MPUSH_WORKER_THREADS": str(args.worker_threads), "MPUSH_WATCH_RULES": "false",
-           "PYTHONPATH": str(tmp)}
+           "MPUSH_WORKER_THREADS": str(args.worker_threads), "MPUSH_WATCH_RULES": "false"}
     mpush = [sys.executable, "-m", "engine.cli"]
     created = subprocess.run([*mpush, "apps", "create", "bench", "--daily-quota", "0", "--rate-limit", "0"],
                              env=env, check=True, capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in created.splitlines() if line.startswith("app_"))
     app_id, secret = fields["app_id"].strip(), fields["app_secret"].strip()
     processes = [
-        subprocess.Popen([sys.executable, "-m", "uvicorn", "mock:app", "--port", str(mock_port), "--log-level",
-                          "warning"], env=env, cwd=tmp),
+        subprocess.Popen([sys.executable, str(ROOT / "bench" / "mock_vendor.py"), str(mock_port)]),
         subprocess.Popen([*mpush, "serve", "--no-workers", "--port", str(api_port)], env=env),
         subprocess.Popen([*mpush, "worker"], env=env),
     ]

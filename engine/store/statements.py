@@ -76,12 +76,23 @@ def update_sql(db: peewee.Database, model: type[peewee.Model], fields: tuple[str
 @lru_cache(maxsize=256)
 def update_in_sql(db: peewee.Database, model: type[peewee.Model], fields: tuple[str, ...], key: str, count: int,
                   status_in: int = 0) -> str:
-    """UPDATE ... SET fields WHERE `key` is one of `count` parameters [AND status IN (n params)]."""
+    """UPDATE ... SET fields WHERE `key` (a unique field) is one of `count` parameters [AND status IN (n params)]."""
     assignments = ", ".join(f"{_column(db, model, name)} = {db.param}" for name in fields)
     condition = f"{_column(db, model, key)} IN ({', '.join([db.param] * count)})"
     if status_in:
         condition += f" AND {_column(db, model, 'status')} IN ({', '.join([db.param] * status_in)})"
-    return f"UPDATE {_table(db, model)} SET {assignments} WHERE {condition}"
+    return f"UPDATE {_table(db, model)}{_by_unique_index(db, model, key)} SET {assignments} WHERE {condition}"
+
+
+def _by_unique_index(db: peewee.Database, model: type[peewee.Model], key: str) -> str:
+    """On SQLite, look rows up by `key`'s own index. Without statistics its planner prefers an index led by
+    `status` once the IN list has nine keys or more, and then walks every open task to update a few."""
+    if not isinstance(db, peewee.SqliteDatabase):
+        return ""
+    field = model._meta.fields[key]
+    if not field.unique:
+        raise ValueError(f"{model.__name__}.{key} has no unique index to look rows up by")
+    return f" INDEXED BY {_quote(db, f'{model._meta.table_name}_{field.column_name}')}"
 
 
 def db_values(model: type[peewee.Model], values: dict[str, Any]) -> list[Any]:

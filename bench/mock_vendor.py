@@ -1,0 +1,63 @@
+"""The vendor the benchmark's `fake` provider calls: answers every POST with `{"code": 0}` and remembers when
+each task id arrived; `GET /stats` returns those (time, task id) pairs.
+
+A bare asyncio protocol rather than an ASGI app: the vendor stands in for another company's machine, so
+the less of this machine's two cores it takes from the gateway under test, the truer the figures.
+
+    python bench/mock_vendor.py PORT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+OK = b'{"code": 0}'
+
+
+def response(body: bytes) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+class Vendor(asyncio.Protocol):
+    """HTTP/1.1 keep-alive requests with a Content-Length body, answered in order."""
+
+    received: list[tuple[float, str]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            head = self.buffer[:end].decode("latin-1")
+            length = next((int(line.split(":", 1)[1]) for line in head.split("\r\n")[1:]
+                           if line.lower().startswith("content-length:")), 0)
+            if len(self.buffer) < end + 4 + length:
+                return
+            body, self.buffer = self.buffer[end + 4 : end + 4 + length], self.buffer[end + 4 + length :]
+            self.transport.write(self.answer(head.split(" ", 2), body))  # type: ignore[attr-defined]
+
+    def answer(self, request_line: list[str], body: bytes) -> bytes:
+        if request_line[0] == "GET" and request_line[1] == "/stats":
+            return response(json.dumps(self.received).encode())
+        self.received.append((time.time(), json.loads(body)["task_id"]))
+        return response(OK)
+
+
+async def serve(port: int) -> None:
+    server = await asyncio.get_running_loop().create_server(Vendor, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    try:
+        from uvloop import run
+    except ImportError:
+        run = asyncio.run  # type: ignore[assignment]
+    run(serve(int(sys.argv[1])))
