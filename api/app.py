@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -16,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import admin, health, public
 from api.callbacks import provider_callback
 from api.errors import INTERNAL, ApiError, envelope, error_response
+from engine.ids import uuid7
 from engine.services import Services
 
 log = logging.getLogger("mpush.api")
@@ -46,7 +46,7 @@ CORS_HEADERS = ["Origin", "Content-Type", "Accept", "Authorization", "Idempotenc
 
 
 class TraceIdMiddleware:
-    """Every response carries a `trace-id` header, as the reference's do."""
+    """Every response carries a `trace-id` header, a UUIDv7 as the reference's are."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -55,7 +55,7 @@ class TraceIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        trace_id = uuid.uuid4().hex.encode()
+        trace_id = uuid7().encode()
 
         async def send_with_trace(message: Message) -> None:
             if message["type"] == "http.response.start":

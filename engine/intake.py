@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from typing import Any, Literal
 import redis
 
 from engine import metrics
+from engine.ids import uuid7
 from engine.limits import Admission
 from engine.policy.decisions import QuotaCheck
 from engine.policy.model import Channel, Template, render
@@ -246,7 +246,7 @@ def _replayed(existing: Task) -> Accepted:
 def _store_and_enqueue(svc: Services, admitted: Admitted) -> Accepted:
     app, channel, template, request = admitted.app, admitted.channel, admitted.template, admitted.request
     moment, due = admitted.moment, admitted.due
-    batch_id = str(uuid.uuid4()) if request.batch else ""
+    batch_id = uuid7() if request.batch else ""
     status = "scheduled" if due else "pending"
     rows = [_task_row(app, channel, template, request, receiver, moment, status, due, batch_id)
             for receiver in request.receivers]
@@ -271,7 +271,7 @@ def _store_and_enqueue(svc: Services, admitted: Admitted) -> Accepted:
 def _task_row(app: Application, channel: Channel, template: Template, request: SendRequest, receiver: str,
               moment: datetime, status: str, due: float | None, batch_id: str) -> dict[str, Any]:
     return {
-        "task_id": str(uuid.uuid4()),
+        "task_id": uuid7(),
         "app_id": app.app_id,
         "batch_id": batch_id or None,
         "channel_id": channel.id,

@@ -68,6 +68,10 @@ def _scalar_text(text: str) -> str:
     return _LONE_SURROGATE.sub("\ufffd", text)
 
 
+_LITERAL_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_int=_number, parse_float=_number,
+                                    parse_constant=_reject_constant)
+
+
 def _parse(body: bytes) -> dict[str, Any] | None:
     """The body as a JSON object, or None when empty / `null`; BodyError otherwise."""
     if not body:
@@ -76,13 +80,7 @@ def _parse(body: bytes) -> dict[str, Any] | None:
     # one U+FFFD — exactly what Go's decoder does per invalid byte.
     text = body.decode("utf-8", "surrogateescape")
     try:
-        doc = json.loads(
-            text,
-            object_pairs_hook=_object,
-            parse_int=_number,
-            parse_float=_number,
-            parse_constant=_reject_constant,
-        )
+        doc = _LITERAL_DECODER.decode(text)
     except BodyError:
         raise
     except (ValueError, RecursionError) as exc:
@@ -202,7 +200,51 @@ def _render(doc: dict[str, Any] | None, dialect: _Dialect) -> str:
 
 def canonical_body(body: bytes) -> str:
     """The reference's canonical JSON of a request body ("" for empty, `{}` and `null`)."""
-    return _render(_parse(body), GO)
+    quick = _go_form_by_json_module(body)
+    return quick if quick is not None else _render(_parse(body), GO)
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def _plain_int(literal: str) -> int:
+    if literal == "-0" or len(literal.lstrip("-")) > 15:
+        raise _NotPlain  # Go prints -0; past 15 digits float64 may round
+    return int(literal)
+
+
+def _not_plain(_: str) -> Any:
+    raise _NotPlain
+
+
+# Built once: json.loads and json.dumps build a new decoder or encoder per call when given any option.
+_PLAIN_DECODER = json.JSONDecoder(parse_int=_plain_int, parse_float=_not_plain, parse_constant=_not_plain)
+_SORTED_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+_GO_EXTRA_ESCAPES = (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
+                     ("\u2029", "\\u2029"))
+
+
+def _go_form_by_json_module(body: bytes) -> str | None:
+    """The Go form printed by the json module's C encoder, for the bodies where it prints what Go prints: a
+    JSON object in valid UTF-8 without lone surrogates whose numbers are integers of at most 15 digits (all
+    the reference's send bodies). None for any other body, which takes `_render`.
+
+    Its escapes are Go's once `<>&` and U+2028/9 are escaped too, and sorting by code point is sorting by
+    UTF-8 bytes. A fifth of the cost of `_render`, which matters at one verification per message.
+    """
+    try:
+        doc = _PLAIN_DECODER.decode(body.decode("utf-8"))
+    except (_NotPlain, ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    text = _SORTED_ENCODER.encode(doc) if doc else ""
+    if _LONE_SURROGATE.search(text):
+        return None
+    for char, escape in _GO_EXTRA_ESCAPES:
+        text = text.replace(char, escape)
+    return text
 
 
 def canonical_body_php(body: bytes) -> str:
@@ -235,10 +277,10 @@ def verify(secret: str, method: str, path: str, body: bytes, ts: int, nonce: str
 
     Raises BodyError for a body the reference would refuse (it answers 10001 before checking).
     """
-    doc = _parse(body)
-    go = _render(doc, GO)
+    go = canonical_body(body)
     if _same(_hmac_hex(secret, sign_content(method, path, go, ts, nonce)), given):
         return True
+    doc = _parse(body)
     # Only now the rarer forms. Timing then tells which form matched: the client knows that already.
     others = {_render(doc, PHP), _render(doc, GO_BEFORE_1_22)} - {go}
     return any(_same(_hmac_hex(secret, sign_content(method, path, canon, ts, nonce)), given) for canon in others)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -262,8 +263,10 @@ class TestAuthentication:
 
 class TestHealth:
     def test_health_reports_database_redis_and_rules(self, gw: Gateway) -> None:
-        """GET /health is UP with each dependency and the live rule-set version."""
-        answer = requests.get(gw.url + "/health", timeout=5).json()
+        """GET /health is UP with each dependency and the live rule-set version, under a UUIDv7 trace id."""
+        response = requests.get(gw.url + "/health", timeout=5)
+        assert uuid.UUID(response.headers["trace-id"]).version == 7
+        answer = response.json()
         services = answer["data"]["services"]
         assert answer["code"] == 0 and services["database"]["status"] == services["redis"]["status"] == "UP"
         assert services["rules"]["version"] == str(gw.svc.rules.current.version)

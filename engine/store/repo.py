@@ -110,7 +110,13 @@ def get_app(app_id: str) -> Application | None:
 
 def app_secret(app: Application, key: bytes) -> str:
     """The plaintext secret the app signs with; SecretError when `key` is not the one it was stored with."""
-    return decrypt_secret(app.secret, key)
+    return _decrypted(app.secret, key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _decrypted(token: str, key: bytes) -> str:
+    """Remembered, as every signed request needs it: a rotated secret is a new token, so it is never stale."""
+    return decrypt_secret(token, key)
 
 
 @_guarded

@@ -260,3 +260,30 @@ def test_go_float_round_trips_and_uses_exponent_only_outside_go_range(value: flo
     assert float(text) == value
     assert ("e" in text) == (value != 0 and (abs(value) < 1e-6 or abs(value) >= 1e21))
     assert "e0" not in text and "e+0" not in text and "e-0" not in text and not text.endswith(".0")
+
+
+_plain_objects = st.dictionaries(_text, st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**15) + 1, 10**15 - 1) | _text | st.sampled_from(["\ud800", "x\udfff"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4), max_leaves=20), max_size=5)
+
+
+@settings(max_examples=500, deadline=None)
+@given(obj=_plain_objects | _objects, ensure_ascii=st.booleans(), noise=st.sampled_from([b"", b" ", b"\xff", b"]"]))
+def test_the_quick_go_form_is_the_full_one_or_steps_aside(obj: dict[str, Any], ensure_ascii: bool,
+                                                          noise: bytes) -> None:
+    """The json-module shortcut prints exactly what the full Go printer does, or declines (None) and leaves it."""
+    body = json.dumps(obj, ensure_ascii=ensure_ascii).encode("utf-8", "surrogatepass") + noise
+    quick = signing._go_form_by_json_module(body)
+    try:
+        full = signing._render(signing._parse(body), signing.GO)
+    except BodyError:
+        assert quick is None
+        return
+    assert quick in (None, full)
+
+
+def test_send_bodies_take_the_quick_go_form() -> None:
+    """A send body of the reference's SDKs (integers, strings, `<>&`, Chinese) takes the shortcut."""
+    body = '{"channel_id": 3, "receiver": "a<b>&c", "template_params": {"name": "张三", "n": 12}}'.encode()
+    assert signing._go_form_by_json_module(body) == canonical_body(body)
+    assert canonical_body(body) == '{"channel_id":3,"receiver":"a\\u003cb\\u003e\\u0026c","template_params":{"n":12,"name":"张三"}}'
