@@ -7,7 +7,6 @@ in the stream or the delayed set. Anything refused changes nothing (quota units 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -281,12 +280,12 @@ def _task_row(app: Application, channel: Channel, template: Template, request: S
         "title": render(template.subject, request.params) if template.subject else "",
         "content": render(template.text, request.params),
         "template": template.name,
-        "template_params": json.dumps(request.params, ensure_ascii=False),
+        "template_params": request.params,
         "signature": request.signature,
         "status": status,
         "scheduled_at": datetime.fromtimestamp(due, UTC) if due else None,
         "idempotency_key": request.idempotency_key or None,
-        "tags": json.dumps(list(request.tags), ensure_ascii=False),
+        "tags": list(request.tags),
         "created_at": moment,
         "updated_at": moment,
     }

@@ -53,7 +53,10 @@ class JSONTextField(peewee.TextField):
             except ValueError as exc:
                 raise ValueError(f"{self.name}: not valid JSON text: {value[:80]!r}") from exc
             return value
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return _COMPACT_JSON.encode(value)
+
+
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # json.dumps would build one per call
 
 
 class BaseModel(peewee.Model):
