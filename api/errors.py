@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -55,11 +56,21 @@ def http_status(code: int) -> int:
     return code if 400 <= code <= 599 else 200
 
 
+class Envelope(JSONResponse):
+    """Starlette's JSON answer, printed by one encoder built once (its own builds one per response)."""
+
+    def render(self, content: Any) -> bytes:
+        return _ENCODER.encode(content).encode("utf-8")
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def envelope(code: int = SUCCESS, data: Any = None, message: str | None = None) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message or MESSAGES.get(code, "unknown error")}
     if data is not None:
         body["data"] = data
-    return JSONResponse(body, status_code=http_status(code))
+    return Envelope(body, status_code=http_status(code))
 
 
 def error_response(exc: ApiError) -> JSONResponse:

@@ -25,7 +25,7 @@ from providers.base import (
     http_send,
     redact,
     secret_values,
-    with_defaults,
+    with_defaults, json_text,
 )
 
 BEIJING = ZoneInfo("Asia/Shanghai")  # Chinese SMS vendors time their reports in Beijing wall-clock time
@@ -120,7 +120,7 @@ def json_value(body: bytes) -> Any:
 
 def json_reply(payload: Mapping[str, Any], status: int = 200) -> CallbackReply:
     """A JSON answer to a report push, non-ASCII text kept as is."""
-    return CallbackReply(json.dumps(payload, ensure_ascii=False), status, "application/json")
+    return CallbackReply(json_text(payload), status, "application/json")
 
 
 def report_time(value: Any, now: datetime) -> datetime:

@@ -345,6 +345,14 @@ def parse_json_reports(
     return CallbackResult(reports, reply(200, "ok"))
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False)  # json.dumps with an option builds an encoder per call
+
+
+def json_text(value: Any) -> str:
+    """A request body or reply as JSON text, non-ASCII characters kept as they are."""
+    return _JSON.encode(value)
+
+
 def json_object(body: bytes) -> dict[str, Any] | None:
     """The body parsed as a JSON object, or None when it is not one."""
     try:

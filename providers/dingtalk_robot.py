@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -13,7 +12,7 @@ from urllib.parse import quote, quote_plus
 
 from providers.base import (
     Account, ConfigField, ConfigSchema, HttpRequest, HttpResponse, Message, SendContext, SendResult,
-    MOBILE, errcode_result, http_send, receiver_names, request_summary,
+    MOBILE, errcode_result, http_send, receiver_names, request_summary, json_text,
 )
 
 TYPE = "dingtalk_robot"
@@ -55,7 +54,7 @@ def build_request(message: Message, account: Account, now: datetime) -> HttpRequ
         url += f"&timestamp={timestamp}&sign={sign(str(config['secret']), timestamp)}"
     return HttpRequest(
         "POST", url, headers={"Content-Type": "application/json; charset=utf-8"},
-        body=json.dumps(payload(message, config), ensure_ascii=False).encode(), timeout=float(config["timeout"]),
+        body=json_text(payload(message, config)).encode(), timeout=float(config["timeout"]),
     )
 
 

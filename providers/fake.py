@@ -7,7 +7,6 @@ counter, so a run is reproducible and safe across threads and processes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import zlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -16,7 +15,7 @@ from typing import Any
 from providers.base import (
     Account, CallbackReply, CallbackRequest, CallbackResult, ConfigField, ConfigSchema,
     DeliveryReport, HttpRequest, HttpResponse, Message, Outcome, SendContext, SendResult,
-    bad_response, parse_json_reports, classify_status, http_send, json_object, request_summary,
+    bad_response, parse_json_reports, classify_status, http_send, json_object, json_text, request_summary,
 )
 
 TYPE = "fake"
@@ -101,7 +100,7 @@ def build_request(message: Message, account: Account, now: datetime) -> HttpRequ
     return HttpRequest(
         "POST", account.config["url"],
         headers={"Content-Type": "application/json", "Idempotency-Key": message.idempotency_key},
-        body=json.dumps(body, ensure_ascii=False).encode(),
+        body=json_text(body).encode(),
         timeout=float(account.config["timeout"]),
     )
 
@@ -147,5 +146,5 @@ def _report(item: Any, now: datetime) -> DeliveryReport | None:
 
 
 def _reply(status: int, message: str) -> CallbackReply:
-    body = json.dumps({"code": 0 if status == 200 else status, "message": message}, ensure_ascii=False)
+    body = json_text({"code": 0 if status == 200 else status, "message": message})
     return CallbackReply(body, status=status, content_type="application/json")

@@ -6,7 +6,6 @@ the callback endpoint as JSON, checked against the account's shared secret.
 
 from __future__ import annotations
 
-import json
 import re
 import smtplib
 import ssl
@@ -20,7 +19,7 @@ from typing import Any
 
 from providers.base import (
     Account, CallbackReply, CallbackRequest, CallbackResult, ConfigField, ConfigSchema, DeliveryReport,
-    Message, Outcome, SendContext, SendResult, Undeliverable, parse_json_reports, redact,
+    Message, Outcome, SendContext, SendResult, Undeliverable, parse_json_reports, redact, json_text,
 )
 
 TYPE = "smtp"
@@ -202,5 +201,5 @@ def _reported_at(value: Any, now: datetime) -> datetime:
 
 
 def _reply(status: int, message: str) -> CallbackReply:
-    body = json.dumps({"status": "ok" if status == 200 else "error", "message": message}, ensure_ascii=False)
+    body = json_text({"status": "ok" if status == 200 else "error", "message": message})
     return CallbackReply(body, status=status, content_type="application/json")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -27,7 +26,7 @@ from providers.base import (
     SendResult,
     Undeliverable,
     bad_response,
-    json_object,
+    json_object, json_text,
     with_defaults,
 )
 
@@ -74,7 +73,7 @@ def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
 def build_request(message: Message, account: Account, now: datetime) -> HttpRequest:
     """The signed SendSms call; raises Undeliverable when the message cannot make a valid call."""
     config = with_defaults(CONFIG, account.config)
-    payload = json.dumps(send_sms_payload(message, config), ensure_ascii=False).encode()
+    payload = json_text(send_sms_payload(message, config)).encode()
     endpoint = urlsplit(config["base_url"])
     timestamp = int(as_utc(now).timestamp())
     signed = {"content-type": CONTENT_TYPE, "host": endpoint.netloc, "x-tc-action": ACTION}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from functools import partial
 from urllib.parse import urlencode
@@ -10,7 +9,7 @@ from urllib.parse import urlencode
 from providers.base import (
     Account, ConfigField, ConfigSchema, HttpRequest, HttpResponse, Message, SendContext,
     SendResult, TokenSource, Undeliverable, errcode_result, errcode_token, request_summary,
-    send_with_token, token_cache_key,
+    send_with_token, token_cache_key, json_text,
 )
 
 TYPE = "wecom_app"
@@ -69,7 +68,7 @@ def build_request(message: Message, account: Account, now: datetime, token: str)
     return HttpRequest(
         "POST", f"{config['base_url']}/cgi-bin/message/send?{urlencode({'access_token': token})}",
         headers={"Content-Type": "application/json; charset=utf-8"},
-        body=json.dumps(body, ensure_ascii=False).encode(),
+        body=json_text(body).encode(),
         timeout=float(config["timeout"]),
     )
 

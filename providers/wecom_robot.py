@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from urllib.parse import urlencode
 
 from providers.base import (
     Account, ConfigField, ConfigSchema, HttpRequest, HttpResponse, Message, SendContext, SendResult,
-    MOBILE, errcode_result, http_send, receiver_names, request_summary,
+    MOBILE, errcode_result, http_send, receiver_names, request_summary, json_text,
 )
 
 TYPE = "wecom_robot"
@@ -57,7 +56,7 @@ def build_request(message: Message, account: Account, now: datetime) -> HttpRequ
     return HttpRequest(
         "POST", f"{config['base_url']}/cgi-bin/webhook/send?{urlencode({'key': config['key']})}",
         headers={"Content-Type": "application/json; charset=utf-8"},
-        body=json.dumps(body, ensure_ascii=False).encode(), timeout=float(config["timeout"]),
+        body=json_text(body).encode(), timeout=float(config["timeout"]),
     )
 
 
