@@ -72,6 +72,19 @@ end
 _CHOOSE = _BREAKER_LUA + """
 local now, n, tiers = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl, times = ARGV[#ARGV - 1], tonumber(ARGV[#ARGV])
+local positions = {}  -- round-robin hash -> field -> current value: read once, written back once at the end
+
+local function current_values(swrr, fields)
+  local known = positions[swrr]
+  if known == nil then known = {} positions[swrr] = known end
+  local missing = {}
+  for _, f in ipairs(fields) do if known[f] == nil then missing[#missing + 1] = f end end
+  if #missing > 0 then
+    local stored = redis.call('HMGET', swrr, unpack(missing))
+    for j, f in ipairs(missing) do known[f] = tonumber(stored[j]) or 0 end
+  end
+  return known
+end
 
 local function choose()
 local verdicts = {}
@@ -98,22 +111,16 @@ for t = 1, tiers do
     local swrr = KEYS[2 * n + t]
     local fields = {}
     for j, i in ipairs(eligible) do fields[j] = ARGV[3 + (i - 1) * 7 + 1] end
-    local stored = redis.call('HMGET', swrr, unpack(fields))
+    local known = current_values(swrr, fields)
     local current, total, best = {}, 0, 1
     for j, i in ipairs(eligible) do
       local weight = tonumber(ARGV[3 + (i - 1) * 7 + 2])
-      current[j] = (tonumber(stored[j]) or 0) + weight
+      current[j] = known[fields[j]] + weight
       total = total + weight
       if current[j] > current[best] then best = j end
     end
     current[best] = current[best] - total
-    local pairs_ = {}
-    for j = 1, #eligible do
-      pairs_[2 * j - 1] = fields[j]
-      pairs_[2 * j] = string.format('%d', current[j])
-    end
-    redis.call('HSET', swrr, unpack(pairs_))
-    redis.call('EXPIRE', swrr, ttl)
+    for j = 1, #eligible do known[fields[j]] = current[j] end
     local i = eligible[best]
     local a = 3 + (i - 1) * 7
     acquire(KEYS[2 * i - 1], breakers[i], now, tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]))
@@ -128,55 +135,85 @@ end
 
 local choices = {}
 for m = 1, times do choices[m] = choose() end
+for swrr, known in pairs(positions) do
+  local pairs_ = {}
+  for f, value in pairs(known) do
+    pairs_[#pairs_ + 1] = f
+    pairs_[#pairs_ + 1] = string.format('%d', value)
+  end
+  redis.call('HSET', swrr, unpack(pairs_))
+  redis.call('EXPIRE', swrr, ttl)
+end
 return choices
 """
 
 # KEYS: breaker. ARGV: now, failure_ratio, min_calls, window_seconds, open_for, probes, ttl, then the
-# outcomes (1 ok / 0 failed) in the order they happened. Returns the state after each.
+# outcomes (1 ok / 0 failed) in the order they happened. Returns the state after each. The window's slots
+# are read once and the current one written once per call, however many outcomes it carries.
 _RECORD = _BREAKER_LUA + """
 local key, now = KEYS[1], tonumber(ARGV[1])
 local ratio, min_calls, window = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local open_for, probes, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local bucket = math.floor(now / (window / SLOTS))
+local field = 'w' .. (bucket % SLOTS)
+local slots, dirty, touched = nil, false, false
+
+local function read_slots()
+  local names = {}
+  for s = 0, SLOTS - 1 do names[s + 1] = 'w' .. s end
+  local stored = redis.call('HMGET', key, unpack(names))
+  slots = {}
+  for s = 0, SLOTS - 1 do
+    local b, c, f = string.match(stored[s + 1] or '', '^(-?%d+):(%d+):(%d+)$')
+    if b ~= nil then slots['w' .. s] = {tonumber(b), tonumber(c), tonumber(f)} end
+  end
+end
+
+local function cleared()  -- the key was deleted: no window left, nothing pending to write
+  slots, dirty = {}, false
+end
 
 local function record(ok)
 local b = load(key)
 if b.state == 'open' then return 'open' end
+touched = true
 if b.state == 'half_open' then
   if not ok then
     open(key, now + open_for)
+    cleared()
   elseif b.ok + 1 >= probes then
     redis.call('DEL', key)
+    cleared()
     return 'closed'
   else
     redis.call('HSET', key, 'probes_ok', b.ok + 1)
   end
-  redis.call('EXPIRE', key, ttl)
   return ok and 'half_open' or 'open'
 end
-local bucket = math.floor(now / (window / SLOTS))
-local field = 'w' .. (bucket % SLOTS)
-local sb, sc, sf = string.match(redis.call('HGET', key, field) or '', '^(-?%d+):(%d+):(%d+)$')
-if sb == nil or tonumber(sb) ~= bucket then sc, sf = 0, 0 end
-sc, sf = tonumber(sc) + 1, tonumber(sf) + (ok and 0 or 1)
-redis.call('HSET', key, field, string.format('%d:%d:%d', bucket, sc, sf))
+if slots == nil then read_slots() end
+local current = slots[field]
+if current == nil or current[1] ~= bucket then current = {bucket, 0, 0} end
+slots[field] = {bucket, current[2] + 1, current[3] + (ok and 0 or 1)}
+dirty = true
 local calls, failures = 0, 0
-for s = 0, SLOTS - 1 do
-  local b2, c2, f2 = string.match(redis.call('HGET', key, 'w' .. s) or '', '^(-?%d+):(%d+):(%d+)$')
-  if b2 ~= nil and tonumber(b2) > bucket - SLOTS and tonumber(b2) <= bucket then
-    calls, failures = calls + tonumber(c2), failures + tonumber(f2)
-  end
+for _, slot in pairs(slots) do
+  if slot[1] > bucket - SLOTS and slot[1] <= bucket then calls, failures = calls + slot[2], failures + slot[3] end
 end
 if calls >= min_calls and failures >= ratio * calls then
   open(key, now + open_for)
-  redis.call('EXPIRE', key, ttl)
+  cleared()
   return 'open'
 end
-redis.call('EXPIRE', key, ttl)
 return 'closed'
 end
 
 local states = {}
 for i = 8, #ARGV do states[i - 7] = record(ARGV[i] == '1') end
+if dirty then
+  local slot = slots[field]
+  redis.call('HSET', key, field, string.format('%d:%d:%d', slot[1], slot[2], slot[3]))
+end
+if touched then redis.call('EXPIRE', key, ttl) end
 return states
 """
 
