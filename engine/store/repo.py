@@ -488,13 +488,39 @@ def record_attempts(ends: Sequence[AttemptEnd], changes: Sequence[StatusChange])
         _check_task_update(change.fields)
     if not ends and not changes:
         return []
+    ends = sorted(ends, key=lambda end: (end.task_id, end.number))
+    ordered = sorted(enumerate(changes), key=lambda item: item[1].task_id)
+    updated_at = utcnow()
+    if len({(tuple(change.fields), change.expected) for change in changes}) == 1:
+        try:
+            with _write_transaction():
+                _finish_many(ends)
+                _apply_all([change for _, change in ordered], updated_at)
+            return [True] * len(changes)
+        except _NotAllApplied:
+            pass  # rolled back: some task changed status meanwhile; find out which, one by one
     applied: dict[int, bool] = {}
     with _write_transaction():
-        _finish_many(sorted(ends, key=lambda end: (end.task_id, end.number)))
-        for index, change in sorted(enumerate(changes), key=lambda item: item[1].task_id):
-            fields = {**change.fields, "updated_at": utcnow()}
+        _finish_many(ends)
+        for index, change in ordered:
+            fields = {**change.fields, "updated_at": updated_at}
             applied[index] = _update(Task, fields, {"task_id": change.task_id}, status_in=change.expected) > 0
     return [applied[index] for index in range(len(changes))]
+
+
+class _NotAllApplied(Exception):
+    pass
+
+
+def _apply_all(changes: Sequence[StatusChange], updated_at: datetime) -> None:
+    """Status changes of one shape (the usual batch: all delivered) as one statement run per task, by the
+    driver's executemany; _NotAllApplied when any task was no longer in an expected status."""
+    fields = (*changes[0].fields, "updated_at")
+    sql = statements.update_sql(_db(), Task, fields, ("task_id",), len(changes[0].expected))
+    params = [statements.db_values(Task, {**change.fields, "updated_at": updated_at})
+              + [change.task_id, *change.expected] for change in changes]
+    if statements.execute_many(_db(), sql, params) != len(changes):
+        raise _NotAllApplied
 
 
 def _insert_attempts(claims: Sequence[AttemptClaim]) -> None:

@@ -80,6 +80,21 @@ def test_record_attempts_finishes_attempts_and_applies_changes_once() -> None:
     assert attempts[task_ids[0]][0].response == '{"b":"是"}'
 
 
+def test_record_attempts_applies_a_batch_of_alike_changes_in_one_go() -> None:
+    """Changes of one shape all apply together, each task getting its own values."""
+    task_ids = new_tasks(5)
+    repo.claim_attempts(claims(task_ids), OPEN)
+    ends = [repo.AttemptEnd(task_id, 1, "ok", True, f"msg-{task_id}") for task_id in task_ids]
+    changes = [repo.StatusChange(task_id, OPEN, {"status": "success", "provider_message_id": f"msg-{task_id}"})
+               for task_id in reversed(task_ids)]
+    assert repo.record_attempts(ends, changes) == [True] * 5
+    tasks, attempts = repo.load_for_delivery(task_ids)
+    assert all(tasks[task_id].provider_message_id == f"msg-{task_id}" for task_id in task_ids)
+    assert {task.status for task in tasks.values()} == {"success"}
+    assert all(task.updated_at > task.created_at for task in tasks.values())
+    assert {attempts[task_id][0].status for task_id in task_ids} == {"ok"}
+
+
 def test_record_attempts_is_all_or_nothing() -> None:
     """An outcome for an attempt that was never begun refuses the whole record: nothing is stored."""
     task_ids = new_tasks(2)
