@@ -1,7 +1,7 @@
 """Authentication of `/api/v1`: the reference's steps and codes, plus replay and rate protection.
 
 `authenticate` does it for one request. The send path checks a group of requests at once:
-`verify` each (no Redis), then `admit_nonces` remembers all their nonces in one round trip.
+`verify` each (no Redis), then `admit_nonces` takes all their nonces and rate units in one round trip.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from api import errors
 from api.errors import ApiError
-from engine import keys
+from engine.limits import CallVerdict
 from engine.services import Services
 from engine.signing import verify as signature_matches
 from engine.store import repo
@@ -71,22 +71,20 @@ def verify(svc: Services, method: str, path: str, headers: dict[str, str], raw: 
 
 
 def admit_nonces(svc: Services, callers: Sequence[Caller], now: float) -> list[ApiError | None]:
-    """Remember each verified request's nonce and count it against its app's rate: one round trip for all
-    the nonces, one for all the rates. Per caller, None when admitted, else the refusal. A nonce seen
-    before is a replay, and a replay counts against no rate."""
-    pipe = svc.redis.pipeline(transaction=False)
-    for caller in callers:
-        pipe.set(keys.nonce(caller.app.app_id, caller.nonce), 1, nx=True, ex=2 * WINDOW_SECONDS)
-    fresh = [bool(new) for new in pipe.execute()]
-    within_rate = iter(svc.limits.rate_allow_many(
-        [(caller.app.app_id, caller.app.rate_limit) for caller, new in zip(callers, fresh) if new], now))
-    refusals: list[ApiError | None] = []
-    for new in fresh:
-        if not new:
-            refusals.append(ApiError(errors.INVALID_SIGNATURE, "invalid signature: nonce already used (replay)"))
-        else:
-            refusals.append(None if next(within_rate) else ApiError(errors.RATE_LIMITED))
-    return refusals
+    """Remember each verified request's nonce and count it against its app's rate, all in one round trip.
+    Per caller, None when admitted, else the refusal. A replay counts against no rate, and a request over
+    its rate leaves its nonce unused: a refused request changes nothing."""
+    verdicts = svc.limits.admit_calls([(caller.app.app_id, caller.nonce, caller.app.rate_limit) for caller in callers],
+                                      now, nonce_ttl=2 * WINDOW_SECONDS)
+    return [_refusal(verdict) for verdict in verdicts]
+
+
+def _refusal(verdict: CallVerdict) -> ApiError | None:
+    if verdict == "replay":
+        return ApiError(errors.INVALID_SIGNATURE, "invalid signature: nonce already used (replay)")
+    if verdict == "rate":
+        return ApiError(errors.RATE_LIMITED)
+    return None
 
 
 def _parse_timestamp(value: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import redis
 
@@ -56,6 +57,9 @@ class Admission:
 
 
 ADMITTED = Admission(True)
+
+CallVerdict = Literal["ok", "replay", "rate"]
+_CALL_VERDICTS: tuple[CallVerdict, ...] = ("ok", "replay", "rate")  # by the take script's failed counter
 
 
 def counter_key(check: QuotaCheck, now: float) -> str:
@@ -131,18 +135,17 @@ class Limits:
         """Units counted so far in the window `now` falls in."""
         return int(self.redis.get(counter_key(check, now)) or 0)
 
-    def rate_allow(self, app_id: str, limit_per_second: int, now: float) -> bool:
-        """One request of an app within its per-second limit (0 = unlimited)."""
-        return self.rate_allow_many([(app_id, limit_per_second)], now)[0]
-
-    def rate_allow_many(self, requests: Sequence[tuple[str, int]], now: float) -> list[bool]:
-        """`rate_allow` for several requests (app id and its limit) in one round trip, counted in order."""
-        if any(limit < 0 for _, limit in requests):
-            raise ValueError(f"rate limits must be >= 0, got {[limit for _, limit in requests]}")
-        limited = [[(keys.rate(app_id, window_bucket(now, 1)), 1, limit, counter_ttl(1))]
-                   for app_id, limit in requests if limit]
-        refused = iter(self._take_many(limited) if limited else [])
-        return [not next(refused) if limit else True for _, limit in requests]
+    def admit_calls(self, calls: Sequence[tuple[str, str, int]], now: float, *, nonce_ttl: int) -> list[CallVerdict]:
+        """Per signed call (app id, nonce, the app's requests per second, 0 = unlimited), in order and in one
+        round trip: "ok" when its nonce is new and its app within its rate, both now counted; else "replay"
+        or "rate", and nothing counted: a replay uses no rate, a call over the rate leaves its nonce unused."""
+        if any(limit < 0 for _, _, limit in calls):
+            raise ValueError(f"rate limits must be >= 0, got {[limit for _, _, limit in calls]}")
+        second = window_bucket(now, 1)
+        counters = [[(keys.nonce(app_id, nonce), 1, 1, nonce_ttl),
+                     *([(keys.rate(app_id, second), 1, limit, counter_ttl(1))] if limit else [])]
+                    for app_id, nonce, limit in calls]
+        return [_CALL_VERDICTS[failed] for failed in self._take_many(counters)] if calls else []
 
     def _take_many(self, requests: list[list[tuple[str, int, int, int]]]) -> list[int]:
         """Run the take script over requests of (counter key, cost, limit, ttl); per request 0 or the

@@ -248,6 +248,23 @@ class TestAuthentication:
         assert gw.call("POST", "/api/v1/messages", self.BODY, app_id="ffffffffffffffff")["code"] == 20002
         assert sum(repo.task_counts(gw.app_id).values()) == 0
 
+    def test_requests_over_the_app_rate_get_30001_and_keep_their_nonce_unused(self, gw: Gateway) -> None:
+        """Past its requests per second an app gets 30001 and nothing is stored; the refused request's
+        nonce stays unused, so the same signed request is accepted in a later second."""
+        from engine.signing import sign_headers
+
+        app, secret = repo.create_app("limited", gw.svc.key, daily_quota=0, rate_limit=2)
+        while time.time() % 1 > 0.5:  # the three requests fall in one epoch second
+            time.sleep(0.05)
+        for index in range(2):
+            assert gw.call("POST", "/api/v1/messages", self.BODY, app_id=app.app_id, secret=secret)["code"] == 0
+        raw = json.dumps(self.BODY).encode()
+        headers = sign_headers(app.app_id, secret, "POST", "/api/v1/messages", raw, now=int(time.time()))
+        assert self._raw(gw, headers, raw)["code"] == 30001
+        assert sum(repo.task_counts(app.app_id).values()) == 2
+        time.sleep(1.0 - time.time() % 1 + 0.01)
+        assert self._raw(gw, headers, raw)["code"] == 0
+
     def test_disabled_app_is_refused(self, gw: Gateway) -> None:
         """A disabled app gets 20006."""
         repo.set_app_status(gw.app_id, 2)

@@ -124,14 +124,26 @@ def test_bad_input_is_refused_and_counts_nothing(limits: Limits, shape: list[tup
         assert limits.used(checks[0], T0) == 0
 
 
+def _signed_calls(limits: Limits, app: str, limit: int, now: float, nonces: list[str]) -> list[str]:
+    return limits.admit_calls([(app, nonce, limit) for nonce in nonces], now, nonce_ttl=600)
+
+
 def test_app_rate_limit_per_second(limits: Limits) -> None:
-    """An app gets `limit` requests per epoch second; 0 means unlimited."""
+    """An app gets `limit` calls per epoch second; 0 means unlimited."""
     app = _unique("app")
-    assert [limits.rate_allow(app, 3, T0 + 0.1) for _ in range(4)] == [True, True, True, False]
-    assert limits.rate_allow(app, 3, T0 + 1.0)
-    assert all(limits.rate_allow(app, 0, T0 + 0.5) for _ in range(50))
+    assert _signed_calls(limits, app, 3, T0 + 0.1, ["a", "b", "c", "d"]) == ["ok", "ok", "ok", "rate"]
+    assert _signed_calls(limits, app, 3, T0 + 1.0, ["e"]) == ["ok"]
+    assert set(_signed_calls(limits, app, 0, T0 + 0.5, [f"n{i}" for i in range(50)])) == {"ok"}
     with pytest.raises(ValueError):
-        limits.rate_allow(app, -1, T0)
+        _signed_calls(limits, app, -1, T0, ["f"])
+
+
+def test_a_nonce_is_used_once_and_a_refused_call_counts_nothing(limits: Limits) -> None:
+    """A repeated nonce is a replay and uses no rate; a call over the rate leaves its nonce free for later."""
+    app = _unique("app")
+    assert _signed_calls(limits, app, 2, T0, ["a", "a", "b", "c"]) == ["ok", "replay", "ok", "rate"]
+    assert _signed_calls(limits, app, 2, T0 + 1, ["c", "a", "c"]) == ["ok", "replay", "replay"]
+    assert _signed_calls(limits, _unique("app"), 2, T0 + 1, ["a"]) == ["ok"]  # nonces belong to their app
 
 
 def test_concurrent_admissions_never_exceed_the_limit(limits: Limits) -> None:
@@ -224,14 +236,13 @@ def test_admit_many_with_no_checks_admits_without_touching_redis(limits: Limits)
     assert [a.allowed for a in offline.admit_many([([], []), ([], [])], now=T0)] == [True, True]
 
 
-def test_rate_allow_many_counts_in_order_per_app(limits: Limits) -> None:
-    """Several requests' rate checks in one round trip: each app's limit holds across the group, 0 is unlimited."""
+def test_admit_calls_counts_in_order_per_app(limits: Limits) -> None:
+    """Several calls' nonces and rates in one round trip: each app's limit holds across the group, 0 is unlimited."""
     busy, calm = _unique("busy"), _unique("calm")
-    group = [(busy, 2), (calm, 0), (busy, 2), (busy, 2), (calm, 0)]
-    assert limits.rate_allow_many(group, T0 + 0.2) == [True, True, True, False, True]
-    assert limits.rate_allow_many([(busy, 2)], T0 + 1.2) == [True]
-    with pytest.raises(ValueError):
-        limits.rate_allow_many([(busy, -1)], T0)
+    group = [(busy, "1", 2), (calm, "1", 0), (busy, "2", 2), (busy, "3", 2), (calm, "2", 0)]
+    assert limits.admit_calls(group, T0 + 0.2, nonce_ttl=600) == ["ok", "ok", "ok", "rate", "ok"]
+    assert limits.admit_calls([(busy, "3", 2)], T0 + 1.2, nonce_ttl=600) == ["ok"]
+    assert limits.admit_calls([], T0, nonce_ttl=600) == []
 
 
 def test_daily_window_follows_local_midnight(limits: Limits) -> None:
