@@ -163,11 +163,15 @@ def _freeze_startup_heap() -> None:
 
 def _background(svc: Services, stop: threading.Event, *, workers: bool,
                 worker_threads: int | None = None) -> list[threading.Thread]:
-    """Start the rule watcher and, with workers, the stream consumers and the scheduler."""
+    """Start the rule watcher, the SQLite checkpointer and, with workers, the stream consumers and the scheduler."""
     from engine import scheduler
+    from engine.store.db import TurnTakingSqliteDatabase, keep_checkpointing
     from engine.worker import Worker
 
     threads = []
+    if isinstance(svc.db, TurnTakingSqliteDatabase):
+        threads.append(threading.Thread(target=keep_checkpointing, args=(svc.db, stop), name="checkpointer",
+                                        daemon=True))
     if svc.settings.watch_rules:
         threads.append(threading.Thread(target=svc.rules.watch, args=(stop,), name="rules-watcher", daemon=True))
     if workers:

@@ -14,7 +14,16 @@ import pytest
 from playhouse.pool import PooledMySQLDatabase, PooledPostgresqlDatabase
 
 from engine.store import repo
-from engine.store.db import StoreUnavailable, WriterTurns, bind, connect, connection, ping
+from engine.store.db import (
+    StoreUnavailable,
+    WriterTurns,
+    bind,
+    checkpoint,
+    connect,
+    connection,
+    keep_checkpointing,
+    ping,
+)
 from engine.store.migrations import SchemaVersion, migrate
 from engine.store.models import MODELS, database
 
@@ -27,11 +36,12 @@ def test_sqlite_file_url_creates_its_directory_and_sets_the_pragmas(tmp_path: Pa
     db = connect(f"sqlite:///{path}")
     try:
         pragmas = {name: db.execute_sql(f"PRAGMA {name}").fetchone()[0]
-                   for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")}
+                   for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys", "wal_autocheckpoint")}
     finally:
         db.close()
     assert path.exists()
-    assert pragmas == {"journal_mode": "wal", "synchronous": 1, "busy_timeout": 5000, "foreign_keys": 1}
+    assert pragmas == {"journal_mode": "wal", "synchronous": 1, "busy_timeout": 5000, "foreign_keys": 1,
+                       "wal_autocheckpoint": 0}
 
 
 def test_sqlite_memory_database_is_shared_by_threads() -> None:
@@ -229,3 +239,42 @@ def test_sqlite_writes_take_their_turn(tmp_path: Path, count: int) -> None:
     other_go.set()
     assert created.wait(5)
     assert repo.get_task(rows[-1]["task_id"]) is not None
+
+
+def _log_frames(db: peewee.Database) -> int:
+    """Frames in the write-ahead log, as a passive checkpoint reports them."""
+    with connection(db):
+        return int(db.execute_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+
+def _write_tasks(count: int, prefix: str) -> None:
+    for start in range(0, count, 50):
+        repo.create_tasks([{"task_id": f"{prefix}-{n}", "app_id": "a" * 16, "receiver": "13800000000"}
+                           for n in range(start, start + 50)])
+
+
+def test_commits_leave_the_log_to_the_checkpointer_which_lets_it_start_over(tmp_path: Path) -> None:
+    """Commits never copy the log back themselves (it grows past SQLite's 1,000-page mark); after
+    `checkpoint` every task is in the file and the next write begins the log anew."""
+    db = connect(f"sqlite:///{tmp_path / 'mpush.db'}")
+    bind(db)
+    migrate(db)
+    _write_tasks(6000, "before")
+    assert _log_frames(db) > 1000
+    checkpoint(db)
+    _write_tasks(50, "after")
+    assert _log_frames(db) < 100
+    assert repo.get_task("before-5999") is not None and repo.get_task("after-49") is not None
+    db.close()
+
+
+def test_the_checkpointer_stops_with_its_event(tmp_path: Path) -> None:
+    """`keep_checkpointing` returns once its stop event is set."""
+    db = connect(f"sqlite:///{tmp_path / 'mpush.db'}")
+    migrate(db)
+    stop = threading.Event()
+    thread = threading.Thread(target=keep_checkpointing, args=(db, stop))
+    thread.start()
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
