@@ -87,11 +87,11 @@ def update_in_sql(db: peewee.Database, model: type[peewee.Model], fields: tuple[
 def _by_unique_index(db: peewee.Database, model: type[peewee.Model], key: str) -> str:
     """On SQLite, look rows up by `key`'s own index. Without statistics its planner prefers an index led by
     `status` once the IN list has nine keys or more, and then walks every open task to update a few."""
-    if not isinstance(db, peewee.SqliteDatabase):
-        return ""
     field = model._meta.fields[key]
     if not field.unique:
         raise ValueError(f"{model.__name__}.{key} has no unique index to look rows up by")
+    if not isinstance(db, peewee.SqliteDatabase):
+        return ""
     return f" INDEXED BY {_quote(db, f'{model._meta.table_name}_{field.column_name}')}"
 
 
