@@ -170,8 +170,7 @@ def _background(svc: Services, stop: threading.Event, *, workers: bool,
 
     threads = []
     if isinstance(svc.db, TurnTakingSqliteDatabase):
-        threads.append(threading.Thread(target=keep_checkpointing, args=(svc.db, stop), name="checkpointer",
-                                        daemon=True))
+        threads.append(threading.Thread(target=keep_checkpointing, args=(svc.db, stop), name="checkpointer"))
     if svc.settings.watch_rules:
         threads.append(threading.Thread(target=svc.rules.watch, args=(stop,), name="rules-watcher", daemon=True))
     if workers:

@@ -39,8 +39,11 @@ class Services:
     key: bytes
 
     def close(self) -> None:
-        self.db.close()
-        self.redis.close()
+        try:
+            store_db.checkpoint(self.db)  # leave a SQLite file whole, its log copied back
+        finally:
+            self.db.close()
+            self.redis.close()
 
 
 def connect_redis(settings: Settings) -> redis.Redis:
