@@ -109,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
     svc = open_services(settings)
     app = create_app(svc)
-    _freeze_startup_heap()
+    _tune_garbage_collector()
     stop = threading.Event()
     threads = _background(svc, stop, workers=not args.no_workers)
     _on_sighup(svc)
@@ -139,7 +139,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings()
     svc = open_services(settings)
-    _freeze_startup_heap()
+    _tune_garbage_collector()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -153,12 +153,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _freeze_startup_heap() -> None:
+YOUNG_COLLECTION_EVERY = 20_000  # container objects allocated between young collections (Python's default: 700)
+
+
+def _tune_garbage_collector() -> None:
     """Put what start-up built (modules, the rule network, phone metadata: ~60k objects) beyond the garbage
-    collector. A full collection then looks only at what messages allocate: here it took 48 ms, a pause for
-    every request in flight, and takes under 1 ms after the freeze."""
+    collector, and collect the young generation less often.
+
+    A full collection then looks only at what messages allocate: it took 48 ms, a pause for every request
+    in flight, and takes under 1 ms after the freeze. Almost everything a message allocates is freed by
+    reference counting, so collecting every 700 allocations only costs: every 20,000, the API and the
+    worker each spend about a tenth less CPU a message (measured end to end at 1,000 msg/s offered)."""
     gc.collect()
     gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, *gc.get_threshold()[1:])
 
 
 def _background(svc: Services, stop: threading.Event, *, workers: bool,
