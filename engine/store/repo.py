@@ -515,11 +515,8 @@ class _NotAllApplied(Exception):
 def _apply_all(changes: Sequence[StatusChange], updated_at: datetime) -> None:
     """Status changes of one shape (the usual batch: all delivered) as one statement run per task, by the
     driver's executemany; _NotAllApplied when any task was no longer in an expected status."""
-    fields = (*changes[0].fields, "updated_at")
-    sql = statements.update_sql(_db(), Task, fields, ("task_id",), len(changes[0].expected))
-    params = [statements.db_values(Task, {**change.fields, "updated_at": updated_at})
-              + [change.task_id, *change.expected] for change in changes]
-    if statements.execute_many(_db(), sql, params) != len(changes):
+    rows = [({**change.fields, "updated_at": updated_at}, {"task_id": change.task_id}) for change in changes]
+    if _update_many(Task, rows, status_in=changes[0].expected) != len(changes):
         raise _NotAllApplied
 
 
@@ -562,10 +559,7 @@ def _finish_many(ends: Sequence[AttemptEnd]) -> None:
                   error_code=end.error_code, error_message=end.error_message, request=end.request,
                   response=end.response, latency_ms=end.latency_ms, finished_at=finished_at),
              {"task_id": end.task_id, "number": end.number}) for end in ends]
-    sql = statements.update_sql(_db(), Attempt, tuple(rows[0][0]), tuple(rows[0][1]))
-    params = [statements.db_values(Attempt, values) + statements.db_values(Attempt, where) for values, where in rows]
-    matched = statements.execute_many(_db(), sql, params)
-    if matched != len(ends):
+    if _update_many(Attempt, rows) != len(ends):
         query = Attempt.select(Attempt.task_id, Attempt.number).where(Attempt.task_id.in_([e.task_id for e in ends]))
         begun = {(attempt.task_id, attempt.number) for attempt in query}
         missing = [(end.task_id, end.number) for end in ends if (end.task_id, end.number) not in begun]
@@ -600,6 +594,17 @@ def _update(model: type[peewee.Model], values: dict[str, Any], where: dict[str, 
     sql = statements.update_sql(_db(), model, tuple(values), tuple(where), len(status_in))
     params = statements.db_values(model, values) + statements.db_values(model, where) + list(status_in)
     return statements.execute(_db(), sql, params)
+
+
+def _update_many(model: type[peewee.Model], rows: Sequence[tuple[dict[str, Any], dict[str, Any]]],
+                 status_in: tuple[str, ...] = ()) -> int:
+    """`_update` for rows of one shape (values, where), one statement run for each by the driver's
+    executemany; the rows matched in all."""
+    values, where = rows[0]
+    sql = statements.update_sql(_db(), model, tuple(values), tuple(where), len(status_in))
+    params = [statements.db_values(model, values) + statements.db_values(model, where) + list(status_in)
+              for values, where in rows]
+    return statements.execute_many(_db(), sql, params)
 
 
 def _with_defaults(model: type[peewee.Model], row: dict[str, Any]) -> dict[str, Any]:
