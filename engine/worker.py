@@ -142,10 +142,27 @@ class Worker:
         return [entry.id for entry in entries]
 
     def _map(self, fn: Callable[[T], U], items: Sequence[T]) -> list[U]:
-        """Provider calls of a batch on the send pool; a single one runs right here."""
-        if len(items) < 2:
-            return [fn(item) for item in items]
-        return list(self._senders.map(fn, items))
+        """Provider calls of a batch, made by this thread and up to `threads - 1` of the send pool, each taking
+        the next call when its last one returns: a slow call holds up only its own thread, and the batch costs
+        one hand-off per thread rather than one per call. The first exception is raised once all have run."""
+        results: list[U | None] = [None] * len(items)
+        failures: list[BaseException] = []
+        pending = iter(range(len(items)))  # shared: a range iterator hands out each index once (its next() holds the GIL)
+
+        def take_calls() -> None:
+            for index in pending:
+                try:
+                    results[index] = fn(items[index])
+                except BaseException as exc:
+                    failures.append(exc)
+
+        helpers = [self._senders.submit(take_calls) for _ in range(min(self.threads, len(items)) - 1)]
+        take_calls()
+        for helper in helpers:
+            helper.result()
+        if failures:
+            raise failures[0]
+        return results  # type: ignore[return-value]  # every index was filled, or a failure was raised
 
     def _reclaim(self, stop: threading.Event) -> None:
         idle_ms = int(self.svc.settings.visibility_timeout * 1000)
