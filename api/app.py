@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from starlette.applications import Starlette
@@ -16,12 +17,12 @@ from api import admin, health, public
 from api.callbacks import provider_callback
 from api.errors import INTERNAL, ApiError, envelope, error_response
 from engine.ids import uuid7
+from engine.microbatch import MicroBatcher
 from engine.services import Services
 
 log = logging.getLogger("mpush.api")
 
 ROUTES = [
-    Route("/api/v1/messages", public.send_message, methods=["POST"]),
     Route("/api/v1/messages/batch", public.send_batch, methods=["POST"]),
     Route("/api/v1/messages/{task_id}", public.get_message, methods=["GET"]),
     Route("/api/v1/batches/{batch_id}", public.get_batch, methods=["GET"]),
@@ -65,6 +66,52 @@ class TraceIdMiddleware:
         await self.app(scope, receive, send_with_trace)
 
 
+class SendLane:
+    """POST /api/v1/messages, the hot path, answered in plain ASGI ahead of Starlette; the rest goes to `app`.
+
+    Starlette's layers (error and exception middlewares, CORS, router, request object) cost about 90 µs
+    a request, an eighth of the API's CPU a message (measured with `bench/e2e_bench.py`). The lane's answers
+    carry what the stack puts on every answer: a trace id, CORS's headers and the crash envelope.
+    """
+
+    def __init__(self, app: ASGIApp, services: Services) -> None:
+        self.app = app
+        self.batcher = MicroBatcher(functools.partial(public.send_many, services), max_batch=public.SEND_BATCH)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/api/v1/messages" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        raw = await _body(receive)
+        if raw is None:
+            return  # the client went away before its request was whole
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        try:
+            send_ = public.SignedSend("POST", scope["path"], headers, raw, headers.get("idempotency-key", ""))
+            response = envelope(data=await self.batcher.submit(send_))
+        except ApiError as exc:
+            response = error_response(exc)
+        except Exception as exc:
+            log.exception("request.crashed POST %s", scope["path"], exc_info=exc)
+            response = envelope(INTERNAL)
+        response.raw_headers += [(b"trace-id", uuid7().encode()), (b"vary", b"Origin")]
+        if "origin" in headers:
+            response.raw_headers.append((b"access-control-allow-origin", b"*"))
+        await response(scope, receive, send)
+
+
+async def _body(receive: Receive) -> bytes | None:
+    """The whole request body, or None when the client disconnected first."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(exc)
@@ -79,7 +126,7 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return JSONResponse({"code": 404, "message": "not found"}, status_code=404)
 
 
-def create_app(services: Services) -> Starlette:
+def create_app(services: Services) -> ASGIApp:
     middleware = [
         Middleware(TraceIdMiddleware),
         Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
@@ -88,4 +135,4 @@ def create_app(services: Services) -> Starlette:
     app = Starlette(routes=ROUTES, middleware=middleware,
                     exception_handlers={ApiError: _api_error, 404: _not_found, 405: _not_found, Exception: _crash})
     app.state.services = services
-    return app
+    return SendLane(app, services)

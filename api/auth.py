@@ -1,7 +1,8 @@
 """Authentication of `/api/v1`: the reference's steps and codes, plus replay and rate protection.
 
 `authenticate` does it for one request. The send path checks a group of requests at once:
-`verify` each (no Redis), then `admit_nonces` takes all their nonces and rate units in one round trip.
+`verify` each (no Redis), then its intake counts each one's `call_of` (nonce and rate) together
+with its quotas, all in one round trip.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from api import errors
 from api.errors import ApiError
-from engine.limits import CallVerdict
+from engine.limits import Call
 from engine.services import Services
 from engine.signing import verify as signature_matches
 from engine.store import repo
@@ -74,17 +75,19 @@ def admit_nonces(svc: Services, callers: Sequence[Caller], now: float) -> list[A
     """Remember each verified request's nonce and count it against its app's rate, all in one round trip.
     Per caller, None when admitted, else the refusal. A replay counts against no rate, and a request over
     its rate leaves its nonce unused: a refused request changes nothing."""
-    verdicts = svc.limits.admit_calls([(caller.app.app_id, caller.nonce, caller.app.rate_limit) for caller in callers],
-                                      now, nonce_ttl=2 * WINDOW_SECONDS)
-    return [_refusal(verdict) for verdict in verdicts]
+    verdicts = svc.limits.admit_calls([call_of(caller) for caller in callers], now)
+    return [None if verdict == "ok" else call_refusal(verdict) for verdict in verdicts]
 
 
-def _refusal(verdict: CallVerdict) -> ApiError | None:
+def call_of(caller: Caller) -> Call:
+    """What the limits count of a verified request: its nonce, kept for twice the timestamp window, and its app's rate."""
+    return Call(caller.app.app_id, caller.nonce, caller.app.rate_limit, 2 * WINDOW_SECONDS)
+
+
+def call_refusal(verdict: Literal["replay", "rate"]) -> ApiError:
     if verdict == "replay":
         return ApiError(errors.INVALID_SIGNATURE, "invalid signature: nonce already used (replay)")
-    if verdict == "rate":
-        return ApiError(errors.RATE_LIMITED)
-    return None
+    return ApiError(errors.RATE_LIMITED)
 
 
 def _parse_timestamp(value: str) -> int:

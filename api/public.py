@@ -19,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from api import errors
-from api.auth import Caller, admit_nonces, authenticate, verify
+from api.auth import Caller, authenticate, call_of, call_refusal, verify
 from api.errors import ApiError, envelope
 from engine import intake, metrics
 from engine.intake import Refused
-from engine.microbatch import MicroBatcher
+from engine.limits import Call
 from engine.services import Services
 from engine.store import repo
 
@@ -58,44 +58,24 @@ async def _authenticated(request: Request, work: Callable[[Services, Caller], T]
     return await run_in_threadpool(run)
 
 
-async def send_message(request: Request) -> JSONResponse:
-    raw = await request.body()
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    send = SignedSend(request.method, request.url.path, headers, raw, headers.get("idempotency-key", ""))
-    return envelope(data=await _send_batcher(request).submit(send))
-
-
-def _send_batcher(request: Request) -> MicroBatcher[SignedSend, dict[str, Any]]:
-    state = request.app.state
-    if not hasattr(state, "send_batcher"):
-        svc: Services = state.services
-        state.send_batcher = MicroBatcher(lambda sends: _send_many(svc, sends), max_batch=SEND_BATCH)
-    return state.send_batcher
-
-
-def _send_many(svc: Services, sends: Sequence[SignedSend]) -> list[dict[str, Any] | Exception]:
-    """Authenticate and accept a group of single sends; the answer's data, or the error, for each."""
+def send_many(svc: Services, sends: Sequence[SignedSend]) -> list[dict[str, Any] | Exception]:
+    """Authenticate and accept a group of single sends (POST /api/v1/messages, served by `api.app.SendLane`);
+    the answer's data, or the error, for each."""
     now = time.time()
     outcomes: dict[int, dict[str, Any] | Exception] = {}
-    callers: dict[int, Caller] = {}
+    requests: dict[int, tuple[Any, intake.SendRequest]] = {}
+    calls: list[Call] = []
     apps: dict[str, Any] = {}
     for index, send in enumerate(sends):
         try:
-            callers[index] = verify(svc, send.method, send.path, send.headers, send.raw, now, apps)
-        except Exception as exc:
-            outcomes[index] = exc
-    requests: dict[int, tuple[Any, intake.SendRequest]] = {}
-    for (index, caller), refusal in zip(callers.items(), admit_nonces(svc, list(callers.values()), now)):
-        try:
-            if refusal is not None:
-                raise refusal
-            requests[index] = (caller.app, intake.parse(caller.body, batch=False,
-                                                        idempotency_key=sends[index].idempotency_key))
+            caller = verify(svc, send.method, send.path, send.headers, send.raw, now, apps)
+            requests[index] = (caller.app, intake.parse(caller.body, batch=False, idempotency_key=send.idempotency_key))
+            calls.append(call_of(caller))
         except Refused as exc:
             outcomes[index] = _refusal(exc)
         except Exception as exc:
             outcomes[index] = exc
-    for index, result in zip(requests, intake.accept_many(svc, list(requests.values()), now)):
+    for index, result in zip(requests, intake.accept_many(svc, list(requests.values()), now, calls)):
         outcomes[index] = _message_data(result)
     return [outcomes[index] for index in range(len(sends))]
 
@@ -132,6 +112,8 @@ def _accept(svc: Services, caller: Caller, idempotency_key: str, batch: bool) ->
 
 
 def _refusal(exc: Refused) -> ApiError:
+    if exc.kind in ("replay", "rate"):
+        return call_refusal(exc.kind)
     metrics.REJECTED.labels(str(REFUSAL_CODES[exc.kind])).inc()
     return ApiError(REFUSAL_CODES[exc.kind], exc.message)
 

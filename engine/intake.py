@@ -16,7 +16,7 @@ import redis
 
 from engine import metrics
 from engine.ids import uuid7
-from engine.limits import Admission
+from engine.limits import Admission, Call
 from engine.policy.decisions import QuotaCheck
 from engine.policy.model import Channel, Template, render
 from engine.policy.ruleset import RuleSet
@@ -32,9 +32,9 @@ DAY = 86_400
 
 
 class Refused(Exception):
-    """A request that is not accepted; `kind` is invalid | quota | unavailable."""
+    """A request that is not accepted; `kind` is invalid | quota | unavailable, or for its signed call replay | rate."""
 
-    def __init__(self, kind: Literal["invalid", "quota", "unavailable"], message: str) -> None:
+    def __init__(self, kind: Literal["invalid", "quota", "unavailable", "replay", "rate"], message: str) -> None:
         self.kind = kind
         self.message = message
         super().__init__(message)
@@ -124,23 +124,26 @@ def accept(svc: Services, app: Application, request: SendRequest, now: float) ->
     return accepted
 
 
-def accept_many(svc: Services, requests: Sequence[tuple[Application, SendRequest]], now: float
-                ) -> list[Accepted | Exception]:
+def accept_many(svc: Services, requests: Sequence[tuple[Application, SendRequest]], now: float,
+                calls: Sequence[Call] = ()) -> list[Accepted | Exception]:
     """`accept` for many requests at once, an outcome per request (`Refused`, or whatever else went wrong, is
     returned, not raised): the plain single-receiver ones are admitted in one round trip, stored in one
-    transaction and enqueued in one round trip; batches and idempotent requests go through `accept`."""
+    transaction and enqueued in one round trip; batches and idempotent requests go through `accept`.
+
+    `calls`, one per request when given, are the signed calls that carried them: each is counted (its nonce
+    used, its app's rate taken) in the same round trip as its quotas, and refused as a replay or over its rate."""
     outcomes: dict[int, Accepted | Exception] = {}
     plain: dict[int, tuple[Application, SendRequest]] = {}
+    special: dict[int, tuple[Application, SendRequest]] = {}
     for index, (app, request) in enumerate(requests):
-        if request.batch or request.idempotency_key:
-            try:
-                outcomes[index] = accept(svc, app, request, now)
-            except Exception as exc:  # this request's failure is its own, as when accepted alone
-                outcomes[index] = exc
-        else:
-            plain[index] = (app, request)
+        (special if request.batch or request.idempotency_key else plain)[index] = (app, request)
+    special_calls = [calls[index] for index in special] if calls else []
+    refusals = _calls_refused(svc, special_calls, now) if special_calls else [None] * len(special)
+    for (index, (app, request)), refusal in zip(special.items(), refusals):
+        outcomes[index] = refusal or _accept_alone(svc, app, request, now)
     admitted: dict[int, Admitted] = {}
-    for index, outcome in zip(plain, admit_many(svc, list(plain.values()), now)):
+    plain_calls = [calls[index] for index in plain] if calls else []
+    for index, outcome in zip(plain, admit_many(svc, list(plain.values()), now, plain_calls)):
         if isinstance(outcome, Admitted):
             admitted[index] = outcome
         else:
@@ -148,6 +151,22 @@ def accept_many(svc: Services, requests: Sequence[tuple[Application, SendRequest
     if admitted:
         outcomes.update(zip(admitted, _store_and_enqueue_many(svc, list(admitted.values()))))
     return [outcomes[index] for index in range(len(requests))]
+
+
+def _accept_alone(svc: Services, app: Application, request: SendRequest, now: float) -> Accepted | Exception:
+    try:
+        return accept(svc, app, request, now)
+    except Exception as exc:  # this request's failure is its own, as when accepted alone
+        return exc
+
+
+def _calls_refused(svc: Services, calls: list[Call], now: float) -> list[Exception | None]:
+    """Count calls on their own, in one round trip; per call None when counted, else its refusal."""
+    try:
+        verdicts = svc.limits.admit_calls(calls, now)
+    except redis.RedisError as exc:
+        return [exc] * len(calls)
+    return [None if verdict == "ok" else Refused(verdict, verdict) for verdict in verdicts]
 
 
 def admit(svc: Services, app: Application, request: SendRequest, now: float) -> Admitted:
@@ -158,10 +177,10 @@ def admit(svc: Services, app: Application, request: SendRequest, now: float) -> 
     return outcome
 
 
-def admit_many(svc: Services, requests: Sequence[tuple[Application, SendRequest]], now: float
-               ) -> list[Admitted | Exception]:
-    """`admit` for many requests, their quota units taken in one round trip and in order; per request its
-    admission, or the exception that refused it."""
+def admit_many(svc: Services, requests: Sequence[tuple[Application, SendRequest]], now: float,
+               calls: Sequence[Call] = ()) -> list[Admitted | Exception]:
+    """`admit` for many requests, their quota units (and their `calls`, when given) taken in one round trip
+    and in order; per request its admission, or the exception that refused it."""
     ruleset = svc.rules.current
     outcomes: list[Admitted | Exception] = []
     for app, request in requests:
@@ -170,8 +189,10 @@ def admit_many(svc: Services, requests: Sequence[tuple[Application, SendRequest]
         except Refused as exc:
             outcomes.append(exc)
     checked = [item for item in outcomes if isinstance(item, Admitted)]
+    checked_calls = [call for call, item in zip(calls, outcomes) if isinstance(item, Admitted)]
     try:
-        admissions = svc.limits.admit_many([(item.checks, item.costs) for item in checked], now=now)
+        admissions = svc.limits.admit_many([(item.checks, item.costs) for item in checked], now=now,
+                                           calls=checked_calls)
     except redis.RedisError as exc:
         return [exc if isinstance(item, Admitted) else item for item in outcomes]
     decided = iter([_counted(item, admission) for item, admission in zip(checked, admissions)])
@@ -196,6 +217,8 @@ def _counted(item: Admitted, admission: Admission) -> Admitted | Refused:
     """What the quota counters said: counted, deferred until the exhausted window resets, or refused."""
     if admission.allowed:
         return dataclasses.replace(item, counted=True)
+    if admission.call != "ok":
+        return Refused(admission.call, admission.call)
     if admission.on_exceed != "defer" or admission.retry_at is None:
         return Refused("quota", f"quota exceeded: {admission.rule}")
     return dataclasses.replace(item, due=max(item.due or 0.0, admission.retry_at))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import redis
 
@@ -46,20 +46,33 @@ return 0
 """
 
 
+CallVerdict = Literal["ok", "replay", "rate"]
+_CALL_VERDICTS: tuple[CallVerdict, ...] = ("ok", "replay", "rate")  # by the take script's failed counter
+
+
+class Call(NamedTuple):
+    """A signed API call: its nonce may be used once in `nonce_ttl` seconds, its app make `rate_limit` calls a
+    second (0 = unlimited)."""
+
+    app_id: str
+    nonce: str
+    rate_limit: int
+    nonce_ttl: int
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """Whether a request may proceed; on reject, the first exhausted rule and when its window resets."""
+    """Whether a request may proceed; on reject, its call's verdict ("replay" or "rate"), or the first
+    exhausted quota rule and when its window resets."""
 
     allowed: bool
     rule: str | None = None
     on_exceed: OnExceed | None = None
     retry_at: float | None = None
+    call: CallVerdict = "ok"
 
 
 ADMITTED = Admission(True)
-
-CallVerdict = Literal["ok", "replay", "rate"]
-_CALL_VERDICTS: tuple[CallVerdict, ...] = ("ok", "replay", "rate")  # by the take script's failed counter
 
 
 def counter_key(check: QuotaCheck, now: float) -> str:
@@ -107,18 +120,37 @@ class Limits:
         """
         return self.admit_many([(checks, _per_check(checks, cost, costs))], now=now)[0]
 
-    def admit_many(self, requests: Sequence[tuple[Sequence[QuotaCheck], Sequence[int]]], *, now: float
-                   ) -> list[Admission]:
+    def admit_many(self, requests: Sequence[tuple[Sequence[QuotaCheck], Sequence[int]]], *, now: float,
+                   calls: Sequence[Call | None] = ()) -> list[Admission]:
         """`admit` for several requests (their checks and a cost per check) in one round trip: each is
-        counted whole or not at all, in order, so a later request sees what the earlier ones took."""
+        counted whole or not at all, in order, so a later request sees what the earlier ones took.
+
+        With `calls`, one per request or None, a request's call is counted with its quotas, all or nothing:
+        a replay or a call over its rate takes no quota, one over its quota leaves its nonce unused. A call
+        whose quota defers it is accepted later, so its nonce and rate are then counted on their own."""
         validated = [(checks, _validated(checks, costs)) for checks, costs in requests]
-        counted = [(checks, costs) for checks, costs in validated if checks]
-        if not counted:
+        calls = list(calls) or [None] * len(requests)
+        if len(calls) != len(requests):
+            raise ValueError(f"{len(calls)} calls for {len(requests)} requests")
+        call_counters = [_call_counters(call, now) if call else [] for call in calls]
+        counters = [[*counted_call, *((counter_key(check, now), units, check.limit, counter_ttl(check.window_seconds))
+                                      for check, units in zip(checks, costs))]
+                    for (checks, costs), counted_call in zip(validated, call_counters)]
+        if not any(counters):
             return [ADMITTED] * len(requests)
-        exhausted = iter(self._take_many([[(counter_key(check, now), units, check.limit,
-                                            counter_ttl(check.window_seconds)) for check, units in zip(checks, costs)]
-                                          for checks, costs in counted]))
-        return [_admission(checks, next(exhausted), now) if checks else ADMITTED for checks, _ in requests]
+        admissions = [_verdict(checks, len(counted_call), exhausted, now) for (checks, _), counted_call, exhausted
+                      in zip(validated, call_counters, self._take_many(counters))]
+        return self._count_deferred_calls(admissions, calls, now)
+
+    def _count_deferred_calls(self, admissions: list[Admission], calls: Sequence[Call | None], now: float
+                              ) -> list[Admission]:
+        """Count on their own the calls their quotas defer: accepted for later, their nonce is used now."""
+        deferred = {index: call for index, (admission, call) in enumerate(zip(admissions, calls))
+                    if call is not None and admission.on_exceed == "defer" and not admission.allowed}
+        for index, verdict in zip(deferred, self.admit_calls(list(deferred.values()), now)):
+            if verdict != "ok":
+                admissions[index] = Admission(False, call=verdict)
+        return admissions
 
     def refund(
         self, checks: Sequence[QuotaCheck], now: float, cost: int = 1, *, costs: Sequence[int] | None = None
@@ -135,16 +167,11 @@ class Limits:
         """Units counted so far in the window `now` falls in."""
         return int(self.redis.get(counter_key(check, now)) or 0)
 
-    def admit_calls(self, calls: Sequence[tuple[str, str, int]], now: float, *, nonce_ttl: int) -> list[CallVerdict]:
-        """Per signed call (app id, nonce, the app's requests per second, 0 = unlimited), in order and in one
-        round trip: "ok" when its nonce is new and its app within its rate, both now counted; else "replay"
-        or "rate", and nothing counted: a replay uses no rate, a call over the rate leaves its nonce unused."""
-        if any(limit < 0 for _, _, limit in calls):
-            raise ValueError(f"rate limits must be >= 0, got {[limit for _, _, limit in calls]}")
-        second = window_bucket(now, 1)
-        counters = [[(keys.nonce(app_id, nonce), 1, 1, nonce_ttl),
-                     *([(keys.rate(app_id, second), 1, limit, counter_ttl(1))] if limit else [])]
-                    for app_id, nonce, limit in calls]
+    def admit_calls(self, calls: Sequence[Call], now: float) -> list[CallVerdict]:
+        """Per signed call, in order and in one round trip: "ok" when its nonce is new and its app within its
+        rate, both now counted; else "replay" or "rate", and nothing counted: a replay uses no rate, a call
+        over the rate leaves its nonce unused."""
+        counters = [_call_counters(call, now) for call in calls]
         return [_CALL_VERDICTS[failed] for failed in self._take_many(counters)] if calls else []
 
     def _take_many(self, requests: list[list[tuple[str, int, int, int]]]) -> list[int]:
@@ -156,6 +183,21 @@ class Limits:
             for _, cost, limit, ttl in counters:
                 args += [cost, limit, ttl]
         return [int(result) for result in self._take(keys=counter_keys, args=args)]
+
+
+def _call_counters(call: Call, now: float) -> list[tuple[str, int, int, int]]:
+    """The nonce counter (room for one use) and, with a rate limit, the app's counter for this second."""
+    if call.rate_limit < 0:
+        raise ValueError(f"rate limits must be >= 0, got {call.rate_limit}")
+    rate = [(keys.rate(call.app_id, window_bucket(now, 1)), 1, call.rate_limit, counter_ttl(1))] if call.rate_limit else []
+    return [(keys.nonce(call.app_id, call.nonce), 1, 1, call.nonce_ttl), *rate]
+
+
+def _verdict(checks: Sequence[QuotaCheck], call_size: int, exhausted: int, now: float) -> Admission:
+    """What the take script said of a request whose first `call_size` counters are its call's."""
+    if 0 < exhausted <= call_size:
+        return Admission(False, call=_CALL_VERDICTS[exhausted])
+    return _admission(checks, exhausted - call_size if exhausted else 0, now)
 
 
 def _admission(checks: Sequence[QuotaCheck], exhausted: int, now: float) -> Admission:

@@ -87,3 +87,34 @@ def test_bad_requests_among_good_ones_are_refused_and_store_nothing(gw: Gateway)
     answers = post_all(gw, bodies)
     assert [answer["code"] for answer in answers] == [0, 20003, 10001, 0]
     assert repo.task_counts(gw.app_id)["pending"] == 2
+
+
+def test_send_answers_carry_the_headers_of_every_answer(gw: Gateway) -> None:
+    """A send, served ahead of Starlette's stack, still gets a UUIDv7 trace id and CORS's headers."""
+    raw, headers = signed(gw, "13800000001")
+    response = requests.post(gw.url + "/api/v1/messages", data=raw, timeout=10,
+                             headers={"Content-Type": "application/json", "Origin": "https://shop.example", **headers})
+    assert response.json()["code"] == 0
+    assert uuid.UUID(response.headers["trace-id"]).version == 7
+    assert response.headers["access-control-allow-origin"] == "*" and response.headers["vary"] == "Origin"
+
+
+def test_a_crash_in_the_send_path_answers_the_internal_error_envelope(gw: Gateway,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected exception while accepting becomes code 40001 for the caller, not a dropped connection."""
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("store exploded")
+
+    monkeypatch.setattr("engine.intake.accept_many", broken)
+    raw, headers = signed(gw, "13800000001")
+    response = requests.post(gw.url + "/api/v1/messages", data=raw, timeout=10, headers=headers)
+    assert (response.status_code, response.json()["code"]) == (200, 40001)
+    assert "trace-id" in response.headers
+
+
+def test_other_methods_and_paths_still_go_through_the_router(gw: Gateway) -> None:
+    """GET on the send path and a CORS preflight are answered by Starlette as before."""
+    assert requests.get(gw.url + "/api/v1/messages", timeout=5).status_code == 404
+    preflight = requests.options(gw.url + "/api/v1/messages", timeout=5, headers={
+        "Origin": "https://shop.example", "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 200 and "POST" in preflight.headers["access-control-allow-methods"]

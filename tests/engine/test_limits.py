@@ -10,7 +10,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.limits import Limits, counter_key
+from engine.limits import Call, Limits, counter_key
 from engine.policy.decisions import QuotaCheck
 from engine.policy.selection import window_bucket
 
@@ -125,7 +125,7 @@ def test_bad_input_is_refused_and_counts_nothing(limits: Limits, shape: list[tup
 
 
 def _signed_calls(limits: Limits, app: str, limit: int, now: float, nonces: list[str]) -> list[str]:
-    return limits.admit_calls([(app, nonce, limit) for nonce in nonces], now, nonce_ttl=600)
+    return limits.admit_calls([Call(app, nonce, limit, 600) for nonce in nonces], now)
 
 
 def test_app_rate_limit_per_second(limits: Limits) -> None:
@@ -239,10 +239,44 @@ def test_admit_many_with_no_checks_admits_without_touching_redis(limits: Limits)
 def test_admit_calls_counts_in_order_per_app(limits: Limits) -> None:
     """Several calls' nonces and rates in one round trip: each app's limit holds across the group, 0 is unlimited."""
     busy, calm = _unique("busy"), _unique("calm")
-    group = [(busy, "1", 2), (calm, "1", 0), (busy, "2", 2), (busy, "3", 2), (calm, "2", 0)]
-    assert limits.admit_calls(group, T0 + 0.2, nonce_ttl=600) == ["ok", "ok", "ok", "rate", "ok"]
-    assert limits.admit_calls([(busy, "3", 2)], T0 + 1.2, nonce_ttl=600) == ["ok"]
-    assert limits.admit_calls([], T0, nonce_ttl=600) == []
+    group = [Call(busy, "1", 2, 600), Call(calm, "1", 0, 600), Call(busy, "2", 2, 600), Call(busy, "3", 2, 600),
+             Call(calm, "2", 0, 600)]
+    assert limits.admit_calls(group, T0 + 0.2) == ["ok", "ok", "ok", "rate", "ok"]
+    assert limits.admit_calls([Call(busy, "3", 2, 600)], T0 + 1.2) == ["ok"]
+    assert limits.admit_calls([], T0) == []
+
+
+def test_a_call_and_its_quotas_count_all_or_nothing(limits: Limits) -> None:
+    """Counted together: a replay takes no quota, a call over its quota leaves its nonce unused for a retry."""
+    app, rule = _unique("app"), _unique("one-a-day")
+    quota = [QuotaCheck(rule, app, 1, 86_400)]
+    first, replay, second = Call(app, "n1", 0, 600), Call(app, "n1", 0, 600), Call(app, "n2", 0, 600)
+    verdicts = limits.admit_many([(quota, [1]), (quota, [1]), (quota, [1])], now=T0, calls=[first, replay, second])
+    assert [(v.allowed, v.call, v.rule) for v in verdicts] == [(True, "ok", None), (False, "replay", None),
+                                                               (False, "ok", rule)]
+    assert limits.used(quota[0], T0) == 1
+    assert limits.admit_calls([second], T0) == ["ok"]  # the nonce refused by the quota was not used
+
+
+def test_a_call_over_its_rate_takes_no_quota(limits: Limits) -> None:
+    """The second call in a second of an app limited to one a second is refused as rate, its quota untouched."""
+    app, rule = _unique("app"), _unique("daily")
+    quota = [QuotaCheck(rule, app, 10, 86_400)]
+    verdicts = limits.admit_many([(quota, [1]), (quota, [1])], now=T0 + 0.1,
+                                 calls=[Call(app, "a", 1, 600), Call(app, "b", 1, 600)])
+    assert [(v.allowed, v.call) for v in verdicts] == [(True, "ok"), (False, "rate")]
+    assert limits.used(quota[0], T0) == 1
+
+
+def test_a_call_its_quota_defers_still_uses_its_nonce(limits: Limits) -> None:
+    """A deferred request is accepted for later: its quota is not counted now, but its nonce is, so a replay fails."""
+    app, rule = _unique("app"), _unique("defer")
+    quota = [QuotaCheck(rule, app, 0, 60, on_exceed="defer")]
+    call = Call(app, "n", 0, 600)
+    verdict = limits.admit_many([(quota, [1])], now=T0, calls=[call])[0]
+    assert (verdict.allowed, verdict.on_exceed, verdict.call) == (False, "defer", "ok")
+    assert limits.admit_calls([call], T0) == ["replay"]
+    assert limits.admit_many([(quota, [1])], now=T0, calls=[call])[0].call == "replay"
 
 
 def test_daily_window_follows_local_midnight(limits: Limits) -> None:
