@@ -157,6 +157,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--worker-threads", type=int, default=4,
                         help="send threads of the worker; the mock answers at once, so few threads waste least")
+    parser.add_argument("--worker-readers", type=int, default=1,
+                        help="stream readers of the worker; one suits a vendor answering within milliseconds")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--database-url", default="")
     args = parser.parse_args()
@@ -170,7 +172,8 @@ def main() -> int:
     env = {**os.environ, "MPUSH_REDIS_URL": args.redis_url, "MPUSH_DATABASE_URL": database_url,
            "MPUSH_RULES_DIR": str(tmp / "rules"), "MPUSH_DATA_DIR": str(tmp / "data"),
            "MPUSH_ENCRYPTION_KEY": "b" * 32, "MPUSH_ADMIN_TOKEN": "bench", "MPUSH_LOG_LEVEL": "WARNING",
-           "MPUSH_WORKER_THREADS": str(args.worker_threads), "MPUSH_WATCH_RULES": "false"}
+           "MPUSH_WORKER_THREADS": str(args.worker_threads),
+           "MPUSH_WORKER_READERS": str(args.worker_readers), "MPUSH_WATCH_RULES": "false"}
     mpush = [sys.executable, "-m", "engine.cli"]
     created = subprocess.run([*mpush, "apps", "create", "bench", "--daily-quota", "0", "--rate-limit", "0"],
                              env=env, check=True, capture_output=True, text=True).stdout
@@ -215,7 +218,7 @@ def run_load(args: argparse.Namespace, api_port: int, mock_port: int, app_id: st
     delivered_rate = len(received) / (max(times) - wall_start) if times else 0.0
     e2e = [at - accepted[task_id] for at, task_id in received if task_id in accepted]
     print(f"cores: {os.cpu_count()}  batch: {args.batch}  clients: {args.clients}  "
-          f"worker threads: {args.worker_threads}")
+          f"worker threads: {args.worker_threads}  readers: {args.worker_readers}")
     print(f"offered: {args.rate:.0f} msg/s for {args.seconds:.0f} s; accepted {offered - len(errors) * args.batch}"
           f" messages at {offered / load_seconds:.0f} msg/s ({len(latencies) / load_seconds:.0f} req/s),"
           f" {len(errors)} refused {set(errors) or ''}")

@@ -30,6 +30,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     worker_threads: int = 8
+    worker_readers: int = 2
     visibility_timeout: float = 60.0
     callback_timeout: float = 600.0
     encryption_key: str = ""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.settings import Settings
 from engine.worker import Worker
 from tests.support.service import Gateway, gateway, write_rules
 
@@ -66,3 +67,11 @@ def test_a_failing_call_is_raised_after_every_call_ran(worker: Worker) -> None:
     with pytest.raises(ValueError, match="provider bug"):
         worker._map(call, list(range(6)))
     assert sorted(called) == list(range(6))
+
+
+def test_stream_readers_come_from_the_settings_and_never_outnumber_the_send_threads(worker: Worker) -> None:
+    """MPUSH_WORKER_READERS (2 by default) readers, or fewer when there are fewer send threads."""
+    svc = worker.svc
+    assert Worker(svc, threads=3).readers == 2 and Worker(svc, threads=1).readers == 1
+    assert Worker(svc, threads=3, readers=1).readers == 1
+    assert Settings.from_env({"MPUSH_WORKER_READERS": "1"}).worker_readers == 1
