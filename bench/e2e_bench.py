@@ -17,6 +17,7 @@ import asyncio
 import http.client
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -190,12 +191,16 @@ def main() -> int:
         time.sleep(1.0)
         named = {"api": processes[1].pid, "worker": processes[2].pid, "mock": processes[0].pid,
                  "load generator": os.getpid()}
+        redis_pid = int(redis.Redis.from_url(args.redis_url).info("server")["process_id"])
+        if Path(f"/proc/{redis_pid}").exists():  # a Redis on this machine shares its cores too
+            named["redis"] = redis_pid
         return run_load(args, api_port, mock_port, app_id, secret, named)
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
             process.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_load(args: argparse.Namespace, api_port: int, mock_port: int, app_id: str, secret: str,
