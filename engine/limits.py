@@ -16,6 +16,9 @@ from engine.policy.selection import counter_ttl, window_bucket, window_end
 # request, one request after another. ARGV: the number of requests, then how many counters each
 # has, then cost, limit and ttl per counter. Returns per request 0, or the 1-based index of its
 # first counter without room for its cost — in which case nothing of that request was counted.
+# Counters are taken first and given back on a refusal: an admitted request, the usual case, costs one
+# INCRBY a counter (and an EXPIRE for a new one) instead of a GET before it; within the script no one
+# else ever sees a counter over its limit.
 _TAKE = """
 local requests = tonumber(ARGV[1])
 local results, k, a = {}, 0, requests + 1
@@ -23,14 +26,11 @@ for r = 1, requests do
   local size, failed = tonumber(ARGV[1 + r]), 0
   for i = 1, size do
     local cost, limit = tonumber(ARGV[a + 3 * i - 2]), tonumber(ARGV[a + 3 * i - 1])
-    if tonumber(redis.call('GET', KEYS[k + i]) or '0') + cost > limit then failed = i break end
+    local used = redis.call('INCRBY', KEYS[k + i], cost)
+    if used == cost then redis.call('EXPIRE', KEYS[k + i], ARGV[a + 3 * i]) end
+    if used > limit then failed = i break end
   end
-  if failed == 0 then
-    for i = 1, size do
-      local cost = tonumber(ARGV[a + 3 * i - 2])
-      if redis.call('INCRBY', KEYS[k + i], cost) == cost then redis.call('EXPIRE', KEYS[k + i], ARGV[a + 3 * i]) end
-    end
-  end
+  for i = 1, failed do redis.call('DECRBY', KEYS[k + i], tonumber(ARGV[a + 3 * i - 2])) end
   results[r], k, a = failed, k + size, a + 3 * size
 end
 return results
