@@ -118,3 +118,11 @@ def test_other_methods_and_paths_still_go_through_the_router(gw: Gateway) -> Non
     preflight = requests.options(gw.url + "/api/v1/messages", timeout=5, headers={
         "Origin": "https://shop.example", "Access-Control-Request-Method": "POST"})
     assert preflight.status_code == 200 and "POST" in preflight.headers["access-control-allow-methods"]
+
+
+def test_a_send_refused_as_invalid_leaves_its_nonce_unused(gw: Gateway) -> None:
+    """A send refused for an unknown channel does not use its nonce: the corrected request signed with it is accepted."""
+    nonce = uuid.uuid4().hex
+    assert post_all(gw, [signed(gw, "13800000001", nonce=nonce, channel=99)])[0]["code"] == 10001
+    assert post_all(gw, [signed(gw, "13800000001", nonce=nonce)])[0]["code"] == 0
+    assert post_all(gw, [signed(gw, "13800000001", nonce=nonce)])[0]["code"] == 20003
