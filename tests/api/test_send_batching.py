@@ -15,25 +15,13 @@ import requests
 
 from engine.signing import sign_headers
 from engine.store import repo
-from tests.support.service import Gateway, gateway, write_rules
+from tests.support.service import CONSOLE_RULES, Gateway, gateway, write_rules
 
 pytestmark = pytest.mark.timeout(60)
 
-RULES = """
-templates:
-  - {name: code, variables: [code], text: "code {code}"}
-channels:
-  - {id: 1, name: otp, type: sms, template: code}
-providers:
-  - {name: console, type: console}
-routing:
-  - {name: otp, when: {channel: otp}, providers: [{use: console}]}
-"""
-
-
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[Gateway]:
-    rules = write_rules(tmp_path, RULES)
+    rules = write_rules(tmp_path, CONSOLE_RULES)
     with gateway(tmp_path, rules, workers=False) as running:
         yield running
 

@@ -10,25 +10,13 @@ import pytest
 
 from engine.settings import Settings
 from engine.worker import Worker
-from tests.support.service import Gateway, gateway, write_rules
+from tests.support.service import CONSOLE_RULES, gateway, write_rules
 
 pytestmark = pytest.mark.timeout(60)
 
-RULES = """
-templates:
-  - {name: code, variables: [code], text: "code {code}"}
-channels:
-  - {id: 1, name: otp, type: sms, template: code}
-providers:
-  - {name: console, type: console}
-routing:
-  - {name: otp, when: {channel: otp}, providers: [{use: console}]}
-"""
-
-
 @pytest.fixture
 def worker(tmp_path: Path) -> Iterator[Worker]:
-    with gateway(tmp_path, write_rules(tmp_path, RULES), workers=False) as gw:
+    with gateway(tmp_path, write_rules(tmp_path, CONSOLE_RULES), workers=False) as gw:
         pool = Worker(gw.svc, threads=3, name="pool-test")
         yield pool
         pool._senders.shutdown()

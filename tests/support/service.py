@@ -79,6 +79,18 @@ class Gateway:
             time.sleep(0.05)
 
 
+CONSOLE_RULES = """
+templates:
+  - {name: code, variables: [code], text: "code {code}"}
+channels:
+  - {id: 1, name: otp, type: sms, template: code}
+providers:
+  - {name: console, type: console}
+routing:
+  - {name: otp, when: {channel: otp}, providers: [{use: console}]}
+"""  # the least a running gateway needs: one channel, delivered by the console provider
+
+
 def write_rules(tmp: Path, text: str) -> Path:
     """A rules directory under `tmp` holding `text` as its one rule file."""
     rules = tmp / "rules"
