@@ -54,7 +54,8 @@ class Worker:
         self.counters: collections.Counter[str] = collections.Counter()
         self.read_count = READ_ROUNDS * self.threads
         self._lock = threading.Lock()
-        self._senders = ThreadPoolExecutor(self.threads, thread_name_prefix="sender")
+        # each reader makes calls itself too (`_map`), so the pool and the readers make `threads` at once
+        self._senders = ThreadPoolExecutor(max(1, self.threads - self.readers), thread_name_prefix="sender")
         self._in_hand: set[str] = set()
 
     def __repr__(self) -> str:
