@@ -12,24 +12,12 @@ import requests
 
 from engine.store import repo
 from tests.support.loopback import LoopbackServer, Reply
-
-from tests.support.service import Gateway, gateway, write_rules
-
-RULES = """
-templates:
-  - {name: code, variables: [code], text: "code {code}"}
-channels:
-  - {id: 1, name: otp, type: sms, template: code}
-providers:
-  - {name: fake, type: fake, config: {}}
-routing:
-  - {name: otp, when: {channel: otp}, providers: [{use: fake}]}
-"""
+from tests.support.service import CONSOLE_RULES, Gateway, gateway, write_rules
 
 
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[Gateway]:
-    rules = write_rules(tmp_path, RULES)
+    rules = write_rules(tmp_path, CONSOLE_RULES)
     with gateway(tmp_path, rules) as running:
         yield running
 
@@ -49,21 +37,21 @@ class TestAdmin:
         """A reload of a broken file answers 400 with file:line errors; the live version stays and says why."""
         before = admin(gw, "GET", "/rules").json()["data"]["version"]
         rules_file = gw.svc.settings.rules_dir / "rules.yaml"
-        rules_file.write_text(RULES.replace("use: fake", "use: nobody"), encoding="utf-8")
+        rules_file.write_text(CONSOLE_RULES.replace("use: console", "use: nobody"), encoding="utf-8")
         answer = admin(gw, "POST", "/rules/reload")
         assert answer.status_code == 400
         assert any("rules.yaml:" in line and "nobody" in line for line in answer.json()["data"]["errors"])
         status = admin(gw, "GET", "/rules").json()["data"]
         assert status["version"] == before and "nobody" in status["last_error"]
         assert "mpush_rules_last_reload_ok 0.0" in requests.get(gw.url + "/metrics", timeout=5).text
-        rules_file.write_text(RULES.replace("code {code}", "your code {code}"), encoding="utf-8")
+        rules_file.write_text(CONSOLE_RULES.replace("code {code}", "your code {code}"), encoding="utf-8")
         assert admin(gw, "POST", "/rules/reload").json()["data"]["version"] != before
 
     def test_explain_live_and_posted_rules(self, gw: Gateway) -> None:
         """Explain traces a fact through the live rules, or through posted files without making them live."""
         live = admin(gw, "POST", "/rules/explain", {"fact": {"channel": "otp", "receiver": "13800138000"}})
         assert "WIN  otp" in live.json()["data"]["explanation"]
-        posted = RULES.replace("name: otp, when", "name: other, when")
+        posted = CONSOLE_RULES.replace("name: otp, when", "name: other, when")
         dry = admin(gw, "POST", "/rules/explain",
                     {"fact": {"channel": "otp", "receiver": "1"}, "rules": {"r.yaml": posted}})
         assert "WIN  other" in dry.json()["data"]["explanation"]
