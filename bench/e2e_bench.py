@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.signing import sign_headers  # noqa: E402
+from mock_vendor import take_message  # noqa: E402  (bench/, this script's folder, is on the path)
 
 RULES = """
 templates:
@@ -122,7 +123,8 @@ class Client(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        while (body := self._take_response()) is not None:
+        while (message := take_message(self.buffer)) is not None:
+            _, body, self.buffer = message
             self.tally.latencies.append(time.perf_counter() - self.started)
             answer = json.loads(body)
             if answer["code"] != 0:
@@ -136,20 +138,6 @@ class Client(asyncio.Protocol):
                 self.finished.set_result(None)
             else:
                 self.loop.call_at(self.next_at, self.send_next)
-
-    def _take_response(self) -> bytes | None:
-        """The body of the first whole HTTP/1.1 response in the buffer (uvicorn sends a Content-Length)."""
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return None
-        head = self.buffer[:end].lower()
-        at = head.index(b"content-length:") + 15
-        line_end = head.find(b"\r\n", at)
-        length = int(head[at : line_end if line_end >= 0 else end])
-        if len(self.buffer) < end + 4 + length:
-            return None
-        body, self.buffer = self.buffer[end + 4 : end + 4 + length], self.buffer[end + 4 + length :]
-        return body
 
 
 async def offer(port: int, prepared: list[bytes], clients: int, interval: float, batch: int, tally: Tally) -> None:

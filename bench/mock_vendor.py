@@ -22,6 +22,20 @@ def response(body: bytes) -> bytes:
             + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
+def take_message(buffer: bytes) -> tuple[str, bytes, bytes] | None:
+    """The first whole HTTP/1.1 message in `buffer` (its head and its Content-Length body) and what follows it;
+    None until it has all arrived. The load generator reads the answers with it too."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = buffer[:end].decode("latin-1")
+    length = next((int(line.split(":", 1)[1]) for line in head.split("\r\n")[1:]
+                   if line.lower().startswith("content-length:")), 0)
+    if len(buffer) < end + 4 + length:
+        return None
+    return head, buffer[end + 4 : end + 4 + length], buffer[end + 4 + length :]
+
+
 class Vendor(asyncio.Protocol):
     """HTTP/1.1 keep-alive requests with a Content-Length body, answered in order."""
 
@@ -33,13 +47,8 @@ class Vendor(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
-            head = self.buffer[:end].decode("latin-1")
-            length = next((int(line.split(":", 1)[1]) for line in head.split("\r\n")[1:]
-                           if line.lower().startswith("content-length:")), 0)
-            if len(self.buffer) < end + 4 + length:
-                return
-            body, self.buffer = self.buffer[end + 4 : end + 4 + length], self.buffer[end + 4 + length :]
+        while (message := take_message(self.buffer)) is not None:
+            head, body, self.buffer = message
             self.transport.write(self.answer(head.split(" ", 2), body))  # type: ignore[attr-defined]
 
     def answer(self, request_line: list[str], body: bytes) -> bytes:
