@@ -173,6 +173,7 @@ def _task_detail(task: Task) -> dict[str, Any]:
     return {
         **repo.task_to_public(task),
         "callbacks": [repo.callback_to_public(callback) for callback in repo.list_callbacks(task.task_id)],
+        "decisions": [repo.decision_to_public(d) for d in repo.list_decisions(task.task_id)],
         "webhooks": [repo.webhook_delivery_to_public(d) for d in repo.list_webhook_deliveries(task.task_id)],
     }
 

@@ -140,7 +140,8 @@ def select(svc: Services, routed: list[Routed], labels: dict[str, str], now: flo
         if choice.provider is None:
             labels[item.task.task_id] = on_failure(svc, item.task, "send_failure", now, provider="",
                                                    number=item.attempts, error_code="no_provider",
-                                                   error_message=choice.reason, ruleset=item.ruleset)
+                                                   error_class="account", error_message=choice.reason,
+                                                   ruleset=item.ruleset)
             continue
         plans.append(Planned(item.task, item.ruleset, item.channel, item.ruleset.providers[choice.provider],
                              item.attempts + 1, item.decision.rule, item.decision.version))
@@ -184,7 +185,8 @@ def record(svc: Services, sent: list[Sent], now: float) -> dict[str, str]:
         if not item.result.ok:
             labels[item.plan.task.task_id] = on_failure(
                 svc, item.plan.task, "send_failure", now, provider=item.plan.account.name, number=item.plan.number,
-                error_code=item.result.error_code, error_message=item.result.error_message, ruleset=item.plan.ruleset)
+                error_code=item.result.error_code, error_class=item.result.error_class,
+                error_message=item.result.error_message, ruleset=item.plan.ruleset)
     return labels
 
 
@@ -267,11 +269,11 @@ def _resolve_lost_attempt(svc: Services, task: Task, number: int, provider: str,
     repo.finish_attempt(task.task_id, number, status="unknown", final=False, provider_message_id="",
                         error_code="worker_lost", error_message=message, request={}, response={}, latency_ms=0)
     return on_failure(svc, task, "send_failure", now, provider=provider, number=number,
-                      error_code="worker_lost", error_message=message)
+                      error_code="worker_lost", error_class="unknown", error_message=message)
 
 
 def on_failure(svc: Services, task: Task, scene: Scene, now: float, *, provider: str, number: int,
-               error_code: str, error_message: str, extra: Mapping[str, Any] | None = None,
+               error_code: str, error_message: str, error_class: str = "", extra: Mapping[str, Any] | None = None,
                ruleset: RuleSet | None = None) -> str:
     """Ask the rule set what a failure means, then carry the decision out.
 
@@ -284,13 +286,16 @@ def on_failure(svc: Services, task: Task, scene: Scene, now: float, *, provider:
         return finish(svc, task, "failed", error_code=error_code or "channel_gone", error_message=error_message)
     fact = ruleset.fact(now=_dt(now), app=task.app_id, channel=channel, receiver=task.receiver,
                         tags=json.loads(task.tags or "[]"), attempt=number, provider=provider,
-                        error_code=error_code, error_message=error_message)
+                        error_code=error_code, error_class=error_class, error_message=error_message)
     decision = ruleset.on_failure(scene, fact)
     metrics.DECISIONS.labels(scene, decision.action, decision.rule).inc()
+    repo.record_decision(task.task_id, number, scene, decision.action, rule=decision.rule,
+                         rule_version=decision.version, delay_seconds=decision.delay_seconds, provider=provider,
+                         error_class=error_class, error_code=error_code, error_message=error_message)
     fields: dict[str, Any] = dict(extra or {}, rule=decision.rule, rule_version=decision.version,
                                   error_code=error_code, error_message=error_message, retry_count=number)
-    log.info("failure.decided task=%s scene=%s action=%s rule=%s provider=%s code=%s", task.task_id,
-             scene, decision.action, decision.rule, provider, error_code)
+    log.info("failure.decided task=%s scene=%s action=%s rule=%s provider=%s class=%s code=%r", task.task_id,
+             scene, decision.action, decision.rule, provider, error_class, error_code)
     if decision.action in ("retry", "switch_provider"):
         return _retry(svc, task, decision, provider, now, fields)
     if decision.action == "ignore":
@@ -359,7 +364,8 @@ def check_report_timeout(svc: Services, task_id: str, now: float) -> str:
     if task is None or task.status != "sent" or task.callback_status:
         return "done"
     return on_failure(svc, task, "callback_timeout", now, provider=task.provider or "", number=task.retry_count,
-                      error_code="report_timeout", error_message="no delivery report received in time",
+                      error_code="report_timeout", error_class="unknown",
+                      error_message="no delivery report received in time",
                       extra={"callback_status": "timeout", "callback_time": _dt(now)})
 
 

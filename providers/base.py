@@ -27,6 +27,14 @@ class Outcome(enum.Enum):
     PERMANENT = "permanent"
 
 
+# What a call's outcome means whatever the vendor (failure rules match on it as `error_class`):
+# ok; throttled (slow down, retry later); transient (retry); receiver (this receiver can never get it);
+# content (template, signature or params wrong); account (this account cannot send now); window (not now:
+# a send-time constraint); unknown (the vendor may have sent it).
+ERROR_CLASSES = ("ok", "throttled", "transient", "receiver", "content", "account", "window", "unknown")
+_OUTCOME_CLASS = {Outcome.OK: "ok", Outcome.RETRYABLE: "transient", Outcome.PERMANENT: "content"}
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """Everything a provider needs to deliver one attempt of one task."""
@@ -73,6 +81,13 @@ class SendResult:
     final: bool = True
     request_summary: Mapping[str, Any] = field(default_factory=dict)
     response_summary: Mapping[str, Any] = field(default_factory=dict)
+    error_class: str = ""  # one of ERROR_CLASSES; when left empty, the outcome's usual class
+
+    def __post_init__(self) -> None:
+        if not self.error_class:
+            object.__setattr__(self, "error_class", _OUTCOME_CLASS[self.outcome])
+        elif self.error_class not in ERROR_CLASSES:
+            raise ValueError(f"unknown error class {self.error_class!r}")
 
     @property
     def ok(self) -> bool:

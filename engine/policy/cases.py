@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._yaml import Document, parse
-from .decisions import SCENES, FailureDecision, QuotaDecision, RoutingDecision, Scene
+from .decisions import ERROR_CLASSES, SCENES, FailureDecision, QuotaDecision, RoutingDecision, Scene
 from .facts import Fact
 from .issues import RuleError, RuleIssue
 from .ruleset import RuleSet
@@ -28,6 +28,7 @@ _FACT = Obj(
         "attempt": Int(),
         "provider": Str(),
         "error_code": AnyValue(),
+        "error_class": Str(enum=ERROR_CLASSES),
         "error_message": Str(),
         "now": AnyValue(help="ISO 8601 with offset; noon of 2024-01-01 in the rule set's zone when absent"),
         "scene": Str(enum=SCENES),
@@ -118,7 +119,7 @@ def _cases(doc: Document, issues: list[RuleIssue]) -> list[Case]:
 
 
 def fact_from_mapping(ruleset: RuleSet, data: Mapping[str, Any], now: datetime | None = None) -> Fact:
-    """A Fact from {channel, receiver, app, tags, priority, attempt, provider, error_code, error_message, now}.
+    """A Fact from {channel, receiver, app, tags, priority, attempt, provider, error_code, error_class, error_message, now}.
 
     `now` comes from the data, else the argument, else noon of 2024-01-01 in the rule set's zone.
     """
@@ -140,6 +141,7 @@ def fact_from_mapping(ruleset: RuleSet, data: Mapping[str, Any], now: datetime |
             attempt=data.get("attempt", 0),
             provider=str(data.get("provider", "")),
             error_code=str(data.get("error_code", "")),
+            error_class=str(data.get("error_class", "")),
             error_message=str(data.get("error_message", "")),
         )
     except ValueError as exc:

@@ -27,14 +27,14 @@ MAX_FEATURES = 240
 MAX_ALTERNATIVES = 16
 MAX_NETWORK_RULES = 5000
 INT_FIELDS = tuple(name for name, kind in FIELDS.items() if kind == INT)
-KINDS = ("routing", "quotas", "send_failure", "callback_failure", "callback_timeout")
+KINDS = ("routing", "quotas", "send_failure", "callback_failure", "callback_timeout", "unknown_outcome")
 PRIME = "__prime__"
 
 # Low-cardinality fields first, so rules share the first nodes of their chains.
 _FIELD_RANK = {
     name: rank
     for rank, name in enumerate(
-        ("channel_type", "channel", "template", "provider", "app", "error_code", "receiver.country",
+        ("channel_type", "channel", "template", "provider", "app", "error_class", "error_code", "receiver.country",
          "receiver.domain", "tags", "weekday", "local_hour", "priority", "attempt", "receiver", "error_message")
     )
 }

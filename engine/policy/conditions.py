@@ -28,6 +28,7 @@ FIELDS: dict[str, str] = {
     "attempt": INT,
     "provider": STR,
     "error_code": STR,
+    "error_class": STR,
     "error_message": STR,
     "local_hour": INT,
     "weekday": INT,
@@ -38,7 +39,8 @@ OPERATORS: dict[str, tuple[str, ...]] = {
     LIST: ("eq", "in", "not_in", "exists"),
 }
 # Fields whose values must name something declared in the rule set.
-REFERENCES = {"channel": "channel", "template": "template", "provider": "provider account", "channel_type": "channel type"}
+REFERENCES = {"channel": "channel", "template": "template", "provider": "provider account", "channel_type": "channel type",
+              "error_class": "error class"}
 
 
 @dataclass(frozen=True, slots=True)

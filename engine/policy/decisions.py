@@ -10,9 +10,11 @@ DEFAULT_RULE = "(default)"
 
 RoutingAction = Literal["route", "defer", "reject"]
 FailureAction = Literal["retry", "switch_provider", "fail", "alert", "ignore"]
-Scene = Literal["send_failure", "callback_failure", "callback_timeout"]
+Scene = Literal["send_failure", "callback_failure", "callback_timeout", "unknown_outcome"]
 OnExceed = Literal["reject", "defer"]
-SCENES: tuple[Scene, ...] = ("send_failure", "callback_failure", "callback_timeout")
+SCENES: tuple[Scene, ...] = ("send_failure", "callback_failure", "callback_timeout", "unknown_outcome")
+# What a failed call means, whatever the vendor: the `error_class` fact field takes one of these.
+ERROR_CLASSES = ("ok", "throttled", "transient", "receiver", "content", "account", "window", "unknown")
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ def make_fact(
     attempt: int = 0,
     provider: str = "",
     error_code: str = "",
+    error_class: str = "",
     error_message: str = "",
 ) -> Fact:
     """Build a fact; ValueError for a naive `now` or an integer outside the 64-bit range."""
@@ -59,6 +60,7 @@ def make_fact(
         "attempt": attempt,
         "provider": str(provider),
         "error_code": str(error_code),
+        "error_class": str(error_class),
         "error_message": str(error_message),
         "local_hour": local.hour,
         "weekday": local.isoweekday(),

@@ -9,7 +9,7 @@ from datetime import time
 from . import conditions
 from .building import Context
 from .conditions import Condition
-from .decisions import AlertSpec, Candidate
+from .decisions import ERROR_CLASSES, AlertSpec, Candidate
 from .model import CHANNEL_TYPES, Channel, ProviderAccount
 from .rules import FailureRule, QuotaRule, RetryPolicy, RoutingRule, SwitchPolicy
 from .schema import Located, as_bool, parse_duration
@@ -25,6 +25,7 @@ def known_names(ctx: Context, channels: Mapping[str, Channel]) -> dict[str, froz
         "template": frozenset(ctx.declared.get("templates", ())),
         "provider": frozenset(ctx.declared.get("providers", ())),
         "channel_type": frozenset(CHANNEL_TYPES),
+        "error_class": frozenset(ERROR_CLASSES),
     }
 
 

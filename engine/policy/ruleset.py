@@ -30,6 +30,8 @@ DEFAULT_FAILURES: dict[str, FailureRule] = {
     "send_failure": FailureRule(DEFAULT_RULE, _BUILT_IN, "send_failure", "retry", retry=RetryPolicy()),
     "callback_failure": FailureRule(DEFAULT_RULE, _BUILT_IN, "callback_failure", "fail"),
     "callback_timeout": FailureRule(DEFAULT_RULE, _BUILT_IN, "callback_timeout", "ignore"),
+    # an attempt whose outcome is unknown is never resent blindly
+    "unknown_outcome": FailureRule(DEFAULT_RULE, _BUILT_IN, "unknown_outcome", "fail"),
 }
 
 
@@ -101,6 +103,7 @@ class RuleSet:
         attempt: int = 0,
         provider: str = "",
         error_code: str = "",
+        error_class: str = "",
         error_message: str = "",
     ) -> Fact:
         return make_fact(
@@ -115,6 +118,7 @@ class RuleSet:
             attempt=attempt,
             provider=provider,
             error_code=error_code,
+            error_class=error_class,
             error_message=error_message,
         )
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import peewee
 
 from engine.store.db import connection
-from engine.store.models import MODELS, UtcDateTimeField, utcnow
+from engine.store.models import MODELS, Decision, UtcDateTimeField, utcnow
 
 # Binary collation keeps comparisons exact (ids, idempotency keys) as on PostgreSQL and SQLite.
 MYSQL_CHARSET = "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
@@ -38,7 +38,15 @@ def create_tables(db: peewee.Database) -> None:
         _create_table(db, model)
 
 
-MIGRATIONS: tuple[tuple[str, Migration], ...] = (("001_create_tables", create_tables),)
+def create_decisions(db: peewee.Database) -> None:
+    """002: the failure decisions of each task, so its history shows every rule that decided."""
+    _create_table(db, Decision)
+
+
+MIGRATIONS: tuple[tuple[str, Migration], ...] = (
+    ("001_create_tables", create_tables),
+    ("002_decisions", create_decisions),
+)
 
 
 def migrate(db: peewee.Database) -> list[str]:

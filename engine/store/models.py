@@ -154,6 +154,27 @@ class Attempt(BaseModel):
         indexes = ((("task_id", "number"), True),)
 
 
+class Decision(BaseModel):
+    """A failure decision the rule set made for a task: the scene, the rule, what it decided and why."""
+
+    task_id = peewee.CharField(max_length=36)
+    number = peewee.IntegerField()  # the attempt it was about
+    scene = peewee.CharField(max_length=32)
+    action = peewee.CharField(max_length=32)
+    rule = peewee.CharField(max_length=100, default="")
+    rule_version = peewee.CharField(max_length=64, default="")
+    delay_seconds = peewee.FloatField(default=0.0)
+    provider = peewee.CharField(max_length=100, default="")
+    error_class = peewee.CharField(max_length=16, default="")
+    error_code = peewee.CharField(max_length=100, default="")
+    error_message = peewee.TextField(default="")
+    created_at = UtcDateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "decisions"
+        indexes = ((("task_id", "created_at"), False),)
+
+
 class Callback(BaseModel):
     provider = peewee.CharField(max_length=100)
     provider_message_id = peewee.CharField(max_length=128, default="", index=True)
@@ -203,4 +224,5 @@ class WebhookTry(BaseModel):
         indexes = ((("delivery", "number"), True),)
 
 
-MODELS: tuple[type[BaseModel], ...] = (Application, Task, Batch, Attempt, Callback, WebhookDelivery, WebhookTry)
+MODELS: tuple[type[BaseModel], ...] = (Application, Task, Batch, Attempt, Decision, Callback, WebhookDelivery,
+                                       WebhookTry)

@@ -28,6 +28,7 @@ from engine.store.models import (
     Attempt,
     Batch,
     Callback,
+    Decision,
     Task,
     WebhookDelivery,
     WebhookTry,
@@ -643,6 +644,44 @@ def attempt_to_public(attempt: Attempt) -> dict[str, Any]:
         "rule_version": attempt.rule_version,
         "created_at": rfc3339(attempt.created_at),
         "finished_at": rfc3339(attempt.finished_at),
+    }
+
+
+# -- failure decisions ----------------------------------------------------------------------------------------
+
+
+@_guarded
+def record_decision(task_id: str, number: int, scene: str, action: str, *, rule: str, rule_version: str,
+                    delay_seconds: float = 0.0, provider: str = "", error_class: str = "", error_code: str = "",
+                    error_message: str = "") -> None:
+    """Keep a failure decision with its task, so the task's history shows which rule decided what."""
+    row = dict(task_id=task_id, number=number, scene=scene, action=action, rule=rule, rule_version=rule_version,
+               delay_seconds=delay_seconds, provider=provider, error_class=error_class, error_code=error_code,
+               error_message=error_message, created_at=utcnow())
+    with _write_transaction():
+        _insert(Decision, row)
+
+
+@_guarded
+def list_decisions(task_id: str) -> list[Decision]:
+    """A task's failure decisions, oldest first."""
+    sql = statements.select_sql(_db(), Decision, ("task_id",), order_by="id")
+    return statements.fetch(_db(), Decision, sql, [task_id])
+
+
+def decision_to_public(decision: Decision) -> dict[str, Any]:
+    return {
+        "number": decision.number,
+        "scene": decision.scene,
+        "action": decision.action,
+        "rule": decision.rule,
+        "rule_version": decision.rule_version,
+        "delay_seconds": decision.delay_seconds,
+        "provider": decision.provider,
+        "error_class": decision.error_class,
+        "error_code": decision.error_code,
+        "error_message": decision.error_message,
+        "created_at": rfc3339(decision.created_at),
     }
 
 

@@ -141,10 +141,11 @@ def test_alert_carries_the_alert_spec(ruleset: RuleSet) -> None:
 @pytest.mark.parametrize(
     ("scene", "attempt", "action", "delay"),
     [("send_failure", 1, "retry", 2.0), ("send_failure", 3, "retry", 8.0), ("send_failure", 4, "fail", 0.0),
-     ("callback_failure", 1, "fail", 0.0), ("callback_timeout", 1, "ignore", 0.0)],
+     ("callback_failure", 1, "fail", 0.0), ("callback_timeout", 1, "ignore", 0.0), ("unknown_outcome", 1, "fail", 0.0)],
 )
 def test_defaults_when_nothing_matches(ruleset: RuleSet, scene: str, attempt: int, action: str, delay: float) -> None:
-    """Reference defaults: retry 3x from 2s doubling (cap 60s); callback failure fails; timeout is ignored."""
+    """Reference defaults: retry 3x from 2s doubling (cap 60s); callback failure fails; timeout is ignored; an
+    unknown outcome fails rather than risk a second send."""
     decision = ruleset.on_failure(scene, fact(ruleset, attempt=attempt, provider="b"))
     assert (decision.rule, decision.action, decision.delay_seconds) == (DEFAULT_RULE, action, delay)
 
@@ -229,3 +230,25 @@ def test_quota_checks_carry_the_rule_sets_utc_offset() -> None:
 
     assert local_offset(datetime(2026, 11, 27, tzinfo=UTC), ZoneInfo("Asia/Shanghai")) == 8 * 3600
     assert local_offset(datetime(2026, 7, 1, tzinfo=UTC), ZoneInfo("Europe/Berlin")) == 2 * 3600
+
+
+def test_failure_rules_match_on_the_error_class() -> None:
+    """`error_class` is a fact field: a rule on it matches that class only, on both evaluators."""
+    rules = """
+failures:
+  - {name: no-money, scene: send_failure, when: {error_class: account}, action: switch_provider}
+  - {name: bad-number, scene: send_failure, when: {error_class: {in: [receiver, content]}}, action: fail}
+  - {name: wait-report, scene: unknown_outcome, when: {error_class: unknown}, action: ignore}
+"""
+    for backend in ("network", "reference"):
+        ruleset = load(rules, backend=backend)
+        decide = lambda scene, cls: ruleset.on_failure(scene, fact(ruleset, attempt=1, error_class=cls)).rule  # noqa: E731
+        assert [decide("send_failure", cls) for cls in ("account", "receiver", "content", "transient")] == [
+            "no-money", "bad-number", "bad-number", DEFAULT_RULE]
+        assert decide("unknown_outcome", "unknown") == "wait-report"
+
+
+def test_an_unknown_error_class_is_a_load_error() -> None:
+    """A class outside the vocabulary is refused with its file and line, like an unknown provider."""
+    with pytest.raises(Exception, match=r"failures\[0\]\.when\.error_class: unknown error class 'broke'"):
+        load("failures:\n  - {name: x, scene: send_failure, when: {error_class: broke}, action: fail}\n")

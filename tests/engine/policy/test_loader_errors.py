@@ -43,7 +43,7 @@ EXPECTED = {
     "undefined_template": ["{f}:4: channels[0].template: unknown template 'nope'"],
     "unknown_field": [
         "{f}:9: routing[0].when.user: unknown field (fields: app, channel, channel_type, template, receiver, "
-        "receiver.country, receiver.domain, tags, priority, attempt, provider, error_code, error_message, "
+        "receiver.country, receiver.domain, tags, priority, attempt, provider, error_code, error_class, error_message, "
         "local_hour, weekday; combinators: all, any, not)"
     ],
     "unknown_key": [

@@ -437,3 +437,17 @@ def test_list_tasks_pages_newest_first_with_filters() -> None:
         repo.list_tasks(page_size=101)
     with pytest.raises(ValueError):
         repo.list_tasks(status="lost")
+
+
+def test_failure_decisions_are_kept_with_their_task_in_order() -> None:
+    """Each decision recorded for a task comes back with its scene, rule, class and delay, oldest first."""
+    task = create_task()
+    repo.record_decision(task.task_id, 1, "send_failure", "retry", rule="network-retry", rule_version="v1",
+                         delay_seconds=2.5, provider="a", error_class="transient", error_code="E", error_message=CHINESE)
+    repo.record_decision(task.task_id, 2, "unknown_outcome", "fail", rule="(default)", rule_version="v1",
+                         error_class="unknown")
+    shown = [repo.decision_to_public(d) for d in repo.list_decisions(task.task_id)]
+    assert [(d["number"], d["scene"], d["action"], d["rule"], d["error_class"]) for d in shown] == [
+        (1, "send_failure", "retry", "network-retry", "transient"), (2, "unknown_outcome", "fail", "(default)", "unknown")]
+    assert shown[0]["delay_seconds"] == 2.5 and shown[0]["error_message"] == CHINESE
+    assert repo.list_decisions(str(uuid.uuid4())) == []
