@@ -24,8 +24,8 @@ from engine.store.db import (
     keep_checkpointing,
     ping,
 )
-from engine.store.migrations import SchemaVersion, migrate
-from engine.store.models import MODELS, database
+from engine.store.migrations import MIGRATIONS, SchemaVersion, migrate
+from engine.store.models import MODELS, Decision, database
 
 UNREACHABLE_POSTGRES = "postgresql://postgres@127.0.0.1:1/nothing"
 
@@ -123,15 +123,18 @@ def test_repository_calls_hand_pooled_connections_back(db: peewee.Database) -> N
         assert not db.is_closed()
 
 
+ALL_STEPS = [name for name, _ in MIGRATIONS]
+
+
 def _drop_schema(db: peewee.Database) -> None:
     with connection(db), db.bind_ctx((SchemaVersion, *MODELS)):
         db.drop_tables((SchemaVersion, *MODELS))
 
 
 def test_migrate_builds_the_schema_once_and_is_idempotent(db: peewee.Database) -> None:
-    """On an empty database migrate applies 001 and creates every table; run again it applies nothing."""
+    """On an empty database migrate applies every step and creates every table; run again it applies nothing."""
     _drop_schema(db)
-    assert migrate(db) == ["001_create_tables"]
+    assert migrate(db) == ALL_STEPS
     assert migrate(db) == []
     with connection(db):
         tables = set(db.get_tables())
@@ -139,7 +142,7 @@ def test_migrate_builds_the_schema_once_and_is_idempotent(db: peewee.Database) -
 
 
 def test_concurrent_migrations_apply_each_step_exactly_once(db: peewee.Database) -> None:
-    """Two processes' worth of migrate() at once: one applies 001, the other finds it done."""
+    """Two processes' worth of migrate() at once: one applies every step, the other finds them done."""
     _drop_schema(db)
     results: list[list[str]] = []
     errors: list[BaseException] = []
@@ -161,7 +164,19 @@ def test_concurrent_migrations_apply_each_step_exactly_once(db: peewee.Database)
     for thread in threads:
         thread.join(timeout=30)
     assert errors == []
-    assert sorted(results) == [[], ["001_create_tables"]]
+    assert sorted(results) == [[], ALL_STEPS]
+
+
+def test_a_database_made_before_the_decisions_table_gains_it(db: peewee.Database) -> None:
+    """A schema at 001 without the decisions table is brought up by 002, which creates just that table."""
+    _drop_schema(db)
+    migrate(db)
+    with connection(db):
+        db.drop_tables([Decision])
+        SchemaVersion.delete().where(SchemaVersion.name != "001_create_tables").execute(db)
+    assert migrate(db) == ["002_decisions"]
+    with connection(db):
+        assert Decision._meta.table_name in db.get_tables()
 
 
 def _enters(turns: WriterTurns) -> tuple[threading.Event, threading.Event]:
