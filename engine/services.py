@@ -37,6 +37,7 @@ class Services:
     transport: HttpTransport
     tokens: RedisTokenCache
     key: bytes
+    retired_keys: tuple[bytes, ...] = ()  # keys being rotated out: app secrets stored under them still open
 
     def close(self) -> None:
         try:
@@ -77,7 +78,12 @@ def open_services(settings: Settings, *, rules: RuleSetHolder | None = None) -> 
         transport=HttpTransport(),
         tokens=RedisTokenCache(client),
         key=key_from_text(settings.encryption_key),
+        retired_keys=retired_keys(settings),
     )
+
+
+def retired_keys(settings: Settings) -> tuple[bytes, ...]:
+    return (key_from_text(settings.previous_encryption_key),) if settings.previous_encryption_key else ()
 
 
 def utcnow() -> datetime:

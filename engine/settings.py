@@ -34,6 +34,8 @@ class Settings:
     visibility_timeout: float = 60.0
     callback_timeout: float = 600.0
     encryption_key: str = ""
+    previous_encryption_key: str = ""  # during a key rotation: secrets not yet re-encrypted still open
+    retention_days: int = 0  # final tasks older than this are purged by the scheduler; 0 keeps them all
     admin_token: str = ""
     alert_webhook: str = ""
     public_url: str = ""
