@@ -157,6 +157,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     _on_sighup(svc)
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port, addr=settings.host)
     threads = _background(svc, stop, workers=True, worker_threads=args.threads)
     log.info("worker.started threads=%d rules=%s", args.threads or settings.worker_threads, svc.rules.current.version)
     while any(thread.is_alive() for thread in threads):

@@ -59,7 +59,7 @@ def open_services(settings: Settings, *, rules: RuleSetHolder | None = None) -> 
     """Connect Redis and the database, migrate, load the rule set, build the components."""
     settings = settings.resolve_secrets()
     client = connect_redis(settings)
-    database = store_db.connect(settings.effective_database_url)
+    database = store_db.connect(settings.effective_database_url, pool_size=settings.database_pool_size)
     store_db.bind(database)
     applied = migrate(database)
     if applied:
