@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -13,7 +14,7 @@ from .building import Context, resolve_env
 from .issues import Path
 from .model import PLACEHOLDER, Channel, CircuitPolicy, ProviderAccount, ProviderTemplate, Rate, Template
 from .rules import DEFAULT_REGION, DEFAULT_TIMEZONE, Settings
-from .schema import EnvStr, Located, as_bool, parse_duration, parse_rate
+from .schema import EnvStr, Located, as_bool, parse_duration, parse_rate, shown
 
 # Provider types whose accounts may carry demo defaults for secrets.
 DEMO_TYPES = frozenset({"console", "fake"})
@@ -105,7 +106,7 @@ def _enabled(ctx: Context, item: Located) -> bool:
     ctx.problems(item, problems)
     flag = as_bool(value)
     if flag is None:
-        ctx.problem(item, ("enabled",), f"must be true or false, got {value!r}")
+        ctx.problem(item, ("enabled",), f"must be true or false, got {shown(value)}")
     return bool(flag)
 
 
@@ -126,7 +127,7 @@ def _account(
         try:
             ipaddress.ip_network(address, strict=False)
         except ValueError:
-            ctx.problem(item, ("callback", "allow_ips", i), f"not an IP address or network: {address!r}")
+            ctx.problem(item, ("callback", "allow_ips", i), f"not an IP address or network: {shown(address)}")
     return ProviderAccount(
         name=raw["name"],
         type=raw["type"],
@@ -163,7 +164,7 @@ def _config(ctx: Context, item: Located, raw: dict[str, Any], schema: ConfigSche
         elif spec.type is str and spec.required and coerced == "":
             ctx.problem(item, path, "must not be empty")
         elif spec.choices and coerced not in spec.choices:
-            ctx.problem(item, path, f"must be one of {', '.join(map(str, spec.choices))}, got {coerced!r}")
+            ctx.problem(item, path, f"must be one of {', '.join(map(str, spec.choices))}, got {shown(value)}")
         else:
             config[key] = coerced
     for key, spec in schema.items():
@@ -173,24 +174,18 @@ def _config(ctx: Context, item: Located, raw: dict[str, Any], schema: ConfigSche
 
 
 def _coerce(expected: type, value: Any) -> tuple[Any, str | None]:
+    """`value` as the config field's type; an environment string is converted, a YAML value must already fit."""
+    from_env = isinstance(value, EnvStr) and value.whole
     if expected is bool:
         flag = as_bool(value)
-        return (flag, None) if flag is not None else (None, f"must be true or false, got {value!r}")
-    if expected is int:
-        if isinstance(value, EnvStr) and value.strip().lstrip("-").isdigit():
-            return int(value), None
-        if isinstance(value, bool) or not isinstance(value, int):
-            return None, f"must be an integer, got {value!r}"
-        return value, None
-    if expected is float:
-        if isinstance(value, EnvStr):
-            try:
-                return float(value), None
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None, f"must be a number, got {value!r}"
-        return float(value), None
+        return (flag, None) if flag is not None else (None, f"must be true or false, got {shown(value)}")
+    if expected in (int, float):
+        number = _number(expected, value) if from_env else value
+        if isinstance(number, bool) or not isinstance(number, (int, float) if expected is float else int):
+            return None, f"must be {'an integer' if expected is int else 'a number'}, got {shown(value)}"
+        if isinstance(number, float) and not math.isfinite(number):
+            return None, f"must be a finite number, got {shown(value)}"
+        return expected(number), None
     if expected is str:
         return (str(value), None) if isinstance(value, str) else (None, f"must be a string, got {type(value).__name__}")
     if expected in (list, tuple) and not isinstance(value, list):
@@ -198,6 +193,16 @@ def _coerce(expected: type, value: Any) -> tuple[Any, str | None]:
     if expected is dict and not isinstance(value, dict):
         return None, f"must be a mapping, got {type(value).__name__}"
     return value, None
+
+
+def _number(expected: type, text: str) -> int | float | None:
+    """An environment string read as a number (ASCII digits only), or None."""
+    if not text.isascii() or len(text) > 40:
+        return None
+    try:
+        return expected(text.strip())
+    except ValueError:
+        return None
 
 
 def _check_templates(

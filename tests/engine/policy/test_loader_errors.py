@@ -17,7 +17,7 @@ EXPECTED = {
     "bad_rate": ["{f}:10: providers[1].rate: bad rate 'fast' (use e.g. 100/s, 6000/m, 5/10s)"],
     "bad_regex": [
         "{f}:10: failures[0].when.error_message.matches: bad regular expression '(': "
-        "missing ), unterminated subpattern at position 0"
+        "missing ): ( (RE2 syntax: no backreferences or lookaround)"
     ],
     "config_choice": ["{f}:9: providers[1].config.mode: must be one of text, markdown, got 'fax'"],
     "config_key": ["{f}:9: providers[1].config.colour: unknown key (known: id, key, mode, port, verbose)"],
