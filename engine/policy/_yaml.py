@@ -82,9 +82,12 @@ def parse(file: str, text: str) -> tuple[Document | None, list[RuleIssue]]:
         root = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         return None, [_syntax_issue(file, text, exc)]
+    if root is None:
+        return Document(file, {}, {(): 1}), []
     walk = _Walk(file)
     try:
-        data = walk.convert(root, ()) if root is not None else {}
+        walk.measure(root, ())
+        data = walk.convert(root, ())
     except _Refused as exc:
         return None, [*walk.issues, exc.issue]
     return Document(file, data, walk.lines), walk.issues
@@ -125,51 +128,71 @@ class _Walk:
         self.lines: dict[Path, int] = {(): 1}
         self.issues: list[RuleIssue] = []
         self.constructor = yaml.constructor.SafeConstructor()
-        self.nodes = 0
-        self.chars = 0
-        self.open: set[int] = set()  # collection nodes being converted, to catch an alias inside itself
+        self.sizes: dict[int, tuple[int, int]] = {}  # node id -> (values, characters) once aliases are expanded
+        self.open: set[int] = set()  # collections being measured, to catch an alias inside itself
 
     def refuse(self, node: yaml.Node, path: Path, message: str) -> _Refused:
         return _Refused(RuleIssue(self.file, node.start_mark.line + 1, format_path(path), message))
 
-    def convert(self, node: yaml.Node, path: Path) -> Any:
-        self.lines.setdefault(path, node.start_mark.line + 1)
-        self.nodes += 1
-        if self.nodes > MAX_NODES:
-            raise self.refuse(node, path, f"more than {MAX_NODES} values once aliases are expanded (too many or nested aliases)")
+    def measure(self, node: yaml.Node, path: Path) -> tuple[int, int]:
+        """Check the node graph before building anything: plain tags, depth, no cycle, and the size it
+        expands to, computed once per node so a few bytes of nested aliases cost a few steps, not billions."""
+        known = self.sizes.get(id(node))
+        if known is not None:
+            return known
         if node.tag not in _PLAIN_TAGS:
             raise self.refuse(node, path, _tag_message(node.tag))
         if isinstance(node, yaml.ScalarNode):
-            return self.scalar(node, path)
-        if len(path) >= MAX_DEPTH:
-            raise self.refuse(node, path, f"nested deeper than {MAX_DEPTH} levels")
-        if id(node) in self.open:
-            raise self.refuse(node, path, "an alias refers to the list or mapping that contains it")
-        self.open.add(id(node))
-        try:
-            if isinstance(node, yaml.MappingNode):
-                return self.mapping(node, path)
-            return [self.convert(item, (*path, i)) for i, item in enumerate(node.value)]
-        finally:
+            size = (1, len(node.value))
+        else:
+            if len(path) >= MAX_DEPTH:
+                raise self.refuse(node, path, f"nested deeper than {MAX_DEPTH} levels")
+            if id(node) in self.open:
+                raise self.refuse(node, path, "an alias refers to the list or mapping that contains it")
+            self.open.add(id(node))
+            size = (1, 0)
+            for child, child_path in self.children(node, path):
+                nodes, chars = self.measure(child, child_path)
+                size = (size[0] + nodes, size[1] + chars)
             self.open.discard(id(node))
-
-    def scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
-        self.chars += len(node.value)
-        if self.chars > MAX_EXPANDED_CHARS:
+        if size[0] > MAX_NODES:
+            raise self.refuse(node, path, f"more than {MAX_NODES} values once aliases are expanded (nested aliases?)")
+        if size[1] > MAX_EXPANDED_CHARS:
             raise self.refuse(node, path, f"more than {MAX_EXPANDED_CHARS} characters of text once aliases are expanded")
+        self.sizes[id(node)] = size
+        return size
+
+    def children(self, node: yaml.Node, path: Path) -> list[tuple[yaml.Node, Path]]:
+        if isinstance(node, yaml.SequenceNode):
+            return [(item, (*path, i)) for i, item in enumerate(node.value)]
+        out: list[tuple[yaml.Node, Path]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                raise self.refuse(key_node, path, "merge keys (<<) are not supported; write the keys out")
+            child = (*path, str(key_node.value)) if isinstance(key_node, yaml.ScalarNode) else path
+            out += [(key_node, child), (value_node, child)]
+        return out
+
+    def convert(self, node: yaml.Node, path: Path) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            return self.mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.convert(item, (*path, i)) for i, item in enumerate(node.value)]
+        return self.scalar(node, path)
+
+    def scalar(self, node: yaml.Node, path: Path) -> Any:
         try:
             return self.constructor.construct_object(node)
         except (yaml.YAMLError, ValueError, OverflowError) as exc:
             shown = node.value if len(node.value) <= 40 else node.value[:40] + "…"
-            raise self.refuse(node, path, f"cannot read {shown!r}: {str(exc).splitlines()[0][:120]}") from None
+            raise self.refuse(node, path, f"cannot read {shown!r}: {str(exc).splitlines()[0].split(';')[0][:120]}") from None
 
     def mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
             line = key_node.start_mark.line + 1
-            if key_node.tag == _MERGE_TAG:
-                raise self.refuse(key_node, path, "merge keys (<<) are not supported; write the keys out")
-            key = self.scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) and key_node.tag in _PLAIN_TAGS else None
+            key = self.scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
             if not isinstance(key, (str, int)) or isinstance(key, bool):
                 self.issues.append(RuleIssue(self.file, line, format_path(path), "keys must be plain strings"))
                 continue

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 
 from .building import Context, resolve_env
-from .issues import Path
+from .issues import Path, suggest
 from .model import PLACEHOLDER, Channel, CircuitPolicy, ProviderAccount, ProviderTemplate, Rate, Template
 from .rules import DEFAULT_REGION, DEFAULT_TIMEZONE, Settings
 from .schema import EnvStr, Located, as_bool, parse_duration, parse_rate, shown
@@ -73,7 +73,7 @@ def build_channels(ctx: Context, templates: Mapping[str, Template]) -> dict[str,
         if raw["id"] in ids:
             ctx.problem(item, ("id",), f"channel id {raw['id']} is already used by {ids[raw['id']]!r}")
         if raw["template"] not in templates:
-            ctx.problem(item, ("template",), f"unknown template {raw['template']!r}")
+            ctx.problem(item, ("template",), f"unknown template {raw['template']!r}{suggest(raw['template'], templates)}")
         ids[raw["id"]] = raw["name"]
         channels[raw["name"]] = Channel(raw["id"], raw["name"], raw["type"], raw["template"], tuple(raw.get("tags", ())))
     return channels
@@ -88,7 +88,8 @@ def build_providers(
     for item in ctx.unique("providers"):
         name, kind = item.value["name"], item.value["type"]
         if kind not in provider_types:
-            ctx.problem(item, ("type",), f"unknown provider type {kind!r} (known: {', '.join(sorted(provider_types))})")
+            known = ", ".join(sorted(provider_types))
+            ctx.problem(item, ("type",), f"unknown provider type {kind!r}{suggest(kind, provider_types)} (known: {known})")
             continue
         if not _enabled(ctx, item):
             disabled.add(name)
@@ -212,7 +213,7 @@ def _check_templates(
     for system, entry in raw.items():
         template = templates.get(system)
         if template is None:
-            ctx.problem(item, ("templates", system), f"unknown template {system!r}")
+            ctx.problem(item, ("templates", system), f"unknown template {system!r}{suggest(system, templates)}")
             continue
         if isinstance(entry, str):
             mapped[system] = ProviderTemplate(str(entry), {v: f"{{{v}}}" for v in template.variables})

@@ -13,7 +13,7 @@ from typing import Any, Union
 
 import re2
 
-from .issues import Path
+from .issues import Path, suggest
 from .schema import INT64_MAX, INT64_MIN, Problem
 
 STR, INT, LIST = "text", "integer", "list"
@@ -211,7 +211,8 @@ def _parse_block(raw: Any, path: Path, known: Mapping[str, frozenset[str]], prob
         elif key in FIELDS:
             items.extend(_parse_field(key, value, child, known, problems))
         else:
-            problems.append((child, f"unknown field (fields: {', '.join(FIELDS)}; combinators: all, any, not)"))
+            hint = suggest(key, [*FIELDS, "all", "any", "not"])
+            problems.append((child, f"unknown field{hint} (fields: {', '.join(FIELDS)}; combinators: all, any, not)"))
     return items[0] if len(items) == 1 else All(tuple(items))
 
 
@@ -225,7 +226,8 @@ def _parse_field(
     for op, value in ops.items():
         where = (*path, op) if isinstance(raw, dict) else path
         if op not in OPERATORS[kind]:
-            problems.append((where, f"unknown operator {op!r} for {kind} field {name} (operators: {', '.join(OPERATORS[kind])})"))
+            problems.append((where, f"unknown operator {op!r}{suggest(op, OPERATORS[kind])} for {kind} field {name} "
+                                    f"(operators: {', '.join(OPERATORS[kind])})"))
             continue
         normalised, error = _normalise(name, kind, op, value)
         if error:
@@ -288,4 +290,4 @@ def _unknown_references(name: str, op: str, value: Any, known: Mapping[str, froz
     declared = known.get(name, frozenset())
     for item in value if isinstance(value, tuple) else (value,):
         if item not in declared:
-            yield f"unknown {REFERENCES[name]} {item!r}"
+            yield f"unknown {REFERENCES[name]} {item!r}{suggest(item, declared)}"

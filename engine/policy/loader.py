@@ -16,7 +16,7 @@ from ._yaml import MAX_FILE_BYTES, Document, decode, parse
 from .building import Context, misplaced_env
 from .catalogue import ConfigSchema, build_channels, build_providers, build_settings, build_templates
 from .compiler import EngineError, LimitError
-from .issues import RuleError, RuleIssue
+from .issues import RuleError, RuleIssue, suggest
 from .model import RuleSetVersion
 from .policies import build_failures, build_quotas, build_routing, known_names
 from .ruleset import RuleSet
@@ -182,7 +182,8 @@ def _collect(docs: list[Document], ctx: Context) -> None:
             continue
         for section, value in doc.data.items():
             if section not in SECTIONS:
-                ctx.issues.append(doc.issue((section,), f"unknown section (sections: {', '.join(SECTIONS)})"))
+                hint = suggest(section, SECTIONS)
+                ctx.issues.append(doc.issue((section,), f"unknown section{hint} (sections: {', '.join(SECTIONS)})"))
                 continue
             entries = [(-1, value)] if section == "settings" else _entries(doc, section, value, ctx)
             for index, entry in entries:

@@ -81,7 +81,7 @@ class RuleSet:
         if isinstance(ref, int) and not isinstance(ref, bool):
             return self._by_id.get(ref)
         found = self.channels.get(ref)
-        if found is None and ref.isdigit():
+        if found is None and ref.isascii() and ref.isdigit() and len(ref) <= 10:
             return self._by_id.get(int(ref))
         return found
 

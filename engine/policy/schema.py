@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .decisions import SCENES
-from .issues import Path
+from .issues import Path, suggest
 from .model import CHANNEL_TYPES
 
 Problem = tuple[Path, str]
@@ -284,7 +284,7 @@ class Obj(Spec):
             return
         for key, item in value.items():
             if key not in self.fields:
-                yield (*path, key), f"unknown key (expected one of: {', '.join(self.fields)})"
+                yield (*path, key), f"unknown key{suggest(key, self.fields)} (expected one of: {', '.join(self.fields)})"
             else:
                 yield from self.fields[key].check(item, (*path, key))
         for key in self.required:
