@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._yaml import MAX_FILE_BYTES, Document, decode, parse
+from ._yaml import MAX_DIR_BYTES, MAX_FILE_BYTES, Document, decode, parse
 from .building import Context, misplaced_env
 from .catalogue import ConfigSchema, build_channels, build_providers, build_settings, build_templates
 from .compiler import EngineError, LimitError
@@ -81,11 +81,16 @@ def read_yaml_files(root: Path) -> tuple[dict[str, str], list[RuleIssue]]:
     """
     files: dict[str, str] = {}
     issues: list[RuleIssue] = []
+    total = 0
     for entry in sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml")):
+        if total > MAX_DIR_BYTES:
+            issues.append(RuleIssue(str(entry), 1, "", f"not read: the directory holds more than {MAX_DIR_BYTES} bytes of rule files"))
+            continue
         text, problems = _read_file(entry)
         issues += problems
         if text is not None:
             files[str(entry)] = text
+            total += len(text)
     return files, issues
 
 

@@ -61,7 +61,7 @@ def test_hostile_hot_reload_fails_fast_and_health_degrades(gw: Gateway) -> None:
     assert gw.svc.rules.current.version == before
     assert health(gw).json()["data"] == {"status": "DEGRADED"}
     rules = health(gw, "admin-token").json()["data"]["services"]["rules"]
-    assert rules["status"] == "DEGRADED" and "laughs.yaml:6: l5: more than 100000 values" in rules["last_error"]
+    assert rules["status"] == "DEGRADED" and "laughs.yaml:5: l4: more than 50000 values" in rules["last_error"]
 
 
 def test_failed_reload_names_variables_never_values(gw: Gateway) -> None:
