@@ -73,9 +73,35 @@ def _flow(depth: int) -> st.SearchStrategy[str]:
     return st.one_of(inner, mapping, sequence)
 
 
-RULE_TEXT = st.lists(st.tuples(SECTIONS, st.lists(_flow(3), max_size=4)), min_size=1, max_size=4).map(
+def _value(valid: list[str]) -> st.SearchStrategy[str]:
+    """Mostly a valid value for the key, sometimes a nasty one."""
+    return st.one_of(*[st.sampled_from(valid)] * 4, NASTY_SCALARS)
+
+
+DURATION = _value(["0", "1", "2s", "500ms", "5m", "1h", "1d"])
+PLAUSIBLE = st.one_of(
+    st.builds(
+        "routing:\n  - {{name: r, priority: {}, when: {{channel: sms, receiver: {{matches: {}}}}}, providers: [{{use: console}}]}}\n".format,
+        _value(["0", "7", "65535"]), _value(["'^1'", "'(a+)+$'", "'[0-9]{3}'", "'x|y'"]),
+    ),
+    st.builds(
+        "quotas:\n  - {{name: q, key: [app], limit: {}, per: {}}}\n".format,
+        _value(["1", "100", "9007199254740992"]), DURATION,
+    ),
+    st.builds(
+        "failures:\n  - {{name: f, scene: send_failure, action: retry, retry: {{max: {}, delay: {}, backoff: {}, max_delay: {}}}}}\n".format,
+        _value(["0", "3", "1000"]), DURATION, _value(["1", "2", "1.5", "100"]), DURATION,
+    ),
+    st.builds(
+        "providers:\n  - {{name: v, type: sms_x, enabled: {}, config: {{id: {}, key: {}}}, rate: {}}}\n".format,
+        _value(["true", "false", "'${X:-true}'"]), _value(["a", "'${X}'"]), _value(["k", "'${HOME}'"]),
+        _value(["'10/s'", "'5/10s'"]),
+    ),
+)
+RANDOM_SECTIONS = st.lists(st.tuples(SECTIONS, st.lists(_flow(3), max_size=4)), min_size=1, max_size=4).map(
     lambda sections: "".join(f"{name}:\n" + "".join(f"  - {item}\n" for item in items) for name, items in sections)
 )
+RULE_TEXT = st.one_of(PLAUSIBLE, PLAUSIBLE, RANDOM_SECTIONS)
 ALIASES = st.sampled_from([
     "x: &a [1, 2]\ny: *a\n", "x: &a {k: v}\ny: {<<: *a}\n", "x: &a [*a]\n", "x: *nope\n",
     "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'lol'] * 9)}]\n" for i in range(8)),
@@ -85,9 +111,9 @@ ALIASES = st.sampled_from([
 
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
-    """A generated rule file, then byte-level damage: insertions, deletions, tabs, non-UTF-8 bytes, aliases."""
-    data = bytearray((HEADER + draw(RULE_TEXT)).encode())
-    for _ in range(draw(st.integers(0, 4))):
+    """A generated rule file (next to a.yaml with the catalogue), then byte-level damage: insertions, deletions, tabs, non-UTF-8 bytes, aliases."""
+    data = bytearray(draw(RULE_TEXT).encode())
+    for _ in range(draw(st.sampled_from([0, 0, 1, 2, 4]))):
         at = draw(st.integers(0, len(data)))
         kind = draw(st.sampled_from(["bytes", "delete", "tab", "alias", "dash", "colon"]))
         if kind == "bytes":
