@@ -124,7 +124,7 @@ class _Refused(Exception):
 
 
 class _Walk:
-    """One conversion. Its constructor caches every node it builds, so it must not outlive the file."""
+    """The conversion of one file: measured first (budget, tags, cycles), then built with line numbers."""
 
     def __init__(self, file: str) -> None:
         self.file = file

@@ -31,9 +31,9 @@ MAX_BACKOFF = 100.0  # retry backoff factor (at least 1)
 MAX_RATE_COUNT = 1_000_000  # provider rate: calls per period
 MAX_RATE_PERIOD = 86400  # provider rate: the period, in seconds
 MAX_QUOTA_LIMIT = 2**53  # quota limit (exact in a double)
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", re.ASCII)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_RATE = re.compile(r"^(\d+)\s*/\s*(\d*)\s*(s|m|h|d)$")
+_RATE = re.compile(r"(\d+)\s*/\s*(\d*)\s*(s|m|h|d)", re.ASCII)
 
 
 class EnvStr(str):
@@ -56,7 +56,7 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value) if abs(value) < 1e300 else math.inf
     else:
-        match = _DURATION.match(value) if isinstance(value, str) else None
+        match = _DURATION.fullmatch(value) if isinstance(value, str) else None
         if match is None:
             raise ValueError(f"bad duration {_short(value)} (use e.g. 500ms, 5s, 5m, 1h, 1d)")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
@@ -67,7 +67,7 @@ def parse_duration(value: Any) -> float:
 
 def parse_rate(value: Any) -> tuple[int, int]:
     """"100/s", "6000/m", "5/10s" -> (count, per_seconds); ValueError otherwise."""
-    match = _RATE.match(value.strip()) if isinstance(value, str) and len(value) <= 40 else None
+    match = _RATE.fullmatch(value.strip()) if isinstance(value, str) and len(value) <= 40 else None
     if match is None:
         raise ValueError(f"bad rate {_short(value)} (use e.g. 100/s, 6000/m, 5/10s)")
     count, per = int(match.group(1)), int(match.group(2) or 1) * int(_UNIT_SECONDS[match.group(3)])
@@ -114,7 +114,7 @@ class Str(Spec):
             yield path, f"must be one of {', '.join(self.enum)}, got {value!r}"
         elif not value and not self.allow_empty:
             yield path, "must not be empty"
-        elif self.pattern and value and not re.match(self.pattern, value):
+        elif self.pattern and value and not re.fullmatch(self.pattern, value):
             yield path, f"{value!r} does not match {self.pattern}"
 
     def json(self) -> dict[str, Any]:
@@ -194,7 +194,7 @@ class Duration(Spec):
             yield path, f"must be between {self.minimum:g}s and {self.maximum:g}s, got {_short(value)}"
 
     def json(self) -> dict[str, Any]:
-        text = {"type": "string", "pattern": _DURATION.pattern}
+        text = {"type": "string", "pattern": f"^{_DURATION.pattern}$"}
         number = {"type": "number", "minimum": self.minimum, "maximum": self.maximum}
         help = self.help or f"duration: 500ms, 5s, 5m, 1h, 1d (at most {self.maximum:g}s)"
         return _described({"anyOf": [text, number]}, help)
@@ -209,7 +209,7 @@ class Rate(Spec):
             yield path, str(exc)
 
     def json(self) -> dict[str, Any]:
-        return {"type": "string", "pattern": _RATE.pattern, "description": "calls per period: 100/s, 6000/m, 5/10s"}
+        return {"type": "string", "pattern": f"^{_RATE.pattern}$", "description": "calls per period: 100/s, 6000/m, 5/10s"}
 
 
 @dataclass(frozen=True)
