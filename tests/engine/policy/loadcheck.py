@@ -1,6 +1,6 @@
 """Run the rule loader on one directory in a child process and report how it ended, how long and how much memory.
 
-`python -m tests.engine.policy.loadcheck DIR` prints "ready" once imported, then one JSON line:
+`python -m tests.engine.policy.loadcheck DIR` prints "ready" to stderr once imported, then one JSON line to stdout:
 {"outcome": "loaded" | "refused" | "crashed", "lines": [...], "seconds": s, "max_rss": bytes}.
 The fuzz tests start it under an address-space limit and a timeout, so a hang or a blow-up is seen, not suffered.
 """
@@ -21,7 +21,7 @@ from engine.policy.loader import load_dir
 
 
 def main(directory: str) -> None:
-    print("ready", flush=True)
+    print("ready", file=sys.stderr, flush=True)
     started = time.perf_counter()
     try:
         load_dir(directory, env={"HOME": "/root"}, provider_types=TYPES, backend="reference").close()

@@ -175,9 +175,9 @@ def run_child(directory: Path) -> dict[str, Any]:
     """Load `directory` in a child process under the memory limit; the 2 s budget starts once it has imported."""
     child = subprocess.Popen([sys.executable, "-m", "tests.engine.policy.loadcheck", str(directory)], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_limit_memory)
-    assert child.stdout is not None
-    try:
-        assert child.stdout.readline() == "ready\n", child.stderr.read() if child.stderr else ""
+    assert child.stderr is not None
+    try:  # "ready" comes on stderr: reading it must not buffer any of stdout, which communicate reads raw
+        assert child.stderr.readline() == "ready\n"
         out, err = child.communicate(timeout=TIME_BUDGET)
     finally:
         child.kill()
