@@ -8,7 +8,6 @@ The fuzz tests start it under an address-space limit and a timeout, so a hang or
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 import traceback
@@ -32,8 +31,15 @@ def main(directory: str) -> None:
     except BaseException:  # what the tests exist to catch: report it rather than die with it
         outcome, lines = "crashed", traceback.format_exc().splitlines()
     seconds = time.perf_counter() - started
-    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    max_rss = _peak_rss()
     print(json.dumps({"outcome": outcome, "lines": lines, "seconds": seconds, "max_rss": max_rss}))
+
+
+def _peak_rss() -> int:
+    """This process's own peak resident size (VmHWM; ru_maxrss would carry the parent's over fork and exec)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from tests.engine.policy.rulekit import NOON, TYPES, load
 from engine.policy import RuleError
 from engine.policy.cases import load_cases
 from engine.policy import conditions
-from engine.policy.loader import load_dir, load_texts
+from engine.policy.loader import load_dir, load_git, load_texts
 from engine.policy.rules import RetryPolicy
 from engine.policy.schema import MAX_DELAY
 
@@ -251,4 +252,24 @@ def test_special_entries_of_the_tests_directory_are_reported(tmp_path: Path) -> 
     assert str(caught.value).splitlines() == [
         f"{tests}/x.yaml:1: is a directory, not a rule file",
         f"{tests}/y.yaml:1: is not a regular file (a FIFO, socket or device)",
+    ]
+
+
+def test_non_utf8_file_at_a_git_revision_is_an_issue(tmp_path: Path) -> None:
+    """load_git reports a committed latin-1 file at its line, beside the other files' errors, instead of a traceback."""
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "a.yaml").write_bytes(b"routing:\n  - {name: caf\xe9, reject: no}\n")
+    (rules / "b.yaml").write_text(HEADER + "routing:\n  - {name: r, providers: [{use: nobody}]}\n", encoding="utf-8")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "rules")
+    with pytest.raises(RuleError) as caught:
+        load_git(tmp_path, "HEAD", "rules", env={}, provider_types=TYPES, backend="reference")
+    assert str(caught.value).splitlines() == [
+        "git:HEAD:rules/a.yaml:2: not UTF-8 (byte 0xe9); save the file as UTF-8",
+        "git:HEAD:rules/b.yaml:8: routing[0].providers[0].use: unknown provider account 'nobody'",
     ]
