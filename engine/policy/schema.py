@@ -54,7 +54,10 @@ def shown(value: Any) -> str:
 def parse_duration(value: Any) -> float:
     """"500ms", "5s", "5m", "1h", "1d", or a number of seconds -> finite seconds >= 0; ValueError otherwise."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value) if abs(value) < 1e300 else math.inf
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer past the float range
+            seconds = math.inf
     else:
         match = _DURATION.fullmatch(value) if isinstance(value, str) else None
         if match is None:
@@ -111,11 +114,11 @@ class Str(Spec):
         if not isinstance(value, str):
             yield path, f"must be a string, got {_kind(value)}"
         elif self.enum and value not in self.enum:
-            yield path, f"must be one of {', '.join(self.enum)}, got {value!r}"
+            yield path, f"must be one of {', '.join(self.enum)}, got {_short(value)}"
         elif not value and not self.allow_empty:
             yield path, "must not be empty"
         elif self.pattern and value and not re.fullmatch(self.pattern, value):
-            yield path, f"{value!r} does not match {self.pattern}"
+            yield path, f"{_short(value)} does not match {self.pattern}"
 
     def json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "string"}
