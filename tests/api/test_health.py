@@ -12,10 +12,10 @@ import psutil
 import pytest
 import requests
 
+from tests.engine.policy.rulekit import BILLION_LAUGHS
 from tests.support.service import CONSOLE_RULES, Gateway, gateway, write_rules
 
 SECRET = "s3cret-admin-value"
-LAUGHS = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'lol'] * 9)}]\n" for i in range(10))
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_hostile_hot_reload_fails_fast_and_health_degrades(gw: Gateway) -> None:
     before = gw.svc.rules.current.version
     process = psutil.Process()
     rss = process.memory_info().rss
-    (gw.svc.settings.rules_dir / "laughs.yaml").write_text(LAUGHS, encoding="utf-8")
+    (gw.svc.settings.rules_dir / "laughs.yaml").write_text(BILLION_LAUGHS, encoding="utf-8")
     wait_for(lambda: gw.svc.rules.failures == 1, timeout=5)
     assert process.memory_info().rss - rss < 64 * 1024 * 1024
     assert gw.svc.rules.current.version == before

@@ -8,23 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.engine.policy.rulekit import NOON, TYPES, load
+from tests.engine.policy.rulekit import BILLION_LAUGHS, MINIMAL, NOON, TYPES, load
 
-from engine.policy import RuleError
+from engine.policy import RuleError, conditions
 from engine.policy.cases import load_cases
-from engine.policy import conditions
 from engine.policy.loader import load_dir, load_git, load_texts
 from engine.policy.rules import RetryPolicy
 from engine.policy.schema import MAX_DELAY
 
-HEADER = """templates:
-  - {name: code, variables: [code], text: "code {code}"}
-channels:
-  - {id: 1, name: sms, type: sms, template: code}
-providers:
-  - {name: console, type: console, config: {}}
-"""  # a.yaml; each hostile body is h.yaml
-LAUGHS = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'lol'] * 9)}]\n" for i in range(10))
 RETRY = "failures:\n  - name: f\n    scene: send_failure\n    action: retry\n    retry: {%s}\n"
 GATE = "is a setting of the gateway itself; rule files cannot read it"
 ONLY_ACCOUNTS = "environment references are allowed only in a provider account's config, enabled, callback"
@@ -55,7 +46,7 @@ HOSTILE = {
          "(rule files hold plain strings, numbers, booleans, lists and mappings)"],
     ),
     "recursive alias": ("routing: &x\n  - *x\n", ["1: routing[0]: an alias refers to the list or mapping that contains it"]),
-    "billion laughs": (LAUGHS, ["5: l4: more than 50000 values once aliases are expanded (nested aliases?)"]),
+    "billion laughs": (BILLION_LAUGHS, ["5: l4: more than 50000 values once aliases are expanded (nested aliases?)"]),
     "huge repetition": (
         "routing:\n  - {name: r, when: {receiver: {matches: 'a{4294967295}'}}, providers: [{use: console}]}\n",
         ["2: routing[0].when.receiver.matches: bad regular expression 'a{4294967295}': a repetition count above 1000"],
@@ -131,7 +122,7 @@ def test_hostile_file_is_refused_with_file_and_line(name: str) -> None:
     body, expected = HOSTILE[name]
     started = time.perf_counter()
     with pytest.raises(RuleError) as caught:
-        load_texts({"a.yaml": HEADER, "h.yaml": body}, env={"HOME": "/root", "MPUSH_ADMIN_TOKEN": "tok-123"},
+        load_texts({"a.yaml": MINIMAL, "h.yaml": body}, env={"HOME": "/root", "MPUSH_ADMIN_TOKEN": "tok-123"},
                    provider_types=TYPES, backend="reference")
     assert str(caught.value).splitlines() == [f"h.yaml:{line}" for line in expected]
     assert time.perf_counter() - started < 1.0
@@ -177,7 +168,7 @@ def test_resolved_secret_never_appears_in_an_error() -> None:
     """A secret read into a typed config key that cannot take it is named by variable, its value never shown."""
     text = 'providers:\n  - {name: v, type: sms_x, config: {id: x, key: k, port: "${SECRET}", mode: "${SECRET}"}}\n'
     with pytest.raises(RuleError) as caught:
-        load_texts({"a.yaml": HEADER, "s.yaml": text}, env={"SECRET": "hunter2"}, provider_types=TYPES, backend="reference")
+        load_texts({"a.yaml": MINIMAL, "s.yaml": text}, env={"SECRET": "hunter2"}, provider_types=TYPES, backend="reference")
     assert str(caught.value).splitlines() == [
         "s.yaml:2: providers[0].config.port: must be an integer, got the value of ${SECRET}",
         "s.yaml:2: providers[0].config.mode: must be one of text, markdown, got the value of ${SECRET}",
@@ -212,7 +203,7 @@ SPECIAL = {
 def test_special_files_are_reported_never_opened_blocking(tmp_path: Path, kind: str) -> None:
     """A FIFO, link loop, dangling link or directory named *.yaml is an error at file:1, next to the other files' errors."""
     make, message = SPECIAL[kind]
-    (tmp_path / "a.yaml").write_text(HEADER + "routing:\n  - {name: r, providers: [{use: nobody}]}\n", encoding="utf-8")
+    (tmp_path / "a.yaml").write_text(MINIMAL + "routing:\n  - {name: r, providers: [{use: nobody}]}\n", encoding="utf-8")
     make(tmp_path / "b.yaml")
     with pytest.raises(RuleError) as caught:
         load_dir(tmp_path, env={}, provider_types=TYPES, backend="reference")
@@ -225,7 +216,7 @@ def test_special_files_are_reported_never_opened_blocking(tmp_path: Path, kind: 
 def test_latin1_file_does_not_hide_the_other_files_errors(tmp_path: Path) -> None:
     """A file that is not UTF-8 is reported at the line of its first bad byte, and the other files are still checked."""
     (tmp_path / "a.yaml").write_bytes(b"# ok\nrouting:\n  - {name: caf\xe9, reject: no}\n")
-    (tmp_path / "b.yaml").write_text(HEADER + "routing:\n  - {name: r, providers: [{use: nobody}]}\n", encoding="utf-8")
+    (tmp_path / "b.yaml").write_text(MINIMAL + "routing:\n  - {name: r, providers: [{use: nobody}]}\n", encoding="utf-8")
     with pytest.raises(RuleError) as caught:
         load_dir(tmp_path, env={}, provider_types=TYPES, backend="reference")
     assert str(caught.value).splitlines() == [
@@ -263,7 +254,7 @@ def test_non_utf8_file_at_a_git_revision_is_an_issue(tmp_path: Path) -> None:
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "a.yaml").write_bytes(b"routing:\n  - {name: caf\xe9, reject: no}\n")
-    (rules / "b.yaml").write_text(HEADER + "routing:\n  - {name: r, providers: [{use: nobody}]}\n", encoding="utf-8")
+    (rules / "b.yaml").write_text(MINIMAL + "routing:\n  - {name: r, providers: [{use: nobody}]}\n", encoding="utf-8")
     git("init", "-q")
     git("add", "-A")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "rules")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.engine.policy.rulekit import TYPES
+from tests.engine.policy.rulekit import BILLION_LAUGHS, MINIMAL, TYPES
 
 from engine.policy import RuleError
 from engine.policy._yaml import decode
@@ -34,13 +34,6 @@ MEMORY_BUDGET = 256 * 1024 * 1024  # address space of the child process
 TRACED_BUDGET = 64 * 1024 * 1024  # Python allocations of one in-process load
 LOCATED = re.compile(r"^(a|f)\.yaml:\d+: ")
 
-HEADER = """templates:
-  - {name: code, variables: [code], text: "code {code}"}
-channels:
-  - {id: 1, name: sms, type: sms, template: code}
-providers:
-  - {name: console, type: console, config: {}}
-"""
 
 # Values a careless or hostile author writes: numbers at and past every edge, env references, regexes.
 NASTY_SCALARS = st.one_of(
@@ -104,7 +97,7 @@ RANDOM_SECTIONS = st.lists(st.tuples(SECTIONS, st.lists(_flow(3), max_size=4)), 
 RULE_TEXT = st.one_of(PLAUSIBLE, PLAUSIBLE, RANDOM_SECTIONS)
 ALIASES = st.sampled_from([
     "x: &a [1, 2]\ny: *a\n", "x: &a {k: v}\ny: {<<: *a}\n", "x: &a [*a]\n", "x: *nope\n",
-    "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'lol'] * 9)}]\n" for i in range(8)),
+    "\n".join(BILLION_LAUGHS.splitlines()[:8]) + "\n",
     "s: &s '" + "x" * 5000 + "'\nt: [" + ", ".join(["*s"] * 1000) + "]\n",
 ])
 
@@ -153,7 +146,7 @@ def _load(files: dict[str, bytes]) -> tuple[list[str], float, int]:
 @given(mutated())
 def test_generated_files_load_or_fail_located_within_budget(data: bytes) -> None:
     """A generated, damaged rule file (beside a clean one) loads or is refused with file:line lines, in 2 s and 64 MiB."""
-    lines, seconds, peak = _load({"a.yaml": HEADER.encode(), "f.yaml": data})
+    lines, seconds, peak = _load({"a.yaml": MINIMAL.encode(), "f.yaml": data})
     assert all(LOCATED.match(line) for line in lines), lines
     assert seconds < TIME_BUDGET and peak < TRACED_BUDGET
 
@@ -199,9 +192,8 @@ def _fifo_in_tests(root: Path) -> None:
     os.mkfifo(root / "tests" / "t.yaml")
 
 
-LAUGHS = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'lol'] * 9)}]\n" for i in range(10))
 SPECIAL: dict[str, tuple[Callable[[Path], None], str]] = {
-    "billion laughs": (_write("b.yaml", LAUGHS), "b.yaml:5: l4: more than 50000 values once aliases are expanded"),
+    "billion laughs": (_write("b.yaml", BILLION_LAUGHS), "b.yaml:5: l4: more than 50000 values once aliases are expanded"),
     "quadratic blow-up": (
         _write("b.yaml", "s: &s '" + "x" * 100_000 + "'\nt: [" + ", ".join(["*s"] * 100) + "]\n"),
         "b.yaml:2: t: more than 2097152 characters of text once aliases are expanded",
@@ -232,7 +224,7 @@ SPECIAL: dict[str, tuple[Callable[[Path], None], str]] = {
 def test_special_input_is_refused_within_time_and_memory(tmp_path: Path, case: str) -> None:
     """Each special input ends in a child limited to 256 MiB within 2 s, refused with the expected file:line line."""
     make, expected = SPECIAL[case]
-    (tmp_path / "a.yaml").write_text(HEADER + "routing:\n  - {name: r, providers: [{use: console}]}\n", encoding="utf-8")
+    (tmp_path / "a.yaml").write_text(MINIMAL + "routing:\n  - {name: r, providers: [{use: console}]}\n", encoding="utf-8")
     make(tmp_path)
     report = run_child(tmp_path)
     assert report["outcome"] == "refused", report["lines"]
@@ -243,5 +235,5 @@ def test_special_input_is_refused_within_time_and_memory(tmp_path: Path, case: s
 
 def test_clean_directory_loads_in_the_child(tmp_path: Path) -> None:
     """The child loads a clean directory, so a refusal above is the loader's answer, not a broken harness."""
-    (tmp_path / "a.yaml").write_text(HEADER + "routing:\n  - {name: r, providers: [{use: console}]}\n", encoding="utf-8")
+    (tmp_path / "a.yaml").write_text(MINIMAL + "routing:\n  - {name: r, providers: [{use: console}]}\n", encoding="utf-8")
     assert run_child(tmp_path)["outcome"] == "loaded"
