@@ -77,12 +77,13 @@ def read_yaml_files(root: Path) -> tuple[dict[str, str], list[RuleIssue]]:
     """Every *.yaml / *.yml entry of `root`: its text, or an issue when it is not a readable UTF-8 regular file.
 
     Links are followed; a dangling link, a link loop, a directory, a FIFO or a device is reported,
-    never skipped, and never opened in a way that could block.
+    never skipped, and never opened in a way that could block. Hidden names (editors' lock files,
+    `.#rules.yaml`) are not rule files.
     """
     files: dict[str, str] = {}
     issues: list[RuleIssue] = []
     total = 0
-    for entry in sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml")):
+    for entry in sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith(".")):
         if total > MAX_DIR_BYTES:
             issues.append(RuleIssue(str(entry), 1, "", f"not read: the directory holds more than {MAX_DIR_BYTES} bytes of rule files"))
             continue

@@ -114,7 +114,7 @@ class Str(Spec):
         if not isinstance(value, str):
             yield path, f"must be a string, got {_kind(value)}"
         elif self.enum and value not in self.enum:
-            yield path, f"must be one of {', '.join(self.enum)}, got {_short(value)}"
+            yield path, f"must be one of {', '.join(self.enum)}, got {_short(value)}{suggest(value, self.enum)}"
         elif not value and not self.allow_empty:
             yield path, "must not be empty"
         elif self.pattern and value and not re.fullmatch(self.pattern, value):

@@ -213,6 +213,13 @@ def test_special_files_are_reported_never_opened_blocking(tmp_path: Path, kind: 
     ]
 
 
+def test_hidden_names_are_not_rule_files(tmp_path: Path) -> None:
+    """An editor's lock file (a dangling link named .#x.yaml) is not read, so editing never breaks a reload."""
+    (tmp_path / "a.yaml").write_text(MINIMAL, encoding="utf-8")
+    os.symlink("user@host.1234", tmp_path / ".#a.yaml")
+    assert load_dir(tmp_path, env={}, provider_types=TYPES, backend="reference").channels.keys() == {"sms"}
+
+
 def test_latin1_file_does_not_hide_the_other_files_errors(tmp_path: Path) -> None:
     """A file that is not UTF-8 is reported at the line of its first bad byte, and the other files are still checked."""
     (tmp_path / "a.yaml").write_bytes(b"# ok\nrouting:\n  - {name: caf\xe9, reject: no}\n")
