@@ -15,8 +15,13 @@ from .schema import EnvStr, Located, Problem
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
 ENV_KEYS = ("config", "enabled", "callback")  # the only keys of a provider account that may hold ${NAME}
 # The gateway's own settings (engine/settings.py reads MPUSH_* and APP_ENCRYPTION_KEY) are never readable.
-RESERVED_PREFIX = "MPUSH_"
-RESERVED_NAMES = frozenset({"APP_ENCRYPTION_KEY"})
+_RESERVED_PREFIX = "MPUSH_"
+_RESERVED_NAMES = frozenset({"APP_ENCRYPTION_KEY"})
+
+
+def is_gateway_setting(name: str) -> bool:
+    """Whether an environment variable belongs to the gateway itself, which rule files may not read."""
+    return name.startswith(_RESERVED_PREFIX) or name in _RESERVED_NAMES
 
 
 @dataclass
@@ -86,7 +91,7 @@ def _references(value: Any, path: Path, allowed: bool, problems: list[Problem]) 
             if not allowed:
                 problems.append((path, f"${{{name}}}: environment references are allowed only in a provider "
                                        f"account's {', '.join(ENV_KEYS)}"))
-            elif name.startswith(RESERVED_PREFIX) or name in RESERVED_NAMES:
+            elif is_gateway_setting(name):
                 problems.append((path, f"${{{name}}} is a setting of the gateway itself; rule files cannot read it"))
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -11,10 +13,12 @@ import pytest
 from tests.engine.policy.rulekit import BILLION_LAUGHS, MINIMAL, NOON, TYPES, load
 
 from engine.policy import RuleError, conditions
+from engine.policy.building import is_gateway_setting
 from engine.policy.cases import load_cases
 from engine.policy.loader import load_dir, load_git, load_texts
 from engine.policy.rules import RetryPolicy
 from engine.policy.schema import MAX_DELAY
+from engine.settings import Settings
 
 RETRY = "failures:\n  - name: f\n    scene: send_failure\n    action: retry\n    retry: {%s}\n"
 GATE = "is a setting of the gateway itself; rule files cannot read it"
@@ -127,6 +131,15 @@ def test_hostile_file_is_refused_with_file_and_line(name: str) -> None:
     assert str(caught.value).splitlines() == [f"h.yaml:{line}" for line in expected]
     assert time.perf_counter() - started < 1.0
     assert "tok-123" not in str(caught.value) and "/root" not in str(caught.value)
+
+
+def test_every_variable_the_settings_read_is_a_gateway_setting() -> None:
+    """Each environment name engine/settings.py reads (its fields as MPUSH_*, and any literal) is unreadable by rules."""
+    source = (Path(__file__).parents[3] / "engine" / "settings.py").read_text(encoding="utf-8")
+    literals = set(re.findall(r'environ(?:\.get\(|\[)"([A-Z][A-Z0-9_]*)"', source))
+    names = literals | {f"MPUSH_{field.name.upper()}" for field in dataclasses.fields(Settings)}
+    assert {"MPUSH_CONFIG", "APP_ENCRYPTION_KEY", "MPUSH_ADMIN_TOKEN", "MPUSH_DATABASE_URL"} <= names
+    assert [name for name in sorted(names) if not is_gateway_setting(name)] == []
 
 
 def test_int64_minimum_is_a_valid_bound() -> None:
