@@ -7,11 +7,14 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from engine.store import db as store_db
 from engine.store import repo
 from engine.store.migrations import migrate
-from engine.store.models import Task
+from engine.store.models import Task, database
 
 OLD_KEY = "o" * 32
 NEW_KEY = "n" * 32
@@ -21,6 +24,14 @@ def mpush(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess
     environ = {**os.environ, "MPUSH_DATA_DIR": str(tmp_path), "MPUSH_LOG_LEVEL": "WARNING", **env}
     return subprocess.run([sys.executable, "-m", "engine.cli", *args], env=environ, capture_output=True, text=True,
                           timeout=60)
+
+
+@pytest.fixture(autouse=True)
+def keep_binding() -> Any:
+    """The models go back to whatever database they were bound to before the test."""
+    previous = database.obj
+    yield
+    database.initialize(previous)
 
 
 def bind(tmp_path: Path) -> None:

@@ -12,7 +12,15 @@ from engine.store import repo
 from engine.store.models import Attempt, Batch, Callback, Decision, Task, WebhookDelivery, WebhookTry
 from engine.store.retention import purge_before
 
-pytestmark = pytest.mark.usefixtures("db")
+
+
+@pytest.fixture(autouse=True)
+def hand_back(db: Any) -> Any:
+    """These tests query the models directly; the thread's pooled connection goes back after each."""
+    yield
+    if not db.is_closed():
+        db.close()
+
 
 NOW = datetime.now(UTC)
 OLD = NOW - timedelta(days=40)
