@@ -13,10 +13,11 @@ from engine.limits import Limits
 from engine.queue import Queue
 from engine.rulesets import RuleSetHolder
 from engine.selector import Selector
-from engine.settings import Settings
+from engine.settings import Settings, SettingsError
 from engine.store import db as store_db
 from engine.store.crypto import key_from_text
 from engine.store.migrations import migrate
+from engine.targets import TargetPolicy
 from engine.tokens import RedisTokenCache
 from engine.transport import HttpTransport
 
@@ -35,6 +36,7 @@ class Services:
     limits: Limits
     selector: Selector
     transport: HttpTransport
+    outbound: HttpTransport  # customer webhooks and alerts: only to targets the policy permits
     tokens: RedisTokenCache
     key: bytes
 
@@ -57,6 +59,7 @@ def connect_redis(settings: Settings) -> redis.Redis:
 def open_services(settings: Settings, *, rules: RuleSetHolder | None = None) -> Services:
     """Connect Redis and the database, migrate, load the rule set, build the components."""
     settings = settings.resolve_secrets()
+    outbound = HttpTransport(target_policy(settings))
     client = connect_redis(settings)
     database = store_db.connect(settings.effective_database_url)
     store_db.bind(database)
@@ -75,9 +78,17 @@ def open_services(settings: Settings, *, rules: RuleSetHolder | None = None) -> 
         limits=Limits(client),
         selector=Selector(client),
         transport=HttpTransport(),
+        outbound=outbound,
         tokens=RedisTokenCache(client),
         key=key_from_text(settings.encryption_key),
     )
+
+
+def target_policy(settings: Settings) -> TargetPolicy:
+    try:
+        return TargetPolicy.parse(settings.outbound_allow)
+    except ValueError as exc:
+        raise SettingsError(f"setting outbound_allow: {exc}") from None
 
 
 def utcnow() -> datetime:

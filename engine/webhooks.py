@@ -22,8 +22,12 @@ log = logging.getLogger("mpush.webhooks")
 
 USER_AGENT = "MessagePush-Webhook/1.0"
 MAX_TRIES = 8
+TIMEOUT_SECONDS = 10.0
 BACKOFF_SECONDS = (2, 4, 8, 16, 60, 300, 900)
 EVENTS = {"success": "delivered", "failed": "failed"}
+# What the app's records say of any call that got no HTTP answer: a refused target, a refused connection, a
+# timeout and a failed lookup read the same, so the recorded errors cannot map the network. The log says which.
+NO_ANSWER = "no answer from the webhook endpoint"
 
 
 def event_body(task: Task, now: datetime) -> dict[str, object]:
@@ -73,7 +77,7 @@ def deliver_webhook(svc: Services, delivery_id: str, now: float) -> str:
         return "done"
     request = _signed_request(delivery, repo.app_secret(app, svc.key), int(now))
     started = time.perf_counter()
-    status_code, error = _post(svc, request)
+    status_code, error = _post(svc, request, delivery.id)
     delivered = 200 <= status_code < 300
     tries = delivery.tries + 1
     give_up = not delivered and tries >= MAX_TRIES
@@ -99,16 +103,17 @@ def _signed_request(delivery: WebhookDelivery, secret: str, stamp: int) -> HttpR
         "X-Webhook-Event": delivery.event,
         "X-Webhook-Timestamp": str(stamp),
         "X-Webhook-Signature": webhook_signature(secret, stamp, body),
-    }, body, timeout=10.0)
+    }, body, timeout=TIMEOUT_SECONDS)
 
 
-def _post(svc: Services, request: HttpRequest) -> tuple[int, str]:
+def _post(svc: Services, request: HttpRequest, delivery_id: int) -> tuple[int, str]:
     """The receiver's status code (0 when unreachable) and what went wrong, empty when it answered 2xx."""
     status_code, error = 0, ""
     try:
-        status_code = svc.transport(request).status
+        status_code = svc.outbound(request).status
     except TransportError as exc:
-        error = str(exc)
+        log.warning("webhook.unreachable id=%s: %s", delivery_id, exc)
+        error = NO_ANSWER
     if not 200 <= status_code < 300 and not error:
         error = f"HTTP {status_code}"
     return status_code, error
@@ -130,9 +135,9 @@ def send_alert(svc: Services, url: str, level: str, task: Task, *, provider: str
         "provider": provider, "error_code": error_code, "error_msg": error_message, "timestamp": int(time.time()),
     }
     request = HttpRequest("POST", url, {"Content-Type": "application/json", "User-Agent": "MessagePush-Alert/1.0"},
-                          json.dumps(payload, ensure_ascii=False).encode(), timeout=10.0)
+                          json.dumps(payload, ensure_ascii=False).encode(), timeout=TIMEOUT_SECONDS)
     try:
-        ok = 200 <= svc.transport(request).status < 300
+        ok = 200 <= svc.outbound(request).status < 300
     except TransportError as exc:
         log.warning("alert.failed task=%s: %s", task.task_id, exc)
         return False
