@@ -64,12 +64,17 @@ def notify(svc: Services, task_id: str) -> None:
     event = event_body(task, now)
     body = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
     delivery = repo.create_webhook_delivery(task.task_id, task.app_id, str(event["event"]), app.webhook_url, body)
-    svc.queue.enqueue([job("webhook", str(delivery.id))])
+    svc.queue.enqueue([webhook_job(delivery)])
 
 
-def deliver_webhook(svc: Services, delivery_id: str, now: float) -> str:
+def webhook_job(delivery: WebhookDelivery) -> str:
+    """`webhook:<delivery id>:<app id>`: the app named, so the webhook lane can cap it without a lookup."""
+    return job("webhook", f"{delivery.id}:{delivery.app_id}")
+
+
+def deliver_webhook(svc: Services, ref: str, now: float) -> str:
     """One try of a customer webhook; a failure is retried later from the delayed set."""
-    delivery = repo.get_webhook_delivery(int(delivery_id))
+    delivery = repo.get_webhook_delivery(int(ref.partition(":")[0]))
     if delivery is None or delivery.status != "pending":
         return "done"
     app = repo.get_app(delivery.app_id)
@@ -90,7 +95,7 @@ def deliver_webhook(svc: Services, delivery_id: str, now: float) -> str:
     log.info("webhook.try id=%s task=%s try=%d result=%s status=%s", delivery.id, delivery.task_id, tries,
              result, status_code or error)
     if next_at is not None:
-        svc.queue.defer(job("webhook", str(delivery.id)), next_at)
+        svc.queue.defer(webhook_job(delivery), next_at)
     return result
 
 

@@ -1,0 +1,106 @@
+"""Customer webhooks run in their own lane: a hanging endpoint delays neither deliveries nor other apps' webhooks."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from engine import webhooks
+from engine.queue import Entry, Queue
+from engine.store import repo
+from engine.webhook_lane import WebhookLane
+from tests.support.loopback import Reply, loopback
+from tests.support.service import CONSOLE_RULES, gateway, write_rules
+
+RUN = uuid.uuid4().hex[:8]
+
+
+def test_a_hanging_endpoint_delays_no_other_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one app's webhook endpoint accepts connections and never answers, another app's messages are
+    delivered, and its webhook events arrive, within a second or two (on the old code: after the hanging calls)."""
+    monkeypatch.setattr(webhooks, "TIMEOUT_SECONDS", 4.0)
+    with loopback(lambda _: Reply(200, "{}", delay=30)) as hanging, loopback(lambda _: Reply(200, "{}")) as fine:
+        with gateway(tmp_path, write_rules(tmp_path, CONSOLE_RULES), webhook_url=hanging.url + "/hook") as gw:
+            for _ in range(12):
+                gw.send("otp", "13800138000", {"code": "1"})
+            deadline = time.monotonic() + 5
+            while len(hanging.requests) < 2:  # the lane has both of the hanging app's slots taken
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            other, secret = repo.create_app("other", gw.svc.key, webhook_url=fine.url + "/events", daily_quota=0,
+                                            rate_limit=0)
+            started = time.monotonic()
+            task_ids = [gw.call("POST", "/api/v1/messages", {"channel_id": "otp", "receiver": "13900139000",
+                                                             "template_params": {"code": "2"}},
+                                app_id=other.app_id, secret=secret)["data"]["task_id"] for _ in range(5)]
+            for task_id in task_ids:
+                assert gw.wait(task_id, timeout=2.0).status == "success"
+            delivered = time.monotonic() - started
+            while len(fine.requests) < 5:
+                assert time.monotonic() - started < 3.0, f"{len(fine.requests)} of 5 webhook events in 3 s"
+                time.sleep(0.02)
+            assert delivered < 2.0
+            assert len(hanging.requests) <= gw.svc.settings.webhook_per_app  # the cap holds while the calls hang
+
+
+@pytest.fixture
+def queue(client: redis.Redis) -> Queue:
+    stream = f"mpush-test:{RUN}:{uuid.uuid4().hex[:6]}"
+    created = Queue(client, stream=stream, group="g")
+    created.ensure_group()
+    return created
+
+
+def test_a_job_over_its_apps_cap_is_deferred_never_dropped(queue: Queue) -> None:
+    """With one slot per app, a second job of the same app goes to the delayed set (due later) and may be
+    acknowledged; another app's job starts at once; the jobs run are acknowledged only when they finish."""
+    release, ran = threading.Event(), list[str]()
+
+    def handle(entry: Entry, now: float) -> bool:
+        ran.append(entry.job)
+        release.wait(5)
+        return True
+
+    queue.enqueue(["webhook:1:app-a", "webhook:2:app-a", "webhook:3:app-b"])
+    entries = queue.read("c", count=3, block_ms=100)
+    lane = WebhookLane(queue, handle, threads=4, per_app=1)
+    now = time.time()
+    acknowledged_now = lane.take(entries, now)
+    assert acknowledged_now == [entries[1].id]
+    assert queue.redis.zscore(queue.delayed, "webhook:2:app-a") >= now + 0.2
+    time.sleep(0.1)
+    assert sorted(ran) == ["webhook:1:app-a", "webhook:3:app-b"] and lane.holds(entries[0].id)
+    assert queue.pending() == 3
+    queue.ack(acknowledged_now)
+    release.set()
+    lane.shutdown()
+    assert queue.pending() == 0 and not lane.busy()
+
+
+def test_deferred_jobs_of_a_slow_app_come_back_no_faster_than_it_answers(queue: Queue) -> None:
+    """Once an app's calls are seen to take 0.3 s, its deferred jobs are due 0.3 s / per_app apart, so a slow
+    endpoint's backlog comes back as fast as the endpoint can take it, instead of churning through the stream."""
+    release = threading.Event()
+
+    def handle(entry: Entry, now: float) -> bool:
+        time.sleep(0.3) if entry.job == "webhook:1:slow" else release.wait(5)
+        return True
+
+    lane = WebhookLane(queue, handle, threads=4, per_app=1)
+    queue.enqueue(["webhook:1:slow", "webhook:2:slow"])
+    [first, second] = queue.read("c", count=2, block_ms=100)
+    lane.take([first], time.time())
+    while lane.busy():
+        time.sleep(0.01)
+    lane.take([second], time.time())
+    queue.enqueue([f"webhook:{n}:slow" for n in range(10, 16)])
+    assert len(lane.take(queue.read("c", count=6, block_ms=100), time.time())) == 6
+    dues = sorted(score for _, score in queue.redis.zrange(queue.delayed, 0, -1, withscores=True))
+    release.set()
+    lane.shutdown()
+    assert len(dues) == 6 and all(0.3 <= b - a < 0.45 for a, b in zip(dues, dues[1:]))
