@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import peewee
 import redis
 
+from engine.files import private_dir, restrict_tree
 from engine.limits import Limits
 from engine.queue import Queue
 from engine.rulesets import RuleSetHolder
@@ -60,6 +61,7 @@ def open_services(settings: Settings, *, rules: RuleSetHolder | None = None) -> 
     """Connect Redis and the database, migrate, load the rule set, build the components."""
     settings = settings.resolve_secrets()
     outbound = HttpTransport(target_policy(settings))
+    restrict_tree(private_dir(settings.data_dir))  # 0700, its files 0600: also those of an older version
     client = connect_redis(settings)
     database = store_db.connect(settings.effective_database_url)
     store_db.bind(database)
