@@ -222,6 +222,8 @@ def main() -> int:
     parser.add_argument("--oversized", type=int, default=1_000_000, help="bytes of the oversized template parameter")
     parser.add_argument("--kinds", default=",".join(dict.fromkeys(FLOOD_MIX)),
                         help="the kinds of bad request to send, comma-separated (default: all, mixed as FLOOD_MIX)")
+    parser.add_argument("--flood-webhook", choices=("hanging", "fast", "none"), default="hanging",
+                        help="the flooding app's webhook endpoint; fast (the mock vendor) and none are controls")
     parser.add_argument("--no-regex-rule", action="store_true",
                         help="leave out the matches rule (to see the other kinds of flood without a regex stall)")
     parser.add_argument("--worker-threads", type=int, default=4)
@@ -248,7 +250,9 @@ def main() -> int:
            "MPUSH_WATCH_RULES": "false", "MPUSH_OUTBOUND_ALLOW": "127.0.0.1/32"}
     listener, hook_port = hanging_endpoint()
     good_app = create_app(env, "good")
-    bad_app = create_app(env, "flood", "--webhook-url", f"http://127.0.0.1:{hook_port}/hook")
+    hook_url = {"hanging": f"http://127.0.0.1:{hook_port}/hook", "fast": f"http://127.0.0.1:{mock_port}/hook"}
+    hook = ["--webhook-url", hook_url[args.flood_webhook]] if args.flood_webhook in hook_url else []
+    bad_app = create_app(env, "flood", *hook)
     mpush = [sys.executable, "-m", "engine.cli"]
     processes = [
         subprocess.Popen([sys.executable, str(ROOT / "bench" / "mock_vendor.py"), str(mock_port)]),

@@ -2,10 +2,12 @@
 
 A stream reader hands the lane its webhook jobs and goes on reading: an endpoint that never answers holds
 a lane thread, never a reader, so it cannot delay deliveries; and it holds at most `per_app` of them, so it
-cannot delay other customers' webhooks. A job the lane cannot start now (its app at the cap, or every lane
-thread busy) goes back to the delayed set, due when a slot of its app is likely free, and is acknowledged
-only once it is there: nothing is dropped. A job the lane runs stays unacknowledged in the stream until its
-try is recorded, so a worker that dies mid-call leaves it for the reclaimer.
+cannot delay other customers' webhooks. A job whose app is at the cap waits for its turn in memory, up
+to WAITING_PER_APP per app; beyond that it goes back to the delayed set, due when a slot of its app is
+likely free, and is acknowledged only once it is there: nothing is dropped, and a hanging endpoint's
+backlog comes back as fast as it can be served, no faster. Jobs in the lane stay unacknowledged in the
+stream until their try is recorded, so a worker that dies leaves them for the reclaimer; `keep` tells the
+stream they are being worked on, so no other worker reclaims one that is only waiting.
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ log = logging.getLogger("mpush.webhooks")
 MIN_DEFER_SECONDS = 0.2  # the scheduler's tick: a deferred job cannot come back sooner anyway
 FIRST_GUESS_SECONDS = 1.0  # how long a call of an app not yet heard from is taken to last
 SMOOTHING = 0.3
+WAITING_PER_APP = 1_000
+MAX_HELD = 10_000  # jobs in memory at once, all apps together
+KINDS = ("webhook", "webhook_event")  # the job kinds the lane runs: a try, and an event to write and try
 
 
 def app_of(entry: Entry) -> str:
-    """The app a webhook job is for (`webhook:<delivery id>:<app id>`); empty for a job queued without it."""
+    """The app a job is for (`webhook:<delivery id>:<app id>`, `webhook_event:<task id>:<app id>`); empty for
+    a job queued without it."""
     return entry.ref.partition(":")[2]
 
 
@@ -37,29 +43,38 @@ class WebhookLane:
     """Runs `handle` for webhook entries on `threads` threads, at most `per_app` at once per app, and
     acknowledges each entry `handle` says is done."""
 
-    def __init__(self, queue: Queue, handle: Callable[[Entry, float], bool], *, threads: int, per_app: int) -> None:
+    def __init__(self, queue: Queue, handle: Callable[[Entry, float], bool], *, threads: int, per_app: int,
+                 waiting_per_app: int = WAITING_PER_APP) -> None:
         self.queue = queue
         self.handle = handle
-        self.threads = max(1, threads)
         self.per_app = max(1, per_app)
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="webhook")
+        self.waiting_per_app = waiting_per_app
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="webhook")
         self._lock = threading.Lock()
-        self._running: collections.Counter[str] = collections.Counter()
+        self._started: collections.Counter[str] = collections.Counter()  # per app, handed to the pool
+        self._waiting: dict[str, collections.deque[Entry]] = collections.defaultdict(collections.deque)
         self._held: set[str] = set()
         self._call_seconds: dict[str, float] = {}
         self._next_slot: dict[str, float] = {}
+        self._closing = False
 
     def take(self, entries: Sequence[Entry], now: float) -> list[str]:
-        """Start the entries that may start, defer the others; the ids of those deferred, to acknowledge."""
+        """Start or queue the entries that may run soon, defer the others; the ids of those deferred, to ack."""
+        start: list[tuple[Entry, str]] = []
         deferred: list[tuple[Entry, float]] = []
-        for entry in entries:
-            app = app_of(entry)
-            with self._lock:
-                if len(self._held) >= self.threads or self._running[app] >= self.per_app:
+        with self._lock:
+            for entry in entries:
+                app = app_of(entry)
+                if self._started[app] < self.per_app:
+                    self._started[app] += 1
+                    start.append((entry, app))
+                elif len(self._held) < MAX_HELD and len(self._waiting[app]) < self.waiting_per_app:
+                    self._waiting[app].append(entry)
+                else:
                     deferred.append((entry, self._slot(app, now)))
                     continue
-                self._running[app] += 1
                 self._held.add(entry.id)
+        for entry, app in start:
             self._pool.submit(self._run, entry, app)
         if not deferred:
             return []
@@ -80,14 +95,28 @@ class WebhookLane:
             return bool(self._held)
 
     def shutdown(self) -> None:
-        """Let the calls in progress finish (and be acknowledged)."""
-        self._pool.shutdown(wait=True)
+        """Let the calls in progress finish (and be acknowledged); what has not started stays pending in the
+        stream, for the reclaimer."""
+        with self._lock:
+            self._closing = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def keep(self, consumer: str) -> None:
+        """Reset the idle time of every entry the lane holds (XCLAIM to `consumer`), so that no worker's
+        reclaimer takes one away while it waits here; called more often than the visibility timeout."""
+        with self._lock:
+            held = list(self._held)
+        for start in range(0, len(held), 1000):
+            self.queue.redis.xclaim(self.queue.stream, self.queue.group, consumer, 0, held[start:start + 1000],
+                                    justid=True)
 
     def _slot(self, app: str, now: float) -> float:
-        """When a deferred job of `app` should come back: one call's time per `per_app` after the last one
-        deferred, so an app whose endpoint hangs gets its jobs back as fast as it can take them, no faster."""
-        step = self._call_seconds.get(app, FIRST_GUESS_SECONDS) / self.per_app
-        due = max(self._next_slot.get(app, 0.0) + step, now + MIN_DEFER_SECONDS)
+        """When a deferred job of `app` should come back: after the jobs the lane holds for it have run, one
+        call's time per `per_app` after the last one deferred."""
+        call = self._call_seconds.get(app, FIRST_GUESS_SECONDS)
+        held = self._started[app] + len(self._waiting[app])
+        due = max(self._next_slot.get(app, 0.0) + call / self.per_app,
+                  now + max(MIN_DEFER_SECONDS, held / self.per_app * call))
         self._next_slot[app] = due
         return due
 
@@ -97,14 +126,18 @@ class WebhookLane:
             if self.handle(entry, time.time()):
                 self._ack(entry.id)
         finally:
-            took = time.monotonic() - started
             with self._lock:
-                self._running[app] -= 1
-                if not self._running[app]:
-                    del self._running[app]
+                took, last = time.monotonic() - started, self._call_seconds.get(app)
+                self._call_seconds[app] = took if last is None else last + SMOOTHING * (took - last)
                 self._held.discard(entry.id)
-                last = self._call_seconds.get(app, took)
-                self._call_seconds[app] = last + SMOOTHING * (took - last)
+                following = self._waiting[app].popleft() if self._waiting[app] and not self._closing else None
+                if following is None:
+                    self._started[app] -= 1
+                    if not self._started[app]:
+                        del self._started[app]
+                        self._waiting.pop(app, None)
+            if following is not None:
+                self._pool.submit(self._run, following, app)
 
     def _ack(self, entry_id: str) -> None:
         try:

@@ -12,7 +12,7 @@ from engine import metrics
 from engine.queue import job
 from engine.signing import webhook_signature
 from engine.store import repo
-from engine.store.models import Task, WebhookDelivery
+from engine.store.models import Application, Task, WebhookDelivery
 from providers.base import HttpRequest, TransportError
 
 if TYPE_CHECKING:
@@ -54,17 +54,26 @@ def event_body(task: Task, now: datetime) -> dict[str, object]:
     }
 
 
-def notify(svc: Services, task_id: str) -> None:
-    """Queue the final-status event of a task for its app's webhook, if the app has one."""
-    task = repo.get_task(task_id)
-    app = repo.get_app(task.app_id) if task else None
+def notify(svc: Services, task: Task) -> None:
+    """Queue the final-status event of a task for its app's webhook. The event is written and sent by the
+    webhook lane (`announce`), so the delivery that finished the task pays one stream append for it, not
+    the database writes."""
+    svc.queue.enqueue([job("webhook_event", f"{task.task_id}:{task.app_id}")])
+
+
+def announce(svc: Services, ref: str, now: float) -> str:
+    """Write a task's final-status event for its app's webhook, once however often this runs (a reclaimed
+    job finds the event already written), and make its first try."""
+    task_id, _, app_id = ref.partition(":")
+    task, app = repo.get_task(task_id), repo.get_app(app_id)
     if task is None or app is None or not app.webhook_url:
-        return
-    now = datetime.now(UTC)
-    event = event_body(task, now)
-    body = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-    delivery = repo.create_webhook_delivery(task.task_id, task.app_id, str(event["event"]), app.webhook_url, body)
-    svc.queue.enqueue([webhook_job(delivery)])
+        return "done"
+    event = event_body(task, datetime.fromtimestamp(now, UTC))
+    delivery = next((d for d in repo.list_webhook_deliveries(task_id) if d.event == event["event"]), None)
+    if delivery is None:
+        body = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+        delivery = repo.create_webhook_delivery(task_id, app_id, str(event["event"]), app.webhook_url, body)
+    return _try(svc, delivery, app, now) if delivery.status == "pending" else "done"
 
 
 def webhook_job(delivery: WebhookDelivery) -> str:
@@ -78,8 +87,10 @@ def deliver_webhook(svc: Services, ref: str, now: float) -> str:
     if delivery is None or delivery.status != "pending":
         return "done"
     app = repo.get_app(delivery.app_id)
-    if app is None:
-        return "done"
+    return "done" if app is None else _try(svc, delivery, app, now)
+
+
+def _try(svc: Services, delivery: WebhookDelivery, app: Application, now: float) -> str:
     request = _signed_request(delivery, repo.app_secret(app, svc.key), int(now))
     started = time.perf_counter()
     status_code, error = _post(svc, request, delivery.id)

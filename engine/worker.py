@@ -23,11 +23,10 @@ from typing import TypeVar
 import peewee
 import redis
 
-from engine import delivery, webhooks
+from engine import delivery, webhook_lane, webhooks
 from engine.queue import Entry
 from engine.services import Services
 from engine.store.db import StoreUnavailable
-from engine.webhook_lane import WebhookLane
 
 log = logging.getLogger("mpush.worker")
 
@@ -40,6 +39,7 @@ U = TypeVar("U")
 HANDLERS = {
     "send": delivery.deliver,
     "webhook": webhooks.deliver_webhook,
+    "webhook_event": webhooks.announce,
     "timeout": delivery.check_report_timeout,
 }
 
@@ -60,7 +60,7 @@ class Worker:
         # each reader makes calls itself too (`_map`), so the pool and the readers make `threads` at once
         self._senders = ThreadPoolExecutor(max(1, self.threads - self.readers), thread_name_prefix="sender")
         self._in_hand: set[str] = set()
-        self._webhooks = WebhookLane(svc.queue, self.handle, threads=svc.settings.webhook_threads,
+        self._webhooks = webhook_lane.WebhookLane(svc.queue, self.handle, threads=svc.settings.webhook_threads,
                                      per_app=svc.settings.webhook_per_app)
 
     def __repr__(self) -> str:
@@ -118,11 +118,11 @@ class Worker:
             self._in_hand.update(entry.id for entry in entries)
         try:
             sends = [entry for entry in entries if entry.kind == "send"]
-            hooks = [entry for entry in entries if entry.kind == "webhook"]  # the lane acks those it runs
+            hooks = [entry for entry in entries if entry.kind in webhook_lane.KINDS]  # the lane acks those it runs
             done = self._deliver(sends, time.time()) if sends else []
             done += self._webhooks.take(hooks, time.time()) if hooks else []
             return done + [entry.id for entry in entries
-                           if entry.kind not in ("send", "webhook") and self.handle(entry, time.time())]
+                           if entry.kind not in ("send", *webhook_lane.KINDS) and self.handle(entry, time.time())]
         finally:
             with self._lock:
                 self._in_hand.difference_update(entry.id for entry in entries)
@@ -176,6 +176,7 @@ class Worker:
         idle_ms = int(self.svc.settings.visibility_timeout * 1000)
         while not stop.wait(max(0.5, self.svc.settings.visibility_timeout / 4)):
             try:
+                self._webhooks.keep(f"{self.name}-webhooks")
                 entries = self.svc.queue.reclaim(f"{self.name}-reclaimer", min_idle_ms=idle_ms)
             except redis.RedisError as exc:
                 log.warning("queue.reclaim failed: %s", exc)

@@ -57,8 +57,9 @@ def queue(client: redis.Redis) -> Queue:
 
 
 def test_a_job_over_its_apps_cap_is_deferred_never_dropped(queue: Queue) -> None:
-    """With one slot per app, a second job of the same app goes to the delayed set (due later) and may be
-    acknowledged; another app's job starts at once; the jobs run are acknowledged only when they finish."""
+    """With one slot per app and no room to wait in memory, a second job of the same app goes to the delayed set
+    (due later) and may be acknowledged; another app's job starts at once; the jobs run are acknowledged only
+    when they finish."""
     release, ran = threading.Event(), list[str]()
 
     def handle(entry: Entry, now: float) -> bool:
@@ -68,7 +69,7 @@ def test_a_job_over_its_apps_cap_is_deferred_never_dropped(queue: Queue) -> None
 
     queue.enqueue(["webhook:1:app-a", "webhook:2:app-a", "webhook:3:app-b"])
     entries = queue.read("c", count=3, block_ms=100)
-    lane = WebhookLane(queue, handle, threads=4, per_app=1)
+    lane = WebhookLane(queue, handle, threads=4, per_app=1, waiting_per_app=0)
     now = time.time()
     acknowledged_now = lane.take(entries, now)
     assert acknowledged_now == [entries[1].id]
@@ -91,7 +92,7 @@ def test_deferred_jobs_of_a_slow_app_come_back_no_faster_than_it_answers(queue: 
         time.sleep(0.3) if entry.job == "webhook:1:slow" else release.wait(5)
         return True
 
-    lane = WebhookLane(queue, handle, threads=4, per_app=1)
+    lane = WebhookLane(queue, handle, threads=4, per_app=1, waiting_per_app=0)
     queue.enqueue(["webhook:1:slow", "webhook:2:slow"])
     [first, second] = queue.read("c", count=2, block_ms=100)
     lane.take([first], time.time())
@@ -104,3 +105,57 @@ def test_deferred_jobs_of_a_slow_app_come_back_no_faster_than_it_answers(queue: 
     release.set()
     lane.shutdown()
     assert len(dues) == 6 and all(0.3 <= b - a < 0.45 for a, b in zip(dues, dues[1:]))
+
+
+def test_a_fast_apps_burst_waits_in_the_lane_and_runs_in_turn(queue: Queue) -> None:
+    """Jobs of an app whose calls are quick wait in memory for their turn instead of going round the delayed set:
+    all run, at most per_app at once, each acknowledged, none deferred."""
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def handle(entry: Entry, now: float) -> bool:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+        return True
+
+    lane = WebhookLane(queue, handle, threads=8, per_app=2, waiting_per_app=100)
+    queue.enqueue([f"webhook:{n}:fast" for n in range(40)])
+    assert lane.take(queue.read("c", count=40, block_ms=100), time.time()) == []
+    while lane.busy():
+        time.sleep(0.01)
+    lane.shutdown()
+    assert most[0] == 2 and queue.pending() == 0 and queue.delayed_count() == 0
+
+
+def test_jobs_waiting_in_the_lane_are_not_reclaimed_by_another_worker(queue: Queue) -> None:
+    """`keep` resets the idle time of the entries the lane holds, so another worker's reclaimer, which takes
+    entries idle longer than the visibility timeout, leaves a job alone while it waits for its turn."""
+    release = threading.Event()
+    lane = WebhookLane(queue, lambda entry, now: release.wait(5), threads=2, per_app=1)
+    queue.enqueue(["webhook:1:app", "webhook:2:app"])
+    lane.take(queue.read("c", count=2, block_ms=100), time.time())
+    time.sleep(0.3)
+    lane.keep("c-webhooks")
+    assert queue.reclaim("other-worker", min_idle_ms=200) == []
+    time.sleep(0.3)
+    assert len(queue.reclaim("other-worker", min_idle_ms=200)) == 2  # without `keep`, both would be taken
+    release.set()
+    lane.shutdown()
+
+
+def test_a_final_status_event_is_written_and_sent_once_however_often_its_job_runs(tmp_path: Path) -> None:
+    """The lane writes a task's event when its job first runs and tries it at once; the same job run again (as
+    after a worker died before acknowledging it) finds the event written and sends nothing more."""
+    with loopback(lambda _: Reply(200, "{}")) as receiver:
+        rules = write_rules(tmp_path, CONSOLE_RULES)
+        with gateway(tmp_path, rules, workers=False, webhook_url=receiver.url + "/hook") as gw:
+            task_id = gw.send("otp", "13800138000", {"code": "1"})["data"]["task_id"]
+            repo.update_task(task_id, status="success")
+            ref = f"{task_id}:{gw.app_id}"
+            assert [webhooks.announce(gw.svc, ref, time.time()) for _ in range(2)] == ["delivered", "done"]
+            [delivery] = repo.list_webhook_deliveries(task_id)
+            assert (delivery.event, delivery.status, delivery.tries) == ("delivered", "delivered", 1)
+        assert len(receiver.requests) == 1

@@ -104,7 +104,8 @@ def test_the_transport_connects_to_the_address_checked_never_looking_again(monke
     monkeypatch.setattr(socket, "getaddrinfo", resolver)
     with loopback(lambda _: Reply(200, "{}")) as server:
         url = server.url.replace("127.0.0.1", "hooks.rebind.test")
-        answer = HttpTransport(TargetPolicy.parse("hooks.rebind.test"))(HttpRequest("POST", url, {}, b"{}", timeout=2.0))
+        transport = HttpTransport(TargetPolicy.parse("hooks.rebind.test"))
+        answer = transport(HttpRequest("POST", url, {}, b"{}", timeout=2.0))
         assert answer.status == 200 and server.requests[0].header("Host").startswith("hooks.rebind.test")
 
 
