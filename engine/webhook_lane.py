@@ -34,9 +34,9 @@ KINDS = ("webhook", "webhook_event")  # the job kinds the lane runs: a try, and 
 
 
 def app_of(entry: Entry) -> str:
-    """The app a job is for (`webhook:<delivery id>:<app id>`, `webhook_event:<task id>:<app id>`); empty for
-    a job queued without it."""
-    return entry.ref.partition(":")[2]
+    """The app a job is for: its ref begins with it (`webhook:<app id>:<delivery id>`,
+    `webhook_event:<app id>:<task id>:…`). A job queued before, `webhook:<delivery id>`, counts as its own app."""
+    return entry.ref.partition(":")[0]
 
 
 class WebhookLane:

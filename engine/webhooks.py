@@ -55,35 +55,38 @@ def event_body(task: Task, now: datetime) -> dict[str, object]:
 
 
 def notify(svc: Services, task: Task) -> None:
-    """Queue the final-status event of a task for its app's webhook. The event is written and sent by the
-    webhook lane (`announce`), so the delivery that finished the task pays one stream append for it, not
-    the database writes."""
-    svc.queue.enqueue([job("webhook_event", f"{task.task_id}:{task.app_id}")])
+    """Queue the final-status event of a task for its app's webhook. The job carries the event as it is now;
+    the webhook lane writes it down and sends it (`announce`), so the delivery that finished the task pays a
+    read and a stream append for it, not the database writes."""
+    current = repo.get_task(task.task_id)
+    if current is None:
+        return
+    event = event_body(current, datetime.now(UTC))
+    body = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    svc.queue.enqueue([job("webhook_event", f"{task.app_id}:{task.task_id}:{event['event']}:{body}")])
 
 
 def announce(svc: Services, ref: str, now: float) -> str:
-    """Write a task's final-status event for its app's webhook, once however often this runs (a reclaimed
-    job finds the event already written), and make its first try."""
-    task_id, _, app_id = ref.partition(":")
-    task, app = repo.get_task(task_id), repo.get_app(app_id)
-    if task is None or app is None or not app.webhook_url:
+    """Write down a task's final-status event (`<app>:<task>:<event>:<body>`) for its app's webhook, once however
+    often this runs (a reclaimed job finds it written), and make its first try."""
+    app_id, task_id, event, body = ref.split(":", 3)
+    app = repo.get_app(app_id)
+    if app is None or not app.webhook_url:
         return "done"
-    event = event_body(task, datetime.fromtimestamp(now, UTC))
-    delivery = next((d for d in repo.list_webhook_deliveries(task_id) if d.event == event["event"]), None)
+    delivery = next((d for d in repo.list_webhook_deliveries(task_id) if d.event == event), None)
     if delivery is None:
-        body = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-        delivery = repo.create_webhook_delivery(task_id, app_id, str(event["event"]), app.webhook_url, body)
+        delivery = repo.create_webhook_delivery(task_id, app_id, event, app.webhook_url, body)
     return _try(svc, delivery, app, now) if delivery.status == "pending" else "done"
 
 
 def webhook_job(delivery: WebhookDelivery) -> str:
-    """`webhook:<delivery id>:<app id>`: the app named, so the webhook lane can cap it without a lookup."""
-    return job("webhook", f"{delivery.id}:{delivery.app_id}")
+    """`webhook:<app id>:<delivery id>`: the app named, so the webhook lane can cap it without a lookup."""
+    return job("webhook", f"{delivery.app_id}:{delivery.id}")
 
 
 def deliver_webhook(svc: Services, ref: str, now: float) -> str:
     """One try of a customer webhook; a failure is retried later from the delayed set."""
-    delivery = repo.get_webhook_delivery(int(ref.partition(":")[0]))
+    delivery = repo.get_webhook_delivery(int(ref.rpartition(":")[2]))
     if delivery is None or delivery.status != "pending":
         return "done"
     app = repo.get_app(delivery.app_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -67,15 +68,15 @@ def test_a_job_over_its_apps_cap_is_deferred_never_dropped(queue: Queue) -> None
         release.wait(5)
         return True
 
-    queue.enqueue(["webhook:1:app-a", "webhook:2:app-a", "webhook:3:app-b"])
+    queue.enqueue(["webhook:app-a:1", "webhook:app-a:2", "webhook:app-b:3"])
     entries = queue.read("c", count=3, block_ms=100)
     lane = WebhookLane(queue, handle, threads=4, per_app=1, waiting_per_app=0)
     now = time.time()
     acknowledged_now = lane.take(entries, now)
     assert acknowledged_now == [entries[1].id]
-    assert queue.redis.zscore(queue.delayed, "webhook:2:app-a") >= now + 0.2
+    assert queue.redis.zscore(queue.delayed, "webhook:app-a:2") >= now + 0.2
     time.sleep(0.1)
-    assert sorted(ran) == ["webhook:1:app-a", "webhook:3:app-b"] and lane.holds(entries[0].id)
+    assert sorted(ran) == ["webhook:app-a:1", "webhook:app-b:3"] and lane.holds(entries[0].id)
     assert queue.pending() == 3
     queue.ack(acknowledged_now)
     release.set()
@@ -89,17 +90,17 @@ def test_deferred_jobs_of_a_slow_app_come_back_no_faster_than_it_answers(queue: 
     release = threading.Event()
 
     def handle(entry: Entry, now: float) -> bool:
-        time.sleep(0.3) if entry.job == "webhook:1:slow" else release.wait(5)
+        time.sleep(0.3) if entry.job == "webhook:slow:1" else release.wait(5)
         return True
 
     lane = WebhookLane(queue, handle, threads=4, per_app=1, waiting_per_app=0)
-    queue.enqueue(["webhook:1:slow", "webhook:2:slow"])
+    queue.enqueue(["webhook:slow:1", "webhook:slow:2"])
     [first, second] = queue.read("c", count=2, block_ms=100)
     lane.take([first], time.time())
     while lane.busy():
         time.sleep(0.01)
     lane.take([second], time.time())
-    queue.enqueue([f"webhook:{n}:slow" for n in range(10, 16)])
+    queue.enqueue([f"webhook:slow:{n}" for n in range(10, 16)])
     assert len(lane.take(queue.read("c", count=6, block_ms=100), time.time())) == 6
     dues = sorted(score for _, score in queue.redis.zrange(queue.delayed, 0, -1, withscores=True))
     release.set()
@@ -122,7 +123,7 @@ def test_a_fast_apps_burst_waits_in_the_lane_and_runs_in_turn(queue: Queue) -> N
         return True
 
     lane = WebhookLane(queue, handle, threads=8, per_app=2, waiting_per_app=100)
-    queue.enqueue([f"webhook:{n}:fast" for n in range(40)])
+    queue.enqueue([f"webhook:fast:{n}" for n in range(40)])
     assert lane.take(queue.read("c", count=40, block_ms=100), time.time()) == []
     while lane.busy():
         time.sleep(0.01)
@@ -135,7 +136,7 @@ def test_jobs_waiting_in_the_lane_are_not_reclaimed_by_another_worker(queue: Que
     entries idle longer than the visibility timeout, leaves a job alone while it waits for its turn."""
     release = threading.Event()
     lane = WebhookLane(queue, lambda entry, now: release.wait(5), threads=2, per_app=1)
-    queue.enqueue(["webhook:1:app", "webhook:2:app"])
+    queue.enqueue(["webhook:app:1", "webhook:app:2"])
     lane.take(queue.read("c", count=2, block_ms=100), time.time())
     time.sleep(0.3)
     lane.keep("c-webhooks")
@@ -147,15 +148,19 @@ def test_jobs_waiting_in_the_lane_are_not_reclaimed_by_another_worker(queue: Que
 
 
 def test_a_final_status_event_is_written_and_sent_once_however_often_its_job_runs(tmp_path: Path) -> None:
-    """The lane writes a task's event when its job first runs and tries it at once; the same job run again (as
-    after a worker died before acknowledging it) finds the event written and sends nothing more."""
+    """A finished task's event travels in its job as it was at the finish (a later change of the task does not
+    alter it); the lane writes it down and tries it at once, and the same job run again (as after a worker
+    died before acknowledging it) finds it written and sends nothing more."""
     with loopback(lambda _: Reply(200, "{}")) as receiver:
         rules = write_rules(tmp_path, CONSOLE_RULES)
         with gateway(tmp_path, rules, workers=False, webhook_url=receiver.url + "/hook") as gw:
             task_id = gw.send("otp", "13800138000", {"code": "1"})["data"]["task_id"]
             repo.update_task(task_id, status="success")
-            ref = f"{task_id}:{gw.app_id}"
-            assert [webhooks.announce(gw.svc, ref, time.time()) for _ in range(2)] == ["delivered", "done"]
+            webhooks.notify(gw.svc, repo.get_task(task_id))
+            repo.update_task(task_id, status="failed")
+            [entry] = [e for e in gw.svc.queue.read("t", count=10, block_ms=100) if e.kind == "webhook_event"]
+            assert [webhooks.announce(gw.svc, entry.ref, time.time()) for _ in range(2)] == ["delivered", "done"]
             [delivery] = repo.list_webhook_deliveries(task_id)
             assert (delivery.event, delivery.status, delivery.tries) == ("delivered", "delivered", 1)
         assert len(receiver.requests) == 1
+        assert json.loads(receiver.requests[0].body)["status"] == "success"
