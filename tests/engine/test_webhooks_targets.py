@@ -18,7 +18,7 @@ from engine.store import repo
 from engine.targets import TargetPolicy, TargetRefused, is_public
 from engine.transport import HttpTransport
 from providers.base import HttpRequest
-from tests.support.loopback import LoopbackServer, Reply, loopback
+from tests.support.loopback import Reply, loopback
 from tests.support.service import CONSOLE_RULES, Gateway, gateway, write_rules
 
 INSIDE_NETWORKS = ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
