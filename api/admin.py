@@ -138,6 +138,7 @@ async def apps_create(request: Request) -> JSONResponse:
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
         raise ApiError(400, "name is required")
+    _check_webhook_target(svc, body.get("webhook_url"))
     app, secret = await run_in_threadpool(
         lambda: repo.create_app(name.strip(), svc.key, webhook_url=body.get("webhook_url"),
                                 daily_quota=int(body.get("daily_quota", 10000)),
@@ -159,11 +160,21 @@ async def apps_action(request: Request) -> JSONResponse:
         data["app_secret"] = await run_in_threadpool(repo.rotate_secret, app_id, svc.key)
     elif action == "webhook":
         url = (await _json(request)).get("webhook_url") or None
+        _check_webhook_target(svc, url)
         await run_in_threadpool(repo.set_webhook, app_id, url)
         data["webhook_url"] = url
     else:
         raise ApiError(404, f"unknown action {action!r}")
     return envelope(data=data)
+
+
+def _check_webhook_target(svc: Services, url: object) -> None:
+    """Refuse a webhook URL naming an inside address; the transport checks again at each call (DNS can change)."""
+    if isinstance(url, str) and svc.outbound.policy is not None:
+        try:
+            svc.outbound.policy.check_url(url)
+        except ValueError as exc:
+            raise ApiError(400, f"webhook_url: {exc}") from None
 
 
 @admin

@@ -1,7 +1,7 @@
 """Provider delivery reports: verify, record, match to the task, apply once.
 
-Every report is recorded, matched or not; only a verified, first-seen report for a task that is
-waiting for it changes anything.
+Every verified report is recorded, matched or not; only a verified, first-seen report for a task that is
+waiting for it changes anything. Refused requests are counted, and only a sample of them is kept.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from engine import delivery, metrics
+from engine import delivery, keys, metrics
 from engine.services import Services
 from engine.store import repo
 from engine.store.models import Task
@@ -20,12 +20,15 @@ from providers.base import CallbackReply, CallbackRequest, DeliveryReport
 log = logging.getLogger("mpush.callbacks")
 
 MAX_RAW = 20_000
+REFUSED_SAMPLE = 20  # refused requests stored (and logged) per provider account per minute; the rest are counted
+REFUSED_RAW = 2_000
 
 
 def handle(svc: Services, account_name: str, request: CallbackRequest, now: float) -> CallbackReply:
     """Process one inbound callback request for a provider account; returns the vendor's reply."""
     account = svc.rules.current.providers.get(account_name)
     if account is None:
+        metrics.CALLBACKS_REFUSED.labels("(unknown)", "unknown_account").inc()  # the name is the caller's
         return _json_reply(404, "account not found")
     parser = registry.callback_parser(account.type)
     if parser is None:
@@ -33,17 +36,32 @@ def handle(svc: Services, account_name: str, request: CallbackRequest, now: floa
     raw = request.body.decode("utf-8", "replace")[:MAX_RAW] or json.dumps(dict(request.query), ensure_ascii=False)
     result = parser(request, delivery.provider_account(account), datetime.fromtimestamp(now, UTC))
     if not result.verified or not result.reports:
-        note = result.error or "no reports in the request"
-        repo.record_callback(provider=account_name, provider_message_id="", task_id=None, status="",
-                             error_code="", error_message="", raw=raw, verified=result.verified,
-                             applied=False, note=note)
-        metrics.CALLBACKS.labels(account_name, "unverified" if not result.verified else "empty").inc()
-        log.warning("callback.refused provider=%s from=%s: %s", account_name, request.client_host, note)
+        reason = "unverified" if not result.verified else "empty"
+        metrics.CALLBACKS_REFUSED.labels(account_name, reason).inc()
+        if _sampled(svc, account_name, now):
+            record_refused(account_name, request, raw, result.verified, result.error or "no reports in the request")
         return result.reply
     for report in result.reports:
         outcome = apply_report(svc, account_name, report, raw, now)
         metrics.CALLBACKS.labels(account_name, outcome).inc()
     return result.reply
+
+
+def _sampled(svc: Services, account_name: str, now: float) -> bool:
+    """Whether this refused request is among the first REFUSED_SAMPLE of its account this minute, across
+    processes: forged requests cost a counter increment, never an unbounded stream of rows and log lines."""
+    key = keys.refused_callbacks(account_name, int(now // 60))
+    pipe = svc.redis.pipeline(transaction=False)
+    pipe.incr(key)
+    pipe.expire(key, 120)
+    return int(pipe.execute()[0]) <= REFUSED_SAMPLE
+
+
+def record_refused(account_name: str, request: CallbackRequest, raw: str, verified: bool, note: str) -> None:
+    repo.record_callback(provider=account_name, provider_message_id="", task_id=None, status="", error_code="",
+                         error_message="", raw=raw[:REFUSED_RAW], verified=verified, applied=False,
+                         note=note[:255])
+    log.warning("callback.refused provider=%s from=%s: %.200r", account_name, request.client_host, note)
 
 
 def apply_report(svc: Services, account_name: str, report: DeliveryReport, raw: str, now: float) -> str:

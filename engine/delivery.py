@@ -336,7 +336,7 @@ def announce_final(svc: Services, task: Task, status: str) -> str:
     """Count a task that just reached a final status and queue its webhook event, if its app has a webhook."""
     metrics.FINAL.labels(status).inc()
     if _has_webhook(task.app_id):
-        webhooks.notify(svc, task.task_id)
+        webhooks.notify(svc, task)
     return status
 
 

@@ -40,3 +40,7 @@ def token(provider: str, digest: str) -> str:
 
 def idempotency(app_id: str, key: str) -> str:
     return f"{PREFIX}idem:{app_id}:{key}"
+
+
+def refused_callbacks(provider: str, minute: int) -> str:
+    return f"{PREFIX}cbrefused:{provider}:{minute}"

@@ -14,6 +14,8 @@ SEND_SECONDS = Histogram(
 FINAL = Counter("mpush_tasks_final_total", "Tasks reaching a final status", ["status"])
 DECISIONS = Counter("mpush_failure_decisions_total", "Failure decisions carried out", ["scene", "action", "rule"])
 CALLBACKS = Counter("mpush_callbacks_total", "Provider delivery reports", ["provider", "result"])
+CALLBACKS_REFUSED = Counter("mpush_callbacks_refused_total", "Provider callback requests refused (unverified, or "
+                            "holding no report); only a sample is stored", ["provider", "reason"])
 WEBHOOKS = Counter("mpush_webhook_tries_total", "Customer webhook tries", ["result"])
 RULES_RELOADS = Counter("mpush_rules_reloads_total", "Rule set reloads", ["result"])
 RULES_OK = Gauge("mpush_rules_last_reload_ok", "1 when the last rule reload succeeded")

@@ -1,6 +1,7 @@
 """Redis Streams work queue: enqueue, consumer group reads, reclaim of stale entries, delayed jobs.
 
-Jobs are `kind:ref` strings ("send:<task_id>", "webhook:<delivery id>", "timeout:<task_id>").
+Jobs are `kind:ref` strings ("send:<task_id>", "webhook:<app id>:<delivery id>",
+"webhook_event:<app id>:<task id>:<event>:<body>", "timeout:<task_id>").
 Delayed jobs wait in a sorted set scored by due time; `release_due` moves them to the stream
 in one Lua script, so several schedulers can run without enqueuing a job twice.
 """

@@ -9,14 +9,16 @@ from datetime import UTC, datetime
 import peewee
 import redis
 
+from engine.files import private_dir, restrict_tree
 from engine.limits import Limits
 from engine.queue import Queue
 from engine.rulesets import RuleSetHolder
 from engine.selector import Selector
-from engine.settings import Settings
+from engine.settings import Settings, SettingsError
 from engine.store import db as store_db
 from engine.store.crypto import key_from_text
 from engine.store.migrations import migrate
+from engine.targets import TargetPolicy
 from engine.tokens import RedisTokenCache
 from engine.transport import HttpTransport
 
@@ -35,6 +37,7 @@ class Services:
     limits: Limits
     selector: Selector
     transport: HttpTransport
+    outbound: HttpTransport  # customer webhooks and alerts: only to targets the policy permits
     tokens: RedisTokenCache
     key: bytes
     retired_keys: tuple[bytes, ...] = ()  # keys being rotated out: app secrets stored under them still open
@@ -58,6 +61,8 @@ def connect_redis(settings: Settings) -> redis.Redis:
 def open_services(settings: Settings, *, rules: RuleSetHolder | None = None) -> Services:
     """Connect Redis and the database, migrate, load the rule set, build the components."""
     settings = settings.resolve_secrets()
+    outbound = HttpTransport(target_policy(settings))
+    restrict_tree(private_dir(settings.data_dir))  # 0700, its files 0600: also those of an older version
     client = connect_redis(settings)
     database = store_db.connect(settings.effective_database_url, pool_size=settings.database_pool_size)
     store_db.bind(database)
@@ -76,6 +81,7 @@ def open_services(settings: Settings, *, rules: RuleSetHolder | None = None) -> 
         limits=Limits(client),
         selector=Selector(client),
         transport=HttpTransport(),
+        outbound=outbound,
         tokens=RedisTokenCache(client),
         key=key_from_text(settings.encryption_key),
         retired_keys=retired_keys(settings),
@@ -84,6 +90,13 @@ def open_services(settings: Settings, *, rules: RuleSetHolder | None = None) -> 
 
 def retired_keys(settings: Settings) -> tuple[bytes, ...]:
     return (key_from_text(settings.previous_encryption_key),) if settings.previous_encryption_key else ()
+
+
+def target_policy(settings: Settings) -> TargetPolicy:
+    try:
+        return TargetPolicy.parse(settings.outbound_allow)
+    except ValueError as exc:
+        raise SettingsError(f"setting outbound_allow: {exc}") from None
 
 
 def utcnow() -> datetime:

@@ -44,6 +44,9 @@ class Settings:
     watch_rules: bool = True
     log_level: str = "INFO"
     rule_env: Mapping[str, str] | None = None
+    outbound_allow: str = ""  # CIDRs and host names customer webhooks and alerts may reach besides public addresses
+    webhook_threads: int = 8
+    webhook_per_app: int = 2
 
     @property
     def embedded_redis(self) -> bool:

@@ -8,6 +8,7 @@ from io import BytesIO
 import certifi
 import pycurl
 
+from engine.targets import Pin, TargetPolicy, TargetRefused
 from providers.base import HttpRequest, HttpResponse, TransportError
 
 
@@ -20,9 +21,14 @@ class HttpTransport:
     own handle, whose connection cache gives keep-alive per host. Semantics: no proxies from the
     environment, TLS verified against certifi's bundle, no retries, no redirects, and the
     request's timeout both for connecting and for the whole exchange.
+
+    With a `policy` (the transport of customer webhooks and alerts), each call goes only where the policy
+    permits: the host is resolved and pinned by `TargetPolicy.pin`, and a socket opens only to a pinned
+    address. Its handles are its own, so a connection kept alive for a provider is never lent to such a call.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, policy: TargetPolicy | None = None) -> None:
+        self.policy = policy
         self._local = threading.local()
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
@@ -44,12 +50,23 @@ class HttpTransport:
         timeout_ms = max(1, round(request.timeout * 1000))
         curl.setopt(pycurl.CONNECTTIMEOUT_MS, timeout_ms)
         curl.setopt(pycurl.TIMEOUT_MS, timeout_ms)
+        pin = self._pin(curl, request.url) if self.policy is not None else None
         try:
             curl.perform()
         except pycurl.error as exc:
             code, text = exc.args if len(exc.args) == 2 else (0, str(exc))
+            if pin is not None and pin.refused:
+                raise TargetRefused(f"refused target {pin.host!r}: connecting to {', '.join(pin.refused)}") from None
             raise TransportError(f"curl error {code}: {text}") from None
         return HttpResponse(int(curl.getinfo(pycurl.RESPONSE_CODE)), _headers(header_lines), body.getvalue())
+
+    def _pin(self, curl: pycurl.Curl, url: str) -> Pin:
+        assert self.policy is not None
+        pin = self.policy.pin(url)
+        curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        curl.setopt(pycurl.RESOLVE, pin.resolve_entries())
+        curl.setopt(pycurl.OPENSOCKETFUNCTION, pin.open_socket)
+        return pin
 
     def _handle(self) -> pycurl.Curl:
         curl = getattr(self._local, "curl", None)

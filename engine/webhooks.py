@@ -12,7 +12,7 @@ from engine import metrics
 from engine.queue import job
 from engine.signing import webhook_signature
 from engine.store import repo
-from engine.store.models import Task, WebhookDelivery
+from engine.store.models import Application, Task, WebhookDelivery
 from providers.base import HttpRequest, TransportError
 
 if TYPE_CHECKING:
@@ -22,8 +22,12 @@ log = logging.getLogger("mpush.webhooks")
 
 USER_AGENT = "MessagePush-Webhook/1.0"
 MAX_TRIES = 8
+TIMEOUT_SECONDS = 10.0
 BACKOFF_SECONDS = (2, 4, 8, 16, 60, 300, 900)
 EVENTS = {"success": "delivered", "failed": "failed"}
+# What the app's records say of any call that got no HTTP answer: a refused target, a refused connection, a
+# timeout and a failed lookup read the same, so the recorded errors cannot map the network. The log says which.
+NO_ANSWER = "no answer from the webhook endpoint"
 
 
 def event_body(task: Task, now: datetime) -> dict[str, object]:
@@ -50,30 +54,49 @@ def event_body(task: Task, now: datetime) -> dict[str, object]:
     }
 
 
-def notify(svc: Services, task_id: str) -> None:
-    """Queue the final-status event of a task for its app's webhook, if the app has one."""
-    task = repo.get_task(task_id)
-    app = repo.get_app(task.app_id) if task else None
-    if task is None or app is None or not app.webhook_url:
+def notify(svc: Services, task: Task) -> None:
+    """Queue the final-status event of a task for its app's webhook. The job carries the event as it is now;
+    the webhook lane writes it down and sends it (`announce`), so the delivery that finished the task pays a
+    read and a stream append for it, not the database writes."""
+    current = repo.get_task(task.task_id)
+    if current is None:
         return
-    now = datetime.now(UTC)
-    event = event_body(task, now)
+    event = event_body(current, datetime.now(UTC))
     body = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-    delivery = repo.create_webhook_delivery(task.task_id, task.app_id, str(event["event"]), app.webhook_url, body)
-    svc.queue.enqueue([job("webhook", str(delivery.id))])
+    svc.queue.enqueue([job("webhook_event", f"{task.app_id}:{task.task_id}:{event['event']}:{body}")])
 
 
-def deliver_webhook(svc: Services, delivery_id: str, now: float) -> str:
+def announce(svc: Services, ref: str, now: float) -> str:
+    """Write down a task's final-status event (`<app>:<task>:<event>:<body>`) for its app's webhook, once however
+    often this runs (a reclaimed job finds it written), and make its first try."""
+    app_id, task_id, event, body = ref.split(":", 3)
+    app = repo.get_app(app_id)
+    if app is None or not app.webhook_url:
+        return "done"
+    delivery = next((d for d in repo.list_webhook_deliveries(task_id) if d.event == event), None)
+    if delivery is None:
+        delivery = repo.create_webhook_delivery(task_id, app_id, event, app.webhook_url, body)
+    return _try(svc, delivery, app, now) if delivery.status == "pending" else "done"
+
+
+def webhook_job(delivery: WebhookDelivery) -> str:
+    """`webhook:<app id>:<delivery id>`: the app named, so the webhook lane can cap it without a lookup."""
+    return job("webhook", f"{delivery.app_id}:{delivery.id}")
+
+
+def deliver_webhook(svc: Services, ref: str, now: float) -> str:
     """One try of a customer webhook; a failure is retried later from the delayed set."""
-    delivery = repo.get_webhook_delivery(int(delivery_id))
+    delivery = repo.get_webhook_delivery(int(ref.rpartition(":")[2]))
     if delivery is None or delivery.status != "pending":
         return "done"
     app = repo.get_app(delivery.app_id)
-    if app is None:
-        return "done"
+    return "done" if app is None else _try(svc, delivery, app, now)
+
+
+def _try(svc: Services, delivery: WebhookDelivery, app: Application, now: float) -> str:
     request = _signed_request(delivery, repo.app_secret(app, svc.key), int(now))
     started = time.perf_counter()
-    status_code, error = _post(svc, request)
+    status_code, error = _post(svc, request, delivery.id)
     delivered = 200 <= status_code < 300
     tries = delivery.tries + 1
     give_up = not delivered and tries >= MAX_TRIES
@@ -86,7 +109,7 @@ def deliver_webhook(svc: Services, delivery_id: str, now: float) -> str:
     log.info("webhook.try id=%s task=%s try=%d result=%s status=%s", delivery.id, delivery.task_id, tries,
              result, status_code or error)
     if next_at is not None:
-        svc.queue.defer(job("webhook", str(delivery.id)), next_at)
+        svc.queue.defer(webhook_job(delivery), next_at)
     return result
 
 
@@ -99,16 +122,17 @@ def _signed_request(delivery: WebhookDelivery, secret: str, stamp: int) -> HttpR
         "X-Webhook-Event": delivery.event,
         "X-Webhook-Timestamp": str(stamp),
         "X-Webhook-Signature": webhook_signature(secret, stamp, body),
-    }, body, timeout=10.0)
+    }, body, timeout=TIMEOUT_SECONDS)
 
 
-def _post(svc: Services, request: HttpRequest) -> tuple[int, str]:
+def _post(svc: Services, request: HttpRequest, delivery_id: int) -> tuple[int, str]:
     """The receiver's status code (0 when unreachable) and what went wrong, empty when it answered 2xx."""
     status_code, error = 0, ""
     try:
-        status_code = svc.transport(request).status
+        status_code = svc.outbound(request).status
     except TransportError as exc:
-        error = str(exc)
+        log.warning("webhook.unreachable id=%s: %s", delivery_id, exc)
+        error = NO_ANSWER
     if not 200 <= status_code < 300 and not error:
         error = f"HTTP {status_code}"
     return status_code, error
@@ -130,9 +154,9 @@ def send_alert(svc: Services, url: str, level: str, task: Task, *, provider: str
         "provider": provider, "error_code": error_code, "error_msg": error_message, "timestamp": int(time.time()),
     }
     request = HttpRequest("POST", url, {"Content-Type": "application/json", "User-Agent": "MessagePush-Alert/1.0"},
-                          json.dumps(payload, ensure_ascii=False).encode(), timeout=10.0)
+                          json.dumps(payload, ensure_ascii=False).encode(), timeout=TIMEOUT_SECONDS)
     try:
-        ok = 200 <= svc.transport(request).status < 300
+        ok = 200 <= svc.outbound(request).status < 300
     except TransportError as exc:
         log.warning("alert.failed task=%s: %s", task.task_id, exc)
         return False

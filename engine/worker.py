@@ -1,5 +1,7 @@
 """Stream consumers: a few threads reading the consumer group, a pool sending, a reclaimer for a dead worker's entries.
 
+Customer webhook jobs go to the webhook lane (`engine.webhook_lane`), which has threads of its own.
+
 The loop only orchestrates read -> handle -> ack; what a job means lives in `delivery`,
 `webhooks` and `scheduler`. The send jobs of one read go through `delivery.deliver_many`
 together, their provider calls spread over the `threads` of the send pool. Signals are wired
@@ -21,7 +23,7 @@ from typing import TypeVar
 import peewee
 import redis
 
-from engine import delivery, webhooks
+from engine import delivery, webhook_lane, webhooks
 from engine.queue import Entry
 from engine.services import Services
 from engine.store.db import StoreUnavailable
@@ -37,6 +39,7 @@ U = TypeVar("U")
 HANDLERS = {
     "send": delivery.deliver,
     "webhook": webhooks.deliver_webhook,
+    "webhook_event": webhooks.announce,
     "timeout": delivery.check_report_timeout,
 }
 
@@ -57,6 +60,8 @@ class Worker:
         # each reader makes calls itself too (`_map`), so the pool and the readers make `threads` at once
         self._senders = ThreadPoolExecutor(max(1, self.threads - self.readers), thread_name_prefix="sender")
         self._in_hand: set[str] = set()
+        self._webhooks = webhook_lane.WebhookLane(svc.queue, self.handle, threads=svc.settings.webhook_threads,
+                                     per_app=svc.settings.webhook_per_app)
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} threads={self.threads} readers={self.readers} {dict(self.counters)}>"
@@ -71,6 +76,7 @@ class Worker:
         for thread in workers:
             thread.join()
         self._senders.shutdown()
+        self._webhooks.shutdown()
         log.info("worker.stopped %r", self)
 
     def handle(self, entry: Entry, now: float) -> bool:
@@ -112,8 +118,11 @@ class Worker:
             self._in_hand.update(entry.id for entry in entries)
         try:
             sends = [entry for entry in entries if entry.kind == "send"]
+            hooks = [entry for entry in entries if entry.kind in webhook_lane.KINDS]  # the lane acks those it runs
             done = self._deliver(sends, time.time()) if sends else []
-            return done + [entry.id for entry in entries if entry.kind != "send" and self.handle(entry, time.time())]
+            done += self._webhooks.take(hooks, time.time()) if hooks else []
+            return done + [entry.id for entry in entries
+                           if entry.kind not in ("send", *webhook_lane.KINDS) and self.handle(entry, time.time())]
         finally:
             with self._lock:
                 self._in_hand.difference_update(entry.id for entry in entries)
@@ -167,12 +176,14 @@ class Worker:
         idle_ms = int(self.svc.settings.visibility_timeout * 1000)
         while not stop.wait(max(0.5, self.svc.settings.visibility_timeout / 4)):
             try:
+                self._webhooks.keep(f"{self.name}-webhooks")
                 entries = self.svc.queue.reclaim(f"{self.name}-reclaimer", min_idle_ms=idle_ms)
             except redis.RedisError as exc:
                 log.warning("queue.reclaim failed: %s", exc)
                 continue
             with self._lock:  # entries this process is still working on are not stale, only slow
                 entries = [entry for entry in entries if entry.id not in self._in_hand]
+            entries = [entry for entry in entries if not self._webhooks.holds(entry.id)]
             if entries:
                 log.info("queue.reclaimed %d entries", len(entries))
             for start in range(0, len(entries), self.read_count):
@@ -184,7 +195,7 @@ class Worker:
         while quiet < idle_rounds:
             self.svc.queue.release_due(time.time())
             entries = self.svc.queue.read(f"{self.name}-burst", count=self.read_count, block_ms=50, ack=done)
-            quiet = 0 if entries else quiet + 1
+            quiet = 0 if entries or self._webhooks.busy() else quiet + 1
             done = self._process(entries)
         self.svc.queue.ack(done)
 

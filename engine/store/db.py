@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import peewee
 from playhouse.pool import MaxConnectionsExceeded, PooledDatabase, PooledMySQLDatabase, PooledPostgresqlDatabase
 
+from engine.files import FILE_MODE, private_dir, private_file
 from engine.store.models import database
 
 log = logging.getLogger("mpush.store")
@@ -218,8 +219,20 @@ def _sqlite(path: str) -> peewee.SqliteDatabase:
         # A named shared-cache memory database, so every thread's connection sees the same tables.
         name = f"file:mpush-{uuid.uuid4().hex}?mode=memory&cache=shared"
         return peewee.SqliteDatabase(name, uri=True, pragmas={"foreign_keys": 1}, timeout=5)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _private_sqlite_files(Path(path))
     return TurnTakingSqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=5)
+
+
+def _private_sqlite_files(path: Path) -> None:
+    """The database file 0600 before SQLite opens it (its -wal and -shm files take its mode), in a 0700
+    folder when we create the folder; the files of an older version are made 0600 too."""
+    if not path.parent.exists():
+        private_dir(path.parent)
+    private_file(path)
+    for suffix in ("-wal", "-shm", "-journal", "-writer.lock"):
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            os.chmod(companion, FILE_MODE)
 
 
 def _mysql(name: str, options: dict[str, object], pool_size: int) -> peewee.MySQLDatabase:

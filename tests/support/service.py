@@ -104,6 +104,7 @@ def settings_for(tmp: Path, rules_dir: Path, **overrides: Any) -> Settings:
         data_dir=tmp / "data", rules_dir=rules_dir, redis_url=REDIS_URL,
         database_url=f"sqlite:///{tmp / 'mpush.db'}", encryption_key=ENCRYPTION_KEY, admin_token="admin-token",
         worker_threads=4, visibility_timeout=5.0, callback_timeout=600.0, watch_rules=False, rule_env={},
+        outbound_allow="127.0.0.1/32",  # the tests' webhook and alert receivers listen on loopback
     )
     values.update(overrides)
     return Settings(**values)
