@@ -69,25 +69,34 @@ async def rules_reload(request: Request) -> JSONResponse:
 
 @admin
 async def rules_explain(request: Request) -> JSONResponse:
-    """Dry run: {"fact": {...}, "scene"?: ..., "rules"?: {"file.yaml": "text", ...}} against the live rule
-    set, or against the posted rule files (loaded, validated and compiled aside, never made live)."""
+    """Dry run: {"fact": {...}, "scene"?: ..., "rules"?: {"file.yaml": "text", ...}}, or the bare fact itself,
+    against the live rule set, or against the posted rule files (loaded, validated and compiled aside, never
+    made live)."""
     svc: Services = request.app.state.services
     body = await _json(request)
-    fact_data, scene, files = body.get("fact"), body.get("scene"), body.get("rules")
+    if "fact" not in body:
+        body = {"fact": body}
+    version, explanation = await run_in_threadpool(dry_run, svc, body.get("fact"), body.get("scene"),
+                                                   body.get("rules"))
+    return envelope(data={"version": version, "explanation": explanation})
+
+
+def dry_run(svc: Services, fact_data: Any, scene: Any, files: Any) -> tuple[str, str]:
+    """The rule set's version and its explanation of the fact (for one scene, or all); ApiError when the fact,
+    the scene or the posted files are not usable."""
     if not isinstance(fact_data, dict):
         raise ApiError(400, "fact must be a JSON object: {channel, receiver, app, ...}")
     if scene is not None and scene not in SCENES:
         raise ApiError(400, f"scene must be one of {', '.join(SCENES)}")
-    ruleset = svc.rules.current if files is None else await run_in_threadpool(_load_posted, svc, files)
+    ruleset = svc.rules.current if files is None else _load_posted(svc, files)
     try:
         fact = fact_from_mapping(ruleset, fact_data, datetime.now(UTC))
-        explanation = str(ruleset.explain(fact, scene))
+        return str(ruleset.version), str(ruleset.explain(fact, scene))
     except FactError as exc:
         raise ApiError(400, str(exc)) from None
     finally:
         if files is not None:
             ruleset.close()
-    return envelope(data={"version": str(ruleset.version), "explanation": explanation})
 
 
 def _load_posted(svc: Services, files: Any) -> RuleSet:

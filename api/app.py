@@ -14,6 +14,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import admin, health, public
+from api.console import CONSOLE
 from api.callbacks import provider_callback
 from api.errors import INTERNAL, ApiError, envelope, error_response
 from engine.ids import uuid7
@@ -40,6 +41,7 @@ ROUTES = [
     Route("/api/admin/tasks", admin.tasks_list, methods=["GET"]),
     Route("/api/admin/tasks/{task_id}", admin.task_detail, methods=["GET"]),
     Route("/api/admin/stats", admin.stats, methods=["GET"]),
+    *CONSOLE,
 ]
 
 CORS_HEADERS = ["Origin", "Content-Type", "Accept", "Authorization", "Idempotency-Key",

@@ -89,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--wait", action="store_true", help="poll the task until it reaches a final status")
     send.set_defaults(func=cmd_send)
 
+    operators = commands.add_parser("operators", help="manage the people who sign in to the console")
+    operator_commands = operators.add_subparsers(title="operators commands", metavar="ACTION", required=True)
+    for action, text in (("create", "create an operator (asks for the password)"),
+                         ("set-password", "give an operator a new password")):
+        sub = operator_commands.add_parser(action, help=text)
+        sub.add_argument("name")
+        sub.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+        sub.set_defaults(func=cmd_operators, action=action)
+    operator_commands.add_parser("list", help="list operators").set_defaults(func=cmd_operators, action="list")
+
     rules_cli.add_parser(commands)
     return parser
 
@@ -257,6 +267,40 @@ def cmd_apps_action(args: argparse.Namespace) -> int:
         repo.set_app_status(args.app_id, 1 if args.action == "enable" else 2)
         print(f"{args.app_id}: {args.action}d")
     return 0
+
+
+def cmd_operators(args: argparse.Namespace) -> int:
+    from engine.store import queries
+
+    _open_store(_settings())
+    if args.action == "list":
+        for operator in queries.list_operators():
+            seen = f"{operator.signed_in_at:%Y-%m-%d %H:%M}" if operator.signed_in_at else "never"
+            print(f"{operator.name:<24} created {operator.created_at:%Y-%m-%d}  last sign-in {seen}")
+        return 0
+    password = _new_password(args.password_stdin)
+    try:
+        if args.action == "create":
+            queries.create_operator(args.name, password)
+        else:
+            queries.set_operator_password(args.name, password)
+    except (ValueError, LookupError, queries.OperatorExists) as exc:
+        print(f"mpush: {exc}", file=sys.stderr)
+        return 1
+    print(f"operator {args.name}: {'created' if args.action == 'create' else 'password changed'}; "
+          f"sign in at /console")
+    return 0
+
+
+def _new_password(from_stdin: bool) -> str:
+    import getpass
+
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise SettingsError("the two passwords differ")
+    return first
 
 
 def cmd_send(args: argparse.Namespace) -> int:

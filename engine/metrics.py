@@ -13,6 +13,7 @@ SEND_SECONDS = Histogram(
 )
 FINAL = Counter("mpush_tasks_final_total", "Tasks reaching a final status", ["status"])
 DECISIONS = Counter("mpush_failure_decisions_total", "Failure decisions carried out", ["scene", "action", "rule"])
+QUOTA_MATCHES = Counter("mpush_quota_rule_matches_total", "Messages each quota rule counted", ["rule"])
 CALLBACKS = Counter("mpush_callbacks_total", "Provider delivery reports", ["provider", "result"])
 WEBHOOKS = Counter("mpush_webhook_tries_total", "Customer webhook tries", ["result"])
 RULES_RELOADS = Counter("mpush_rules_reloads_total", "Rule set reloads", ["result"])

@@ -1,0 +1,373 @@
+"""The console's pages: dashboard, messages and their timelines, batches, applications, rules, providers."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import REGISTRY
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.admin import dry_run
+from api.console import charts, security, timeline
+from api.console.security import Session
+from api.console.web import ConsoleError, form_text, page, redirect, render, services
+from api.errors import ApiError
+from engine import delivery, intake, keys
+from engine.policy.decisions import SCENES
+from engine.policy.rules import RoutingRule
+from engine.policy.selection import breaker_state
+from engine.services import Services
+from engine.store import queries, repo
+from engine.store.models import APP_ENABLED, TASK_STATUSES
+from providers import registry
+from providers.base import Message
+
+STARTED_AT = datetime.now(UTC)  # rule fire counts are "since the gateway started"
+MASK = "••••••"
+FILE_LINE = re.compile(r"([\w./-]+\.ya?ml):(\d+)")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- dashboard ------------------------------------------------------------------------------------------------
+
+
+@page
+async def dashboard(request: Request, session: Session) -> Response:
+    hours = _int(request.query_params.get("hours", "1"), 1, 24)
+    data = await run_in_threadpool(_dashboard, services(request), hours)
+    return render(request, session, "dashboard.html", section="Dashboard", hours=hours, **data)
+
+
+def _dashboard(svc: Services, hours: int) -> dict[str, Any]:
+    now = _now()
+    ruleset = svc.rules.current
+    local_midnight = now.astimezone(ruleset.timezone).replace(hour=0, minute=0, second=0, microsecond=0)
+    activity = queries.attempt_activity(now, hours)
+    return {
+        "today": queries.day_tallies(local_midnight.astimezone(UTC)),
+        "timezone": ruleset.settings.timezone,
+        "activity": activity,
+        "chart": charts.attempts_chart(activity.minutes),
+        "accounts": _accounts(svc, now),
+        "queue": {"stream backlog": svc.queue.backlog(), "pending (read, not acknowledged)": svc.queue.pending(),
+                  "delayed jobs": svc.queue.delayed_count()},
+        "rules": svc.rules.status(),
+        "version": ruleset.version,
+    }
+
+
+def _accounts(svc: Services, now: datetime) -> list[dict[str, Any]]:
+    """Each provider account of the live rules: breaker state and, per routing rule and tier, its weight
+    and the smooth round robin's current value."""
+    ruleset = svc.rules.current
+    weights: dict[str, list[tuple[str, int, int, int]]] = {name: [] for name in ruleset.providers}
+    for rule in ruleset.rules("routing"):
+        if not isinstance(rule, RoutingRule):
+            continue
+        for tier_number, tier in enumerate(rule.tiers, 1):
+            scope = keys.swrr(f"{rule.name}#{tier_number}")
+            for candidate in tier:
+                current = svc.redis.hget(scope, candidate.provider)
+                weights.setdefault(candidate.provider, []).append(
+                    (rule.name, tier_number, candidate.weight, int(float(current or 0))))
+    rows = []
+    for name, account in ruleset.providers.items():
+        breaker = svc.selector.breaker(name)
+        rows.append({"name": name, "type": account.type, "state": breaker_state(breaker, now.timestamp()),
+                     "open_until": datetime.fromtimestamp(breaker.open_until, UTC) if breaker.open_until else None,
+                     "weights": weights.get(name, [])})
+    return rows
+
+
+# -- messages -------------------------------------------------------------------------------------------------
+
+
+@page
+async def messages(request: Request, session: Session) -> Response:
+    svc = services(request)
+    query = request.query_params
+    try:
+        where = queries.TaskFilter(
+            task_id=query.get("task_id", ""), receiver=query.get("receiver", ""), app_id=query.get("app_id", ""),
+            channel=query.get("channel", ""), status=query.get("status", ""), batch_id=query.get("batch_id", ""),
+            since=_moment(query.get("since", "")), until=_moment(query.get("until", "")))
+        after = queries.Cursor.parse(query["after"]) if query.get("after") else None
+    except ValueError as exc:
+        raise ConsoleError(400, str(exc)) from None
+    region = svc.rules.current.settings.default_region
+    found = await run_in_threadpool(lambda: queries.search_tasks(where, after=after, default_region=region))
+    filters = {name: value for name, value in query.items() if name != "after" and value}
+    next_query = {**filters, "after": str(found.next)} if found.next else None
+    return render(request, session, "messages.html", section="Messages", page=found, filters=filters,
+                  next_query=next_query, statuses=TASK_STATUSES, channels=sorted(svc.rules.current.channels))
+
+
+def _moment(text: str) -> datetime | None:
+    """A time from the search form (`2024-05-01T10:00` from a datetime-local input, or any ISO 8601), as UTC."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not a date and time: {text[:40]!r} (use 2024-05-01T10:00)") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+@page
+async def message(request: Request, session: Session) -> Response:
+    svc = services(request)
+    task = await run_in_threadpool(repo.get_task, request.path_params["task_id"])
+    if task is None:
+        raise ConsoleError(404, "No message has this task id.")
+    events = await run_in_threadpool(timeline.build, task, svc.rules.current)
+    app = await run_in_threadpool(repo.get_app, task.app_id)
+    return render(request, session, "message.html", section="Messages", task=task, events=events, app=app)
+
+
+# -- batches --------------------------------------------------------------------------------------------------
+
+
+@page
+async def batches(request: Request, session: Session) -> Response:
+    recent = await run_in_threadpool(queries.recent_batches)
+    return render(request, session, "batches.html", section="Batches", batches=recent)
+
+
+@page
+async def batch(request: Request, session: Session) -> Response:
+    batch_id = request.path_params["batch_id"]
+    found = await run_in_threadpool(queries.get_batch, batch_id)
+    if found is None:
+        raise ConsoleError(404, "No batch has this id.")
+    counts = await run_in_threadpool(queries.batch_counts, batch_id)
+    tasks = await run_in_threadpool(queries.search_tasks, queries.TaskFilter(batch_id=batch_id), page_size=200)
+    return render(request, session, "batch.html", section="Batches", batch=found, counts=counts, tasks=tasks)
+
+
+# -- applications ---------------------------------------------------------------------------------------------
+
+
+@page
+async def apps(request: Request, session: Session) -> Response:
+    return render(request, session, "apps.html", section="Applications", apps=await _apps_with_usage(request),
+                  created=None)
+
+
+async def _apps_with_usage(request: Request) -> list[dict[str, Any]]:
+    svc = services(request)
+    listed = await run_in_threadpool(repo.list_apps)
+    now = _now().timestamp()
+    return [{"app": app, "used": await run_in_threadpool(svc.limits.used, intake.app_quota_check(app), now)}
+            for app in listed]
+
+
+@page
+async def app_create(request: Request, session: Session) -> Response:
+    svc = services(request)
+    name = await form_text(request, "name", 100)
+    webhook = (await form_text(request, "webhook_url", 500)).strip() or None
+    quota = _int(await form_text(request, "daily_quota", 12) or "10000", 0, 10**9)
+    rate = _int(await form_text(request, "rate_limit", 12) or "100", 0, 10**6)
+    try:
+        app, secret = await run_in_threadpool(lambda: repo.create_app(name, svc.key, webhook_url=webhook,
+                                                                      daily_quota=quota, rate_limit=rate))
+    except ValueError as exc:
+        raise ConsoleError(400, str(exc)) from None
+    return render(request, session, "apps.html", section="Applications", apps=await _apps_with_usage(request),
+                  created={"app": app, "secret": secret, "rotated": False})
+
+
+@page
+async def app_action(request: Request, session: Session) -> Response:
+    """enable / disable / rotate-secret / webhook on one application."""
+    svc = services(request)
+    app_id, action = request.path_params["app_id"], request.path_params["action"]
+    app = await run_in_threadpool(repo.get_app, app_id)
+    if app is None:
+        raise ConsoleError(404, "No application has this id.")
+    if action == "rotate-secret":
+        secret = await run_in_threadpool(repo.rotate_secret, app_id, svc.key)
+        return render(request, session, "apps.html", section="Applications", apps=await _apps_with_usage(request),
+                      created={"app": app, "secret": secret, "rotated": True})
+    if action in ("enable", "disable"):
+        await run_in_threadpool(repo.set_app_status, app_id, APP_ENABLED if action == "enable" else 2)
+        done = f"{app.name} is {action}d."
+    elif action == "webhook":
+        url = (await form_text(request, "webhook_url", 500)).strip() or None
+        try:
+            await run_in_threadpool(repo.set_webhook, app_id, url)
+        except ValueError as exc:
+            raise ConsoleError(400, str(exc)) from None
+        done = f"{app.name}'s webhook is {url or 'cleared'}."
+    else:
+        raise ConsoleError(404, f"Unknown action {action!r}.")
+    await run_in_threadpool(security.flash, svc.redis, session, done)
+    return redirect("/console/apps")
+
+
+# -- rules ----------------------------------------------------------------------------------------------------
+
+
+@page
+async def rules(request: Request, session: Session) -> Response:
+    data = await run_in_threadpool(_rules_page, services(request))
+    return render(request, session, "rules.html", section="Rules", dry=None, **data)
+
+
+def _rules_page(svc: Services) -> dict[str, Any]:
+    status = svc.rules.status()
+    return {"status": status, "files": list(_rule_files(svc.rules.path)), "counts": _fire_counts(svc),
+            "error_lines": _error_lines(status.get("last_error") or ""), "scenes": SCENES,
+            "channels": sorted(svc.rules.current.channels)}
+
+
+def _rule_files(root: Path) -> Iterator[tuple[str, list[str]]]:
+    for path in sorted([*root.rglob("*.yaml"), *root.rglob("*.yml")]):
+        yield str(path.relative_to(root)), path.read_text(encoding="utf-8", errors="replace").splitlines()
+
+
+def _error_lines(error: str) -> list[tuple[str, str | None]]:
+    """Each line of the last reload error, with an anchor to the file line it names (when it names one)."""
+    lines = []
+    for line in error.splitlines():
+        found = FILE_LINE.search(line)
+        lines.append((line, f"{Path(found.group(1)).name}-L{found.group(2)}" if found else None))
+    return lines
+
+
+def _fire_counts(svc: Services) -> list[dict[str, Any]]:
+    """Every rule of the live set with how often it fired since start: routing (attempts it routed), quotas
+    (messages it counted) and failure rules (decisions it made). A rule at zero may be dead."""
+    ruleset = svc.rules.current
+    fired = queries.rule_fire_counts(STARTED_AT)
+    rows = []
+    for kind in ("routing", "quotas", *SCENES):
+        for rule in ruleset.rules(kind):
+            if kind == "quotas":
+                count = int(REGISTRY.get_sample_value("mpush_quota_rule_matches_total", {"rule": rule.name}) or 0)
+            else:
+                count = fired.get(kind, {}).get(rule.name, 0)
+            rows.append({"kind": kind, "name": rule.name, "at": f"{rule.origin.file}:{rule.origin.line}",
+                         "count": count})
+    return rows
+
+
+@page
+async def rules_reload(request: Request, session: Session) -> Response:
+    svc = services(request)
+    result = await run_in_threadpool(svc.rules.reload)
+    text = ("Reload rejected; the running rule set stays. The errors are below." if isinstance(result, Exception)
+            else f"Reloaded: version {result.version}.")
+    await run_in_threadpool(security.flash, svc.redis, session, text)
+    return redirect("/console/rules")
+
+
+@page
+async def rules_dry_run(request: Request, session: Session) -> Response:
+    """A fact (JSON) through the live rules or a pasted rule file, for one scene or all; the trace shown."""
+    svc = services(request)
+    fact_text = await form_text(request, "fact", 10_000)
+    scene = await form_text(request, "scene", 40) or None
+    pasted = await form_text(request, "rules", 500_000)
+    form = {"fact": fact_text, "scene": scene or "", "rules": pasted}
+    try:
+        fact = json.loads(fact_text or "{}")
+    except ValueError as exc:
+        dry = {"error": f"The fact is not valid JSON: {exc}", **form}
+    else:
+        files = {"pasted.yaml": pasted} if pasted.strip() else None
+        try:
+            version, explanation = await run_in_threadpool(dry_run, svc, fact, scene, files)
+            dry = {"version": version, "explanation": explanation, **form}
+        except ApiError as exc:
+            dry = {"error": exc.message, **form}
+    data = await run_in_threadpool(_rules_page, svc)
+    return render(request, session, "rules.html", section="Rules", dry=dry, **data)
+
+
+# -- providers ------------------------------------------------------------------------------------------------
+
+
+@page
+async def providers(request: Request, session: Session) -> Response:
+    data = await run_in_threadpool(_providers, services(request))
+    return render(request, session, "providers.html", section="Providers", accounts=data, tested=None)
+
+
+def _providers(svc: Services) -> list[dict[str, Any]]:
+    ruleset = svc.rules.current
+    now = _now()
+    states = {row["name"]: row for row in _accounts(svc, now)}
+    rows = []
+    for name, account in ruleset.providers.items():
+        provider = registry.get(account.type)
+        rows.append({"name": name, "type": account.type, "config": masked_config(account.type, account.config),
+                     "channel_types": sorted(provider.CHANNEL_TYPES), "rate": account.rate,
+                     "circuit": account.circuit, "state": states[name]["state"],
+                     "open_until": states[name]["open_until"], "weights": states[name]["weights"],
+                     "errors": queries.recent_errors(name)})
+    return rows
+
+
+def masked_config(provider_type: str, config: dict[str, Any] | Any) -> dict[str, str]:
+    """The account's settings with every value its provider declares secret replaced by a mask."""
+    schema = registry.get(provider_type).CONFIG
+    return {key: MASK if key in schema and schema[key].secret and value else str(value)
+            for key, value in sorted(config.items())}
+
+
+@page
+async def provider_test(request: Request, session: Session) -> Response:
+    svc = services(request)
+    name = request.path_params["name"]
+    account = svc.rules.current.providers.get(name)
+    if account is None:
+        raise ConsoleError(404, f"No provider account {name!r} in the live rules.")
+    receiver = (await form_text(request, "to", 255)).strip()
+    text = await form_text(request, "text", 2000) or "mpush console test message"
+    channel_type = await form_text(request, "channel_type", 40) or sorted(registry.get(account.type).CHANNEL_TYPES)[0]
+    if not receiver:
+        raise ConsoleError(400, "Give a receiver to send the test message to.")
+    try:
+        result = await run_in_threadpool(test_send, svc, name, receiver, text, channel_type)
+    except ValueError as exc:
+        raise ConsoleError(400, str(exc)) from None
+    data = await run_in_threadpool(_providers, svc)
+    return render(request, session, "providers.html", section="Providers", accounts=data, tested=result)
+
+
+def test_send(svc: Services, name: str, receiver: str, text: str, channel_type: str) -> dict[str, Any]:
+    """One real send through the account's provider code, outside any task: what went out and what came back.
+    ValueError when the account does not send that type of message."""
+    account = svc.rules.current.providers[name]
+    if channel_type not in registry.get(account.type).CHANNEL_TYPES:
+        raise ValueError(f"{account.type} does not send {channel_type!r} messages")
+    message = Message(task_id=f"test-{uuid.uuid4()}", attempt=1, receiver=receiver, channel_type=channel_type,
+                      text=text, subject="mpush test")
+    result, latency_ms = delivery.send(svc, account, message, _now().timestamp())
+    return {"account": name, "receiver": receiver, "outcome": result.outcome.value, "ok": result.ok,
+            "latency_ms": latency_ms, "provider_message_id": result.provider_message_id,
+            "error_code": result.error_code, "error_message": result.error_message,
+            "request": dict(result.request_summary), "response": dict(result.response_summary)}
+
+
+def _int(text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConsoleError(400, f"not a whole number: {text[:20]!r}") from None
+    if not low <= value <= high:
+        raise ConsoleError(400, f"{value} is not between {low} and {high}")
+    return value
+
