@@ -289,7 +289,7 @@ async def rules_dry_run(request: Request, session: Session) -> Response:
         files = {"pasted.yaml": pasted} if pasted.strip() else None
         try:
             version, explanation = await run_in_threadpool(dry_run, svc, fact, scene, files)
-            dry = {"version": version, "explanation": explanation, **form}
+            dry = {"error": "", "version": version, "explanation": explanation, **form}
         except ApiError as exc:
             dry = {"error": exc.message, **form}
     data = await run_in_threadpool(_rules_page, svc)
