@@ -39,7 +39,10 @@ ROUTES = [
     Route("/api/admin/apps", admin.apps_create, methods=["POST"]),
     Route("/api/admin/apps/{app_id}/{action}", admin.apps_action, methods=["POST"]),
     Route("/api/admin/tasks", admin.tasks_list, methods=["GET"]),
+    Route("/api/admin/tasks/search", admin.tasks_search, methods=["GET"]),
     Route("/api/admin/tasks/{task_id}", admin.task_detail, methods=["GET"]),
+    Route("/api/admin/tasks/{task_id}/timeline", admin.task_timeline, methods=["GET"]),
+    Route("/api/admin/providers/{name}/test", admin.provider_test, methods=["POST"]),
     Route("/api/admin/stats", admin.stats, methods=["GET"]),
     *CONSOLE,
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,19 +15,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.admin import dry_run
-from api.console import charts, security, timeline
+from api.console import charts, security
 from api.console.security import Session
 from api.console.web import ConsoleError, form_text, page, redirect, render, services
 from api.errors import ApiError
-from engine import delivery, intake, keys
+from engine import intake, keys, timeline
 from engine.policy.decisions import SCENES
 from engine.policy.rules import RoutingRule
 from engine.policy.selection import breaker_state
+from engine.provider_test import send_test_message
 from engine.services import Services
 from engine.store import queries, repo
 from engine.store.models import APP_ENABLED, TASK_STATUSES
 from providers import registry
-from providers.base import Message
 
 STARTED_AT = datetime.now(UTC)  # rule fire counts are "since the gateway started"
 MASK = "••••••"
@@ -98,10 +97,7 @@ async def messages(request: Request, session: Session) -> Response:
     svc = services(request)
     query = request.query_params
     try:
-        where = queries.TaskFilter(
-            task_id=query.get("task_id", ""), receiver=query.get("receiver", ""), app_id=query.get("app_id", ""),
-            channel=query.get("channel", ""), status=query.get("status", ""), batch_id=query.get("batch_id", ""),
-            since=_moment(query.get("since", "")), until=_moment(query.get("until", "")))
+        where = queries.TaskFilter.from_params(query)
         after = queries.Cursor.parse(query["after"]) if query.get("after") else None
     except ValueError as exc:
         raise ConsoleError(400, str(exc)) from None
@@ -111,17 +107,6 @@ async def messages(request: Request, session: Session) -> Response:
     next_query = {**filters, "after": str(found.next)} if found.next else None
     return render(request, session, "messages.html", section="Messages", page=found, filters=filters,
                   next_query=next_query, statuses=TASK_STATUSES, channels=sorted(svc.rules.current.channels))
-
-
-def _moment(text: str) -> datetime | None:
-    """A time from the search form (`2024-05-01T10:00` from a datetime-local input, or any ISO 8601), as UTC."""
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"not a date and time: {text[:40]!r} (use 2024-05-01T10:00)") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 @page
@@ -330,36 +315,18 @@ def masked_config(provider_type: str, config: dict[str, Any] | Any) -> dict[str,
 @page
 async def provider_test(request: Request, session: Session) -> Response:
     svc = services(request)
-    name = request.path_params["name"]
-    account = svc.rules.current.providers.get(name)
-    if account is None:
-        raise ConsoleError(404, f"No provider account {name!r} in the live rules.")
-    receiver = (await form_text(request, "to", 255)).strip()
-    text = await form_text(request, "text", 2000) or "mpush console test message"
-    channel_type = await form_text(request, "channel_type", 40) or sorted(registry.get(account.type).CHANNEL_TYPES)[0]
-    if not receiver:
-        raise ConsoleError(400, "Give a receiver to send the test message to.")
+    receiver = await form_text(request, "to", 255)
+    text = await form_text(request, "text", 2000)
+    channel_type = await form_text(request, "channel_type", 40)
     try:
-        result = await run_in_threadpool(test_send, svc, name, receiver, text, channel_type)
+        result = await run_in_threadpool(send_test_message, svc, request.path_params["name"], receiver, text,
+                                         channel_type)
+    except LookupError as exc:
+        raise ConsoleError(404, str(exc)) from None
     except ValueError as exc:
         raise ConsoleError(400, str(exc)) from None
     data = await run_in_threadpool(_providers, svc)
     return render(request, session, "providers.html", section="Providers", accounts=data, tested=result)
-
-
-def test_send(svc: Services, name: str, receiver: str, text: str, channel_type: str) -> dict[str, Any]:
-    """One real send through the account's provider code, outside any task: what went out and what came back.
-    ValueError when the account does not send that type of message."""
-    account = svc.rules.current.providers[name]
-    if channel_type not in registry.get(account.type).CHANNEL_TYPES:
-        raise ValueError(f"{account.type} does not send {channel_type!r} messages")
-    message = Message(task_id=f"test-{uuid.uuid4()}", attempt=1, receiver=receiver, channel_type=channel_type,
-                      text=text, subject="mpush test")
-    result, latency_ms = delivery.send(svc, account, message, _now().timestamp())
-    return {"account": name, "receiver": receiver, "outcome": result.outcome.value, "ok": result.ok,
-            "latency_ms": latency_ms, "provider_message_id": result.provider_message_id,
-            "error_code": result.error_code, "error_message": result.error_message,
-            "request": dict(result.request_summary), "response": dict(result.response_summary)}
 
 
 def _int(text: str, low: int, high: int) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -97,6 +97,24 @@ class TaskFilter:
     def __post_init__(self) -> None:
         if self.status and self.status not in TASK_STATUSES:
             raise ValueError(f"status must be one of {', '.join(TASK_STATUSES)}")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> TaskFilter:
+        """From query parameters of the same names; ValueError for an unknown status or an unreadable time."""
+        texts = {name: params.get(name, "").strip() for name in ("task_id", "receiver", "app_id", "channel", "status",
+                                                                   "batch_id")}
+        return cls(**texts, since=_moment(params.get("since", "")), until=_moment(params.get("until", "")))
+
+
+def _moment(text: str) -> datetime | None:
+    """A time as ISO 8601 (`2024-05-01T10:00` from a datetime-local input is taken as UTC)."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not a date and time: {text[:40]!r} (use 2024-05-01T10:00)") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
