@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from engine import rules_cli
+from engine.policy import RuleError
 from engine.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -44,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except CliError as exc:
         print(f"mpush: {exc}", file=sys.stderr)
+        return 1
+    except RuleError as exc:
+        print(exc, file=sys.stderr)
+        print(f"mpush: {len(exc.issues)} problem(s) in the rule files; fix them and start again", file=sys.stderr)
         return 1
 
 
