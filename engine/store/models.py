@@ -83,7 +83,7 @@ class Application(BaseModel):
 class Task(BaseModel):
     task_id = peewee.CharField(max_length=36, unique=True)
     app_id = peewee.CharField(max_length=32)
-    batch_id = peewee.CharField(max_length=36, null=True, index=True)
+    batch_id = peewee.CharField(max_length=36, null=True)
     channel_id = peewee.IntegerField(default=0)
     channel = peewee.CharField(max_length=100, default="")
     message_type = peewee.CharField(max_length=20, default="")
@@ -118,9 +118,10 @@ class Task(BaseModel):
             (("status", "scheduled_at"), False),
             # NULL keys never collide on any of the three databases, so tasks without a key are unconstrained.
             (("app_id", "idempotency_key"), True),
-            # The console's message search: newest first by receiver or by app.
+            # The console's message search: newest first by receiver, by app or by batch.
             (("receiver", "created_at"), False),
             (("app_id", "created_at"), False),
+            (("batch_id", "created_at"), False),
         )
 
 

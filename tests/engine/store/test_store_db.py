@@ -24,9 +24,10 @@ from engine.store.db import (
     keep_checkpointing,
     ping,
 )
-from engine.store.migrations import SchemaVersion, migrate
+from engine.store.migrations import MIGRATIONS, SchemaVersion, migrate
 from engine.store.models import MODELS, database
 
+ALL_STEPS = [name for name, _ in MIGRATIONS]
 UNREACHABLE_POSTGRES = "postgresql://postgres@127.0.0.1:1/nothing"
 
 
@@ -129,9 +130,9 @@ def _drop_schema(db: peewee.Database) -> None:
 
 
 def test_migrate_builds_the_schema_once_and_is_idempotent(db: peewee.Database) -> None:
-    """On an empty database migrate applies 001 and creates every table; run again it applies nothing."""
+    """On an empty database migrate applies every step and creates every table; run again it applies nothing."""
     _drop_schema(db)
-    assert migrate(db) == ["001_create_tables"]
+    assert migrate(db) == ALL_STEPS
     assert migrate(db) == []
     with connection(db):
         tables = set(db.get_tables())
@@ -139,7 +140,7 @@ def test_migrate_builds_the_schema_once_and_is_idempotent(db: peewee.Database) -
 
 
 def test_concurrent_migrations_apply_each_step_exactly_once(db: peewee.Database) -> None:
-    """Two processes' worth of migrate() at once: one applies 001, the other finds it done."""
+    """Two processes' worth of migrate() at once: one applies every step, the other finds them done."""
     _drop_schema(db)
     results: list[list[str]] = []
     errors: list[BaseException] = []
@@ -161,7 +162,25 @@ def test_concurrent_migrations_apply_each_step_exactly_once(db: peewee.Database)
     for thread in threads:
         thread.join(timeout=30)
     assert errors == []
-    assert sorted(results) == [[], ["001_create_tables"]]
+    assert sorted(results) == [[], ALL_STEPS]
+
+
+def test_console_step_upgrades_a_database_made_before_it(db: peewee.Database) -> None:
+    """003 on a database of 001's older shape adds the console's table and indexes and replaces the batch index."""
+    _drop_schema(db)
+    migrate(db)
+    on_mysql = " ON tasks" if isinstance(db, peewee.MySQLDatabase) else ""
+    with connection(db):
+        for name in ("tasks_receiver_created_at", "tasks_app_id_created_at", "tasks_batch_id_created_at"):
+            db.execute_sql(f"DROP INDEX {name}{on_mysql}")
+        db.execute_sql("DROP TABLE operators")
+        db.execute_sql("CREATE INDEX tasks_batch_id ON tasks (batch_id)")
+        SchemaVersion.delete().where(SchemaVersion.name == "003_console").execute(db)
+    assert migrate(db) == ["003_console"]
+    with connection(db):
+        names = {index.name for index in db.get_indexes("tasks")}
+        assert {"tasks_receiver_created_at", "tasks_app_id_created_at", "tasks_batch_id_created_at"} <= names
+        assert "tasks_batch_id" not in names and db.table_exists("operators")
 
 
 def _enters(turns: WriterTurns) -> tuple[threading.Event, threading.Event]:
