@@ -225,7 +225,7 @@ async def task_timeline(request: Request) -> JSONResponse:
     task = await run_in_threadpool(repo.get_task, request.path_params["task_id"])
     if task is None:
         raise ApiError(404, "task not found")
-    events = await run_in_threadpool(timeline.build, task, svc.rules.current)
+    events = await run_in_threadpool(timeline.build, task, svc.rules.current, svc.rules.path)
     return envelope(data={"task": {key: value for key, value in repo.task_to_public(task).items() if key != "attempts"},
                           "events": [event.to_public() for event in events]})
 

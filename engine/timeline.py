@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from engine.policy.ruleset import RuleSet
-from engine.policy.rules import RoutingRule
+from engine.policy.rules import Origin, RoutingRule
 from engine.store import repo
 from engine.store.models import Attempt, Task
 
@@ -33,16 +34,16 @@ class Event:
                 "facts": dict(self.facts), "blocks": dict(self.blocks)}
 
 
-def build(task: Task, ruleset: RuleSet) -> list[Event]:
-    """Every event of the task, oldest first. Routing candidates come from `ruleset` when it is the version
-    that routed; otherwise the event says which version it was."""
+def build(task: Task, ruleset: RuleSet, rules_dir: Path) -> list[Event]:
+    """Every event of the task, oldest first. Routing candidates come from `ruleset` (loaded from `rules_dir`)
+    when it is the version that routed; otherwise the event says which version it was."""
     attempts = repo.list_attempts(task.task_id)
     events = [_accepted(task)]
     routed_by: tuple[str, str] | None = None
     for attempt in attempts:
         if (attempt.rule, attempt.rule_version) != routed_by:
             routed_by = (attempt.rule, attempt.rule_version)
-            events.append(_routed(attempt.rule, attempt.rule_version, attempt.created_at, ruleset))
+            events.append(_routed(attempt.rule, attempt.rule_version, attempt.created_at, ruleset, rules_dir))
         events.append(_attempt(attempt))
     if not attempts and task.rule and task.error_code == "rejected_by_rule":
         events.append(Event(task.updated_at, "routed", f"rejected by routing rule {task.rule}", "failed",
@@ -77,11 +78,21 @@ def _routing_rule(ruleset: RuleSet, name: str) -> RoutingRule | None:
                 None)
 
 
-def _routed(rule: str, version: str, at: datetime, ruleset: RuleSet) -> Event:
+def where(origin: Origin, rules_dir: Path) -> str:
+    """file:line of a rule, the file named by its path under the rules directory when it is there."""
+    path = Path(origin.file)
+    try:
+        path = path.resolve().relative_to(rules_dir.resolve())
+    except (ValueError, OSError):
+        pass
+    return f"{path}:{origin.line}"
+
+
+def _routed(rule: str, version: str, at: datetime, ruleset: RuleSet, rules_dir: Path) -> Event:
     facts = [("rule", rule), ("version", version)]
     found = _routing_rule(ruleset, rule) if str(ruleset.version) == version else None
     if found is not None:
-        facts.append(("defined at", f"{found.origin.file}:{found.origin.line}"))
+        facts.append(("defined at", where(found.origin, rules_dir)))
         for number, tier in enumerate(found.tiers, 1):
             facts.append((f"tier {number}", ", ".join(f"{c.provider} (weight {c.weight})" for c in tier)))
     else:

@@ -40,8 +40,10 @@ def attempts_chart(minutes: Sequence[Minute]) -> Markup:
     if line:
         parts.append(f'<polyline class="line" points="{" ".join(line)}"/>')
         parts.append(f'<text x="{WIDTH - 12}" y="{TOP + 8}" text-anchor="end">p95 max {slowest} ms</text>')
-    for i in range(0, len(minutes), max(1, len(minutes) // 6)):
+    every = max(1, len(minutes) // 6)
+    for i in range(0, len(minutes) - every // 2, every):
         parts.append(f'<text x="{LEFT + i * step:.1f}" y="{HEIGHT - 4}">{minutes[i].start:%H:%M}</text>')
+    parts.append(f'<text x="{WIDTH - 10}" y="{HEIGHT - 4}" text-anchor="end">{minutes[-1].start:%H:%M} UTC</text>')
     summary = escape(f"Attempts per minute over {len(minutes)} minutes, peak {top}")
     return Markup(f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{summary}">'
                   f'<title>{summary}</title>{"".join(parts)}</svg>')

@@ -115,7 +115,7 @@ async def message(request: Request, session: Session) -> Response:
     task = await run_in_threadpool(repo.get_task, request.path_params["task_id"])
     if task is None:
         raise ConsoleError(404, "No message has this task id.")
-    events = await run_in_threadpool(timeline.build, task, svc.rules.current)
+    events = await run_in_threadpool(timeline.build, task, svc.rules.current, svc.rules.path)
     app = await run_in_threadpool(repo.get_app, task.app_id)
     return render(request, session, "message.html", section="Messages", task=task, events=events, app=app)
 
@@ -213,7 +213,7 @@ async def rules(request: Request, session: Session) -> Response:
 def _rules_page(svc: Services) -> dict[str, Any]:
     status = svc.rules.status()
     return {"status": status, "files": list(_rule_files(svc.rules.path)), "counts": _fire_counts(svc),
-            "error_lines": _error_lines(status.get("last_error") or ""), "scenes": SCENES,
+            "error_lines": _error_lines(status.get("last_error") or "", svc.rules.path), "scenes": SCENES,
             "channels": sorted(svc.rules.current.channels)}
 
 
@@ -222,13 +222,20 @@ def _rule_files(root: Path) -> Iterator[tuple[str, list[str]]]:
         yield str(path.relative_to(root)), path.read_text(encoding="utf-8", errors="replace").splitlines()
 
 
-def _error_lines(error: str) -> list[tuple[str, str | None]]:
-    """Each line of the last reload error, with an anchor to the file line it names (when it names one)."""
-    lines = []
-    for line in error.splitlines():
-        found = FILE_LINE.search(line)
-        lines.append((line, f"{Path(found.group(1)).name}-L{found.group(2)}" if found else None))
-    return lines
+def _error_lines(error: str, root: Path) -> list[tuple[str, str | None]]:
+    """Each line of the last reload error, with the anchor of the file line it names, if any."""
+    return [(line, _anchor(*found.groups(), root) if (found := FILE_LINE.search(line)) else None)
+            for line in error.splitlines()]
+
+
+def _anchor(file: str, line: str, root: Path) -> str | None:
+    """The rules page's anchor of a file line: the file's path under the rules directory, "-L", the number."""
+    path = Path(file)
+    try:
+        relative = (path if path.is_absolute() else Path.cwd() / path).resolve().relative_to(root.resolve())
+    except ValueError:
+        return None
+    return f"{relative}-L{line}"
 
 
 def _fire_counts(svc: Services) -> list[dict[str, Any]]:
@@ -243,7 +250,7 @@ def _fire_counts(svc: Services) -> list[dict[str, Any]]:
                 count = int(REGISTRY.get_sample_value("mpush_quota_rule_matches_total", {"rule": rule.name}) or 0)
             else:
                 count = fired.get(kind, {}).get(rule.name, 0)
-            rows.append({"kind": kind, "name": rule.name, "at": f"{rule.origin.file}:{rule.origin.line}",
+            rows.append({"kind": kind, "name": rule.name, "at": timeline.where(rule.origin, svc.rules.path),
                          "count": count})
     return rows
 

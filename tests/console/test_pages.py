@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from api.console import pages
 from tests.console.conftest import Console
@@ -178,3 +179,10 @@ def test_secret_provider_settings_are_masked() -> None:
     """Settings a provider declares secret are replaced by a mask; the others are shown."""
     shown = pages.masked_config("aliyun_sms", {"access_key_id": "LTAI-id", "access_key_secret": "hush"})
     assert shown == {"access_key_id": "LTAI-id", "access_key_secret": pages.MASK}
+
+
+def test_error_anchors_name_the_file_under_the_rules_directory(tmp_path: Path) -> None:
+    """A reload error's file:line links to that line of that file, by its path under the rules directory."""
+    root = tmp_path / "rules"
+    assert pages._anchor(str(root / "tests" / "cases.yaml"), "3", root) == "tests/cases.yaml-L3"
+    assert pages._anchor("/elsewhere/rules.yaml", "3", root) is None
