@@ -40,11 +40,14 @@ def build(task: Task, ruleset: RuleSet, rules_dir: Path) -> list[Event]:
     attempts = repo.list_attempts(task.task_id)
     events = [_accepted(task)]
     routed_by: tuple[str, str] | None = None
+    tiers: dict[str, int] = {}
     for attempt in attempts:
         if (attempt.rule, attempt.rule_version) != routed_by:
             routed_by = (attempt.rule, attempt.rule_version)
-            events.append(_routed(attempt.rule, attempt.rule_version, attempt.created_at, ruleset, rules_dir))
-        events.append(_attempt(attempt))
+            rule = _routing_rule(ruleset, attempt.rule) if str(ruleset.version) == attempt.rule_version else None
+            events.append(_routed(attempt, rule, ruleset, rules_dir))
+            tiers = {c.provider: number for number, tier in enumerate(rule.tiers, 1) for c in tier} if rule else {}
+        events.append(_attempt(attempt, tiers.get(attempt.provider)))
     if not attempts and task.rule and task.error_code == "rejected_by_rule":
         events.append(Event(task.updated_at, "routed", f"rejected by routing rule {task.rule}", "failed",
                             [("rule", task.rule), ("version", task.rule_version), ("reason", task.error_message)]))
@@ -88,21 +91,22 @@ def where(origin: Origin, rules_dir: Path) -> str:
     return f"{path}:{origin.line}"
 
 
-def _routed(rule: str, version: str, at: datetime, ruleset: RuleSet, rules_dir: Path) -> Event:
-    facts = [("rule", rule), ("version", version)]
-    found = _routing_rule(ruleset, rule) if str(ruleset.version) == version else None
-    if found is not None:
-        facts.append(("defined at", where(found.origin, rules_dir)))
-        for number, tier in enumerate(found.tiers, 1):
+def _routed(attempt: Attempt, rule: RoutingRule | None, ruleset: RuleSet, rules_dir: Path) -> Event:
+    """The routing rule that chose the attempt's account; its tiers of candidates when `rule` is known."""
+    facts = [("rule", attempt.rule), ("version", attempt.rule_version)]
+    if rule is not None:
+        facts.append(("defined at", where(rule.origin, rules_dir)))
+        for number, tier in enumerate(rule.tiers, 1):
             facts.append((f"tier {number}", ", ".join(f"{c.provider} (weight {c.weight})" for c in tier)))
     else:
-        facts.append(("candidates", f"not shown: the live rule set is {ruleset.version}, not {version}"))
-    return Event(at, "routed", f"routed by rule {rule}", "info", facts)
+        facts.append(("candidates", f"not shown: the live rule set is {ruleset.version}, not {attempt.rule_version}"))
+    return Event(attempt.created_at, "routed", f"routed by rule {attempt.rule}", "info", facts)
 
 
-def _attempt(attempt: Attempt) -> Event:
+def _attempt(attempt: Attempt, tier: int | None) -> Event:
     outcome = {"ok": "ok", "sending": "pending"}.get(attempt.status, "failed")
-    facts = [("account", attempt.provider), ("outcome", attempt.status),
+    account = attempt.provider if tier is None else f"{attempt.provider} (tier {tier})"
+    facts = [("account", account), ("outcome", attempt.status),
              ("latency", "" if attempt.latency_ms is None else f"{attempt.latency_ms} ms")]
     if attempt.provider_message_id:
         facts.append(("vendor message id", attempt.provider_message_id))

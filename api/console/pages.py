@@ -45,7 +45,7 @@ def _now() -> datetime:
 async def dashboard(request: Request, session: Session) -> Response:
     hours = _int(request.query_params.get("hours", "1"), 1, 24)
     data = await run_in_threadpool(_dashboard, services(request), hours)
-    return render(request, session, "dashboard.html", section="Dashboard", hours=hours, **data)
+    return await render(request, session, "dashboard.html", section="Dashboard", hours=hours, **data)
 
 
 def _dashboard(svc: Services, hours: int) -> dict[str, Any]:
@@ -105,7 +105,7 @@ async def messages(request: Request, session: Session) -> Response:
     found = await run_in_threadpool(lambda: queries.search_tasks(where, after=after, default_region=region))
     filters = {name: value for name, value in query.items() if name != "after" and value}
     next_query = {**filters, "after": str(found.next)} if found.next else None
-    return render(request, session, "messages.html", section="Messages", page=found, filters=filters,
+    return await render(request, session, "messages.html", section="Messages", page=found, filters=filters,
                   next_query=next_query, statuses=TASK_STATUSES, channels=sorted(svc.rules.current.channels))
 
 
@@ -117,7 +117,7 @@ async def message(request: Request, session: Session) -> Response:
         raise ConsoleError(404, "No message has this task id.")
     events = await run_in_threadpool(timeline.build, task, svc.rules.current, svc.rules.path)
     app = await run_in_threadpool(repo.get_app, task.app_id)
-    return render(request, session, "message.html", section="Messages", task=task, events=events, app=app)
+    return await render(request, session, "message.html", section="Messages", task=task, events=events, app=app)
 
 
 # -- batches --------------------------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ async def message(request: Request, session: Session) -> Response:
 @page
 async def batches(request: Request, session: Session) -> Response:
     recent = await run_in_threadpool(queries.recent_batches)
-    return render(request, session, "batches.html", section="Batches", batches=recent)
+    return await render(request, session, "batches.html", section="Batches", batches=recent)
 
 
 @page
@@ -137,7 +137,7 @@ async def batch(request: Request, session: Session) -> Response:
         raise ConsoleError(404, "No batch has this id.")
     counts = await run_in_threadpool(queries.batch_counts, batch_id)
     tasks = await run_in_threadpool(queries.search_tasks, queries.TaskFilter(batch_id=batch_id), page_size=200)
-    return render(request, session, "batch.html", section="Batches", batch=found, counts=counts, tasks=tasks)
+    return await render(request, session, "batch.html", section="Batches", batch=found, counts=counts, tasks=tasks)
 
 
 # -- applications ---------------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ async def batch(request: Request, session: Session) -> Response:
 
 @page
 async def apps(request: Request, session: Session) -> Response:
-    return render(request, session, "apps.html", section="Applications", apps=await _apps_with_usage(request),
+    return await render(request, session, "apps.html", section="Applications", apps=await _apps_with_usage(request),
                   created=None)
 
 
@@ -169,7 +169,7 @@ async def app_create(request: Request, session: Session) -> Response:
                                                                       daily_quota=quota, rate_limit=rate))
     except ValueError as exc:
         raise ConsoleError(400, str(exc)) from None
-    return render(request, session, "apps.html", section="Applications", apps=await _apps_with_usage(request),
+    return await render(request, session, "apps.html", section="Applications", apps=await _apps_with_usage(request),
                   created={"app": app, "secret": secret, "rotated": False})
 
 
@@ -183,7 +183,7 @@ async def app_action(request: Request, session: Session) -> Response:
         raise ConsoleError(404, "No application has this id.")
     if action == "rotate-secret":
         secret = await run_in_threadpool(repo.rotate_secret, app_id, svc.key)
-        return render(request, session, "apps.html", section="Applications", apps=await _apps_with_usage(request),
+        return await render(request, session, "apps.html", section="Applications", apps=await _apps_with_usage(request),
                       created={"app": app, "secret": secret, "rotated": True})
     if action in ("enable", "disable"):
         await run_in_threadpool(repo.set_app_status, app_id, APP_ENABLED if action == "enable" else 2)
@@ -207,7 +207,7 @@ async def app_action(request: Request, session: Session) -> Response:
 @page
 async def rules(request: Request, session: Session) -> Response:
     data = await run_in_threadpool(_rules_page, services(request))
-    return render(request, session, "rules.html", section="Rules", dry=None, **data)
+    return await render(request, session, "rules.html", section="Rules", dry=None, **data)
 
 
 def _rules_page(svc: Services) -> dict[str, Any]:
@@ -285,7 +285,7 @@ async def rules_dry_run(request: Request, session: Session) -> Response:
         except ApiError as exc:
             dry = {"error": exc.message, **form}
     data = await run_in_threadpool(_rules_page, svc)
-    return render(request, session, "rules.html", section="Rules", dry=dry, **data)
+    return await render(request, session, "rules.html", section="Rules", dry=dry, **data)
 
 
 # -- providers ------------------------------------------------------------------------------------------------
@@ -294,7 +294,7 @@ async def rules_dry_run(request: Request, session: Session) -> Response:
 @page
 async def providers(request: Request, session: Session) -> Response:
     data = await run_in_threadpool(_providers, services(request))
-    return render(request, session, "providers.html", section="Providers", accounts=data, tested=None)
+    return await render(request, session, "providers.html", section="Providers", accounts=data, tested=None)
 
 
 def _providers(svc: Services) -> list[dict[str, Any]]:
@@ -333,7 +333,7 @@ async def provider_test(request: Request, session: Session) -> Response:
     except ValueError as exc:
         raise ConsoleError(400, str(exc)) from None
     data = await run_in_threadpool(_providers, svc)
-    return render(request, session, "providers.html", section="Providers", accounts=data, tested=result)
+    return await render(request, session, "providers.html", section="Providers", accounts=data, tested=result)
 
 
 def _int(text: str, low: int, high: int) -> int:

@@ -21,9 +21,9 @@ def _safe_next(target: str) -> str:
     return "/console/"
 
 
-def _form(request: Request, *, status: int = 200, error: str = "", name: str = "", target: str = "") -> Response:
+async def _form(request: Request, *, status: int = 200, error: str = "", name: str = "", target: str = "") -> Response:
     token = secrets.token_urlsafe(32)
-    response = html(request, "login.html", {"session": None, "notice": "", "csrf": token, "error": error,
+    response = await html(request, "login.html", {"session": None, "notice": "", "csrf": token, "error": error,
                                             "name": name, "next": _safe_next(target)}, status)
     security.set_cookie(response, security.SIGN_IN_COOKIE, token,
                         secure=security.secure_cookies(request, services(request).settings.public_url))
@@ -31,7 +31,7 @@ def _form(request: Request, *, status: int = 200, error: str = "", name: str = "
 
 
 async def login_form(request: Request) -> Response:
-    return _form(request, target=request.query_params.get("next", ""))
+    return await _form(request, target=request.query_params.get("next", ""))
 
 
 async def login(request: Request) -> Response:
@@ -40,17 +40,17 @@ async def login(request: Request) -> Response:
     form = await request.form(max_files=0, max_fields=10)
     name, password, target = (str(form.get(field, ""))[:200] for field in ("name", "password", "next"))
     if not security.same_token(request.cookies.get(security.SIGN_IN_COOKIE, ""), form.get("csrf")):
-        return _form(request, status=403, error="The sign-in form expired. Please try again.", name=name,
+        return await _form(request, status=403, error="The sign-in form expired. Please try again.", name=name,
                      target=target)
     address = request.client.host if request.client else "unknown"
     wait = await run_in_threadpool(security.sign_in_blocked, svc.redis, name, address)
     if wait:
-        return _form(request, status=429, name=name, target=target,
+        return await _form(request, status=429, name=name, target=target,
                      error=f"Too many failed sign-ins. Try again in {max(1, round(wait / 60))} minute(s).")
     operator = await run_in_threadpool(queries.check_operator, name, password)
     if operator is None:
         await run_in_threadpool(security.count_failure, svc.redis, name, address)
-        return _form(request, status=401, error="Wrong name or password.", name=name, target=target)
+        return await _form(request, status=401, error="Wrong name or password.", name=name, target=target)
     await run_in_threadpool(security.clear_failures, svc.redis, name)
     token, _ = await run_in_threadpool(security.start_session, svc.redis, operator.name, security.now())
     response = redirect(_safe_next(target))

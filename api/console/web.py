@@ -66,22 +66,24 @@ def services(request: Request) -> Services:
     return svc
 
 
-def html(request: Request, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
-    body = templates.get_template(name).render(request=request, **context)
+async def html(request: Request, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
+    """The page, rendered on a worker thread: a large page must not hold up the event loop the API shares."""
+    body = await run_in_threadpool(templates.get_template(name).render, request=request, **context)
     return HTMLResponse(body, status_code=status, headers=HEADERS)
 
 
-def render(request: Request, session: Session, name: str, **context: Any) -> HTMLResponse:
+async def render(request: Request, session: Session, name: str, **context: Any) -> HTMLResponse:
     """A signed-in page: the template with the operator, the CSRF token and any pending notice."""
-    return html(request, name, {"session": session, "notice": getattr(request.state, "notice", ""), **context})
+    return await html(request, name, {"session": session, "notice": getattr(request.state, "notice", ""),
+                                      **context})
 
 
 def redirect(path: str) -> RedirectResponse:
     return RedirectResponse(path, status_code=303, headers=HEADERS)
 
 
-def error_page(request: Request, session: Session | None, status: int, message: str) -> HTMLResponse:
-    return html(request, "error.html", {"session": session, "notice": "", "status": status, "message": message},
+async def error_page(request: Request, session: Session | None, status: int, message: str) -> HTMLResponse:
+    return await html(request, "error.html", {"session": session, "notice": "", "status": status, "message": message},
                 status)
 
 
@@ -96,7 +98,7 @@ def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         session = await run_in_threadpool(security.load_session, svc.redis, token, security.now())
         if session is None:
             if request.method != "GET":
-                return error_page(request, None, 403, "Your session has ended. Sign in again.")
+                return await error_page(request, None, 403, "Your session has ended. Sign in again.")
             back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return redirect(f"/console/login?next={quote(back, safe='')}")
         try:
@@ -108,7 +110,7 @@ def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
                     raise ConsoleError(403, "The form's security token is missing or wrong. Reload the page and try again.")
             return await handler(request, session)
         except ConsoleError as exc:
-            return error_page(request, session, exc.status, exc.message)
+            return await error_page(request, session, exc.status, exc.message)
 
     return guarded
 

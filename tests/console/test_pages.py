@@ -52,7 +52,7 @@ def test_search_pages_older_with_a_cursor(console: Console, gw: Gateway) -> None
 
 def test_timeline_shows_routing_rule_attempts_failover_and_decision(console: Console, gw: Gateway) -> None:
     """The detail page tells the whole story: accepted, routed by its rule with the tiers, the failed attempt,
-    the decision that switched provider, and the delivered attempt."""
+    the decision that switched provider, and the delivered attempt, each attempt naming its account's tier."""
     task_id = _failed_over(gw)
     page = console.get(f"/console/messages/{task_id}").text
     kinds = re.findall(r'<span class="kind">(\w+)</span>', page)
@@ -60,7 +60,7 @@ def test_timeline_shows_routing_rule_attempts_failover_and_decision(console: Con
     assert "routed by rule otp-failover" in page and "tier 2" in page and "steady (weight 1)" in page
     assert "attempt 1 via flaky: retryable" in page and "vendor busy" in page
     assert "send_failure: switch_provider by rule switch-on-error" in page
-    assert "attempt 2 via steady: ok" in page
+    assert "attempt 2 via steady: ok" in page and "steady (tier 2)" in page and "flaky (tier 1)" in page
 
 
 def test_unknown_task_is_a_404_page(console: Console) -> None:
