@@ -14,8 +14,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import admin, health, public
-from api.console import CONSOLE
 from api.callbacks import provider_callback
+from api.console import CONSOLE
 from api.errors import INTERNAL, ApiError, envelope, error_response
 from engine.ids import uuid7
 from engine.microbatch import MicroBatcher

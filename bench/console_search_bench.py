@@ -130,7 +130,7 @@ def searches(corpus: Corpus) -> dict[str, Callable[[random.Random], queries.Task
         "channel": lambda rng: search(channel=rng.choice(CHANNELS)),
         "batch": lambda rng: search(batch_id=rng.choice(corpus.batches)),
         "one hour window": lambda rng: search(since=window(rng, 1)[0], until=window(rng, 1)[1]),
-        "app + one day": lambda rng: (lambda w: search(app_id=rng.choice(APPS), since=w[0], until=w[1]))(window(rng, 24)),
+        "app + one day": lambda rng: search(app_id=rng.choice(APPS), **dict(zip(("since", "until"), window(rng, 24)))),
         "receiver + failed": lambda rng: search(receiver=rng.choice(corpus.receivers), status="failed"),
     }
 

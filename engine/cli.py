@@ -462,7 +462,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     if answer.get("code") != 0:
         return 1
     if args.wait:
-        return _wait_for_batch(args, answer["data"]["batch_id"]) if batch else _wait_for(args, answer["data"]["task_id"])
+        data = answer["data"]
+        return _wait_for_batch(args, data["batch_id"]) if batch else _wait_for(args, data["task_id"])
     return 0
 
 

@@ -41,7 +41,8 @@ def send_test_message(svc: Services, name: str, receiver: str, text: str, channe
     kinds = registry.get(account.type).CHANNEL_TYPES
     channel_type = channel_type or sorted(kinds)[0]
     if channel_type not in kinds:
-        raise ValueError(f"{account.type} does not send {channel_type!r} messages (it sends {', '.join(sorted(kinds))})")
+        raise ValueError(f"{account.type} does not send {channel_type!r} messages "
+                         f"(it sends {', '.join(sorted(kinds))})")
     if not receiver.strip():
         raise ValueError("a test message needs a receiver")
     message = Message(task_id=f"test-{uuid.uuid4()}", attempt=1, receiver=receiver.strip(),

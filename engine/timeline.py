@@ -112,8 +112,8 @@ def _attempt(attempt: Attempt, tier: int | None) -> Event:
         facts.append(("vendor message id", attempt.provider_message_id))
     if attempt.error_code or attempt.error_message:
         facts.append(("error", f"{attempt.error_code} {attempt.error_message}".strip()))
-    blocks = [(name, value) for name, value in (("vendor request", attempt.request), ("vendor answer", attempt.response))
-              if value not in (None, "", "{}", "null")]
+    exchanged = (("vendor request", attempt.request), ("vendor answer", attempt.response))
+    blocks = [(name, value) for name, value in exchanged if value not in (None, "", "{}", "null")]
     return Event(attempt.created_at, "attempt", f"attempt {attempt.number} via {attempt.provider}: {attempt.status}",
                  outcome, facts, blocks)
 
@@ -156,7 +156,8 @@ def _webhook(delivery: Any) -> list[Event]:
     for attempt in tries:
         answer = f"HTTP {attempt.status_code}" if attempt.status_code is not None else attempt.error or "no answer"
         ok = attempt.status_code is not None and 200 <= attempt.status_code < 300
-        facts = [*head, ("answer", answer), ("latency", "" if attempt.latency_ms is None else f"{attempt.latency_ms} ms")]
+        latency = "" if attempt.latency_ms is None else f"{attempt.latency_ms} ms"
+        facts = [*head, ("answer", answer), ("latency", latency)]
         events.append(Event(attempt.created_at, "webhook", f"webhook {delivery.event} try {attempt.number}: {answer}",
                             "ok" if ok else "failed", facts, [("body", delivery.body)] if attempt.number == 1 else []))
     return events

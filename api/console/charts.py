@@ -30,8 +30,8 @@ def attempts_chart(minutes: Sequence[Minute]) -> Markup:
         label = escape(f"{minute.start:%H:%M} — {minute.attempts} attempts, {minute.failed} failed, "
                        f"p95 {minute.p95 if minute.p95 is not None else '–'} ms")
         if minute.attempts:
-            parts.append(f'<rect class="bar" x="{x:.1f}" y="{TOP + plot_h - height:.1f}" width="{max(step - 1, 1):.1f}" '
-                         f'height="{height:.1f}"><title>{label}</title></rect>')
+            parts.append(f'<rect class="bar" x="{x:.1f}" y="{TOP + plot_h - height:.1f}" '
+                         f'width="{max(step - 1, 1):.1f}" height="{height:.1f}"><title>{label}</title></rect>')
         if minute.failed:
             parts.append(f'<rect class="bar failed" x="{x:.1f}" y="{TOP + plot_h - failed:.1f}" '
                          f'width="{max(step - 1, 1):.1f}" height="{failed:.1f}"/>')

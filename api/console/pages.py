@@ -26,11 +26,12 @@ from engine.policy.selection import breaker_state
 from engine.provider_test import send_test_message
 from engine.services import Services
 from engine.store import queries, repo
-from engine.store.models import APP_ENABLED, TASK_STATUSES
+from engine.store.models import APP_DISABLED, APP_ENABLED, TASK_STATUSES
 from providers import registry
 
 STARTED_AT = datetime.now(UTC)  # rule fire counts are "since the gateway started"
 MASK = "••••••"
+SEARCH_FIELDS = ("task_id", "receiver", "app_id", "channel", "status", "batch_id", "since", "until")
 FILE_LINE = re.compile(r"([\w./-]+\.ya?ml):(\d+)")
 
 
@@ -70,16 +71,15 @@ def _accounts(svc: Services, now: datetime) -> list[dict[str, Any]]:
     """Each provider account of the live rules: breaker state and, per routing rule and tier, its weight
     and the smooth round robin's current value."""
     ruleset = svc.rules.current
-    weights: dict[str, list[tuple[str, int, int, int]]] = {name: [] for name in ruleset.providers}
-    for rule in ruleset.rules("routing"):
-        if not isinstance(rule, RoutingRule):
-            continue
-        for tier_number, tier in enumerate(rule.tiers, 1):
-            scope = keys.swrr(f"{rule.name}#{tier_number}")
-            for candidate in tier:
-                current = svc.redis.hget(scope, candidate.provider)
-                weights.setdefault(candidate.provider, []).append(
-                    (rule.name, tier_number, candidate.weight, int(float(current or 0))))
+    places = [(rule.name, number, candidate) for rule in ruleset.rules("routing") if isinstance(rule, RoutingRule)
+              for number, tier in enumerate(rule.tiers, 1) for candidate in tier]
+    pipe = svc.redis.pipeline(transaction=False)
+    for rule_name, number, candidate in places:
+        pipe.hget(keys.swrr(f"{rule_name}#{number}"), candidate.provider)
+    weights: dict[str, list[tuple[str, int, int, int]]] = {}
+    for (rule_name, number, candidate), current in zip(places, pipe.execute()):
+        weights.setdefault(candidate.provider, []).append((rule_name, number, candidate.weight,
+                                                           int(float(current or 0))))
     rows = []
     for name, account in ruleset.providers.items():
         breaker = svc.selector.breaker(name)
@@ -103,10 +103,11 @@ async def messages(request: Request, session: Session) -> Response:
         raise ConsoleError(400, str(exc)) from None
     region = svc.rules.current.settings.default_region
     found = await run_in_threadpool(lambda: queries.search_tasks(where, after=after, default_region=region))
-    filters = {name: value for name, value in query.items() if name != "after" and value}
+    filters = {name: query[name] for name in SEARCH_FIELDS if query.get(name)}
     next_query = {**filters, "after": str(found.next)} if found.next else None
     return await render(request, session, "messages.html", section="Messages", page=found, filters=filters,
-                  next_query=next_query, statuses=TASK_STATUSES, channels=sorted(svc.rules.current.channels))
+                        next_query=next_query, paged=after is not None, statuses=TASK_STATUSES,
+                        channels=sorted(svc.rules.current.channels))
 
 
 @page
@@ -145,16 +146,18 @@ async def batch(request: Request, session: Session) -> Response:
 
 @page
 async def apps(request: Request, session: Session) -> Response:
-    return await render(request, session, "apps.html", section="Applications", apps=await _apps_with_usage(request),
-                  created=None)
+    return await _apps_page(request, session, created=None)
 
 
-async def _apps_with_usage(request: Request) -> list[dict[str, Any]]:
-    svc = services(request)
-    listed = await run_in_threadpool(repo.list_apps)
+async def _apps_page(request: Request, session: Session, created: dict[str, Any] | None) -> Response:
+    """The applications with today's quota use; `created` is an app whose new secret is shown this once."""
+    listed = await run_in_threadpool(_apps_with_usage, services(request))
+    return await render(request, session, "apps.html", section="Applications", apps=listed, created=created)
+
+
+def _apps_with_usage(svc: Services) -> list[dict[str, Any]]:
     now = _now().timestamp()
-    return [{"app": app, "used": await run_in_threadpool(svc.limits.used, intake.app_quota_check(app), now)}
-            for app in listed]
+    return [{"app": app, "used": svc.limits.used(intake.app_quota_check(app), now)} for app in repo.list_apps()]
 
 
 @page
@@ -169,8 +172,7 @@ async def app_create(request: Request, session: Session) -> Response:
                                                                       daily_quota=quota, rate_limit=rate))
     except ValueError as exc:
         raise ConsoleError(400, str(exc)) from None
-    return await render(request, session, "apps.html", section="Applications", apps=await _apps_with_usage(request),
-                  created={"app": app, "secret": secret, "rotated": False})
+    return await _apps_page(request, session, created={"app": app, "secret": secret, "rotated": False})
 
 
 @page
@@ -183,10 +185,9 @@ async def app_action(request: Request, session: Session) -> Response:
         raise ConsoleError(404, "No application has this id.")
     if action == "rotate-secret":
         secret = await run_in_threadpool(repo.rotate_secret, app_id, svc.key)
-        return await render(request, session, "apps.html", section="Applications", apps=await _apps_with_usage(request),
-                      created={"app": app, "secret": secret, "rotated": True})
+        return await _apps_page(request, session, created={"app": app, "secret": secret, "rotated": True})
     if action in ("enable", "disable"):
-        await run_in_threadpool(repo.set_app_status, app_id, APP_ENABLED if action == "enable" else 2)
+        await run_in_threadpool(repo.set_app_status, app_id, APP_ENABLED if action == "enable" else APP_DISABLED)
         done = f"{app.name} is {action}d."
     elif action == "webhook":
         url = (await form_text(request, "webhook_url", 500)).strip() or None

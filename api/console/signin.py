@@ -14,6 +14,9 @@ from api.console.web import html, page, redirect, services
 from engine.store import queries
 
 
+MAX_SIGN_IN_BYTES = 4096  # read before anyone is signed in: never more than a sign-in form
+
+
 def _safe_next(target: str) -> str:
     """Where to go after signing in: a console path only, never another site."""
     if target.startswith("/console") and not target.startswith("//") and "\\" not in target:
@@ -37,6 +40,9 @@ async def login_form(request: Request) -> Response:
 async def login(request: Request) -> Response:
     """Check the form's token, the failure counts, then the password; a session cookie on success."""
     svc = services(request)
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or not 0 < int(length) <= MAX_SIGN_IN_BYTES:
+        return await _form(request, status=400, error="The sign-in form was empty or too large.")
     form = await request.form(max_files=0, max_fields=10)
     name, password, target = (str(form.get(field, ""))[:200] for field in ("name", "password", "next"))
     if not security.same_token(request.cookies.get(security.SIGN_IN_COOKIE, ""), form.get("csrf")):

@@ -83,8 +83,8 @@ def redirect(path: str) -> RedirectResponse:
 
 
 async def error_page(request: Request, session: Session | None, status: int, message: str) -> HTMLResponse:
-    return await html(request, "error.html", {"session": session, "notice": "", "status": status, "message": message},
-                status)
+    context = {"session": session, "notice": "", "status": status, "message": message}
+    return await html(request, "error.html", context, status)
 
 
 def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -107,7 +107,8 @@ def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             if request.method == "POST":
                 form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
                 if not security.same_token(session.csrf, form.get("csrf")):
-                    raise ConsoleError(403, "The form's security token is missing or wrong. Reload the page and try again.")
+                    raise ConsoleError(403, "The form's security token is missing or wrong. Reload the page and try "
+                                            "again.")
             return await handler(request, session)
         except ConsoleError as exc:
             return await error_page(request, session, exc.status, exc.message)

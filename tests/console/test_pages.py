@@ -91,7 +91,8 @@ def test_dashboard_counts_today_and_shows_accounts_queue_and_rules(console: Cons
 def test_batches_list_and_show_counts(console: Console, gw: Gateway) -> None:
     """A batch sent through the API is listed, and its page counts its tasks by status."""
     answer = gw.call("POST", "/api/v1/messages/batch",
-                     {"channel_id": "otp", "receivers": ["13600000001", "13600000002"], "template_params": {"code": "1"}})
+                     {"channel_id": "otp", "receivers": ["13600000001", "13600000002"],
+                      "template_params": {"code": "1"}})
     batch_id = answer["data"]["batch_id"]
     assert batch_id in console.get("/console/batches").text
     page = console.get(f"/console/batches/{batch_id}").text
@@ -108,7 +109,8 @@ def test_app_secret_is_shown_once_then_rotated(console: Console, gw: Gateway) ->
     rotated = console.post(f"/console/apps/{app_id}/rotate-secret")
     new_secret = re.search(r'id="secret">([0-9a-f]{32})<', rotated.text).group(1)
     assert new_secret != secret
-    refused = gw.call("POST", "/api/v1/messages", {"channel_id": "otp", "receiver": "1", "template_params": {"code": "1"}},
+    refused = gw.call("POST", "/api/v1/messages",
+                      {"channel_id": "otp", "receiver": "1", "template_params": {"code": "1"}},
                       app_id=app_id, secret=secret)
     assert refused["code"] != 0
     accepted = gw.call("POST", "/api/v1/messages", {"channel_id": "otp", "receiver": "13500000000",

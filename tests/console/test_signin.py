@@ -24,7 +24,8 @@ def test_sign_in_sets_a_strict_http_only_cookie_and_returns_to_the_page_asked_fo
     client = Console(gw.url)
     client.get("/console/login", next="/console/rules")
     answer = client.http.post(gw.url + "/console/login", timeout=5, allow_redirects=False,
-                              data={"name": OPERATOR, "password": PASSWORD, "csrf": client.csrf, "next": "/console/rules"})
+                              data={"name": OPERATOR, "password": PASSWORD, "csrf": client.csrf,
+                                    "next": "/console/rules"})
     assert answer.status_code == 303 and answer.headers["location"] == "/console/rules"
     cookie = answer.headers["set-cookie"]
     assert security.SESSION_COOKIE in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
@@ -102,3 +103,11 @@ def test_pages_forbid_framing_and_foreign_scripts(console: Console) -> None:
     answer = console.get("/console/")
     assert "script-src 'self'" in answer.headers["content-security-policy"]
     assert answer.headers["x-frame-options"] == "DENY" and answer.headers["cache-control"] == "no-store"
+
+
+def test_an_oversized_sign_in_post_is_refused_unread(gw: Gateway) -> None:
+    """Before anyone is signed in, a sign-in body larger than a form could be is refused with 400."""
+    client = Console(gw.url)
+    client.get("/console/login")
+    answer = client.post("/console/login", {"name": OPERATOR, "password": PASSWORD, "padding": "x" * 10_000})
+    assert answer.status_code == 400 and security.SESSION_COOKIE not in client.http.cookies
