@@ -6,10 +6,11 @@ reached; datetimes go in and come out timezone-aware (UTC).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import peewee
@@ -17,10 +18,12 @@ import phonenumbers
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from engine.store.models import TASK_STATUSES, Application, Attempt, Batch, Decision, Operator, Task, utcnow
+from engine.store.models import TASK_STATUSES, Attempt, Batch, Decision, Operator, Task, utcnow
 from engine.store.repo import _guarded
 
 PAGE_SIZE = 50
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
 OPERATOR_NAME_MAX = 64
 PASSWORD_MIN = 10
 _hasher = PasswordHasher()
@@ -39,8 +42,7 @@ def create_operator(name: str, password: str) -> Operator:
     name = name.strip() if isinstance(name, str) else ""
     if not name or len(name) > OPERATOR_NAME_MAX or not name.isprintable():
         raise ValueError(f"an operator name is 1 to {OPERATOR_NAME_MAX} printable characters")
-    if len(password) < PASSWORD_MIN:
-        raise ValueError(f"a password has at least {PASSWORD_MIN} characters")
+    _check_password(password)
     try:
         return Operator.create(name=name, password_hash=_hasher.hash(password))
     except peewee.IntegrityError:
@@ -49,8 +51,7 @@ def create_operator(name: str, password: str) -> Operator:
 
 @_guarded
 def set_operator_password(name: str, password: str) -> None:
-    if len(password) < PASSWORD_MIN:
-        raise ValueError(f"a password has at least {PASSWORD_MIN} characters")
+    _check_password(password)
     if not Operator.update(password_hash=_hasher.hash(password)).where(Operator.name == name).execute():
         raise LookupError(f"no operator {name!r}")
 
@@ -61,7 +62,7 @@ def check_operator(name: str, password: str) -> Operator | None:
     password, so timing does not tell which names exist."""
     operator = Operator.get_or_none(Operator.name == name)
     try:
-        _hasher.verify(operator.password_hash if operator else _DUMMY_HASH, password)
+        _hasher.verify(operator.password_hash if operator else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return None
     if operator is None:
@@ -70,7 +71,14 @@ def check_operator(name: str, password: str) -> Operator | None:
     return operator
 
 
-_DUMMY_HASH = _hasher.hash("no operator has this password")
+def _check_password(password: str) -> None:
+    if len(password) < PASSWORD_MIN:
+        raise ValueError(f"a password has at least {PASSWORD_MIN} characters")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return _hasher.hash("no operator has this password")
 
 
 @_guarded
@@ -125,14 +133,14 @@ class Cursor:
     id: int
 
     def __str__(self) -> str:
-        return f"{self.created_at.timestamp():.6f}_{self.id}"
+        return f"{(self.created_at - EPOCH) // MICROSECOND}_{self.id}"  # exact, as a float timestamp is not
 
     @classmethod
     def parse(cls, text: str) -> Cursor:
         try:
             stamp, _, ident = text.partition("_")
-            return cls(datetime.fromtimestamp(float(stamp), UTC), int(ident))
-        except (ValueError, OverflowError, OSError):
+            return cls(EPOCH + int(stamp) * MICROSECOND, int(ident))
+        except (ValueError, OverflowError):
             raise ValueError("bad page cursor") from None
 
 
@@ -166,13 +174,13 @@ def search_tasks(where: TaskFilter, *, after: Cursor | None = None, page_size: i
     """
     query = Task.select()
     if where.task_id:
-        query = query.where(Task.task_id == where.task_id.strip())
+        query = query.where(Task.task_id == where.task_id)
     if where.receiver:
         query = query.where(Task.receiver.in_(receiver_forms(where.receiver, default_region)))
     for column, value in ((Task.app_id, where.app_id), (Task.channel, where.channel), (Task.status, where.status),
                           (Task.batch_id, where.batch_id)):
         if value:
-            query = query.where(column == value.strip())
+            query = query.where(column == value)
     if where.since is not None:
         query = query.where(Task.created_at >= where.since)
     if where.until is not None:
@@ -273,7 +281,6 @@ class AttemptActivity:
     p50: int | None
     p95: int | None
     p99: int | None
-    recent_errors: dict[str, list[Attempt]] = field(default_factory=dict)
 
 
 def percentile(values: Sequence[int], fraction: float) -> int | None:
@@ -332,11 +339,3 @@ def rule_fire_counts(since: datetime) -> dict[str, Counter[str]]:
     for scene, rule, n in decided:
         counts.setdefault(scene, Counter())[rule] += n
     return counts
-
-
-# -- applications ---------------------------------------------------------------------------------------------
-
-
-@_guarded
-def apps_by_id(app_ids: Sequence[str]) -> dict[str, Application]:
-    return {app.app_id: app for app in Application.select().where(Application.app_id.in_(list(set(app_ids))))}
