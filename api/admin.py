@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -12,15 +13,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from engine import timeline
 from api.errors import ApiError, envelope
+from engine import timeline
 from engine.policy.cases import FactError, fact_from_mapping
 from engine.policy.decisions import SCENES
 from engine.policy.issues import RuleError
 from engine.policy.loader import load_texts
 from engine.policy.ruleset import RuleSet
-from engine.services import Services
 from engine.provider_test import send_test_message
+from engine.services import Services
 from engine.store import queries, repo
 from engine.store.models import Application, Task
 from providers import registry
@@ -28,13 +29,18 @@ from providers import registry
 Endpoint = Callable[[Request], Awaitable[JSONResponse]]
 
 
+def is_admin(request: Request) -> bool:
+    """Whether the request carries `Authorization: Bearer <admin token>`."""
+    svc: Services = request.app.state.services
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    return bool(given) and hmac.compare_digest(given.encode(), svc.settings.admin_token.encode())
+
+
 def admin(endpoint: Endpoint) -> Endpoint:
     """Require `Authorization: Bearer <admin token>`."""
 
     async def guarded(request: Request) -> JSONResponse:
-        svc: Services = request.app.state.services
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not given or not hmac.compare_digest(given.encode(), svc.settings.admin_token.encode()):
+        if not is_admin(request):
             raise ApiError(401, "admin token missing or wrong")
         return await endpoint(request)
 
@@ -69,28 +75,41 @@ async def rules_reload(request: Request) -> JSONResponse:
     return envelope(data=svc.rules.status())
 
 
+DRY_RUN_SECONDS = 10.0  # a dry run (load, compile, evaluate) answers within this, or is refused
+
+
 @admin
 async def rules_explain(request: Request) -> JSONResponse:
     """Dry run: {"fact": {...}, "scene"?: ..., "rules"?: {"file.yaml": "text", ...}}, or the bare fact itself,
     against the live rule set, or against the posted rule files (loaded, validated and compiled aside, never
-    made live)."""
+    made live).
+
+    Posted files resolve no environment: only `${NAME:-default}` defaults apply, and a reference
+    without one is refused as unset. The work runs on a thread, never on the event loop."""
     svc: Services = request.app.state.services
     body = await _json(request)
     if "fact" not in body:
         body = {"fact": body}
-    version, explanation = await run_in_threadpool(dry_run, svc, body.get("fact"), body.get("scene"),
-                                                   body.get("rules"))
+    version, explanation = await dry_run(svc, body.get("fact"), body.get("scene"), body.get("rules"))
     return envelope(data={"version": version, "explanation": explanation})
 
 
-def dry_run(svc: Services, fact_data: Any, scene: Any, files: Any) -> tuple[str, str]:
-    """The rule set's version and its explanation of the fact (for one scene, or all); ApiError when the fact,
-    the scene or the posted files are not usable."""
+async def dry_run(svc: Services, fact_data: Any, scene: Any, files: Any) -> tuple[str, str]:
+    """The rule set's version and its explanation of the fact (for one scene, or all), worked out on a thread;
+    ApiError when the fact, the scene or the posted files are not usable, or it takes over DRY_RUN_SECONDS."""
     if not isinstance(fact_data, dict):
         raise ApiError(400, "fact must be a JSON object: {channel, receiver, app, ...}")
     if scene is not None and scene not in SCENES:
         raise ApiError(400, f"scene must be one of {', '.join(SCENES)}")
-    ruleset = svc.rules.current if files is None else _load_posted(svc, files)
+    try:
+        return await asyncio.wait_for(run_in_threadpool(_dry_run, svc, fact_data, scene, files), DRY_RUN_SECONDS)
+    except TimeoutError:
+        raise ApiError(400, f"the dry run took longer than {DRY_RUN_SECONDS:g} s") from None
+
+
+def _dry_run(svc: Services, fact_data: dict[str, Any], scene: Any, files: Any) -> tuple[str, str]:
+    """(version, explanation) of one fact through the live rules or the posted files (closed afterwards)."""
+    ruleset = svc.rules.current if files is None else _load_posted(files)
     try:
         fact = fact_from_mapping(ruleset, fact_data, datetime.now(UTC))
         return str(ruleset.version), str(ruleset.explain(fact, scene))
@@ -101,11 +120,11 @@ def dry_run(svc: Services, fact_data: Any, scene: Any, files: Any) -> tuple[str,
             ruleset.close()
 
 
-def _load_posted(svc: Services, files: Any) -> RuleSet:
+def _load_posted(files: Any) -> RuleSet:
     if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()) or not files:
         raise ApiError(400, "rules must map file names to YAML text")
     try:
-        return load_texts(files, env=svc.settings.rule_env or {}, provider_types=registry.config_schemas())
+        return load_texts(files, env={}, provider_types=registry.config_schemas())
     except RuleError as exc:
         raise ApiError(400, str(exc)) from None
 

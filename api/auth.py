@@ -60,7 +60,7 @@ def verify(svc: Services, method: str, path: str, headers: dict[str, str], raw: 
     if app.status != 1:
         raise ApiError(errors.APP_DISABLED)
     try:
-        secret = repo.app_secret(app, svc.key)
+        secret = repo.app_secret(app, svc.key, svc.retired_keys)
     except SecretError:
         raise ApiError(errors.UNAUTHORIZED) from None
     body = _parse_body(raw)

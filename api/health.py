@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from api import errors
+from api.admin import is_admin
 from api.errors import envelope
 from engine.services import Services
 from engine.store import db as store_db
@@ -37,11 +38,16 @@ def _checks(svc: Services) -> dict[str, dict[str, Any]]:
 
 
 async def health(request: Request) -> JSONResponse:
+    """UP, DEGRADED (serving, but the last rule reload failed) or DOWN. Only the admin token sees the checks;
+    anyone else gets the status alone, so a failed reload's errors never reach an unauthenticated caller."""
     svc: Services = request.app.state.services
     services = await run_in_threadpool(_checks, svc)
-    down = [name for name, check in services.items() if check["status"] == "DOWN"]
-    data = {"status": "DOWN" if down else "UP", "timestamp": int(time.time()), "services": services}
-    if down:  # 503 rather than the reference's 200, so readiness probes see it
+    states = {check["status"] for check in services.values()}
+    status = "DOWN" if "DOWN" in states else "DEGRADED" if "DEGRADED" in states else "UP"
+    data: dict[str, Any] = {"status": status}
+    if is_admin(request):
+        data.update(timestamp=int(time.time()), services=services)
+    if status == "DOWN":  # 503 rather than the reference's 200, so readiness probes see it
         return JSONResponse({"code": errors.INTERNAL, "message": "服务不健康", "data": data}, status_code=503)
     return envelope(data=data)
 

@@ -4,7 +4,7 @@ each task id arrived; `GET /stats` returns those (time, task id) pairs.
 A bare asyncio protocol rather than an ASGI app: the vendor stands in for another company's machine, so
 the less of this machine's two cores it takes from the gateway under test, the truer the figures.
 
-    python bench/mock_vendor.py PORT
+    python bench/mock_vendor.py PORT [ADDRESS]     # ADDRESS defaults to 127.0.0.1
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ class Vendor(asyncio.Protocol):
         return response(OK)
 
 
-async def serve(port: int) -> None:
-    server = await asyncio.get_running_loop().create_server(Vendor, "127.0.0.1", port)
+async def serve(port: int, address: str = "127.0.0.1") -> None:
+    server = await asyncio.get_running_loop().create_server(Vendor, address, port)
     async with server:
         await server.serve_forever()
 
@@ -69,4 +69,4 @@ if __name__ == "__main__":
         from uvloop import run
     except ImportError:
         run = asyncio.run  # type: ignore[assignment]
-    run(serve(int(sys.argv[1])))
+    run(serve(int(sys.argv[1]), *sys.argv[2:3]))

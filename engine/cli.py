@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from engine import rules_cli
@@ -68,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
     migrate.set_defaults(func=cmd_migrate)
+
+    purge = commands.add_parser("purge", help="delete final tasks (and their attempts, reports, webhooks) older "
+                                              "than a time, in small batches")
+    purge.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 30d, 12h")
+    purge.add_argument("--batch", type=int, default=500, help="tasks per transaction (default 500)")
+    purge.add_argument("--pause", type=float, default=0.05, help="seconds between batches (default 0.05)")
+    purge.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
+    purge.set_defaults(func=cmd_purge)
+
+    rekey = commands.add_parser("rekey", help="re-encrypt every app secret under MPUSH_ENCRYPTION_KEY, reading "
+                                              "those still under MPUSH_PREVIOUS_ENCRYPTION_KEY")
+    rekey.set_defaults(func=cmd_rekey)
 
     apps = commands.add_parser("apps", help="manage client applications")
     app_commands = apps.add_subparsers(title="apps commands", metavar="ACTION", required=True)
@@ -191,6 +204,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     _on_sighup(svc)
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port, addr=settings.host)
     threads = _background(svc, stop, workers=True, worker_threads=args.threads)
     log.info("worker.started threads=%d rules=%s", args.threads or settings.worker_threads, svc.rules.current.version)
     while any(thread.is_alive() for thread in threads):
@@ -221,6 +238,7 @@ def _background(svc: Services, stop: threading.Event, *, workers: bool,
     """Start the rule watcher, the SQLite checkpointer and, with workers, the stream consumers and the scheduler."""
     from engine import scheduler
     from engine.store.db import TurnTakingSqliteDatabase, keep_checkpointing
+    from engine.store.retention import keep_purging
     from engine.worker import Worker
 
     threads = []
@@ -232,6 +250,9 @@ def _background(svc: Services, stop: threading.Event, *, workers: bool,
         worker = Worker(svc, threads=worker_threads)
         threads.append(threading.Thread(target=worker.run, args=(stop,), name="worker"))
         threads.append(threading.Thread(target=scheduler.run, args=(svc, stop), name="scheduler"))
+        if svc.settings.retention_days > 0:
+            threads.append(threading.Thread(target=keep_purging, args=(svc.settings.retention_days, stop),
+                                            name="retention"))
     for thread in threads:
         thread.start()
     return [thread for thread in threads if not thread.daemon]
@@ -263,6 +284,46 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     database = store_db.connect(settings.effective_database_url)
     applied = migrate(database)
     print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    from engine.policy.schema import parse_duration
+    from engine.store.retention import purge_before
+
+    try:
+        age = parse_duration(args.older_than)
+    except ValueError as exc:
+        print(f"mpush: --older-than: {exc}", file=sys.stderr)
+        return 2
+    if args.batch < 1:
+        print("mpush: --batch must be at least 1", file=sys.stderr)
+        return 2
+    _open_store(_settings())
+    cutoff = datetime.now(UTC) - timedelta(seconds=age)
+    purged = purge_before(cutoff, batch=args.batch, pause=max(0.0, args.pause), dry_run=args.dry_run)
+    if args.dry_run:
+        print(f"would delete {purged.tasks} final tasks last changed before {cutoff:%Y-%m-%d %H:%M:%S} UTC")
+    else:
+        print("deleted " + (", ".join(f"{n} {table}" for table, n in purged.counts.items() if n) or "nothing"))
+    return 0
+
+
+def cmd_rekey(args: argparse.Namespace) -> int:
+    from engine.services import retired_keys
+    from engine.store import repo
+
+    settings = _settings()
+    if not settings.previous_encryption_key:
+        print("mpush: set MPUSH_PREVIOUS_ENCRYPTION_KEY to the key being retired and MPUSH_ENCRYPTION_KEY to the "
+              "new one", file=sys.stderr)
+        return 2
+    key = _open_store(settings)
+    changed, unreadable = repo.reencrypt_secrets(key, retired_keys(settings))
+    print(f"re-encrypted {changed} app secrets under the new key")
+    if unreadable:
+        print(f"mpush: {len(unreadable)} app secrets open with neither key: {', '.join(unreadable)}", file=sys.stderr)
+        return 1
     return 0
 
 

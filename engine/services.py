@@ -37,6 +37,7 @@ class Services:
     transport: HttpTransport
     tokens: RedisTokenCache
     key: bytes
+    retired_keys: tuple[bytes, ...] = ()  # keys being rotated out: app secrets stored under them still open
 
     def close(self) -> None:
         try:
@@ -58,7 +59,7 @@ def open_services(settings: Settings, *, rules: RuleSetHolder | None = None) -> 
     """Connect Redis and the database, migrate, load the rule set, build the components."""
     settings = settings.resolve_secrets()
     client = connect_redis(settings)
-    database = store_db.connect(settings.effective_database_url)
+    database = store_db.connect(settings.effective_database_url, pool_size=settings.database_pool_size)
     store_db.bind(database)
     applied = migrate(database)
     if applied:
@@ -77,7 +78,12 @@ def open_services(settings: Settings, *, rules: RuleSetHolder | None = None) -> 
         transport=HttpTransport(),
         tokens=RedisTokenCache(client),
         key=key_from_text(settings.encryption_key),
+        retired_keys=retired_keys(settings),
     )
+
+
+def retired_keys(settings: Settings) -> tuple[bytes, ...]:
+    return (key_from_text(settings.previous_encryption_key),) if settings.previous_encryption_key else ()
 
 
 def utcnow() -> datetime:

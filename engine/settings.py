@@ -31,9 +31,13 @@ class Settings:
     port: int = 8080
     worker_threads: int = 8
     worker_readers: int = 2
+    worker_metrics_port: int = 0  # `mpush worker` serves /metrics on this port (at MPUSH_HOST); 0: not served
+    database_pool_size: int = 32  # connections per process to PostgreSQL or MySQL
     visibility_timeout: float = 60.0
     callback_timeout: float = 600.0
     encryption_key: str = ""
+    previous_encryption_key: str = ""  # during a key rotation: secrets not yet re-encrypted still open
+    retention_days: int = 0  # final tasks older than this are purged by the scheduler; 0 keeps them all
     admin_token: str = ""
     alert_webhook: str = ""
     public_url: str = ""

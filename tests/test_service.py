@@ -280,8 +280,8 @@ class TestAuthentication:
 
 class TestHealth:
     def test_health_reports_database_redis_and_rules(self, gw: Gateway) -> None:
-        """GET /health is UP with each dependency and the live rule-set version, under a UUIDv7 trace id."""
-        response = requests.get(gw.url + "/health", timeout=5)
+        """GET /health with the admin token is UP with each dependency and the live rule-set version, under a UUIDv7 trace id."""
+        response = requests.get(gw.url + "/health", timeout=5, headers={"Authorization": "Bearer admin-token"})
         assert uuid.UUID(response.headers["trace-id"]).version == 7
         answer = response.json()
         services = answer["data"]["services"]

@@ -281,7 +281,7 @@ async def rules_dry_run(request: Request, session: Session) -> Response:
     else:
         files = {"pasted.yaml": pasted} if pasted.strip() else None
         try:
-            version, explanation = await run_in_threadpool(dry_run, svc, fact, scene, files)
+            version, explanation = await dry_run(svc, fact, scene, files)
             dry = {"error": "", "version": version, "explanation": explanation, **form}
         except ApiError as exc:
             dry = {"error": exc.message, **form}

@@ -15,6 +15,7 @@ from ._yaml import Document, parse
 from .decisions import ERROR_CLASSES, SCENES, FailureDecision, QuotaDecision, RoutingDecision, Scene
 from .facts import Fact
 from .issues import RuleError, RuleIssue
+from .loader import read_yaml_files
 from .ruleset import RuleSet
 from .schema import AnyValue, Int, ListOf, MapOf, Num, Obj, Str
 
@@ -93,9 +94,9 @@ def load_cases(directory: str | Path) -> list[Case]:
     if not root.is_dir():
         return []
     cases: list[Case] = []
-    issues: list[RuleIssue] = []
-    for file in sorted(p for p in root.iterdir() if p.suffix in (".yaml", ".yml")):
-        doc, problems = parse(str(file), file.read_text(encoding="utf-8"))
+    files, issues = read_yaml_files(root)
+    for file, text in files.items():
+        doc, problems = parse(file, text)
         issues += problems
         if doc is not None:
             cases += _cases(doc, issues)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -10,10 +11,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 
 from .building import Context, resolve_env
-from .issues import Path
+from .issues import Path, suggest
 from .model import PLACEHOLDER, Channel, CircuitPolicy, ProviderAccount, ProviderTemplate, Rate, Template
 from .rules import DEFAULT_REGION, DEFAULT_TIMEZONE, Settings
-from .schema import EnvStr, Located, as_bool, parse_duration, parse_rate
+from .schema import EnvStr, Located, as_bool, parse_duration, parse_rate, shown
 
 # Provider types whose accounts may carry demo defaults for secrets.
 DEMO_TYPES = frozenset({"console", "fake"})
@@ -72,7 +73,7 @@ def build_channels(ctx: Context, templates: Mapping[str, Template]) -> dict[str,
         if raw["id"] in ids:
             ctx.problem(item, ("id",), f"channel id {raw['id']} is already used by {ids[raw['id']]!r}")
         if raw["template"] not in templates:
-            ctx.problem(item, ("template",), f"unknown template {raw['template']!r}")
+            ctx.problem(item, ("template",), f"unknown template {raw['template']!r}{suggest(raw['template'], templates)}")
         ids[raw["id"]] = raw["name"]
         channels[raw["name"]] = Channel(raw["id"], raw["name"], raw["type"], raw["template"], tuple(raw.get("tags", ())))
     return channels
@@ -87,7 +88,8 @@ def build_providers(
     for item in ctx.unique("providers"):
         name, kind = item.value["name"], item.value["type"]
         if kind not in provider_types:
-            ctx.problem(item, ("type",), f"unknown provider type {kind!r} (known: {', '.join(sorted(provider_types))})")
+            known = ", ".join(sorted(provider_types))
+            ctx.problem(item, ("type",), f"unknown provider type {kind!r}{suggest(kind, provider_types)} (known: {known})")
             continue
         if not _enabled(ctx, item):
             disabled.add(name)
@@ -105,7 +107,7 @@ def _enabled(ctx: Context, item: Located) -> bool:
     ctx.problems(item, problems)
     flag = as_bool(value)
     if flag is None:
-        ctx.problem(item, ("enabled",), f"must be true or false, got {value!r}")
+        ctx.problem(item, ("enabled",), f"must be true or false, got {shown(value)}")
     return bool(flag)
 
 
@@ -126,7 +128,7 @@ def _account(
         try:
             ipaddress.ip_network(address, strict=False)
         except ValueError:
-            ctx.problem(item, ("callback", "allow_ips", i), f"not an IP address or network: {address!r}")
+            ctx.problem(item, ("callback", "allow_ips", i), f"not an IP address or network: {shown(address)}")
     return ProviderAccount(
         name=raw["name"],
         type=raw["type"],
@@ -163,7 +165,7 @@ def _config(ctx: Context, item: Located, raw: dict[str, Any], schema: ConfigSche
         elif spec.type is str and spec.required and coerced == "":
             ctx.problem(item, path, "must not be empty")
         elif spec.choices and coerced not in spec.choices:
-            ctx.problem(item, path, f"must be one of {', '.join(map(str, spec.choices))}, got {coerced!r}")
+            ctx.problem(item, path, f"must be one of {', '.join(map(str, spec.choices))}, got {shown(value)}")
         else:
             config[key] = coerced
     for key, spec in schema.items():
@@ -173,24 +175,18 @@ def _config(ctx: Context, item: Located, raw: dict[str, Any], schema: ConfigSche
 
 
 def _coerce(expected: type, value: Any) -> tuple[Any, str | None]:
+    """`value` as the config field's type; an environment string is converted, a YAML value must already fit."""
+    from_env = isinstance(value, EnvStr) and value.whole
     if expected is bool:
         flag = as_bool(value)
-        return (flag, None) if flag is not None else (None, f"must be true or false, got {value!r}")
-    if expected is int:
-        if isinstance(value, EnvStr) and value.strip().lstrip("-").isdigit():
-            return int(value), None
-        if isinstance(value, bool) or not isinstance(value, int):
-            return None, f"must be an integer, got {value!r}"
-        return value, None
-    if expected is float:
-        if isinstance(value, EnvStr):
-            try:
-                return float(value), None
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None, f"must be a number, got {value!r}"
-        return float(value), None
+        return (flag, None) if flag is not None else (None, f"must be true or false, got {shown(value)}")
+    if expected in (int, float):
+        number = _number(expected, value) if from_env else value
+        if isinstance(number, bool) or not isinstance(number, (int, float) if expected is float else int):
+            return None, f"must be {'an integer' if expected is int else 'a number'}, got {shown(value)}"
+        if isinstance(number, float) and not math.isfinite(number):
+            return None, f"must be a finite number, got {shown(value)}"
+        return expected(number), None
     if expected is str:
         return (str(value), None) if isinstance(value, str) else (None, f"must be a string, got {type(value).__name__}")
     if expected in (list, tuple) and not isinstance(value, list):
@@ -200,6 +196,16 @@ def _coerce(expected: type, value: Any) -> tuple[Any, str | None]:
     return value, None
 
 
+def _number(expected: type, text: str) -> int | float | None:
+    """An environment string read as a number (ASCII digits only), or None."""
+    if not text.isascii() or len(text) > 40:
+        return None
+    try:
+        return expected(text.strip())
+    except ValueError:
+        return None
+
+
 def _check_templates(
     ctx: Context, item: Located, raw: Mapping[str, Any], templates: Mapping[str, Template]
 ) -> dict[str, ProviderTemplate]:
@@ -207,7 +213,7 @@ def _check_templates(
     for system, entry in raw.items():
         template = templates.get(system)
         if template is None:
-            ctx.problem(item, ("templates", system), f"unknown template {system!r}")
+            ctx.problem(item, ("templates", system), f"unknown template {system!r}{suggest(system, templates)}")
             continue
         if isinstance(entry, str):
             mapped[system] = ProviderTemplate(str(entry), {v: f"{{{v}}}" for v in template.variables})

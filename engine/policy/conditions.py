@@ -6,13 +6,15 @@ durable-rules; the reference evaluator and `explain` use `holds` / `why_not` dir
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Union
 
-from .issues import Path
-from .schema import INT64_MAX, Problem
+import re2
+
+from .issues import Path, suggest
+from .schema import INT64_MAX, INT64_MIN, Problem
 
 STR, INT, LIST = "text", "integer", "list"
 FIELDS: dict[str, str] = {
@@ -78,6 +80,12 @@ class Not:
 
 
 Condition = Union[Test, All, Any_, Not]
+MAX_PATTERN_LENGTH = 1000
+MAX_REPEAT = 1000  # RE2's own limit; RE2 reads a larger count as literal text, we refuse it
+_REPEAT = re2.compile(r"(?:^|[^\\])\{(\d+)(?:,(\d*))?\}")
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.max_mem = 8 << 20  # a pattern whose compiled program needs more is refused at load
+_RE2_OPTIONS.log_errors = False
 ALWAYS = All(())
 
 _OP_WORDS = {
@@ -108,7 +116,7 @@ def _scalar_holds(op: str, value: Any, actual: Any) -> bool:
         folded = actual.casefold()
         return any(word in folded for word in value)
     if op == "matches":
-        return re.search(value, actual) is not None
+        return regex(value).search(actual) is not None
     if op == "exists":
         return bool(actual) == value
     if op == "lt":
@@ -128,6 +136,12 @@ def _list_holds(op: str, value: Any, actual: Sequence[str]) -> bool:
     if op == "not_in":
         return not any(item in value for item in actual)
     return bool(actual) == value
+
+
+@lru_cache(maxsize=1024)
+def regex(pattern: str) -> re2._Regexp:
+    """The compiled RE2 (linear-time) form of a `matches` pattern; every evaluation path uses it."""
+    return re2.compile(pattern, options=_RE2_OPTIONS)
 
 
 def holds(cond: Condition, fields: Mapping[str, Any]) -> bool:
@@ -199,7 +213,8 @@ def _parse_block(raw: Any, path: Path, known: Mapping[str, frozenset[str]], prob
         elif key in FIELDS:
             items.extend(_parse_field(key, value, child, known, problems))
         else:
-            problems.append((child, f"unknown field (fields: {', '.join(FIELDS)}; combinators: all, any, not)"))
+            hint = suggest(key, [*FIELDS, "all", "any", "not"])
+            problems.append((child, f"unknown field{hint} (fields: {', '.join(FIELDS)}; combinators: all, any, not)"))
     return items[0] if len(items) == 1 else All(tuple(items))
 
 
@@ -213,7 +228,8 @@ def _parse_field(
     for op, value in ops.items():
         where = (*path, op) if isinstance(raw, dict) else path
         if op not in OPERATORS[kind]:
-            problems.append((where, f"unknown operator {op!r} for {kind} field {name} (operators: {', '.join(OPERATORS[kind])})"))
+            problems.append((where, f"unknown operator {op!r}{suggest(op, OPERATORS[kind])} for {kind} field {name} "
+                                    f"(operators: {', '.join(OPERATORS[kind])})"))
             continue
         normalised, error = _normalise(name, kind, op, value)
         if error:
@@ -229,10 +245,15 @@ def _normalise(name: str, kind: str, op: str, value: Any) -> tuple[Any, str | No
     if op == "matches":
         if not isinstance(value, str):
             return None, "matches takes one regular expression"
+        if len(value) > MAX_PATTERN_LENGTH:
+            return None, f"a regular expression may be at most {MAX_PATTERN_LENGTH} characters"
+        if any(int(count or 0) > MAX_REPEAT for found in _REPEAT.finditer(value) for count in found.groups()):
+            return None, f"bad regular expression {value!r}: a repetition count above {MAX_REPEAT}"
         try:
-            re.compile(value)
-        except re.error as exc:
-            return None, f"bad regular expression {value!r}: {exc}"
+            regex(value)
+        except re2.error as exc:
+            reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+            return None, f"bad regular expression {value!r}: {reason} (RE2 syntax: no backreferences or lookaround)"
         return value, None
     many = op in ("in", "not_in", "prefix", "contains_any")
     values = value if isinstance(value, list) and many else [value]
@@ -257,7 +278,7 @@ def _scalar(kind: str, value: Any) -> tuple[Any, str | None]:
     if kind == INT:
         if isinstance(value, bool) or not isinstance(value, int):
             return None, f"must be an integer, got {value!r}"
-        if not -INT64_MAX <= value <= INT64_MAX:
+        if not INT64_MIN <= value <= INT64_MAX:
             return None, f"{value} is outside the 64-bit integer range"
         return value, None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -271,4 +292,4 @@ def _unknown_references(name: str, op: str, value: Any, known: Mapping[str, froz
     declared = known.get(name, frozenset())
     for item in value if isinstance(value, tuple) else (value,):
         if item not in declared:
-            yield f"unknown {REFERENCES[name]} {item!r}"
+            yield f"unknown {REFERENCES[name]} {item!r}{suggest(item, declared)}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -17,6 +18,12 @@ def format_path(path: Path) -> str:
         else:
             out += f".{part}" if out else part
     return out
+
+
+def suggest(name: object, choices: Iterable[str]) -> str:
+    """" (did you mean 'x'?)" naming the closest choice to a misspelt name, or "" when none is close."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclass(frozen=True, slots=True)

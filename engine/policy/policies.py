@@ -10,6 +10,7 @@ from . import conditions
 from .building import Context
 from .conditions import Condition
 from .decisions import ERROR_CLASSES, AlertSpec, Candidate
+from .issues import suggest
 from .model import CHANNEL_TYPES, Channel, ProviderAccount
 from .rules import FailureRule, QuotaRule, RetryPolicy, RoutingRule, SwitchPolicy
 from .schema import Located, as_bool, parse_duration
@@ -68,7 +69,8 @@ def _tiers(
         if name in accounts:
             by_tier.setdefault(entry.get("tier", 1), []).append(Candidate(name, entry.get("weight", 1)))
         elif name not in disabled and name not in ctx.declared.get("providers", ()):
-            ctx.problem(item, ("providers", i, "use"), f"unknown provider account {name!r}")
+            declared = ctx.declared.get("providers", ())
+            ctx.problem(item, ("providers", i, "use"), f"unknown provider account {name!r}{suggest(name, declared)}")
     if not by_tier and all_disabled:
         ctx.note(item, "every provider of this route is disabled; the route is left out")
     return tuple(tuple(by_tier[tier]) for tier in sorted(by_tier))

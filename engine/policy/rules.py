@@ -68,6 +68,16 @@ class RetryPolicy:
     backoff: float = 2.0
     max_delay: float = 60.0
 
+    def delay_for(self, attempt: int) -> float:
+        """The wait before the next try after `attempt` attempts: finite, never above max_delay."""
+        if self.delay <= 0 or self.backoff <= 1:
+            return min(self.delay, self.max_delay)
+        try:
+            delay = self.delay * float(self.backoff) ** max(attempt - 1, 0)
+        except OverflowError:  # backoff ** attempt past the float range: far above any max_delay
+            return self.max_delay
+        return min(delay, self.max_delay)
+
 
 @dataclass(frozen=True, slots=True)
 class SwitchPolicy:

@@ -83,7 +83,7 @@ class RuleSet:
         if isinstance(ref, int) and not isinstance(ref, bool):
             return self._by_id.get(ref)
         found = self.channels.get(ref)
-        if found is None and ref.isdigit():
+        if found is None and ref.isascii() and ref.isdigit() and len(ref) <= 10:
             return self._by_id.get(int(ref))
         return found
 
@@ -204,8 +204,7 @@ def failure_decision(rule: FailureRule, attempt: int, version: str) -> FailureDe
         policy = rule.retry
         if attempt > policy.max:
             return FailureDecision("fail", exhausted=True, reasons=(f"attempt {attempt} > retry max {policy.max}",), **base)
-        delay = min(policy.delay * policy.backoff ** max(attempt - 1, 0), policy.max_delay)
-        return FailureDecision("retry", delay_seconds=delay, **base)
+        return FailureDecision("retry", delay_seconds=policy.delay_for(attempt), **base)
     if rule.action == "switch_provider":
         switch = rule.switch
         if attempt > switch.max:

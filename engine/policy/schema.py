@@ -6,54 +6,89 @@ checked by the loader and `conditions.py`, which know what the names mean.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .decisions import SCENES
-from .issues import Path
+from .issues import Path, suggest
 from .model import CHANNEL_TYPES
 
 Problem = tuple[Path, str]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-INT64_MAX = 2**63 - 1
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+# Ranges within which delivery stays sane (docs/rules.md lists them): every duration is finite, and
+# retry delays are capped, so a computed delay can never overflow or park a job out of reach.
+MAX_DELAY = 86400.0  # retry delay / max_delay and switch_provider delay: one day
+MAX_QUOTA_WINDOW = 366 * 86400  # quota `per`: one year
+MAX_CIRCUIT_PERIOD = 86400.0  # circuit window and open_for: one day
+MAX_RETRIES = 1000  # retry max and switch_provider max
+MAX_BACKOFF = 100.0  # retry backoff factor (at least 1)
+MAX_RATE_COUNT = 1_000_000  # provider rate: calls per period
+MAX_RATE_PERIOD = 86400  # provider rate: the period, in seconds
+MAX_QUOTA_LIMIT = 2**53  # quota limit (exact in a double)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", re.ASCII)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_RATE = re.compile(r"^(\d+)\s*/\s*(\d*)\s*(s|m|h|d)$")
+_RATE = re.compile(r"(\d+)\s*/\s*(\d*)\s*(s|m|h|d)", re.ASCII)
 
 
 class EnvStr(str):
-    """A string that came whole from one `${NAME}` reference; typed keys may coerce it."""
+    """A string with its `${NAME}` references resolved. `names` lets messages name the variables instead of
+    showing a value that may be a secret; `whole` marks one reference alone, which typed keys may coerce."""
 
-    used_default: bool = False
+    names: tuple[str, ...] = ()
+    whole: bool = False
+
+
+def shown(value: Any) -> str:
+    """A value for an error message: a resolved environment value is named, never shown."""
+    if isinstance(value, EnvStr):
+        return "the value of " + ", ".join(f"${{{name}}}" for name in value.names)
+    return _short(value)
 
 
 def parse_duration(value: Any) -> float:
-    """"500ms", "5s", "5m", "1h", "1d", or a number of seconds -> seconds; ValueError otherwise."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(f"bad duration {value!r} (use e.g. 500ms, 5s, 5m, 1h, 1d)")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    """"500ms", "5s", "5m", "1h", "1d", or a number of seconds -> finite seconds >= 0; ValueError otherwise."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer past the float range
+            seconds = math.inf
+    else:
+        match = _DURATION.fullmatch(value) if isinstance(value, str) else None
+        if match is None:
+            raise ValueError(f"bad duration {_short(value)} (use e.g. 500ms, 5s, 5m, 1h, 1d)")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not 0 <= seconds < math.inf:
+        raise ValueError(f"bad duration {_short(value)} (a finite number of seconds, at least 0)")
+    return seconds
 
 
 def parse_rate(value: Any) -> tuple[int, int]:
     """"100/s", "6000/m", "5/10s" -> (count, per_seconds); ValueError otherwise."""
-    match = _RATE.match(value.strip()) if isinstance(value, str) else None
-    if match is None or int(match.group(1)) < 1 or match.group(2) == "0":
-        raise ValueError(f"bad rate {value!r} (use e.g. 100/s, 6000/m, 5/10s)")
-    count, every, unit = int(match.group(1)), int(match.group(2) or 1), match.group(3)
-    return count, every * int(_UNIT_SECONDS[unit])
+    match = _RATE.fullmatch(value.strip()) if isinstance(value, str) and len(value) <= 40 else None
+    if match is None:
+        raise ValueError(f"bad rate {_short(value)} (use e.g. 100/s, 6000/m, 5/10s)")
+    count, per = int(match.group(1)), int(match.group(2) or 1) * int(_UNIT_SECONDS[match.group(3)])
+    if not (1 <= count <= MAX_RATE_COUNT and 1 <= per <= MAX_RATE_PERIOD):
+        raise ValueError(f"bad rate {value!r} (1 to {MAX_RATE_COUNT} calls per 1 s to {MAX_RATE_PERIOD} s)")
+    return count, per
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "…"
 
 
 def as_bool(value: Any) -> bool | None:
     """A YAML bool, or an env string spelling one; None when it is neither."""
     if isinstance(value, bool):
         return value
-    if isinstance(value, EnvStr):
+    if isinstance(value, EnvStr) and value.whole:
         return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}.get(
             value.strip().lower()
         )
@@ -79,11 +114,11 @@ class Str(Spec):
         if not isinstance(value, str):
             yield path, f"must be a string, got {_kind(value)}"
         elif self.enum and value not in self.enum:
-            yield path, f"must be one of {', '.join(self.enum)}, got {value!r}"
+            yield path, f"must be one of {', '.join(self.enum)}, got {_short(value)}{suggest(value, self.enum)}"
         elif not value and not self.allow_empty:
             yield path, "must not be empty"
-        elif self.pattern and value and not re.match(self.pattern, value):
-            yield path, f"{value!r} does not match {self.pattern}"
+        elif self.pattern and value and not re.fullmatch(self.pattern, value):
+            yield path, f"{_short(value)} does not match {self.pattern}"
 
     def json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "string"}
@@ -98,7 +133,7 @@ class Str(Spec):
 
 @dataclass(frozen=True)
 class Int(Spec):
-    minimum: int = -INT64_MAX
+    minimum: int = INT64_MIN
     maximum: int = INT64_MAX
     help: str = ""
 
@@ -122,6 +157,8 @@ class Num(Spec):
     def check(self, value: Any, path: Path) -> Iterator[Problem]:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             yield path, f"must be a number, got {_kind(value)}"
+        elif not math.isfinite(value):
+            yield path, f"must be a finite number, got {value}"
         elif value > self.maximum or value < self.minimum or (self.exclusive_minimum and value == self.minimum):
             low = f"greater than {self.minimum}" if self.exclusive_minimum else f"at least {self.minimum}"
             yield path, f"must be {low} and at most {self.maximum}, got {value}"
@@ -146,17 +183,24 @@ class Bool(Spec):
 
 @dataclass(frozen=True)
 class Duration(Spec):
+    maximum: float
+    minimum: float = 0.0
     help: str = ""
 
     def check(self, value: Any, path: Path) -> Iterator[Problem]:
         try:
-            parse_duration(value)
+            seconds = parse_duration(value)
         except ValueError as exc:
             yield path, str(exc)
+            return
+        if not self.minimum <= seconds <= self.maximum:
+            yield path, f"must be between {self.minimum:g}s and {self.maximum:g}s, got {_short(value)}"
 
     def json(self) -> dict[str, Any]:
-        text = {"type": "string", "pattern": _DURATION.pattern}
-        return _described({"anyOf": [text, {"type": "number", "minimum": 0}]}, self.help or "duration: 500ms, 5s, 5m, 1h, 1d")
+        text = {"type": "string", "pattern": f"^{_DURATION.pattern}$"}
+        number = {"type": "number", "minimum": self.minimum, "maximum": self.maximum}
+        help = self.help or f"duration: 500ms, 5s, 5m, 1h, 1d (at most {self.maximum:g}s)"
+        return _described({"anyOf": [text, number]}, help)
 
 
 @dataclass(frozen=True)
@@ -168,7 +212,7 @@ class Rate(Spec):
             yield path, str(exc)
 
     def json(self) -> dict[str, Any]:
-        return {"type": "string", "pattern": _RATE.pattern, "description": "calls per period: 100/s, 6000/m, 5/10s"}
+        return {"type": "string", "pattern": f"^{_RATE.pattern}$", "description": "calls per period: 100/s, 6000/m, 5/10s"}
 
 
 @dataclass(frozen=True)
@@ -243,7 +287,7 @@ class Obj(Spec):
             return
         for key, item in value.items():
             if key not in self.fields:
-                yield (*path, key), f"unknown key (expected one of: {', '.join(self.fields)})"
+                yield (*path, key), f"unknown key{suggest(key, self.fields)} (expected one of: {', '.join(self.fields)})"
             else:
                 yield from self.fields[key].check(item, (*path, key))
         for key in self.required:
@@ -321,8 +365,8 @@ PROVIDER = Obj(
             {
                 "failure_ratio": Num(0.0, 1.0, exclusive_minimum=True),
                 "min_calls": Int(1, 1_000_000),
-                "window": Duration(),
-                "open_for": Duration(),
+                "window": Duration(MAX_CIRCUIT_PERIOD, minimum=1),
+                "open_for": Duration(MAX_CIRCUIT_PERIOD, minimum=1),
                 "half_open_probes": Int(1, 1000),
             }
         ),
@@ -354,8 +398,8 @@ QUOTA = Obj(
         "priority": PRIORITY,
         "when": WHEN,
         "key": ListOf(Str(enum=KEY_FIELDS), min_items=1),
-        "limit": Int(1, 2**53),
-        "per": Duration(),
+        "limit": Int(1, MAX_QUOTA_LIMIT),
+        "per": Duration(MAX_QUOTA_WINDOW, minimum=1),
         "on_exceed": Str(enum=("reject", "defer")),
         "description": DESCRIPTION,
     },
@@ -368,8 +412,15 @@ FAILURE = Obj(
         "priority": PRIORITY,
         "when": WHEN,
         "action": Str(enum=("retry", "switch_provider", "fail", "alert", "ignore")),
-        "retry": Obj({"max": Int(0, 1000), "delay": Duration(), "backoff": Num(1.0, 100.0), "max_delay": Duration()}),
-        "switch_provider": Obj({"max": Int(0, 1000), "delay": Duration(), "exclude_current": Bool()}),
+        "retry": Obj(
+            {
+                "max": Int(0, MAX_RETRIES),
+                "delay": Duration(MAX_DELAY),
+                "backoff": Num(1.0, MAX_BACKOFF),
+                "max_delay": Duration(MAX_DELAY),
+            }
+        ),
+        "switch_provider": Obj({"max": Int(0, MAX_RETRIES), "delay": Duration(MAX_DELAY), "exclude_current": Bool()}),
         "alert": Obj({"webhook": Str(), "level": Str(enum=("info", "warning", "critical"))}),
         "description": DESCRIPTION,
     },

@@ -27,7 +27,8 @@ log = logging.getLogger("mpush.store")
 SQLITE_PRAGMAS = {"journal_mode": "wal", "synchronous": "normal", "busy_timeout": 5000, "foreign_keys": 1,
                   "wal_autocheckpoint": 0}
 CHECKPOINT_SECONDS = 1.0
-POOL_OPTIONS = {"max_connections": 32, "stale_timeout": 300, "timeout": 10}
+POOL_OPTIONS = {"stale_timeout": 300, "timeout": 10}
+DEFAULT_POOL_SIZE = 32
 CONNECT_TIMEOUT_SECONDS = 5
 # MySQL's plain DATETIME drops microseconds and TEXT stops at 64 KiB; webhook bodies and raw reports may be larger.
 MYSQL_FIELD_TYPES = {"DATETIME": "DATETIME(6)", "TEXT": "MEDIUMTEXT"}
@@ -41,12 +42,14 @@ class StoreUnavailable(Exception):
         super().__init__(f"database unavailable: {cause}")
 
 
-def connect(url: str) -> peewee.Database:
+def connect(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> peewee.Database:
     """A database for `sqlite:///path.db`, `sqlite:///:memory:`, `postgresql://…` or `mysql://…`.
 
-    Query parameters of a PostgreSQL or MySQL URL are passed to the driver (e.g. `?sslmode=require`).
-    Nothing is opened until first use.
+    Query parameters of a PostgreSQL or MySQL URL are passed to the driver (e.g. `?sslmode=require`); a
+    process keeps at most `pool_size` connections to PostgreSQL or MySQL. Nothing is opened until first use.
     """
+    if pool_size < 1:
+        raise ValueError(f"the database pool size must be at least 1, got {pool_size}")
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         return _sqlite(url[len("sqlite:///"):] if url.startswith("sqlite:///") else "")
@@ -63,8 +66,8 @@ def connect(url: str) -> peewee.Database:
     options["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     options.update((name, int(value) if value.isdigit() else value) for name, value in parse_qsl(parts.query))
     if parts.scheme == "mysql":
-        return _mysql(name, options)
-    return PooledPostgresqlDatabase(name, **POOL_OPTIONS, **options)
+        return _mysql(name, options, pool_size)
+    return PooledPostgresqlDatabase(name, max_connections=pool_size, **POOL_OPTIONS, **options)
 
 
 def bind(db: peewee.Database) -> None:
@@ -219,7 +222,7 @@ def _sqlite(path: str) -> peewee.SqliteDatabase:
     return TurnTakingSqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=5)
 
 
-def _mysql(name: str, options: dict[str, object]) -> peewee.MySQLDatabase:
+def _mysql(name: str, options: dict[str, object], pool_size: int) -> peewee.MySQLDatabase:
     from pymysql.constants import CLIENT
 
     # FOUND_ROWS: an UPDATE reports the rows it matched, as on PostgreSQL and SQLite, not only those it changed.
@@ -228,6 +231,7 @@ def _mysql(name: str, options: dict[str, object]) -> peewee.MySQLDatabase:
         charset="utf8mb4",
         client_flag=CLIENT.FOUND_ROWS,
         field_types=MYSQL_FIELD_TYPES,
+        max_connections=pool_size,
         **POOL_OPTIONS,
         **options,
     )

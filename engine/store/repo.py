@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import peewee
 
-from engine.store.crypto import decrypt_secret, encrypt_secret, new_app_id, new_secret
+from engine.store.crypto import SecretError, decrypt_secret, encrypt_secret, new_app_id, new_secret
 from engine.store import statements
 from engine.store.db import connection
 from engine.store.models import (
@@ -109,9 +109,43 @@ def get_app(app_id: str) -> Application | None:
     return _first(Application, ("app_id",), [app_id])
 
 
-def app_secret(app: Application, key: bytes) -> str:
-    """The plaintext secret the app signs with; SecretError when `key` is not the one it was stored with."""
-    return _decrypted(app.secret, key)
+def app_secret(app: Application, key: bytes, retired: Sequence[bytes] = ()) -> str:
+    """The plaintext secret the app signs with, stored under `key` or, during a key rotation, one of the
+    `retired` keys; SecretError when none of them is the one it was stored with."""
+    for candidate in (key, *retired):
+        try:
+            return _decrypted(app.secret, candidate)
+        except SecretError:
+            continue
+    raise SecretError("stored secret does not decrypt with the encryption key" +
+                      (" or a previous one" if retired else ""))
+
+
+@_guarded
+def reencrypt_secrets(key: bytes, retired: Sequence[bytes]) -> tuple[int, list[str]]:
+    """Store every app secret under `key`, reading those still under a `retired` key; (re-encrypted count, ids of
+    apps whose secret no key opens). One transaction: a rotation is whole or not at all."""
+    changed, unreadable = 0, []
+    with _write_transaction():
+        for app in Application.select():
+            try:
+                plain = app_secret(app, key, retired)
+            except SecretError:
+                unreadable.append(app.app_id)
+                continue
+            if encrypted_with(app.secret, key):
+                continue
+            _update(Application, {"secret": encrypt_secret(plain, key), "updated_at": utcnow()}, {"app_id": app.app_id})
+            changed += 1
+    return changed, unreadable
+
+
+def encrypted_with(token: str, key: bytes) -> bool:
+    try:
+        _decrypted(token, key)
+    except SecretError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=4096)

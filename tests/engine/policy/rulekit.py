@@ -24,6 +24,16 @@ TYPES = {
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 NOON = datetime(2024, 5, 6, 12, 0, tzinfo=SHANGHAI)  # a Monday
 
+MINIMAL = """templates:
+  - {name: code, variables: [code], text: "code {code}"}
+channels:
+  - {id: 1, name: sms, type: sms, template: code}
+providers:
+  - {name: console, type: console, config: {}}
+"""  # the least a rule set needs, as a file of its own beside the one under test
+# Ten levels of nine aliases each: 540 bytes that expand to 9^10 values.
+BILLION_LAUGHS = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'lol'] * 9)}]\n" for i in range(10))
+
 CATALOGUE = """
 templates:
   - {name: code, variables: [code], text: "code {code}"}

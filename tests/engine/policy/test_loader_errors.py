@@ -17,7 +17,7 @@ EXPECTED = {
     "bad_rate": ["{f}:10: providers[1].rate: bad rate 'fast' (use e.g. 100/s, 6000/m, 5/10s)"],
     "bad_regex": [
         "{f}:10: failures[0].when.error_message.matches: bad regular expression '(': "
-        "missing ), unterminated subpattern at position 0"
+        "missing ): ( (RE2 syntax: no backreferences or lookaround)"
     ],
     "config_choice": ["{f}:9: providers[1].config.mode: must be one of text, markdown, got 'fax'"],
     "config_key": ["{f}:9: providers[1].config.colour: unknown key (known: id, key, mode, port, verbose)"],
@@ -50,11 +50,11 @@ EXPECTED = {
         "{f}:4: channels[0].colour: unknown key (expected one of: id, name, type, template, tags, description)"
     ],
     "unknown_operator": [
-        "{f}:10: failures[0].when.attempt.le: unknown operator 'le' for integer field attempt "
+        "{f}:10: failures[0].when.attempt.le: unknown operator 'le' (did you mean 'lte'?) for integer field attempt "
         "(operators: eq, in, not_in, lt, lte, gt, gte)"
     ],
     "unknown_section": [
-        "{f}:7: routes: unknown section (sections: settings, channels, templates, providers, routing, quotas, failures)"
+        "{f}:7: routes: unknown section (did you mean 'routing'?) (sections: settings, channels, templates, providers, routing, quotas, failures)"
     ],
     "unknown_type": ["{f}:2: providers[0].type: unknown provider type 'carrier_pigeon' (known: console, fake, sms_x)"],
     "unset_env": ["{f}:11: providers[1].config.key: environment variable SECRET_X is not set"],

@@ -25,9 +25,8 @@ from engine.store.db import (
     ping,
 )
 from engine.store.migrations import MIGRATIONS, SchemaVersion, migrate
-from engine.store.models import MODELS, database
+from engine.store.models import MODELS, Decision, database
 
-ALL_STEPS = [name for name, _ in MIGRATIONS]
 UNREACHABLE_POSTGRES = "postgresql://postgres@127.0.0.1:1/nothing"
 
 
@@ -124,6 +123,9 @@ def test_repository_calls_hand_pooled_connections_back(db: peewee.Database) -> N
         assert not db.is_closed()
 
 
+ALL_STEPS = [name for name, _ in MIGRATIONS]
+
+
 def _drop_schema(db: peewee.Database) -> None:
     with connection(db), db.bind_ctx((SchemaVersion, *MODELS)):
         db.drop_tables((SchemaVersion, *MODELS))
@@ -163,6 +165,18 @@ def test_concurrent_migrations_apply_each_step_exactly_once(db: peewee.Database)
         thread.join(timeout=30)
     assert errors == []
     assert sorted(results) == [[], ALL_STEPS]
+
+
+def test_a_database_made_before_the_decisions_table_gains_it(db: peewee.Database) -> None:
+    """A schema at 001 without the decisions table is brought up by 002, which creates just that table."""
+    _drop_schema(db)
+    migrate(db)
+    with connection(db):
+        db.drop_tables([Decision])
+        SchemaVersion.delete().where(SchemaVersion.name == "002_decisions").execute(db)
+    assert migrate(db) == ["002_decisions"]
+    with connection(db):
+        assert Decision._meta.table_name in db.get_tables()
 
 
 def test_console_step_upgrades_a_database_made_before_it(db: peewee.Database) -> None:
