@@ -121,5 +121,6 @@ def test_explain_accepts_a_bare_fact(gw: Gateway) -> None:
 
 def test_health_counts_are_numbers(gw: Gateway) -> None:
     """/health gives the reload counts as JSON numbers, not text."""
-    rules = requests.get(gw.url + "/health", timeout=5).json()["data"]["services"]["rules"]
+    rules = requests.get(gw.url + "/health", timeout=5,
+                         headers={"Authorization": "Bearer admin-token"}).json()["data"]["services"]["rules"]
     assert rules["reloads"] == 0 and rules["failures"] == 0
