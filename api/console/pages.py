@@ -23,7 +23,7 @@ from engine import intake, keys, timeline
 from engine.policy.decisions import SCENES
 from engine.policy.rules import RoutingRule
 from engine.policy.selection import breaker_state
-from engine.provider_test import send_test_message
+from engine.provider_test import TrialSend, send_test_message
 from engine.services import Services
 from engine.store import queries, repo
 from engine.store.models import APP_DISABLED, APP_ENABLED, TASK_STATUSES
@@ -294,8 +294,15 @@ async def rules_dry_run(request: Request, session: Session) -> Response:
 
 @page
 async def providers(request: Request, session: Session) -> Response:
-    data = await run_in_threadpool(_providers, services(request))
-    return await render(request, session, "providers.html", section="Providers", accounts=data, tested=None)
+    return await _providers_page(request, session, tested=None)
+
+
+async def _providers_page(request: Request, session: Session, tested: TrialSend | None) -> Response:
+    """The accounts of the live rules; `tested` is the test send just made, shown on top."""
+    svc = services(request)
+    accounts = await run_in_threadpool(_providers, svc)
+    return await render(request, session, "providers.html", section="Providers", accounts=accounts,
+                        disabled=sorted(svc.rules.current.disabled_providers), tested=tested)
 
 
 def _providers(svc: Services) -> list[dict[str, Any]]:
@@ -333,8 +340,7 @@ async def provider_test(request: Request, session: Session) -> Response:
         raise ConsoleError(404, str(exc)) from None
     except ValueError as exc:
         raise ConsoleError(400, str(exc)) from None
-    data = await run_in_threadpool(_providers, svc)
-    return await render(request, session, "providers.html", section="Providers", accounts=data, tested=result)
+    return await _providers_page(request, session, tested=result)
 
 
 def _int(text: str, low: int, high: int) -> int:

@@ -23,6 +23,7 @@ channels:
 providers:
   - {name: flaky, type: fake, config: {outcomes: ["retry:503:vendor busy"]}}
   - {name: steady, type: console}
+  - {name: spare, type: console, enabled: false}
 routing:
   - {name: otp-failover, when: {channel: otp}, providers: [{use: flaky}, {use: steady, tier: 2}]}
 failures:

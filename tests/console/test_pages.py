@@ -166,9 +166,11 @@ def test_dry_run_against_live_and_pasted_rules(console: Console) -> None:
 
 
 def test_providers_page_and_test_send(console: Console, gw: Gateway) -> None:
-    """Accounts are listed with their breaker, and a test send goes through the real provider code."""
+    """Accounts are listed with their breaker, disabled ones by name, and a test send goes through the real
+    provider code."""
     page = console.get("/console/providers").text
     assert 'id="flaky"' in page and 'id="steady"' in page and "circuit closed" in page
+    assert '<span class="status">spare</span>' in page and 'id="spare"' not in page
     ok = console.post("/console/providers/steady/test", {"to": "13800138000", "text": "hello", "channel_type": "sms"})
     assert "Test send through steady to 13800138000" in ok.text and 'class="status ok">ok<' in ok.text
     failed = console.post("/console/providers/flaky/test", {"to": "13800138000", "channel_type": "sms"})
