@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine import rules_cli
 from engine.policy import RuleError
@@ -534,14 +534,23 @@ def _signed(args: argparse.Namespace, method: str, path: str, payload: bytes) ->
     return sign_headers(args.app_id, args.secret, method, path, payload, now=int(time.time()), nonce=uuid.uuid4().hex)
 
 
-def _wait_for(args: argparse.Namespace, task_id: str, timeout: float = 30.0) -> int:
+def _signed_get(args: argparse.Namespace, path: str) -> dict[str, Any]:
+    """The `data` of a signed GET to the gateway ({} when absent); CliError when the call fails."""
     import requests
 
+    try:
+        answer = requests.get(args.url + path, headers=_signed(args, "GET", path, b""), timeout=10).json()
+    except (requests.RequestException, ValueError) as exc:
+        raise CliError(f"polling {args.url}{path} failed: {exc}") from None
+    data = answer.get("data") if isinstance(answer, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def _wait_for(args: argparse.Namespace, task_id: str, timeout: float = 30.0) -> int:
     path = f"/api/v1/messages/{task_id}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        answer = requests.get(args.url + path, headers=_signed(args, "GET", path, b""), timeout=10).json()
-        status = (answer.get("data") or {}).get("status")
+        status = _signed_get(args, path).get("status")
         if status in ("success", "failed", "sent"):
             print(f"task {task_id}: {status}")
             return 0 if status != "failed" else 1
@@ -552,13 +561,10 @@ def _wait_for(args: argparse.Namespace, task_id: str, timeout: float = 30.0) -> 
 
 def _wait_for_batch(args: argparse.Namespace, batch_id: str, timeout: float = 60.0) -> int:
     """Poll the batch until none of its tasks is still open (pending, scheduled or processing)."""
-    import requests
-
     path = f"/api/v1/batches/{batch_id}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        answer = requests.get(args.url + path, headers=_signed(args, "GET", path, b""), timeout=10).json()
-        counts = (answer.get("data") or {}).get("status_counts") or {}
+        counts = _signed_get(args, path).get("status_counts") or {}
         if counts and not any(counts.get(status) for status in ("pending", "scheduled", "processing")):
             print(f"batch {batch_id}: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n))
             return 1 if counts.get("failed") else 0
