@@ -32,17 +32,21 @@ class TrialSend:
         return asdict(self)
 
 
+def message_types(provider_type: str) -> list[str]:
+    """What the provider sends, SMS first (the usual test), then by name."""
+    return sorted(registry.get(provider_type).CHANNEL_TYPES, key=lambda kind: (kind != "sms", kind))
+
+
 def send_test_message(svc: Services, name: str, receiver: str, text: str, channel_type: str = "") -> TrialSend:
     """Send through the account's real provider code; LookupError for an account not in the live rules,
     ValueError for a message type its provider does not send or an empty receiver."""
     account = svc.rules.current.providers.get(name)
     if account is None:
         raise LookupError(f"no provider account {name!r} in the live rules")
-    kinds = registry.get(account.type).CHANNEL_TYPES
-    channel_type = channel_type or sorted(kinds)[0]
+    kinds = message_types(account.type)
+    channel_type = channel_type or kinds[0]
     if channel_type not in kinds:
-        raise ValueError(f"{account.type} does not send {channel_type!r} messages "
-                         f"(it sends {', '.join(sorted(kinds))})")
+        raise ValueError(f"{account.type} does not send {channel_type!r} messages (it sends {', '.join(kinds)})")
     if not receiver.strip():
         raise ValueError("a test message needs a receiver")
     message = Message(task_id=f"test-{uuid.uuid4()}", attempt=1, receiver=receiver.strip(),

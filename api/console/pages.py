@@ -23,7 +23,7 @@ from engine import intake, keys, timeline
 from engine.policy.decisions import SCENES
 from engine.policy.rules import RoutingRule
 from engine.policy.selection import breaker_state
-from engine.provider_test import TrialSend, send_test_message
+from engine.provider_test import TrialSend, message_types, send_test_message
 from engine.services import Services
 from engine.store import queries, repo
 from engine.store.models import APP_DISABLED, APP_ENABLED, TASK_STATUSES
@@ -311,9 +311,8 @@ def _providers(svc: Services) -> list[dict[str, Any]]:
     states = {row["name"]: row for row in _accounts(svc, now)}
     rows = []
     for name, account in ruleset.providers.items():
-        provider = registry.get(account.type)
         rows.append({"name": name, "type": account.type, "config": masked_config(account.type, account.config),
-                     "channel_types": sorted(provider.CHANNEL_TYPES), "rate": account.rate,
+                     "channel_types": message_types(account.type), "rate": account.rate,
                      "circuit": account.circuit, "state": states[name]["state"],
                      "open_until": states[name]["open_until"], "weights": states[name]["weights"],
                      "errors": queries.recent_errors(name)})

@@ -190,3 +190,11 @@ def test_error_anchors_name_the_file_under_the_rules_directory(tmp_path: Path) -
     root = tmp_path / "rules"
     assert pages._anchor(str(root / "tests" / "cases.yaml"), "3", root) == "tests/cases.yaml-L3"
     assert pages._anchor("/elsewhere/rules.yaml", "3", root) is None
+
+
+def test_test_sends_offer_sms_first() -> None:
+    """The test-send form offers SMS first when the provider sends it, the other types by name after it."""
+    from engine.provider_test import message_types
+
+    kinds = message_types("console")
+    assert kinds[0] == "sms" and kinds[1:] == sorted(kinds[1:])
