@@ -18,7 +18,7 @@ import phonenumbers
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from engine.store.models import TASK_STATUSES, Attempt, Batch, Decision, Operator, Task, utcnow
+from engine.store.models import TASK_STATUSES, Attempt, Batch, Decision, Operator, Task, database, utcnow
 from engine.store.repo import _guarded
 
 PAGE_SIZE = 50
@@ -281,6 +281,7 @@ class AttemptActivity:
     p50: int | None
     p95: int | None
     p99: int | None
+    sampled: bool = False
 
 
 def percentile(values: Sequence[int], fraction: float) -> int | None:
@@ -290,21 +291,32 @@ def percentile(values: Sequence[int], fraction: float) -> int | None:
     return values[max(0, math.ceil(fraction * len(values)) - 1)]
 
 
+LATENCY_SAMPLE = 20_000  # latencies read back for the percentiles, at most (about)
+NOT_FAILED = ("ok", "sending")
+
+
 @_guarded
 def attempt_activity(now: datetime, hours: int = 1) -> AttemptActivity:
-    """Per minute over the last `hours`: attempts, failures and latency percentiles; and overall percentiles."""
+    """Per minute over the last `hours`: attempts and failures (counted by the database), and latency
+    percentiles per minute and overall, from every attempt or, past LATENCY_SAMPLE, an even sample of them
+    (every k-th by id). An hour at 1000 msg/s is 3.6 million attempts: they are never read row by row."""
     start = (now - timedelta(hours=hours)).replace(second=0, microsecond=0)
-    rows = (Attempt.select(Attempt.created_at, Attempt.status, Attempt.latency_ms)
-            .where(Attempt.created_at >= start).tuples())
+    recent = Attempt.created_at >= start
+    bucket = _minute(Attempt.created_at)
+    failed_case = peewee.Case(None, [(Attempt.status.not_in(NOT_FAILED), 1)], 0)
     count: Counter[int] = Counter()
     failed: Counter[int] = Counter()
+    per_minute = (Attempt.select(bucket, peewee.fn.COUNT(Attempt.id), peewee.fn.SUM(failed_case))
+                  .where(recent).group_by(bucket).tuples())
+    for minute, n, bad in per_minute:
+        slot = _slot(minute, start)
+        count[slot], failed[slot] = n, int(bad or 0)
+    every = max(1, math.ceil(sum(count.values()) / LATENCY_SAMPLE))
+    sample = (Attempt.select(Attempt.created_at, Attempt.latency_ms)
+              .where(recent & Attempt.latency_ms.is_null(False) & (_remainder(Attempt.id, every) == 0)).tuples())
     latencies: dict[int, list[int]] = {}
-    for created_at, status, latency in rows:
-        slot = int((created_at - start).total_seconds() // 60)
-        count[slot] += 1
-        failed[slot] += status not in ("ok", "sending")
-        if latency is not None:
-            latencies.setdefault(slot, []).append(latency)
+    for created_at, latency in sample:
+        latencies.setdefault(int((created_at - start).total_seconds() // 60), []).append(latency)
     minutes = []
     for slot in range(hours * 60 + 1):
         values = sorted(latencies.get(slot, []))
@@ -312,7 +324,30 @@ def attempt_activity(now: datetime, hours: int = 1) -> AttemptActivity:
                               percentile(values, .95), percentile(values, .99)))
     everything = sorted(v for values in latencies.values() for v in values)
     return AttemptActivity(minutes, percentile(everything, .5), percentile(everything, .95),
-                           percentile(everything, .99))
+                           percentile(everything, .99), sampled=every > 1)
+
+
+def _minute(column: peewee.Field) -> peewee.Node:
+    """The column truncated to its minute, in the bound database's own dialect."""
+    db = database.obj
+    if isinstance(db, peewee.PostgresqlDatabase):
+        return peewee.fn.date_trunc("minute", column)
+    if isinstance(db, peewee.MySQLDatabase):
+        return peewee.fn.DATE_FORMAT(column, "%Y-%m-%d %H:%i:00")
+    return peewee.fn.strftime("%Y-%m-%d %H:%M:00", column)
+
+
+def _remainder(column: peewee.Field, divisor: int) -> peewee.Node:
+    """column modulo divisor: MOD() where the driver's parameters are %s, the % operator on SQLite (no MOD)."""
+    if isinstance(database.obj, peewee.SqliteDatabase):
+        return peewee.Expression(column, peewee.OP.MOD, divisor)
+    return peewee.fn.MOD(column, divisor)
+
+
+def _slot(minute: datetime | str, start: datetime) -> int:
+    """Minutes from `start` to a truncated minute as the database returned it (a datetime, or text)."""
+    moment = minute if isinstance(minute, datetime) else datetime.strptime(minute, "%Y-%m-%d %H:%M:%S")
+    return int((moment.replace(tzinfo=UTC) - start).total_seconds() // 60)
 
 
 @_guarded

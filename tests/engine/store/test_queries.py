@@ -127,6 +127,21 @@ def test_attempt_activity_buckets_minutes_and_percentiles(db: peewee.Database) -
     assert len(activity.minutes) == 61
 
 
+@pytest.mark.usefixtures("db")
+def test_attempt_activity_samples_latencies_past_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past LATENCY_SAMPLE attempts the counts stay exact while the percentiles come from every k-th attempt."""
+    monkeypatch.setattr(queries, "LATENCY_SAMPLE", 2)
+    now = datetime.now(UTC)
+    [task_id] = store(1)
+    for number in range(1, 7):
+        repo.begin_attempt(task_id, number, "p1", "r", "v")
+        repo.finish_attempt(task_id, number, status="ok" if number % 2 else "permanent", final=True,
+                            latency_ms=number * 10)
+    activity = queries.attempt_activity(now + timedelta(seconds=1), hours=1)
+    assert sum(m.attempts for m in activity.minutes) == 6 and sum(m.failed for m in activity.minutes) == 3
+    assert activity.sampled and activity.p99 in (10, 20, 30, 40, 50, 60)
+
+
 @given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2999, 1, 1), timezones=st.just(UTC)),
        st.integers(min_value=1, max_value=2**62))
 def test_cursor_text_round_trips_exactly(moment: datetime, ident: int) -> None:
