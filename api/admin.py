@@ -14,13 +14,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from api.errors import ApiError, envelope
+from engine import timeline
 from engine.policy.cases import FactError, fact_from_mapping
 from engine.policy.decisions import SCENES
 from engine.policy.issues import RuleError
 from engine.policy.loader import load_texts
 from engine.policy.ruleset import RuleSet
+from engine.provider_test import send_test_message
 from engine.services import Services
-from engine.store import repo
+from engine.store import queries, repo
 from engine.store.models import Application, Task
 from providers import registry
 
@@ -78,24 +80,31 @@ DRY_RUN_SECONDS = 10.0  # a dry run (load, compile, evaluate) answers within thi
 
 @admin
 async def rules_explain(request: Request) -> JSONResponse:
-    """Dry run: {"fact": {...}, "scene"?: ..., "rules"?: {"file.yaml": "text", ...}} against the live rule
-    set, or against the posted rule files (loaded, validated and compiled aside, never made live).
+    """Dry run: {"fact": {...}, "scene"?: ..., "rules"?: {"file.yaml": "text", ...}}, or the bare fact itself,
+    against the live rule set, or against the posted rule files (loaded, validated and compiled aside, never
+    made live).
 
     Posted files resolve no environment: only `${NAME:-default}` defaults apply, and a reference
     without one is refused as unset. The work runs on a thread, never on the event loop."""
     svc: Services = request.app.state.services
     body = await _json(request)
-    fact_data, scene, files = body.get("fact"), body.get("scene"), body.get("rules")
+    if "fact" not in body:
+        body = {"fact": body}
+    version, explanation = await dry_run(svc, body.get("fact"), body.get("scene"), body.get("rules"))
+    return envelope(data={"version": version, "explanation": explanation})
+
+
+async def dry_run(svc: Services, fact_data: Any, scene: Any, files: Any) -> tuple[str, str]:
+    """The rule set's version and its explanation of the fact (for one scene, or all), worked out on a thread;
+    ApiError when the fact, the scene or the posted files are not usable, or it takes over DRY_RUN_SECONDS."""
     if not isinstance(fact_data, dict):
         raise ApiError(400, "fact must be a JSON object: {channel, receiver, app, ...}")
     if scene is not None and scene not in SCENES:
         raise ApiError(400, f"scene must be one of {', '.join(SCENES)}")
     try:
-        version, explanation = await asyncio.wait_for(
-            run_in_threadpool(_dry_run, svc, fact_data, scene, files), DRY_RUN_SECONDS)
+        return await asyncio.wait_for(run_in_threadpool(_dry_run, svc, fact_data, scene, files), DRY_RUN_SECONDS)
     except TimeoutError:
         raise ApiError(400, f"the dry run took longer than {DRY_RUN_SECONDS:g} s") from None
-    return envelope(data={"version": version, "explanation": explanation})
 
 
 def _dry_run(svc: Services, fact_data: dict[str, Any], scene: Any, files: Any) -> tuple[str, str]:
@@ -216,3 +225,53 @@ async def stats(request: Request) -> JSONResponse:
     counts = await run_in_threadpool(repo.task_counts)
     queue = {"backlog": svc.queue.backlog(), "pending": svc.queue.pending(), "delayed": svc.queue.delayed_count()}
     return envelope(data={"tasks": counts, "queue": queue})
+
+
+@admin
+async def tasks_search(request: Request) -> JSONResponse:
+    """GET /api/admin/tasks/search?task_id=&receiver=&app_id=&channel=&status=&batch_id=&since=&until=&after=
+    &page_size= — newest first; `next` is the `after` of the following page (null on the last)."""
+    query = request.query_params
+    try:
+        where = queries.TaskFilter.from_params(query)
+        after = queries.Cursor.parse(query["after"]) if query.get("after") else None
+        page_size = int(query.get("page_size", queries.PAGE_SIZE))
+        if not 1 <= page_size <= repo.PAGE_SIZE_MAX:
+            raise ValueError(f"page_size must be between 1 and {repo.PAGE_SIZE_MAX}")
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    region = request.app.state.services.rules.current.settings.default_region
+    found = await run_in_threadpool(lambda: queries.search_tasks(where, after=after, page_size=page_size,
+                                                                 default_region=region))
+    items = [{key: value for key, value in repo.task_to_public(task).items() if key != "attempts"}
+             for task in found.tasks]
+    return envelope(data={"items": items, "next": str(found.next) if found.next else None})
+
+
+@admin
+async def task_timeline(request: Request) -> JSONResponse:
+    """The task's history, oldest first, as the console shows it."""
+    svc: Services = request.app.state.services
+    task = await run_in_threadpool(repo.get_task, request.path_params["task_id"])
+    if task is None:
+        raise ApiError(404, "task not found")
+    events = await run_in_threadpool(timeline.build, task, svc.rules.current, svc.rules.path)
+    return envelope(data={"task": {key: value for key, value in repo.task_to_public(task).items() if key != "attempts"},
+                          "events": [event.to_public() for event in events]})
+
+
+@admin
+async def provider_test(request: Request) -> JSONResponse:
+    """POST /api/admin/providers/{name}/test {"to": ..., "text"?: ..., "channel_type"?: ...}: one real send."""
+    svc: Services = request.app.state.services
+    body = await _json(request)
+    receiver, text, kind = (body.get(name, "") for name in ("to", "text", "channel_type"))
+    if not all(isinstance(value, str) for value in (receiver, text, kind)):
+        raise ApiError(400, "to, text and channel_type must be strings")
+    try:
+        result = await run_in_threadpool(send_test_message, svc, request.path_params["name"], receiver, text, kind)
+    except LookupError as exc:
+        raise ApiError(404, str(exc)) from None
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return envelope(data=result.to_public())

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import admin, health, public
 from api.callbacks import provider_callback
+from api.console import CONSOLE
 from api.errors import INTERNAL, ApiError, envelope, error_response
 from engine.ids import uuid7
 from engine.microbatch import MicroBatcher
@@ -38,8 +39,12 @@ ROUTES = [
     Route("/api/admin/apps", admin.apps_create, methods=["POST"]),
     Route("/api/admin/apps/{app_id}/{action}", admin.apps_action, methods=["POST"]),
     Route("/api/admin/tasks", admin.tasks_list, methods=["GET"]),
+    Route("/api/admin/tasks/search", admin.tasks_search, methods=["GET"]),
     Route("/api/admin/tasks/{task_id}", admin.task_detail, methods=["GET"]),
+    Route("/api/admin/tasks/{task_id}/timeline", admin.task_timeline, methods=["GET"]),
+    Route("/api/admin/providers/{name}/test", admin.provider_test, methods=["POST"]),
     Route("/api/admin/stats", admin.stats, methods=["GET"]),
+    *CONSOLE,
 ]
 
 CORS_HEADERS = ["Origin", "Content-Type", "Accept", "Authorization", "Idempotency-Key",

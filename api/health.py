@@ -22,8 +22,8 @@ from engine.store import db as store_db
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
-def _checks(svc: Services) -> dict[str, dict[str, str]]:
-    services: dict[str, dict[str, str]] = {}
+def _checks(svc: Services) -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = {}
     problem = store_db.ping(svc.db)
     services["database"] = {"status": "DOWN", "message": problem} if problem else {"status": "UP"}
     try:
@@ -33,7 +33,7 @@ def _checks(svc: Services) -> dict[str, dict[str, str]]:
         services["redis"] = {"status": "DOWN", "message": str(exc)}
     rules = svc.rules.status()
     services["rules"] = {"status": "UP" if not rules.get("last_error") else "DEGRADED",
-                         **{k: str(v) for k, v in rules.items() if v is not None}}
+                         **{k: v for k, v in rules.items() if v is not None}}
     return services
 
 

@@ -9,6 +9,7 @@ import argparse
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -16,15 +17,20 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine import rules_cli
+from engine.policy import RuleError
 from engine.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from engine.services import Services
 
 log = logging.getLogger("mpush")
+
+
+class CliError(Exception):
+    """A command that cannot go on: one line saying what went wrong and what to do, no traceback."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,6 +44,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"mpush: {exc}", file=sys.stderr)
         return 2
+    except CliError as exc:
+        print(f"mpush: {exc}", file=sys.stderr)
+        return 1
+    except RuleError as exc:
+        print(exc, file=sys.stderr)
+        print(f"mpush: {len(exc.issues)} problem(s) in the rule files; fix them and start again", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     webhook.set_defaults(func=cmd_apps_action, action="set-webhook")
 
     send = commands.add_parser("send", help="send a signed request to a running gateway")
-    send.add_argument("--url", default="http://127.0.0.1:8080", help="gateway base URL")
+    send.add_argument("--url", help="gateway base URL (default MPUSH_URL, else the configured host and port)")
     send.add_argument("--app-id", required=True)
     send.add_argument("--secret", required=True)
     send.add_argument("--channel", required=True, help="channel id or name")
@@ -99,8 +112,42 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--signature-name", default="")
     send.add_argument("--at", dest="scheduled_at", help="RFC 3339 time to send at")
     send.add_argument("--idempotency-key", default="")
-    send.add_argument("--wait", action="store_true", help="poll the task until it reaches a final status")
+    send.add_argument("--wait", action="store_true", help="poll the task(s) until every one reaches a final status")
     send.set_defaults(func=cmd_send)
+
+    operators = commands.add_parser("operators", help="manage the people who sign in to the console")
+    operator_commands = operators.add_subparsers(title="operators commands", metavar="ACTION", required=True)
+    for action, text in (("create", "create an operator (asks for the password)"),
+                         ("set-password", "give an operator a new password")):
+        sub = operator_commands.add_parser(action, help=text)
+        sub.add_argument("name")
+        sub.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+        sub.set_defaults(func=cmd_operators, action=action)
+    operator_commands.add_parser("list", help="list operators").set_defaults(func=cmd_operators, action="list")
+
+    tasks = commands.add_parser("tasks", help="find messages and read their history (asks the running gateway)")
+    task_commands = tasks.add_subparsers(title="tasks commands", metavar="ACTION", required=True)
+    listing = task_commands.add_parser("list", help="messages, newest first")
+    for name in ("task-id", "receiver", "app-id", "channel", "status", "batch-id"):
+        listing.add_argument(f"--{name}", default="")
+    listing.add_argument("--since", default="", help="ISO 8601 time (UTC when no offset is given)")
+    listing.add_argument("--until", default="", help="ISO 8601 time (UTC when no offset is given)")
+    listing.add_argument("--limit", type=int, default=20, help="at most this many (1-100)")
+    listing.add_argument("--after", default="", help="the cursor printed under the previous page")
+    listing.set_defaults(func=cmd_tasks_list)
+    show = task_commands.add_parser("show", help="one message's timeline: routing, attempts, decisions, reports")
+    show.add_argument("task_id")
+    show.add_argument("--json", action="store_true", help="print the timeline as JSON")
+    show.set_defaults(func=cmd_tasks_show)
+
+    providers = commands.add_parser("providers", help="provider accounts of the running gateway")
+    provider_commands = providers.add_subparsers(title="providers commands", metavar="ACTION", required=True)
+    probe = provider_commands.add_parser("test", help="send a test message through one account")
+    probe.add_argument("account")
+    probe.add_argument("--to", required=True, help="receiver of the test message")
+    probe.add_argument("--text", default="mpush test message")
+    probe.add_argument("--type", default="", dest="channel_type", help="message type (sms, email, ...)")
+    probe.set_defaults(func=cmd_providers_test)
 
     rules_cli.add_parser(commands)
     return parser
@@ -320,6 +367,134 @@ def cmd_apps_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_operators(args: argparse.Namespace) -> int:
+    from engine.store import queries
+
+    _open_store(_settings())
+    if args.action == "list":
+        for operator in queries.list_operators():
+            seen = f"{operator.signed_in_at:%Y-%m-%d %H:%M}" if operator.signed_in_at else "never"
+            print(f"{operator.name:<24} created {operator.created_at:%Y-%m-%d}  last sign-in {seen}")
+        return 0
+    password = _new_password(args.password_stdin)
+    try:
+        if args.action == "create":
+            queries.create_operator(args.name, password)
+        else:
+            queries.set_operator_password(args.name, password)
+    except (ValueError, LookupError, queries.OperatorExists) as exc:
+        print(f"mpush: {exc}", file=sys.stderr)
+        return 1
+    print(f"operator {args.name}: {'created' if args.action == 'create' else 'password changed'}; "
+          f"sign in at /console")
+    return 0
+
+
+def _new_password(from_stdin: bool) -> str:
+    import getpass
+
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise SettingsError("the two passwords differ")
+    return first
+
+
+def gateway_url(settings: Settings) -> str:
+    """MPUSH_URL, else the gateway this configuration serves (a wildcard host reached on loopback)."""
+    if os.environ.get("MPUSH_URL"):
+        return os.environ["MPUSH_URL"].rstrip("/")
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "", "::") else settings.host
+    return f"http://{host}:{settings.port}"
+
+
+def _admin_token(settings: Settings) -> str:
+    if settings.admin_token:
+        return settings.admin_token
+    path = settings.data_dir / "admin.token"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        raise CliError(f"no admin token: set MPUSH_ADMIN_TOKEN, or run where the gateway keeps {path}") from None
+
+
+def admin_call(method: str, path: str, *, params: dict[str, str] | None = None,
+               body: dict[str, object] | None = None) -> dict[str, object]:
+    """One admin API call to the running gateway; its `data`, or CliError saying what went wrong."""
+    import requests
+
+    settings = Settings.from_env()
+    base = gateway_url(settings)
+    try:
+        answer = requests.request(method, base + path, params=params, json=body, timeout=60,
+                                  headers={"Authorization": f"Bearer {_admin_token(settings)}"})
+    except requests.ConnectionError:
+        raise CliError(f"cannot reach the gateway at {base}: is `mpush serve` running? (MPUSH_URL names "
+                       "another)") from None
+    except requests.RequestException as exc:
+        raise CliError(f"the call to {base} failed: {exc}") from None
+    try:
+        payload = answer.json()
+    except ValueError:
+        raise CliError(f"{base} answered HTTP {answer.status_code}, not the gateway's JSON: check MPUSH_URL") from None
+    if answer.status_code == 401:
+        raise CliError("the gateway refused the admin token: set MPUSH_ADMIN_TOKEN to the one in its data/admin.token")
+    if not isinstance(payload, dict) or payload.get("code") != 0:
+        message = payload.get("message") if isinstance(payload, dict) else payload
+        raise CliError(f"the gateway refused: {message}")
+    data: dict[str, object] = payload.get("data") or {}
+    return data
+
+
+def cmd_tasks_list(args: argparse.Namespace) -> int:
+    params = {name: getattr(args, name) for name in ("task_id", "receiver", "app_id", "channel", "status",
+                                                      "batch_id", "since", "until", "after")}
+    params = {name: value for name, value in params.items() if value}
+    params["page_size"] = str(args.limit)
+    data = admin_call("GET", "/api/admin/tasks/search", params=params)
+    items = data["items"]
+    assert isinstance(items, list)
+    print(f"{'CREATED (UTC)':<20} {'TASK ID':<36} {'STATUS':<10} {'CHANNEL':<12} {'ACCOUNT':<16} RECEIVER")
+    for task in items:
+        print(f"{task['created_at'][:19].replace('T', ' '):<20} {task['task_id']:<36} {task['status']:<10} "
+              f"{task['channel']:<12} {task['provider'] or '-':<16} {task['receiver']}")
+    if not items:
+        print("(no message matches)")
+    if data.get("next"):
+        print(f"more: --after {data['next']}")
+    return 0
+
+
+def cmd_tasks_show(args: argparse.Namespace) -> int:
+    data = admin_call("GET", f"/api/admin/tasks/{args.task_id}/timeline")
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False, indent=2))
+        return 0
+    task, events = data["task"], data["events"]
+    assert isinstance(task, dict) and isinstance(events, list)
+    print(f"task {task['task_id']}  {task['status']}  to {task['receiver']} on {task['channel']}")
+    for event in events:
+        print(f"\n{(event['at'] or '')[:23].replace('T', ' ')}  {event['kind'].upper():<9} {event['title']}")
+        for label, value in event["facts"].items():
+            print(f"    {label + ':':<18} {value}")
+        for label, value in event["blocks"].items():
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            print(f"    {label + ':':<18} {text[:300]}")
+    return 0
+
+
+def cmd_providers_test(args: argparse.Namespace) -> int:
+    result = admin_call("POST", f"/api/admin/providers/{args.account}/test",
+                        body={"to": args.to, "text": args.text, "channel_type": args.channel_type})
+    print(f"{result['account']} -> {result['receiver']}: {result['outcome']} in {result['latency_ms']} ms")
+    if result["provider_message_id"]:
+        print(f"vendor message id: {result['provider_message_id']}")
+    if result["error_code"] or result["error_message"]:
+        print(f"error: {result['error_code']} {result['error_message']}".rstrip())
+    return 0 if result["ok"] else 1
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     import requests
 
@@ -337,12 +512,19 @@ def cmd_send(args: argparse.Namespace) -> int:
     headers = {"Content-Type": "application/json", **_signed(args, "POST", path, payload)}
     if args.idempotency_key:
         headers["Idempotency-Key"] = args.idempotency_key
-    answer = requests.post(args.url.rstrip("/") + path, data=payload, headers=headers, timeout=10).json()
+    args.url = (args.url or gateway_url(Settings.from_env())).rstrip("/")
+    try:
+        answer = requests.post(args.url + path, data=payload, headers=headers, timeout=10).json()
+    except requests.ConnectionError:
+        raise CliError(f"cannot reach the gateway at {args.url}: is `mpush serve` running?") from None
+    except (requests.RequestException, ValueError) as exc:
+        raise CliError(f"the send to {args.url} failed: {exc}") from None
     print(json.dumps(answer, ensure_ascii=False, indent=2))
     if answer.get("code") != 0:
         return 1
-    if args.wait and not batch:
-        return _wait_for(args, answer["data"]["task_id"])
+    if args.wait:
+        data = answer["data"]
+        return _wait_for_batch(args, data["batch_id"]) if batch else _wait_for(args, data["task_id"])
     return 0
 
 
@@ -352,19 +534,42 @@ def _signed(args: argparse.Namespace, method: str, path: str, payload: bytes) ->
     return sign_headers(args.app_id, args.secret, method, path, payload, now=int(time.time()), nonce=uuid.uuid4().hex)
 
 
-def _wait_for(args: argparse.Namespace, task_id: str, timeout: float = 30.0) -> int:
+def _signed_get(args: argparse.Namespace, path: str) -> dict[str, Any]:
+    """The `data` of a signed GET to the gateway ({} when absent); CliError when the call fails."""
     import requests
 
+    try:
+        answer = requests.get(args.url + path, headers=_signed(args, "GET", path, b""), timeout=10).json()
+    except (requests.RequestException, ValueError) as exc:
+        raise CliError(f"polling {args.url}{path} failed: {exc}") from None
+    data = answer.get("data") if isinstance(answer, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def _wait_for(args: argparse.Namespace, task_id: str, timeout: float = 30.0) -> int:
     path = f"/api/v1/messages/{task_id}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        answer = requests.get(args.url.rstrip("/") + path, headers=_signed(args, "GET", path, b""), timeout=10).json()
-        status = (answer.get("data") or {}).get("status")
+        status = _signed_get(args, path).get("status")
         if status in ("success", "failed", "sent"):
             print(f"task {task_id}: {status}")
             return 0 if status != "failed" else 1
         time.sleep(0.3)
     print(f"task {task_id}: still not final after {timeout:.0f} s", file=sys.stderr)
+    return 1
+
+
+def _wait_for_batch(args: argparse.Namespace, batch_id: str, timeout: float = 60.0) -> int:
+    """Poll the batch until none of its tasks is still open (pending, scheduled or processing)."""
+    path = f"/api/v1/batches/{batch_id}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = _signed_get(args, path).get("status_counts") or {}
+        if counts and not any(counts.get(status) for status in ("pending", "scheduled", "processing")):
+            print(f"batch {batch_id}: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n))
+            return 1 if counts.get("failed") else 0
+        time.sleep(0.3)
+    print(f"batch {batch_id}: still not final after {timeout:.0f} s", file=sys.stderr)
     return 1
 
 

@@ -319,14 +319,19 @@ def _quota_checks(ruleset: RuleSet, app: Application, channel: Channel, request:
     """Every quota that applies, merged by counter key, with how many units each receiver costs it."""
     merged: dict[str, tuple[QuotaCheck, int]] = {}
     if app.daily_quota:
-        merged["app.daily_quota"] = (QuotaCheck("app.daily_quota", f"app-quota|app={app.app_id}",
-                                                app.daily_quota, DAY), len(request.receivers))
+        merged["app.daily_quota"] = (app_quota_check(app), len(request.receivers))
     for receiver in request.receivers:
         fact = ruleset.fact(now=moment, app=app.app_id, channel=channel, receiver=receiver, tags=request.tags)
         for check in ruleset.quotas(fact).checks:
+            metrics.QUOTA_MATCHES.labels(check.rule).inc()
             previous = merged.get(check.key)
             merged[check.key] = (check, (previous[1] if previous else 0) + 1)
     return [check for check, _ in merged.values()], [cost for _, cost in merged.values()]
+
+
+def app_quota_check(app: Application) -> QuotaCheck:
+    """The counter of the app's own daily quota (its `daily_quota` setting)."""
+    return QuotaCheck("app.daily_quota", f"app-quota|app={app.app_id}", app.daily_quota, DAY)
 
 
 def _receivers(body: dict[str, Any], batch: bool) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ SEND_SECONDS = Histogram(
 )
 FINAL = Counter("mpush_tasks_final_total", "Tasks reaching a final status", ["status"])
 DECISIONS = Counter("mpush_failure_decisions_total", "Failure decisions carried out", ["scene", "action", "rule"])
+QUOTA_MATCHES = Counter("mpush_quota_rule_matches_total", "Messages each quota rule counted", ["rule"])
 CALLBACKS = Counter("mpush_callbacks_total", "Provider delivery reports", ["provider", "result"])
 CALLBACKS_REFUSED = Counter("mpush_callbacks_refused_total", "Provider callback requests refused (unverified, or "
                             "holding no report); only a sample is stored", ["provider", "reason"])

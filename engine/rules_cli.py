@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -103,6 +104,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    """Replay every fact through both versions. A bad line is reported on one line and skipped (counted, exit 2);
+    the changed facts past --show are counted."""
     env = _env()
     try:
         old, new = (_load_ref(ref, args.subdir, env) for ref in (args.old, args.new))
@@ -111,30 +114,42 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:
+        print(f"mpush rules diff: cannot read the facts: {exc.strerror or exc}: {args.facts}", file=sys.stderr)
+        return EXIT_ERROR
+    except BadRevision as exc:
         print(f"mpush rules diff: {exc}", file=sys.stderr)
         return EXIT_ERROR
     now = datetime.now(UTC)
     changes: Counter[tuple[str, str, str]] = Counter()
-    shown = total = 0
-    try:
-        for number, data in _facts(lines, sys.stderr, str(args.facts)):
-            total += 1
-            before, after = (_decide(ruleset, data, now, f"{args.facts}:{number}") for ruleset in (old, new))
-            for kind in after:
-                if before[kind] == after[kind]:
-                    continue
-                changes[(kind, _rule_of(before[kind]), _rule_of(after[kind]))] += 1
-                if shown < args.show:
-                    shown += 1
-                    print(f"{args.facts}:{number}: {kind}\n  old: {json.dumps(before[kind], ensure_ascii=False)}\n"
+    total = bad = changed_facts = 0
+    for number, data in _facts(lines, sys.stderr, str(args.facts)):
+        where = f"{args.facts}:{number}"
+        try:
+            before, after = (_decide(ruleset, data, now, where) for ruleset in (old, new))
+        except FactError as exc:
+            bad += 1
+            print(f"{exc} (line skipped)", file=sys.stderr)
+            continue
+        total += 1
+        changed = [kind for kind in after if before[kind] != after[kind]]
+        for kind in changed:
+            changes[(kind, _rule_of(before[kind]), _rule_of(after[kind]))] += 1
+        if changed:
+            changed_facts += 1
+            if changed_facts <= args.show:
+                for kind in changed:
+                    print(f"{where}: {kind}\n  old: {json.dumps(before[kind], ensure_ascii=False)}\n"
                           f"  new: {json.dumps(after[kind], ensure_ascii=False)}")
-    except FactError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_ERROR
+    if changed_facts > args.show:
+        print(f"... and {changed_facts - args.show} more changed fact(s) not printed (--show {changed_facts} "
+              "prints them all)")
     print(f"{total} fact(s) replayed: {old.version} -> {new.version}")
     for (kind, before_rule, after_rule), count in sorted(changes.items()):
         print(f"  {count:6d}  {kind}: {before_rule} -> {after_rule}")
     print(f"{sum(changes.values())} decision(s) changed" if changes else "no decision changed")
+    if bad:
+        print(f"{bad} bad line(s) in {args.facts} skipped", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_FAILED if changes else EXIT_OK
 
 
@@ -161,7 +176,13 @@ def summary(ruleset: RuleSet) -> str:
     return "\n".join(lines)
 
 
+class _NotJson(str):
+    """A facts line that did not parse, carried to the replay loop to be reported and skipped there."""
+
+
 def _decide(ruleset: RuleSet, data: Any, now: datetime, where: str) -> dict[str, Any]:
+    if isinstance(data, _NotJson):
+        raise FactError(str(data))
     if not isinstance(data, dict):
         raise FactError(f"{where}: a fact is a JSON object")
     try:
@@ -196,7 +217,7 @@ def _facts(lines: list[str], progress: TextIO, name: str) -> Iterator[tuple[int,
         try:
             data = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise FactError(f"{name}:{number}: not JSON: {exc}") from None
+            data = _NotJson(f"{name}:{number}: not JSON: {exc}")
         yield number, data
     if bar:
         progress.write("\n")
@@ -205,8 +226,22 @@ def _facts(lines: list[str], progress: TextIO, name: str) -> Iterator[tuple[int,
 def _load_ref(ref: str, subdir: str, env: Mapping[str, str]) -> RuleSet:
     types = _provider_types()
     if ref.startswith("git:"):
+        _check_revision(ref[4:])
         return load_git(Path.cwd(), ref[4:], subdir, env=env, provider_types=types, backend="reference")
     return load_dir(ref, env=env, provider_types=types, backend="reference")
+
+
+class BadRevision(Exception):
+    """A git:REV argument naming no commit."""
+
+
+def _check_revision(rev: str) -> None:
+    """BadRevision, on one clear line, when `rev` names no commit of the repository here."""
+    found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], capture_output=True,
+                           text=True, cwd=Path.cwd(), timeout=30)
+    if found.returncode != 0:
+        raise BadRevision(f"no commit {rev!r} in the git repository at {Path.cwd()} (give a branch, tag or commit "
+                          "id; `git log --oneline` lists them)")
 
 
 def _load(directory: str | None) -> RuleSet | None:

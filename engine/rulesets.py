@@ -12,8 +12,10 @@ from typing import Any
 from engine import metrics
 from engine.policy import RuleError, RuleIssue, RuleSet, load_dir
 from engine.policy.cases import load_cases, run_cases
+from engine.policy.loader import git_state
 
 log = logging.getLogger("mpush.rules")
+GIT_CHECK_SECONDS = 5.0
 
 
 def build(path: Path, *, env: Mapping[str, str], provider_types: Mapping[str, Any], backend: str) -> RuleSet:
@@ -92,12 +94,17 @@ class RuleSetHolder:
         log.error("rules.reload_failed version_kept=%s\n%s", self.current.version, error)
         return error
 
-    def watch(self, stop: threading.Event) -> None:
-        """Reload whenever a rule file under the directory changes, until `stop` is set."""
+    def watch(self, stop: threading.Event, git_every: float = GIT_CHECK_SECONDS) -> None:
+        """Reload whenever a rule file under the directory changes, or the git commit (or clean/dirty state) of
+        its work tree moves without one (a commit of what was already on disk), until `stop` is set."""
         from watchfiles import watch
 
-        for _changes in watch(self.path, watch_filter=_rule_files, stop_event=stop, debounce=300, rust_timeout=1000):
-            self.reload()
+        seen = git_state(self.path)
+        for changes in watch(self.path, watch_filter=_rule_files, stop_event=stop, debounce=300,
+                             rust_timeout=round(git_every * 1000), yield_on_timeout=True):
+            if changes or git_state(self.path) != seen:
+                self.reload()
+                seen = git_state(self.path)
 
     def status(self) -> dict[str, Any]:
         """What /health and the admin API show about the live rule set."""

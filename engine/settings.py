@@ -75,10 +75,14 @@ class Settings:
 
     def resolve_secrets(self) -> Settings:
         """Fill the encryption key and admin token, creating them under `data_dir` on first start."""
+        from engine.store.crypto import key_from_text
+
         key = self.encryption_key or _read_or_create(self.data_dir / DEFAULT_ENCRYPTION_KEY_FILE, 32)
         token = self.admin_token or _read_or_create(self.data_dir / DEFAULT_ADMIN_TOKEN_FILE, 40)
-        if len(key.encode()) != 32:
-            raise SettingsError(f"the encryption key must be exactly 32 bytes, got {len(key.encode())}")
+        try:
+            key_from_text(key)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
         return _replace(self, encryption_key=key, admin_token=token)
 
 

@@ -162,6 +162,7 @@ def load_texts(
             failures=failures,
             notes=ctx.notes,
             backend=backend,
+            disabled=disabled,
         )
     except LimitError as exc:
         origin = exc.origin

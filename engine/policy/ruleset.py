@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -51,6 +51,7 @@ class RuleSet:
         failures: Sequence[FailureRule],
         notes: Sequence[RuleIssue] = (),
         backend: str = "network",
+        disabled: Collection[str] = (),
     ) -> None:
         self.version = version
         self.settings = settings
@@ -58,6 +59,7 @@ class RuleSet:
         self.channels = dict(channels)
         self.templates = dict(templates)
         self.providers = dict(providers)
+        self.disabled_providers = frozenset(disabled)  # declared in the files, switched off (not in `providers`)
         self.notes = tuple(notes)
         self._by_id = {channel.id: channel for channel in self.channels.values()}
         self._rules: dict[str, tuple[Rule, ...]] = {

@@ -6,6 +6,7 @@ import base64
 import binascii
 import os
 import secrets
+import string
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -20,10 +21,14 @@ class SecretError(Exception):
 
 
 def key_from_text(text: str) -> bytes:
-    """The encryption key as the reference reads it: the UTF-8 bytes of the text, exactly 32 of them."""
+    """The encryption key as the reference reads it, the UTF-8 bytes of the text, exactly 32 of them; or 64 hex
+    digits (what `openssl rand -hex 32` prints) standing for 32 bytes."""
+    if len(text) == 2 * KEY_BYTES and all(ch in string.hexdigits for ch in text):
+        return bytes.fromhex(text)
     key = text.encode("utf-8")
     if len(key) != KEY_BYTES:
-        raise ValueError(f"the encryption key must be exactly {KEY_BYTES} bytes of UTF-8 text, got {len(key)}")
+        raise ValueError(f"the encryption key must be exactly 32 bytes of UTF-8 text or 64 hex digits "
+                         f"(openssl rand -hex 32), got {len(key)} bytes")
     return key
 
 

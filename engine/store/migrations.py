@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import peewee
 
 from engine.store.db import connection
-from engine.store.models import MODELS, Decision, UtcDateTimeField, utcnow
+from engine.store.models import MODELS, Attempt, Decision, Operator, Task, UtcDateTimeField, utcnow
 
 # Binary collation keeps comparisons exact (ids, idempotency keys) as on PostgreSQL and SQLite.
 MYSQL_CHARSET = "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
@@ -43,9 +43,21 @@ def create_decisions(db: peewee.Database) -> None:
     _create_table(db, Decision)
 
 
+def add_console(db: peewee.Database) -> None:
+    """The console: the operators table and the indexes its message search and dashboard read by. A batch's
+    tasks are found newest first by (batch_id, created_at), which also serves what batch_id's own index did."""
+    _create_table(db, Operator)
+    for model, columns in ((Task, ("receiver", "created_at")), (Task, ("app_id", "created_at")),
+                           (Task, ("batch_id", "created_at")), (Attempt, ("created_at",))):
+        _create_index(db, model, columns)
+    if "tasks_batch_id" in {index.name for index in db.get_indexes("tasks")}:
+        db.execute_sql("DROP INDEX tasks_batch_id" + (" ON tasks" if isinstance(db, peewee.MySQLDatabase) else ""))
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("001_create_tables", create_tables),
     ("002_decisions", create_decisions),
+    ("003_console", add_console),
 )
 
 
@@ -76,6 +88,13 @@ def _create_table(db: peewee.Database, model: type[peewee.Model]) -> None:
     if isinstance(db, peewee.MySQLDatabase):
         # New tables take the database's default character set, which may not hold Chinese or emoji.
         db.execute_sql(f"ALTER TABLE {model._meta.table_name} CONVERT TO {MYSQL_CHARSET}")
+
+
+def _create_index(db: peewee.Database, model: type[peewee.Model], columns: tuple[str, ...]) -> None:
+    index = peewee.ModelIndex(model, [model._meta.fields[name] for name in columns])
+    table = model._meta.table_name
+    if index._name not in {existing.name for existing in db.get_indexes(table)}:
+        db.execute(index)
 
 
 @contextmanager

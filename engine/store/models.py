@@ -1,4 +1,4 @@
-"""The tables: applications, tasks, batches, attempts, callbacks and customer webhook deliveries."""
+"""The tables: applications, tasks, batches, attempts, callbacks, customer webhook deliveries and console operators."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ class Application(BaseModel):
 class Task(BaseModel):
     task_id = peewee.CharField(max_length=36, unique=True)
     app_id = peewee.CharField(max_length=32)
-    batch_id = peewee.CharField(max_length=36, null=True, index=True)
+    batch_id = peewee.CharField(max_length=36, null=True)
     channel_id = peewee.IntegerField(default=0)
     channel = peewee.CharField(max_length=100, default="")
     message_type = peewee.CharField(max_length=20, default="")
@@ -118,6 +118,10 @@ class Task(BaseModel):
             (("status", "scheduled_at"), False),
             # NULL keys never collide on any of the three databases, so tasks without a key are unconstrained.
             (("app_id", "idempotency_key"), True),
+            # The console's message search: newest first by receiver, by app or by batch.
+            (("receiver", "created_at"), False),
+            (("app_id", "created_at"), False),
+            (("batch_id", "created_at"), False),
         )
 
 
@@ -151,7 +155,8 @@ class Attempt(BaseModel):
     class Meta:
         table_name = "attempts"
         # The unique pair is the per-attempt lock: a second worker cannot claim an attempt already begun.
-        indexes = ((("task_id", "number"), True),)
+        # created_at: the console dashboard's attempts of the last hours.
+        indexes = ((("task_id", "number"), True), (("created_at",), False))
 
 
 class Decision(BaseModel):
@@ -224,5 +229,17 @@ class WebhookTry(BaseModel):
         indexes = ((("delivery", "number"), True),)
 
 
+class Operator(BaseModel):
+    """A person who signs in to the console; the password is kept as an argon2 hash only."""
+
+    name = peewee.CharField(max_length=64, unique=True)
+    password_hash = peewee.CharField(max_length=255)
+    created_at = UtcDateTimeField(default=utcnow)
+    signed_in_at = UtcDateTimeField(null=True)
+
+    class Meta:
+        table_name = "operators"
+
+
 MODELS: tuple[type[BaseModel], ...] = (Application, Task, Batch, Attempt, Decision, Callback, WebhookDelivery,
-                                       WebhookTry)
+                                       WebhookTry, Operator)

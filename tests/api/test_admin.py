@@ -111,3 +111,16 @@ class TestAdmin:
             assert detail["callbacks"] == []
         finally:
             receiver.stop()
+
+
+def test_explain_accepts_a_bare_fact(gw: Gateway) -> None:
+    """The dry run takes the fact itself as the body, as well as wrapped in {"fact": ...}."""
+    bare = admin(gw, "POST", "/rules/explain", {"channel": "otp", "receiver": "13800138000"})
+    assert bare.status_code == 200 and "WIN  otp" in bare.json()["data"]["explanation"]
+
+
+def test_health_counts_are_numbers(gw: Gateway) -> None:
+    """/health gives the reload counts as JSON numbers, not text."""
+    rules = requests.get(gw.url + "/health", timeout=5,
+                         headers={"Authorization": "Bearer admin-token"}).json()["data"]["services"]["rules"]
+    assert rules["reloads"] == 0 and rules["failures"] == 0

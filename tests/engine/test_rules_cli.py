@@ -152,3 +152,39 @@ def test_schema_is_json_schema_of_rule_files(capsys: pytest.CaptureFixture[str])
     assert code == 0 and schema["$schema"].startswith("https://json-schema.org/")
     assert set(schema["properties"]) == {"settings", "channels", "templates", "providers", "routing", "quotas", "failures"}
     assert schema["properties"]["routing"]["items"]["additionalProperties"] is False
+
+
+def test_diff_goes_past_bad_lines_and_counts_them(rules_copy: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Bad lines (not JSON, not a fact) are reported one line each and skipped; the good ones are still replayed."""
+    text = (rules_copy / "routing.yaml").read_text(encoding="utf-8")
+    (rules_copy / "routing.yaml").write_text(text.replace("name: otp-china", "name: otp-cn"))
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("{oops\n" + json.dumps({"channel": "nope"}) + "\n" + json.dumps(FACTS[0]) + "\n")
+    code, out, err = run(capsys, "diff", str(SHIPPED), str(rules_copy), "--facts", str(facts))
+    assert code == 2 and "1 fact(s) replayed" in out and "routing: otp-china -> otp-cn" in out
+    assert f"{facts}:1: not JSON" in err and f"{facts}:2: unknown channel 'nope' (line skipped)" in err
+    assert err.rstrip().endswith(f"2 bad line(s) in {facts} skipped")
+
+
+def test_diff_says_how_many_changed_facts_it_did_not_print(rules_copy: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Past --show, the changed facts are counted, not printed."""
+    text = (rules_copy / "routing.yaml").read_text(encoding="utf-8")
+    (rules_copy / "routing.yaml").write_text(text.replace("name: otp-china", "name: otp-cn"))
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("\n".join(json.dumps(f) for f in FACTS) + "\n")
+    code, out, _ = run(capsys, "diff", str(SHIPPED), str(rules_copy), "--facts", str(facts), "--show", "1")
+    assert code == 1 and out.count("  old: ") == 1
+    assert "... and 2 more changed fact(s) not printed (--show 3 prints them all)" in out
+
+
+def test_diff_names_a_bad_revision_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A git:REV that names no commit is one line saying so and what to give instead, exit 2."""
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "facts.jsonl").write_text(json.dumps(FACTS[0]))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "diff", "git:no-such-branch", str(SHIPPED), "--facts", "facts.jsonl")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("mpush rules diff: no commit 'no-such-branch' in the git repository at")

@@ -162,3 +162,31 @@ def test_watcher_reloads_on_file_change(rules_dir: Path) -> None:
         stop.set()
         watcher.join(timeout=10)
     assert not watcher.is_alive()
+
+
+def test_watcher_follows_a_git_commit_without_a_file_change(rules_dir: Path) -> None:
+    """Committing files already on disk moves the version label to the new commit, no file write needed."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t.test", *args], cwd=rules_dir,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    holder = RuleSetHolder(rules_dir, env={}, provider_types=TYPES)
+    assert holder.current.version.commit == git("rev-parse", "HEAD")
+    stop = threading.Event()
+    watcher = threading.Thread(target=holder.watch, args=(stop,), kwargs={"git_every": 0.2})
+    watcher.start()
+    try:
+        git("commit", "-q", "--allow-empty", "-m", "second")
+        head = git("rev-parse", "HEAD")
+        deadline = time.monotonic() + 15
+        while holder.current.version.commit != head and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert str(holder.current.version).endswith(f"@{head[:12]}")
+    finally:
+        stop.set()
+        watcher.join(timeout=10)

@@ -162,3 +162,18 @@ def test_shipped_rules_load_without_any_environment() -> None:
     assert sorted(c.id for c in ruleset.channels.values()) == list(range(1, len(ruleset.channels) + 1))
     for rule in ruleset.rules("routing"):
         assert not rule.tiers or rule.tiers[-1][-1].provider in ("console", "fake")
+
+
+
+def test_disabled_accounts_are_named_by_the_rule_set() -> None:
+    """An account switched off in its file is not usable, and the rule set still names it (the console lists it)."""
+    ruleset = load("""
+templates: [{name: code, variables: [code], text: "code {code}"}]
+channels: [{id: 1, name: sms, type: sms, template: code}]
+providers:
+  - {name: live, type: console, config: {}}
+  - {name: spare, type: console, config: {}, enabled: false}
+routing:
+  - {name: r, when: {channel: sms}, providers: [{use: live}]}
+""", catalogue=False)
+    assert set(ruleset.providers) == {"live"} and ruleset.disabled_providers == {"spare"}

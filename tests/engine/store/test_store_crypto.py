@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -82,3 +83,20 @@ def test_new_ids_and_secrets_are_lowercase_hex_of_the_reference_lengths() -> Non
     assert re.fullmatch(r"[0-9a-f]{16}", new_app_id())
     assert re.fullmatch(r"[0-9a-f]{32}", new_secret())
     assert len({new_secret() for _ in range(100)}) == 100
+
+
+def test_a_hex_key_as_openssl_prints_it_is_32_bytes() -> None:
+    """64 hex digits (`openssl rand -hex 32`) stand for their 32 bytes; 32 characters of text stay as they are."""
+    assert key_from_text("ab" * 32) == bytes([0xAB] * 32)
+    assert key_from_text("k" * 32) == b"k" * 32
+    with pytest.raises(ValueError, match="64 hex digits"):
+        key_from_text("zz" * 32)
+
+
+def test_settings_accept_the_hex_key_and_refuse_a_short_one(tmp_path: Path) -> None:
+    """`serve` and the other commands take the key the README says to generate; a wrong one is a SettingsError."""
+    from engine.settings import Settings, SettingsError
+
+    assert Settings(data_dir=tmp_path, encryption_key="0f" * 32).resolve_secrets().encryption_key == "0f" * 32
+    with pytest.raises(SettingsError, match="exactly 32 bytes"):
+        Settings(data_dir=tmp_path, encryption_key="short").resolve_secrets()

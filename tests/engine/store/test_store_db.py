@@ -173,10 +173,28 @@ def test_a_database_made_before_the_decisions_table_gains_it(db: peewee.Database
     migrate(db)
     with connection(db):
         db.drop_tables([Decision])
-        SchemaVersion.delete().where(SchemaVersion.name != "001_create_tables").execute(db)
+        SchemaVersion.delete().where(SchemaVersion.name == "002_decisions").execute(db)
     assert migrate(db) == ["002_decisions"]
     with connection(db):
         assert Decision._meta.table_name in db.get_tables()
+
+
+def test_console_step_upgrades_a_database_made_before_it(db: peewee.Database) -> None:
+    """003 on a database of 001's older shape adds the console's table and indexes and replaces the batch index."""
+    _drop_schema(db)
+    migrate(db)
+    on_mysql = " ON tasks" if isinstance(db, peewee.MySQLDatabase) else ""
+    with connection(db):
+        for name in ("tasks_receiver_created_at", "tasks_app_id_created_at", "tasks_batch_id_created_at"):
+            db.execute_sql(f"DROP INDEX {name}{on_mysql}")
+        db.execute_sql("DROP TABLE operators")
+        db.execute_sql("CREATE INDEX tasks_batch_id ON tasks (batch_id)")
+        SchemaVersion.delete().where(SchemaVersion.name == "003_console").execute(db)
+    assert migrate(db) == ["003_console"]
+    with connection(db):
+        names = {index.name for index in db.get_indexes("tasks")}
+        assert {"tasks_receiver_created_at", "tasks_app_id_created_at", "tasks_batch_id_created_at"} <= names
+        assert "tasks_batch_id" not in names and db.table_exists("operators")
 
 
 def _enters(turns: WriterTurns) -> tuple[threading.Event, threading.Event]:
