@@ -1,5 +1,7 @@
 """The vendor the benchmark's `fake` provider calls: answers every POST with `{"code": 0}` and remembers when
-each task id arrived; `GET /stats` returns those (time, task id) pairs.
+each task id arrived; `GET /stats` returns those (time, task id) pairs, and `GET /repeats` how many requests
+repeated an `Idempotency-Key` already seen — those it drops, as a vendor that deduplicates does (the `fake`
+provider declares it does), so a resend of an attempt whose outcome was unknown is never delivered twice.
 
 A bare asyncio protocol rather than an ASGI app: the vendor stands in for another company's machine, so
 the less of this machine's two cores it takes from the gateway under test, the truer the figures.
@@ -40,6 +42,8 @@ class Vendor(asyncio.Protocol):
     """HTTP/1.1 keep-alive requests with a Content-Length body, answered in order."""
 
     received: list[tuple[float, str]] = []
+    keys: set[str] = set()
+    repeats = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -49,13 +53,30 @@ class Vendor(asyncio.Protocol):
         self.buffer += data
         while (message := take_message(self.buffer)) is not None:
             head, body, self.buffer = message
-            self.transport.write(self.answer(head.split(" ", 2), body))  # type: ignore[attr-defined]
+            self.transport.write(self.answer(head, body))  # type: ignore[attr-defined]
 
-    def answer(self, request_line: list[str], body: bytes) -> bytes:
+    def answer(self, head: str, body: bytes) -> bytes:
+        request_line = head.split(" ", 2)
         if request_line[0] == "GET" and request_line[1] == "/stats":
             return response(json.dumps(self.received).encode())
-        self.received.append((time.time(), json.loads(body)["task_id"]))
+        if request_line[0] == "GET" and request_line[1] == "/repeats":
+            return response(str(Vendor.repeats).encode())
+        key = header(head, "idempotency-key")
+        if key and key in self.keys:
+            Vendor.repeats += 1
+        else:
+            self.keys.add(key)
+            self.received.append((time.time(), json.loads(body)["task_id"]))
         return response(OK)
+
+
+def header(head: str, name: str) -> str:
+    """The value of header `name` (lower case) in a request head, or ""."""
+    for line in head.split("\r\n")[1:]:
+        field, _, value = line.partition(":")
+        if field.strip().lower() == name:
+            return value.strip()
+    return ""
 
 
 async def serve(port: int, address: str = "127.0.0.1") -> None:

@@ -1,14 +1,19 @@
-"""Delivering tasks: route, select, render, send, record, and carry out the failure decision.
+"""Delivering tasks: route, select, claim, send, record, and carry out the failure decision.
 
-`deliver_many` takes the send jobs of one stream read through the stages together, so a read
-costs two queries, two transactions and concurrent provider calls however many tasks it holds:
+The send jobs of one stream read are planned together: their tasks loaded in two queries, routed, and their
+accounts chosen in one Redis round trip. Each planned attempt is then carried out on its own, by whichever
+sender thread takes it:
 
-    load (tasks + attempts) -> route each -> select (one round trip) -> claim (attempts begun + tasks
-    processing, one transaction) -> send (concurrently) -> record (attempts finished + final
-    statuses, one transaction) -> failure decisions, webhooks, report timeouts
+    claim (the attempt begun, owned and leased; the task processing) -> send -> record -> decide
 
-Every stage is a short function over `Services`; the rule set is snapshotted once per task so
-an evaluation in progress finishes on the version it started with.
+It is claimed just before its provider call, so an attempt that never left the worker is never in doubt, and
+claims and records made at the same moment by different threads share one transaction (`GroupCommit`).
+
+The delivery contract (docs/delivery.md): an attempt belongs to the worker that claimed it while its lease
+lasts, and that worker renews the lease while the call is in flight; only an expired lease makes it lost. An
+attempt whose outcome is unknown (lost with its worker, or a call cut off after the request left) is never
+resent blindly: the `unknown_outcome` rules decide, and a resend goes out to the same account under the same
+idempotency key only where the vendor deduplicates on it; anywhere else the task fails with that reason.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from engine import metrics, webhooks
-from engine.policy.decisions import FailureDecision, RoutingDecision, Scene
+from engine.microbatch import GroupCommit
+from engine.policy.decisions import FailureDecision, RoutingDecision, Scene, bound_failure
 from engine.policy.model import Channel, ProviderAccount, render
 from engine.policy.ruleset import RuleSet
 from engine.queue import job
@@ -37,6 +43,8 @@ log = logging.getLogger("mpush.delivery")
 
 UNFINISHED = (*OPEN_TASK_STATUSES, "sent")  # a sent task still awaits its delivery report
 WEBHOOK_URL_TTL = 2.0
+EARLY_SLACK = 0.5  # seconds a scheduled job may run before its time (the delayed set releases in rounds)
+LOST = "the worker making this call stopped (its lease expired); outcome unknown"
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -45,7 +53,8 @@ Mapper = Callable[[Callable[[T], U], Sequence[T]], list[U]]
 
 @dataclass(frozen=True, slots=True)
 class Planned:
-    """An attempt ready to be claimed: the task, the account chosen for it and the routing rule that decided."""
+    """An attempt ready to be claimed: the task, the account chosen for it and the routing rule that decided.
+    `key_number` names the earlier attempt whose idempotency key a resend reuses."""
 
     task: Task
     ruleset: RuleSet
@@ -54,10 +63,11 @@ class Planned:
     number: int
     rule: str
     rule_version: str
+    key_number: int | None = None
 
-    @property
-    def claim(self) -> repo.AttemptClaim:
-        return repo.AttemptClaim(self.task.task_id, self.number, self.account.name, self.rule, self.rule_version)
+    def claim(self, owner: str = "", lease_until: datetime | None = None) -> repo.AttemptClaim:
+        return repo.AttemptClaim(self.task.task_id, self.number, self.account.name, self.rule, self.rule_version,
+                                 owner, lease_until, self.key_number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,40 +96,54 @@ def deliver(svc: Services, task_id: str, now: float) -> str:
     return deliver_many(svc, [task_id], now)[0]
 
 
-def deliver_many(svc: Services, task_ids: Sequence[str], now: float, mapper: Mapper[Planned, Sent] | None = None
-                 ) -> list[str]:
-    """Make the next attempt of each task; a label per id, in order. `mapper` runs the provider calls (a
-    thread pool's `map` sends them concurrently); a task named twice is handled once, the repeat is "done"."""
+def deliver_many(svc: Services, task_ids: Sequence[str], now: float, mapper: Mapper[Planned, str] | None = None,
+                 owner: str = "") -> list[str]:
+    """Make the next attempt of each task; a label per id, in order. `mapper` runs the attempts (a thread
+    pool's `map` makes them concurrently); a task named twice is handled once, the repeat is "done"."""
+    labels, plans = plan(svc, task_ids, now)
+    done = (mapper or _map)(lambda item: carry_out(svc, item, owner), plans)
+    labels.update(zip((item.task.task_id for item in plans), done))
+    return _per_entry(task_ids, labels)
+
+
+def plan(svc: Services, task_ids: Sequence[str], now: float) -> tuple[dict[str, str], list[Planned]]:
+    """Route the tasks and choose their accounts: the attempts to make, and a label for every task without one."""
     unique = list(dict.fromkeys(task_ids))
     tasks, attempts = repo.load_for_delivery(unique)
     labels: dict[str, str] = {}
     routed: list[Routed] = []
+    plans: list[Planned] = []
     for task_id in unique:
         step = route(svc, tasks.get(task_id), attempts.get(task_id, []), now)
         if isinstance(step, Routed):
             routed.append(step)
+        elif isinstance(step, Planned):
+            plans.append(step)
         else:
             labels[task_id] = step
-    plans = select(svc, routed, labels, now)
-    claimed = claim(plans, labels)
-    sent = (mapper or _map)(lambda plan: attempt(svc, plan, now), claimed)
-    labels.update(record(svc, sent, now))
-    return _per_entry(task_ids, labels)
+    return labels, plans + select(svc, routed, labels, now)
 
 
-def route(svc: Services, task: Task | None, attempts: list[Attempt], now: float) -> Routed | str:
-    """Ask the rule set who may deliver the task; a label instead when nothing is to be sent now."""
+def route(svc: Services, task: Task | None, attempts: list[Attempt], now: float) -> Routed | Planned | str:
+    """Ask the rule set who may deliver the task; a resend is planned at once; a label instead when nothing is
+    to be sent now."""
     if task is None:
         return "missing"
     if task.status not in OPEN_TASK_STATUSES:
         return "done"
+    last = attempts[-1] if attempts else None
+    if last is not None and last.status == "sending":
+        return _lost_or_busy(svc, task, last, now)
+    if task.status == "scheduled" and task.scheduled_at is not None and task.scheduled_at.timestamp() > now + EARLY_SLACK:
+        svc.queue.defer(job("send", task.task_id), task.scheduled_at.timestamp(), earlier_only=True)
+        return "early"
     ruleset = svc.rules.current
-    if attempts and attempts[-1].status == "sending":
-        return _resolve_lost_attempt(svc, task, attempts[-1].number, attempts[-1].provider, now)
     channel = ruleset.channel(task.channel)
     if channel is None:
         return finish(svc, task, "failed", error_code="channel_gone",
                       error_message=f"channel {task.channel!r} is not in rule set {ruleset.version}")
+    if last is not None and last.status == "unknown" and task.resend_of == last.number:
+        return _resend(svc, task, last, ruleset, channel, len(attempts) + 1)
     fact = ruleset.fact(now=_dt(now), app=task.app_id, channel=channel, receiver=task.receiver,
                         tags=json.loads(task.tags or "[]"), attempt=len(attempts))
     decision = ruleset.route(fact)
@@ -132,27 +156,68 @@ def route(svc: Services, task: Task | None, attempts: list[Attempt], now: float)
     return Routed(task, ruleset, channel, decision, len(attempts), excluded)
 
 
+def _lost_or_busy(svc: Services, task: Task, last: Attempt, now: float) -> str:
+    """An attempt still `sending`: its owner's, while the lease holds (this job comes back when it ends);
+    lost once the lease has expired, and then its outcome is unknown."""
+    if last.lease_until is not None and last.lease_until.timestamp() > now:
+        svc.queue.defer(job("send", task.task_id), last.lease_until.timestamp() + 1, earlier_only=True)
+        return "busy"
+    if not repo.expire_attempt(task.task_id, last.number, _dt(now), LOST):
+        return "busy"  # another worker found it first, or its owner just finished it
+    metrics.LOST_ATTEMPTS.labels(last.provider).inc()
+    return on_unknown(svc, task, last.number, last.provider, now, error_code="worker_lost", error_message=LOST)
+
+
+def _resend(svc: Services, task: Task, last: Attempt, ruleset: RuleSet, channel: Channel, number: int
+            ) -> Planned | str:
+    """The same account and idempotency key as the attempt whose outcome is unknown, so the vendor drops it
+    if that one did arrive."""
+    account = ruleset.providers.get(last.provider)
+    if account is None:
+        return finish(svc, task, "failed", error_code="resend_impossible",
+                      error_message=f"outcome unknown and account {last.provider!r} is gone: not resent")
+    return Planned(task, ruleset, channel, account, number, last.rule, ruleset.version,
+                   key_number=last.key_number or last.number)
+
+
 def select(svc: Services, routed: list[Routed], labels: dict[str, str], now: float) -> list[Planned]:
-    """Choose an account for every routed task in one round trip; no account available is a send failure."""
+    """Choose an account for every routed task in one round trip; no account available is a send failure, and
+    each one counts as a try, so the failure rules' limits end it."""
     requests = [ChoiceRequest(r.decision.tiers, r.decision.rule, r.excluded, r.ruleset.providers) for r in routed]
     plans: list[Planned] = []
     for item, choice in zip(routed, svc.selector.choose_many(requests, now)):
         if choice.provider is None:
             labels[item.task.task_id] = on_failure(svc, item.task, "send_failure", now, provider="",
-                                                   number=item.attempts, error_code="no_provider",
-                                                   error_class="account", error_message=choice.reason,
-                                                   ruleset=item.ruleset)
+                                                   number=max(item.task.retry_count, item.attempts) + 1,
+                                                   error_code="no_provider", error_class="account",
+                                                   error_message=choice.reason, ruleset=item.ruleset)
             continue
         plans.append(Planned(item.task, item.ruleset, item.channel, item.ruleset.providers[choice.provider],
                              item.attempts + 1, item.decision.rule, item.decision.version))
     return plans
 
 
-def claim(plans: list[Planned], labels: dict[str, str]) -> list[Planned]:
-    """Begin the planned attempts; one begun elsewhere already (the per-attempt lock) is labelled "busy"."""
-    won = repo.claim_attempts([plan.claim for plan in plans], OPEN_TASK_STATUSES)
-    labels.update((plan.task.task_id, "busy") for plan, ok in zip(plans, won) if not ok)
-    return [plan for plan, ok in zip(plans, won) if ok]
+def _claim_many(claims: Sequence[repo.AttemptClaim]) -> list[bool]:
+    return repo.claim_attempts(claims, OPEN_TASK_STATUSES)
+
+
+def _record_many(items: Sequence[tuple[repo.AttemptEnd, repo.StatusChange | None]]) -> list[bool]:
+    """Finish the attempts and apply the status changes of calls that ended together, in one transaction."""
+    applied = iter(repo.record_attempts([end for end, _ in items], [change for _, change in items if change]))
+    return [next(applied) if change else False for _, change in items]
+
+
+_claims = GroupCommit(_claim_many)
+_records = GroupCommit(_record_many)
+
+
+def carry_out(svc: Services, plan: Planned, owner: str = "") -> str:
+    """Claim, send, record and decide one planned attempt; "busy" when another worker claimed it first."""
+    lease_until = _dt(time.time() + svc.settings.attempt_lease)
+    if not _claims.submit(plan.claim(owner, lease_until)):
+        return "busy"
+    sent = attempt(svc, plan, time.time())
+    return settle(svc, sent, time.time())
 
 
 def attempt(svc: Services, plan: Planned, now: float) -> Sent:
@@ -162,37 +227,32 @@ def attempt(svc: Services, plan: Planned, now: float) -> Sent:
     return Sent(plan, result, latency_ms)
 
 
-def record(svc: Services, sent: list[Sent], now: float) -> dict[str, str]:
-    """Store every outcome and the resulting statuses in one transaction, then count each call for the
-    circuit breakers, announce final statuses, queue report timeouts and decide the failures."""
-    succeeded = [item for item in sent if item.result.ok]
-    applied = repo.record_attempts([_attempt_end(item) for item in sent],
-                                   [_status_change(item) for item in succeeded])
-    svc.selector.record_many([(item.plan.account.name, item.result.outcome is not Outcome.RETRYABLE,
-                               item.plan.account.circuit) for item in sent], now)
-    labels: dict[str, str] = {}
-    for item, changed in zip(succeeded, applied):
-        task_id = item.plan.task.task_id
-        if not item.result.final:
-            labels[task_id] = "sent"
-        else:
-            labels[task_id] = announce_final(svc, item.plan.task, "success") if changed else "done"
-    timeouts = [(job("timeout", item.plan.task.task_id), now + svc.settings.callback_timeout)
-                for item in succeeded if not item.result.final]
-    if timeouts:
-        svc.queue.defer_many(timeouts)
-    for item in sent:
-        if not item.result.ok:
-            labels[item.plan.task.task_id] = on_failure(
-                svc, item.plan.task, "send_failure", now, provider=item.plan.account.name, number=item.plan.number,
-                error_code=item.result.error_code, error_class=item.result.error_class,
-                error_message=item.result.error_message, ruleset=item.plan.ruleset)
-    return labels
+def settle(svc: Services, sent: Sent, now: float) -> str:
+    """Store the outcome and the task's new status, count the call for the circuit breaker, then announce a
+    final status, wait for a delivery report, or decide the failure."""
+    plan, result = sent.plan, sent.result
+    change = _status_change(sent) if result.ok else None
+    applied = _records.submit((_attempt_end(sent), change))
+    svc.selector.record_many([(plan.account.name, result.outcome is not Outcome.RETRYABLE, plan.account.circuit)],
+                             now)
+    task = plan.task
+    if result.ok and result.final:
+        return announce_final(svc, task, "success") if applied else "done"
+    if result.ok:
+        svc.queue.defer(job("timeout", task.task_id), now + svc.settings.callback_timeout)
+        return "sent"
+    if result.error_class == "unknown":
+        return on_unknown(svc, task, plan.number, plan.account.name, now, error_code=result.error_code,
+                          error_message=result.error_message, ruleset=plan.ruleset)
+    return on_failure(svc, task, "send_failure", now, provider=plan.account.name, number=plan.number,
+                      error_code=result.error_code, error_class=result.error_class,
+                      error_message=result.error_message, ruleset=plan.ruleset)
 
 
 def _attempt_end(item: Sent) -> repo.AttemptEnd:
     result = item.result
-    return repo.AttemptEnd(item.plan.task.task_id, item.plan.number, result.outcome.value, result.final,
+    status = "unknown" if result.error_class == "unknown" else result.outcome.value
+    return repo.AttemptEnd(item.plan.task.task_id, item.plan.number, status, result.final,
                            result.provider_message_id, result.error_code, result.error_message,
                            dict(result.request_summary), dict(result.response_summary), item.latency_ms)
 
@@ -228,6 +288,7 @@ def build_message(plan: Planned) -> Message:
     return Message(
         task_id=task.task_id,
         attempt=plan.number,
+        key_attempt=plan.key_number or plan.number,
         receiver=task.receiver,
         channel_type=channel.type,
         text=task.content,
@@ -262,14 +323,19 @@ def provider_account(account: ProviderAccount) -> Account:
     return Account(account.name, account.type, with_defaults(schema, account.config), callback=account.callback)
 
 
-def _resolve_lost_attempt(svc: Services, task: Task, number: int, provider: str, now: float) -> str:
-    """A worker died during this attempt's provider call: its outcome is unknown, so it is never
-    resent; the failure rules decide the next attempt as for any send failure."""
-    message = "worker stopped during the provider call; outcome unknown, attempt not resent"
-    repo.finish_attempt(task.task_id, number, status="unknown", final=False, provider_message_id="",
-                        error_code="worker_lost", error_message=message, request={}, response={}, latency_ms=0)
-    return on_failure(svc, task, "send_failure", now, provider=provider, number=number,
-                      error_code="worker_lost", error_class="unknown", error_message=message)
+def on_unknown(svc: Services, task: Task, number: int, provider: str, now: float, *, error_code: str,
+               error_message: str, ruleset: RuleSet | None = None) -> str:
+    """An attempt that may or may not have reached the vendor. Where the vendor sends delivery reports the task
+    waits for one (or the report timeout); then, or at once elsewhere, the `unknown_outcome` rules decide."""
+    metrics.UNKNOWN_OUTCOMES.labels(provider or "-", error_code or "-").inc()
+    account = (ruleset or svc.rules.current).providers.get(provider)
+    if account is not None and registry.sends_reports(account.type, account.config):
+        if repo.mark_status_if(task.task_id, UNFINISHED, status="sent", provider=provider, retry_count=number,
+                               error_code=error_code, error_message=error_message):
+            svc.queue.defer(job("timeout", task.task_id), now + svc.settings.callback_timeout)
+        return "unknown"
+    return on_failure(svc, task, "unknown_outcome", now, provider=provider, number=number, error_code=error_code,
+                      error_class="unknown", error_message=error_message, ruleset=ruleset)
 
 
 def on_failure(svc: Services, task: Task, scene: Scene, now: float, *, provider: str, number: int,
@@ -287,8 +353,13 @@ def on_failure(svc: Services, task: Task, scene: Scene, now: float, *, provider:
     fact = ruleset.fact(now=_dt(now), app=task.app_id, channel=channel, receiver=task.receiver,
                         tags=json.loads(task.tags or "[]"), attempt=number, provider=provider,
                         error_code=error_code, error_class=error_class, error_message=error_message)
-    decision = ruleset.on_failure(scene, fact)
+    account = ruleset.providers.get(provider)
+    decision = bound_failure(ruleset.on_failure(scene, fact), decided=repo.count_decisions(task.task_id),
+                             limit=svc.settings.max_failure_decisions,
+                             deduplicates=account is not None and registry.deduplicates(account.type))
     metrics.DECISIONS.labels(scene, decision.action, decision.rule).inc()
+    if decision.overruled:
+        error_message = f"{error_message}; {decision.overruled}"
     repo.record_decision(task.task_id, number, scene, decision.action, rule=decision.rule,
                          rule_version=decision.version, delay_seconds=decision.delay_seconds, provider=provider,
                          error_class=error_class, error_code=error_code, error_message=error_message)
@@ -296,6 +367,8 @@ def on_failure(svc: Services, task: Task, scene: Scene, now: float, *, provider:
                                   error_code=error_code, error_message=error_message, retry_count=number)
     log.info("failure.decided task=%s scene=%s action=%s rule=%s provider=%s class=%s code=%r", task.task_id,
              scene, decision.action, decision.rule, provider, error_class, error_code)
+    if decision.action in ("retry", "switch_provider") and scene == "unknown_outcome":
+        return _retry(svc, task, decision, "", now, dict(fields, resend_of=number))
     if decision.action in ("retry", "switch_provider"):
         return _retry(svc, task, decision, provider, now, fields)
     if decision.action == "ignore":
@@ -359,10 +432,17 @@ def _has_webhook(app_id: str) -> bool:
 
 
 def check_report_timeout(svc: Services, task_id: str, now: float) -> str:
-    """A sent SMS whose delivery report never came: the `callback_timeout` rules decide."""
+    """A sent SMS whose delivery report never came: the `callback_timeout` rules decide, or the
+    `unknown_outcome` ones when the call itself never answered."""
     task = repo.get_task(task_id)
     if task is None or task.status != "sent" or task.callback_status:
         return "done"
+    last = repo.list_attempts(task_id)[-1:]
+    if last and last[0].status == "unknown":
+        return on_failure(svc, task, "unknown_outcome", now, provider=last[0].provider, number=last[0].number,
+                          error_code=last[0].error_code or "unknown", error_class="unknown",
+                          error_message=last[0].error_message or "outcome unknown and no delivery report came",
+                          extra={"callback_status": "timeout", "callback_time": _dt(now)})
     return on_failure(svc, task, "callback_timeout", now, provider=task.provider or "", number=task.retry_count,
                       error_code="report_timeout", error_class="unknown",
                       error_message="no delivery report received in time",

@@ -11,6 +11,11 @@ SEND_SECONDS = Histogram(
     "mpush_provider_send_seconds", "Provider call latency", ["provider"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+UNKNOWN_OUTCOMES = Counter("mpush_unknown_outcomes_total", "Attempts whose outcome is unknown (the vendor may have "
+                           "the message): lost with their worker, or cut off after the request left",
+                           ["provider", "error_code"])
+LOST_ATTEMPTS = Counter("mpush_lost_attempts_total", "Attempts found `sending` after their lease expired",
+                        ["provider"])
 FINAL = Counter("mpush_tasks_final_total", "Tasks reaching a final status", ["status"])
 DECISIONS = Counter("mpush_failure_decisions_total", "Failure decisions carried out", ["scene", "action", "rule"])
 QUOTA_MATCHES = Counter("mpush_quota_rule_matches_total", "Messages each quota rule counted", ["rule"])

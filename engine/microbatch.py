@@ -1,4 +1,5 @@
-"""Grouping calls made on an event loop into batches that run on a worker thread.
+"""Grouping calls made at the same moment into batches: from an event loop (`MicroBatcher`) or from threads
+(`GroupCommit`).
 
 Every hop from the loop to a thread costs a hand-off, a wake-up and a contest for the GIL,
 and every item handled alone pays its own database transaction and Redis round trips. A
@@ -9,6 +10,7 @@ and every item handled alone pays its own database transaction and Redis round t
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
@@ -74,3 +76,56 @@ class MicroBatcher(Generic[T, R]):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+
+class _Slot(Generic[T, R]):
+    __slots__ = ("item", "done", "result")
+
+    def __init__(self, item: T) -> None:
+        self.item = item
+        self.done = False
+        self.result: R | BaseException | None = None
+
+
+class GroupCommit(Generic[T, R]):
+    """`submit(item)` from any thread returns what `handle` gave for that item, or raises what it gave.
+
+    The first caller to find no batch running runs one with every item waiting, its own included; callers
+    arriving meanwhile wait for that batch to end and the next one takes them all. A lone caller waits for
+    nothing, and under load one transaction serves as many callers as arrived during the last.
+    """
+
+    def __init__(self, handle: Handler[T, R], *, max_batch: int = 256) -> None:
+        self._handle = handle
+        self._max_batch = max_batch
+        self._cond = threading.Condition()
+        self._waiting: list[_Slot[T, R]] = []
+        self._running = False
+
+    def submit(self, item: T) -> R:
+        slot: _Slot[T, R] = _Slot(item)
+        with self._cond:
+            self._waiting.append(slot)
+            while not slot.done and self._running:
+                self._cond.wait()
+            if not slot.done:
+                self._running = True
+                batch, self._waiting = self._waiting[: self._max_batch], self._waiting[self._max_batch :]
+        if not slot.done:
+            self._run(batch)
+        if isinstance(slot.result, BaseException):
+            raise slot.result
+        return slot.result  # type: ignore[return-value]  # set by the batch that took it
+
+    def _run(self, batch: list[_Slot[T, R]]) -> None:
+        try:
+            results: Sequence[R | BaseException] = self._handle([slot.item for slot in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch handler returned {len(results)} results for {len(batch)} items")
+        except BaseException as exc:  # every caller of the batch gets the failure
+            results = [exc] * len(batch)
+        with self._cond:
+            for slot, result in zip(batch, results):
+                slot.result, slot.done = result, True
+            self._running = False
+            self._cond.notify_all()

@@ -69,9 +69,10 @@ class Queue:
             pipe.xadd(self.stream, {"job": item})
         pipe.execute()
 
-    def defer(self, item: str, due: float) -> None:
-        """Keep a job in the delayed set until `due` (unix seconds)."""
-        self.redis.zadd(self.delayed, {item: due})
+    def defer(self, item: str, due: float, *, earlier_only: bool = False) -> None:
+        """Keep a job in the delayed set until `due` (unix seconds); with `earlier_only`, a job already kept
+        for an earlier time stays at that time."""
+        self.redis.zadd(self.delayed, {item: due}, lt=earlier_only)
 
     def defer_many(self, items: Iterable[tuple[str, float]]) -> None:
         mapping = dict(items)

@@ -57,7 +57,8 @@ class HttpTransport:
             code, text = exc.args if len(exc.args) == 2 else (0, str(exc))
             if pin is not None and pin.refused:
                 raise TargetRefused(f"refused target {pin.host!r}: connecting to {', '.join(pin.refused)}") from None
-            raise TransportError(f"curl error {code}: {text}") from None
+            sent = curl.getinfo(pycurl.REQUEST_SIZE) > 0  # bytes of the request that went out
+            raise TransportError(f"curl error {code}: {text}", maybe_sent=sent) from None
         return HttpResponse(int(curl.getinfo(pycurl.RESPONSE_CODE)), _headers(header_lines), body.getvalue())
 
     def _pin(self, curl: pycurl.Curl, url: str) -> Pin:

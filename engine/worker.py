@@ -3,9 +3,11 @@
 Customer webhook jobs go to the webhook lane (`engine.webhook_lane`), which has threads of its own.
 
 The loop only orchestrates read -> handle -> ack; what a job means lives in `delivery`,
-`webhooks` and `scheduler`. The send jobs of one read go through `delivery.deliver_many`
-together, their provider calls spread over the `threads` of the send pool. Signals are wired
-by the CLI, which sets the stop event.
+`webhooks` and `scheduler`. The send jobs of one read are planned together (`delivery.plan`),
+then each planned attempt is handed to the send pool and its entry acknowledged when that call
+ends: a reader never waits for a call, and a hung vendor holds only the call slots it is given.
+While calls are in flight the worker renews their leases, so no other worker takes them for lost.
+Signals are wired by the CLI, which sets the stop event.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
 import peewee
 import redis
@@ -26,15 +28,13 @@ import redis
 from engine import delivery, webhook_lane, webhooks
 from engine.queue import Entry
 from engine.services import Services
+from engine.store import repo
 from engine.store.db import StoreUnavailable
 
 log = logging.getLogger("mpush.worker")
 
-READ_ROUNDS = 4  # provider calls per send thread in one read: even if all time out (10 s), well within 60 s
+READ_ROUNDS = 4  # stream entries read at most per send thread in one read
 POSTPONE = (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError, redis.ConnectionError)
-
-T = TypeVar("T")
-U = TypeVar("U")
 
 HANDLERS = {
     "send": delivery.deliver,
@@ -55,11 +55,14 @@ class Worker:
         self.readers = max(1, min(readers or svc.settings.worker_readers, self.threads))
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.counters: collections.Counter[str] = collections.Counter()
+        self.owner = f"{self.name}-{secrets.token_hex(3)}"  # lease holder: unique even if a pid is reused
         self.read_count = READ_ROUNDS * self.threads
         self._lock = threading.Lock()
-        # each reader makes calls itself too (`_map`), so the pool and the readers make `threads` at once
-        self._senders = ThreadPoolExecutor(max(1, self.threads - self.readers), thread_name_prefix="sender")
+        self._senders = ThreadPoolExecutor(self.threads, thread_name_prefix="sender")
+        self._slots = threading.Semaphore(self.threads)  # provider calls handed to the pool and not yet ended
         self._in_hand: set[str] = set()
+        self._flying: dict[str, str] = {}  # entry id -> task id of each call in the pool
+        self._finished: list[str] = []  # entries whose calls ended, acknowledged with the next read
         self._webhooks = webhook_lane.WebhookLane(svc.queue, self.handle, threads=svc.settings.webhook_threads,
                                      per_app=svc.settings.webhook_per_app)
 
@@ -71,11 +74,13 @@ class Worker:
         workers = [threading.Thread(target=self._consume, args=(f"{self.name}-{i}", stop), name=f"consumer-{i}")
                    for i in range(self.readers)]
         workers.append(threading.Thread(target=self._reclaim, args=(stop,), name="reclaimer"))
+        workers.append(threading.Thread(target=self._renew_leases, args=(stop,), name="leases"))
         for thread in workers:
             thread.start()
         for thread in workers:
             thread.join()
         self._senders.shutdown()
+        self._ack(self._take_finished())
         self._webhooks.shutdown()
         log.info("worker.stopped %r", self)
 
@@ -103,6 +108,7 @@ class Worker:
         """Read, handle, and acknowledge what was done with the next read's round trip (or at the end)."""
         queue, done = self.svc.queue, list[str]()
         while not stop.is_set():
+            done += self._take_finished()
             try:
                 entries = queue.read(consumer, count=self.read_count, block_ms=500, ack=done)
             except redis.RedisError as exc:
@@ -113,19 +119,21 @@ class Worker:
         self._ack(done)
 
     def _process(self, entries: list[Entry]) -> list[str]:
-        """Handle a read's entries; the ids that may be acknowledged."""
+        """Handle a read's entries; the ids that may be acknowledged now (sends handed to the pool are
+        acknowledged when their call ends)."""
         with self._lock:
             self._in_hand.update(entry.id for entry in entries)
+        handed: set[str] = set()
         try:
             sends = [entry for entry in entries if entry.kind == "send"]
             hooks = [entry for entry in entries if entry.kind in webhook_lane.KINDS]  # the lane acks those it runs
-            done = self._deliver(sends, time.time()) if sends else []
+            done = self._deliver(sends, time.time(), handed) if sends else []
             done += self._webhooks.take(hooks, time.time()) if hooks else []
             return done + [entry.id for entry in entries
                            if entry.kind not in ("send", *webhook_lane.KINDS) and self.handle(entry, time.time())]
         finally:
             with self._lock:
-                self._in_hand.difference_update(entry.id for entry in entries)
+                self._in_hand.difference_update(entry.id for entry in entries if entry.id not in handed)
 
     def _ack(self, done: list[str]) -> None:
         try:
@@ -133,11 +141,12 @@ class Worker:
         except redis.RedisError as exc:  # the entries are reclaimed later and found done
             log.warning("queue.ack failed for %d entries: %s", len(done), exc)
 
-    def _deliver(self, entries: list[Entry], now: float) -> list[str]:
-        """The send jobs of one read as a batch; the ids that may be acked. A batch that fails for any other
-        reason than an unreachable store or Redis is retried entry by entry, so one bad task stays alone."""
+    def _deliver(self, entries: list[Entry], now: float, handed: set[str]) -> list[str]:
+        """Plan the send jobs of one read and hand each attempt to the send pool; the ids that may be acked now.
+        A plan that fails for any other reason than an unreachable store or Redis is retried entry by entry, so
+        one bad task stays alone."""
         try:
-            labels = delivery.deliver_many(self.svc, [entry.ref for entry in entries], now, self._map)
+            labels, plans = delivery.plan(self.svc, [entry.ref for entry in entries], now)
         except POSTPONE as exc:
             log.warning("batch.postponed %d send jobs: %s (left pending for reclaim)", len(entries), exc)
             self._count("postponed", len(entries))
@@ -145,32 +154,60 @@ class Worker:
         except Exception:
             log.exception("batch.crashed %d send jobs; handling them one by one", len(entries))
             return [entry.id for entry in entries if self.handle(entry, now)]
-        for label in labels:
+        for label in labels.values():
             self._count(f"send.{label}")
-        return [entry.id for entry in entries]
+        first = {entry.ref: entry for entry in reversed(entries)}
+        for plan in plans:
+            entry = first[plan.task.task_id]
+            handed.add(entry.id)
+            self._slots.acquire()
+            with self._lock:
+                self._flying[entry.id] = entry.ref
+            self._senders.submit(self._call, entry, plan)
+        return [entry.id for entry in entries if entry.id not in handed]
 
-    def _map(self, fn: Callable[[T], U], items: Sequence[T]) -> list[U]:
-        """Provider calls of a batch, made by this thread and up to `threads - 1` of the send pool, each taking
-        the next call when its last one returns: a slow call holds up only its own thread, and the batch costs
-        one hand-off per thread rather than one per call. The first exception is raised once all have run."""
-        results: list[U | None] = [None] * len(items)
-        failures: list[BaseException] = []
-        pending = iter(range(len(items)))  # shared: a range iterator hands out each index once (its next() holds the GIL)
+    def _call(self, entry: Entry, plan: delivery.Planned) -> None:
+        """One attempt in the send pool; its entry is acknowledged once the attempt is decided."""
+        try:
+            label = delivery.carry_out(self.svc, plan, self.owner)
+        except POSTPONE as exc:
+            log.warning("job.postponed %s: %s (left pending for reclaim)", entry.job, exc)
+            self._count("postponed")
+        except Exception as exc:
+            log.exception("job.crashed %s", entry.job)
+            self.svc.queue.dead_letter(entry, f"{type(exc).__name__}: {exc}")
+            self._count("dead_letter")
+            self._finish(entry.id)
+        else:
+            self._count(f"send.{label}")
+            self._finish(entry.id)
+        finally:
+            with self._lock:
+                self._flying.pop(entry.id, None)
+                self._in_hand.discard(entry.id)
+            self._slots.release()
 
-        def take_calls() -> None:
-            for index in pending:
-                try:
-                    results[index] = fn(items[index])
-                except BaseException as exc:
-                    failures.append(exc)
+    def _finish(self, entry_id: str) -> None:
+        with self._lock:
+            self._finished.append(entry_id)
 
-        helpers = [self._senders.submit(take_calls) for _ in range(min(self.threads, len(items)) - 1)]
-        take_calls()
-        for helper in helpers:
-            helper.result()
-        if failures:
-            raise failures[0]
-        return results  # type: ignore[return-value]  # every index was filled, or a failure was raised
+    def _take_finished(self) -> list[str]:
+        with self._lock:
+            finished, self._finished = self._finished, []
+        return finished
+
+    def _renew_leases(self, stop: threading.Event) -> None:
+        """Keep the leases of the attempts in flight, so another worker never takes a slow call for lost."""
+        lease = self.svc.settings.attempt_lease
+        while not stop.wait(lease / 4):
+            with self._lock:
+                task_ids = list(self._flying.values())
+            if not task_ids:
+                continue
+            try:
+                repo.renew_leases(self.owner, task_ids, datetime.fromtimestamp(time.time() + lease, UTC))
+            except POSTPONE as exc:
+                log.warning("leases.renew failed for %d attempts: %s", len(task_ids), exc)
 
     def _reclaim(self, stop: threading.Event) -> None:
         idle_ms = int(self.svc.settings.visibility_timeout * 1000)
@@ -194,10 +231,20 @@ class Worker:
         quiet, done = 0, list[str]()
         while quiet < idle_rounds:
             self.svc.queue.release_due(time.time())
+            done += self._take_finished()
             entries = self.svc.queue.read(f"{self.name}-burst", count=self.read_count, block_ms=50, ack=done)
-            quiet = 0 if entries or self._webhooks.busy() else quiet + 1
+            quiet = 0 if entries or self._webhooks.busy() or self._calls_in_flight() else quiet + 1
             done = self._process(entries)
-        self.svc.queue.ack(done)
+        self._wait_for_calls()
+        self.svc.queue.ack(done + self._take_finished())
+
+    def _calls_in_flight(self) -> bool:
+        with self._lock:
+            return bool(self._flying)
+
+    def _wait_for_calls(self) -> None:
+        while self._calls_in_flight():
+            time.sleep(0.01)
 
     def _count(self, label: str, n: int = 1) -> None:
         with self._lock:

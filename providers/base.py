@@ -49,11 +49,12 @@ class Message:
     template_code: str = ""
     params: Mapping[str, str] = field(default_factory=dict)
     sign_name: str = ""
+    key_attempt: int = 0  # a resend of an attempt whose outcome is unknown carries that attempt's key
 
     @property
     def idempotency_key(self) -> str:
         """Stable id of this attempt, sent where the vendor accepts one."""
-        return f"{self.task_id}-{self.attempt}"
+        return f"{self.task_id}-{self.key_attempt or self.attempt}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +112,12 @@ class HttpResponse:
 
 
 class TransportError(Exception):
-    """The call did not complete: connection refused, reset, or timed out."""
+    """The call did not complete: connection refused, reset, or timed out. `maybe_sent` when the request had
+    left before it failed, so the vendor may have acted on it."""
+
+    def __init__(self, message: str, *, maybe_sent: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_sent = maybe_sent
 
 
 class Undeliverable(Exception):
@@ -303,8 +309,10 @@ URL_QUERY = re.compile(r"\?[^\s'\")]+")
 
 
 def transport_failure(exc: TransportError) -> SendResult:
-    """A call that did not complete: retryable, with any URL query (tokens, keys) cut from the message."""
-    return SendResult(Outcome.RETRYABLE, error_code="network", error_message=URL_QUERY.sub("?***", str(exc)))
+    """A call that did not complete: retryable, with any URL query (tokens, keys) cut from the message; of unknown
+    outcome when the request had left, since the vendor may have sent the message."""
+    return SendResult(Outcome.RETRYABLE, error_code="network", error_message=URL_QUERY.sub("?***", str(exc)),
+                      error_class="unknown" if exc.maybe_sent else "transient")
 
 
 def check_shared_secret(request: CallbackRequest, callback: Mapping[str, Any]) -> str:

@@ -29,6 +29,8 @@ CONFIG: ConfigSchema = {
     "timeout": ConfigField(float, required=False, default=10.0),
 }
 
+# The loopback vendor (bench/mock_vendor.py) delivers each Idempotency-Key once, as a vendor that deduplicates.
+DEDUPLICATES = True
 SCRIPT_SYNTAX = '"ok", "error:CODE:message", "retry:CODE:message" or "timeout"'
 REPORT_STATUSES = ("delivered", "failed", "rejected")
 
@@ -47,6 +49,11 @@ def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
             final=bool(config["final"]),
         )
     return result
+
+
+def reports(config: Mapping[str, Any]) -> bool:
+    """Delivery is reported later only when accepted means not yet final."""
+    return not config.get("final", True)
 
 
 def message_id(message: Message) -> str:

@@ -77,3 +77,18 @@ def config_schemas() -> dict[str, ConfigSchema]:
 def callback_parser(type_name: str) -> CallbackParser | None:
     """The provider's `parse_callback`, or None when its vendor does not report delivery back."""
     return cast("CallbackParser | None", getattr(get(type_name), "parse_callback", None))
+
+
+def deduplicates(type_name: str) -> bool:
+    """Whether the vendor drops a message repeating an idempotency key it has seen (the provider's
+    `DEDUPLICATES`): only then may an attempt of unknown outcome be resent."""
+    return bool(getattr(get(type_name), "DEDUPLICATES", False))
+
+
+def sends_reports(type_name: str, config: Mapping[str, object]) -> bool:
+    """Whether the vendor reports delivery later for an account so configured: the provider's `reports(config)`,
+    or else whether it parses delivery reports at all."""
+    reports = getattr(get(type_name), "reports", None)
+    if reports is not None:
+        return bool(reports(config))
+    return callback_parser(type_name) is not None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
@@ -87,3 +87,22 @@ class FailureDecision:
     exhausted: bool = False
     alert: AlertSpec | None = None
     reasons: tuple[str, ...] = field(default=())
+    overruled: str = ""  # why the gateway turned the rules' retry into `fail` (see `bound_failure`)
+
+
+def bound_failure(decision: FailureDecision, *, decided: int, limit: int, deduplicates: bool) -> FailureDecision:
+    """The rules' decision, unless carrying it out could loop or send twice: then `fail`, saying why.
+
+    A task whose failures were already decided `limit` times fails whatever the rules say. An unknown outcome is
+    resent only to the same account, under the same idempotency key, where its vendor drops a repeated key
+    (`deduplicates`); anywhere else a resend might deliver the message twice, so the task fails.
+    """
+    if decision.action not in ("retry", "switch_provider"):
+        return decision
+    if decided >= limit:
+        return replace(decision, action="fail", overruled=f"gave up after {decided} failure decisions "
+                                                           f"(MPUSH_MAX_FAILURE_DECISIONS={limit})")
+    if decision.scene == "unknown_outcome" and not deduplicates:
+        return replace(decision, action="fail", overruled="outcome unknown and the vendor does not drop repeated "
+                                                           "idempotency keys: not resent")
+    return decision

@@ -238,7 +238,9 @@ def _git(repo_dir: str | Path, *args: str) -> str:
 
 def _git_bytes(repo_dir: str | Path, *args: str) -> bytes:
     try:
-        done = subprocess.run(["git", "-C", str(repo_dir), *args], capture_output=True, timeout=30)
+        # no optional locks: the watcher's `git status` must never make an operator's own commit fail
+        done = subprocess.run(["git", "--no-optional-locks", "-C", str(repo_dir), *args], capture_output=True,
+                              timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RuleError([RuleIssue(str(repo_dir), 1, "", f"git {args[0]} failed: {exc}")]) from None
     if done.returncode != 0:

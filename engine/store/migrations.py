@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import peewee
+from playhouse.migrate import SchemaMigrator
 
 from engine.store.db import connection
 from engine.store.models import MODELS, Attempt, Decision, Operator, Task, UtcDateTimeField, utcnow
@@ -54,10 +55,19 @@ def add_console(db: peewee.Database) -> None:
         db.execute_sql("DROP INDEX tasks_batch_id" + (" ON tasks" if isinstance(db, peewee.MySQLDatabase) else ""))
 
 
+def add_attempt_leases(db: peewee.Database) -> None:
+    """Attempts carry their owner and lease and the attempt whose idempotency key a resend reuses; a task,
+    the unknown-outcome attempt its next attempt resends."""
+    for name in ("owner", "lease_until", "key_number"):
+        _add_column(db, Attempt, name)
+    _add_column(db, Task, "resend_of")
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("001_create_tables", create_tables),
     ("002_decisions", create_decisions),
     ("003_console", add_console),
+    ("004_attempt_leases", add_attempt_leases),
 )
 
 
@@ -88,6 +98,12 @@ def _create_table(db: peewee.Database, model: type[peewee.Model]) -> None:
     if isinstance(db, peewee.MySQLDatabase):
         # New tables take the database's default character set, which may not hold Chinese or emoji.
         db.execute_sql(f"ALTER TABLE {model._meta.table_name} CONVERT TO {MYSQL_CHARSET}")
+
+
+def _add_column(db: peewee.Database, model: type[peewee.Model], name: str) -> None:
+    table = model._meta.table_name
+    if name not in {column.name for column in db.get_columns(table)}:
+        SchemaMigrator.from_database(db).add_column(table, name, model._meta.fields[name]).run()
 
 
 def _create_index(db: peewee.Database, model: type[peewee.Model], columns: tuple[str, ...]) -> None:

@@ -110,6 +110,7 @@ class Task(BaseModel):
     tags = JSONTextField(default="[]")
     created_at = UtcDateTimeField(default=utcnow, index=True)
     updated_at = UtcDateTimeField(default=utcnow, index=True)
+    resend_of = peewee.IntegerField(null=True)  # the unknown-outcome attempt the next one resends under its key
 
     class Meta:
         table_name = "tasks"
@@ -151,6 +152,11 @@ class Attempt(BaseModel):
     rule_version = peewee.CharField(max_length=64, default="")
     created_at = UtcDateTimeField(default=utcnow)
     finished_at = UtcDateTimeField(null=True)
+    # Who is making the call and until when that claim holds; the worker renews it while the call is in
+    # flight, so only an expired lease makes a `sending` attempt lost.
+    owner = peewee.CharField(max_length=100, default="")
+    lease_until = UtcDateTimeField(null=True)
+    key_number = peewee.IntegerField(null=True)  # resent under attempt key_number's idempotency key
 
     class Meta:
         table_name = "attempts"

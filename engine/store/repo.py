@@ -38,6 +38,7 @@ from engine.store.models import (
 
 INSERT_PARAMETERS = 999  # per multi-row INSERT: SQLite's limit before 3.32, far below the others'
 APP_NAME_MAX = 100
+UNFINISHED_ATTEMPT = ("sending", "unknown")  # an attempt declared lost may still learn its real outcome
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -403,16 +404,43 @@ def batch_summary(batch_id: str, app_id: str) -> dict[str, Any] | None:
 
 
 @_guarded
-def begin_attempt(task_id: str, number: int, provider: str, rule: str, rule_version: str) -> bool:
+def begin_attempt(task_id: str, number: int, provider: str, rule: str, rule_version: str, *, owner: str = "",
+                  lease_until: datetime | None = None, key_number: int | None = None) -> bool:
     """Claim attempt `number` of the task; False when it was already begun (by this or another worker)."""
     row = _with_defaults(Attempt, dict(task_id=task_id, number=number, provider=provider, rule=rule,
-                                       rule_version=rule_version))
+                                       rule_version=rule_version, owner=owner, lease_until=lease_until,
+                                       key_number=key_number))
     try:
         with _write_transaction():
             _insert(Attempt, row)
     except peewee.IntegrityError:
         return False
     return True
+
+
+@_guarded
+def expire_attempt(task_id: str, number: int, now: datetime, error_message: str) -> bool:
+    """Mark a `sending` attempt whose lease has run out as `unknown`; False when it is live or already ended,
+    so of two workers finding the same lost attempt only one goes on with it."""
+    query = Attempt.update(status="unknown", error_code="worker_lost", error_message=error_message,
+                           finished_at=utcnow()).where(
+        (Attempt.task_id == task_id) & (Attempt.number == number) & (Attempt.status == "sending")
+        & (Attempt.lease_until.is_null() | (Attempt.lease_until < now)))
+    with _write_transaction():
+        return query.execute() > 0
+
+
+@_guarded
+def renew_leases(owner: str, task_ids: Sequence[str], until: datetime) -> int:
+    """Extend the leases `owner` holds on the `sending` attempts of these tasks; how many it still held."""
+    renewed = 0
+    for start in range(0, len(task_ids), 500):
+        query = Attempt.update(lease_until=until).where(
+            Attempt.task_id.in_(list(task_ids[start : start + 500])) & (Attempt.owner == owner)
+            & (Attempt.status == "sending"))
+        with _write_transaction():
+            renewed += query.execute()
+    return renewed
 
 
 @_guarded
@@ -453,6 +481,9 @@ class AttemptClaim:
     provider: str
     rule: str
     rule_version: str
+    owner: str = ""
+    lease_until: datetime | None = None
+    key_number: int | None = None  # a resend under an earlier attempt's idempotency key
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,7 +589,9 @@ def _apply_all(changes: Sequence[StatusChange], updated_at: datetime) -> None:
 def _insert_attempts(claims: Sequence[AttemptClaim]) -> None:
     _insert_rows(Attempt, [_with_defaults(Attempt, dict(task_id=claim.task_id, number=claim.number,
                                                          provider=claim.provider, rule=claim.rule,
-                                                         rule_version=claim.rule_version)) for claim in claims])
+                                                         rule_version=claim.rule_version, owner=claim.owner,
+                                                         lease_until=claim.lease_until,
+                                                         key_number=claim.key_number)) for claim in claims])
 
 
 def _mark_processing(claims: Sequence[AttemptClaim], expected: tuple[str, ...]) -> None:
@@ -574,7 +607,8 @@ def _mark_processing(claims: Sequence[AttemptClaim], expected: tuple[str, ...]) 
 
 
 def _claim_one(claim: AttemptClaim, expected: tuple[str, ...]) -> bool:
-    if not begin_attempt(claim.task_id, claim.number, claim.provider, claim.rule, claim.rule_version):
+    if not begin_attempt(claim.task_id, claim.number, claim.provider, claim.rule, claim.rule_version,
+                         owner=claim.owner, lease_until=claim.lease_until, key_number=claim.key_number):
         return False
     mark_status_if(claim.task_id, expected, status="processing", provider=claim.provider, rule=claim.rule,
                    rule_version=claim.rule_version)
@@ -594,11 +628,12 @@ def _finish_many(ends: Sequence[AttemptEnd]) -> None:
                   error_code=end.error_code, error_message=end.error_message, request=end.request,
                   response=end.response, latency_ms=end.latency_ms, finished_at=finished_at),
              {"task_id": end.task_id, "number": end.number}) for end in ends]
-    if _update_many(Attempt, rows) != len(ends):
+    if _update_many(Attempt, rows, status_in=UNFINISHED_ATTEMPT) != len(ends):
         query = Attempt.select(Attempt.task_id, Attempt.number).where(Attempt.task_id.in_([e.task_id for e in ends]))
         begun = {(attempt.task_id, attempt.number) for attempt in query}
         missing = [(end.task_id, end.number) for end in ends if (end.task_id, end.number) not in begun]
-        raise NotFound(f"attempts never begun: {missing}")
+        if missing:
+            raise NotFound(f"attempts never begun: {missing}")
 
 
 # -- prepared statements for the per-message path (see engine.store.statements) -----------------------------
@@ -694,6 +729,12 @@ def record_decision(task_id: str, number: int, scene: str, action: str, *, rule:
                error_message=error_message, created_at=utcnow())
     with _write_transaction():
         _insert(Decision, row)
+
+
+@_guarded
+def count_decisions(task_id: str) -> int:
+    """How many failure decisions the task has had."""
+    return Decision.select().where(Decision.task_id == task_id).count()
 
 
 @_guarded

@@ -66,18 +66,15 @@ def test_a_batch_delivers_each_task_and_labels_every_entry(gw: Gateway, vendor: 
     assert [attempt.status for attempt in repo.list_attempts(failing)] == ["retryable"]
 
 
-def test_an_attempt_claimed_elsewhere_meanwhile_is_lost_alone(gw: Gateway) -> None:
-    """When another worker begins a planned attempt between load and claim, only that task is labelled busy."""
+def test_an_attempt_claimed_elsewhere_meanwhile_is_lost_alone(gw: Gateway, vendor: LoopbackServer) -> None:
+    """When another worker begins a planned attempt between planning and its call, only that task is busy and
+    its vendor is not called."""
     first, second = accepted(gw, "13800000001"), accepted(gw, "13800000002")
-    now = time.time()
-    tasks, attempts = repo.load_for_delivery([first, second])
-    routed = [delivery.route(gw.svc, tasks[task_id], attempts[task_id], now) for task_id in (first, second)]
-    labels: dict[str, str] = {}
-    plans = delivery.select(gw.svc, routed, labels, now)  # type: ignore[arg-type]
+    labels, plans = delivery.plan(gw.svc, [first, second], time.time())
+    assert labels == {} and [plan.task.task_id for plan in plans] == [first, second]
     assert repo.begin_attempt(second, 1, "vendor", "otp", "elsewhere")
-    claimed = delivery.claim(plans, labels)
-    assert [plan.task.task_id for plan in claimed] == [first]
-    assert labels == {second: "busy"}
+    assert [delivery.carry_out(gw.svc, plan) for plan in plans] == ["success", "busy"]
+    assert [json.loads(request.body)["task_id"] for request in vendor.requests] == [first]
     assert [attempt.rule_version for attempt in repo.list_attempts(second)] == ["elsewhere"]
 
 
@@ -91,7 +88,7 @@ def test_a_lost_attempt_is_resolved_not_resent(gw: Gateway, vendor: LoopbackServ
 
 
 def test_provider_calls_go_through_the_given_mapper(gw: Gateway) -> None:
-    """The send stage hands every claimed attempt to the mapper in one call (a pool's map sends them at once)."""
+    """The send stage hands every planned attempt to the mapper in one call (a pool's map sends them at once)."""
     task_ids = [accepted(gw, f"1380000000{i}") for i in range(3)]
     seen: list[int] = []
 

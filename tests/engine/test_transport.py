@@ -53,15 +53,17 @@ def test_a_refused_connection_is_a_transport_error() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(TransportError, match="curl error 7"):
+    with pytest.raises(TransportError, match="curl error 7") as refused:
         HttpTransport()(HttpRequest("POST", f"http://127.0.0.1:{port}/x", {}, b"{}", 2.0))
+    assert refused.value.maybe_sent is False  # nothing left: safe to retry
 
 
 def test_a_slow_answer_times_out_as_a_transport_error() -> None:
     """A vendor slower than the request's timeout is a TransportError, not a hang."""
     with loopback(lambda r: Reply(200, "{}", delay=1.0)) as server:
-        with pytest.raises(TransportError, match="curl error 28"):
+        with pytest.raises(TransportError, match="curl error 28") as cut_off:
             HttpTransport()(HttpRequest("POST", f"{server.url}/x", {}, b"{}", 0.2))
+    assert cut_off.value.maybe_sent is True  # the request had left: the vendor may have acted on it
 
 
 def test_proxy_settings_of_the_environment_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,65 +1,109 @@
-"""The worker's send pool: a batch's provider calls spread over its threads."""
+"""The worker's send pool: a read's attempts handed to the pool one by one, a hung call holding only its slot."""
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from engine.settings import Settings
+from engine.store import repo
 from engine.worker import Worker
-from tests.support.service import CONSOLE_RULES, gateway, write_rules
+from tests.support.loopback import LoopbackServer, Recorded, Reply
+from tests.support.service import CONSOLE_RULES, Gateway, gateway, write_rules
 
 pytestmark = pytest.mark.timeout(60)
 
+RULES = """
+templates:
+  - {{name: code, variables: [code], text: "code {{code}}"}}
+channels:
+  - {{id: 1, name: otp, type: sms, template: code}}
+providers:
+  - {{name: vendor, type: fake, config: {{url: "{url}/send", timeout: 30}}}}
+routing:
+  - {{name: otp, when: {{channel: otp}}, providers: [{{use: vendor}}]}}
+"""
+
+
+class HangingVendor:
+    """Answers at once, except for receivers ending in 9, which wait until `release` is set."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.server = LoopbackServer(self.answer).start()
+
+    def answer(self, request: Recorded) -> Reply:
+        if json.loads(request.body)["receiver"].endswith("9"):
+            self.release.wait(30)
+        return Reply(200, '{"code": 0}')
+
+
 @pytest.fixture
-def worker(tmp_path: Path) -> Iterator[Worker]:
-    with gateway(tmp_path, write_rules(tmp_path, CONSOLE_RULES), workers=False) as gw:
-        pool = Worker(gw.svc, threads=3, name="pool-test")
-        yield pool
-        pool._senders.shutdown()
+def vendor() -> Iterator[HangingVendor]:
+    hanging = HangingVendor()
+    yield hanging
+    hanging.release.set()
+    hanging.server.stop()
 
 
-def test_a_slow_call_holds_up_only_its_own_thread(worker: Worker) -> None:
-    """While one call blocks, the other threads make every other call of the batch; results keep their order."""
-    others_done, lock, done = threading.Event(), threading.Lock(), [0]
-    threads: set[str] = set()
-
-    def call(item: int) -> int:
-        threads.add(threading.current_thread().name)
-        if item == 0:
-            assert others_done.wait(10), "the other calls waited behind the slow one"
-            return 0
-        with lock:
-            done[0] += 1
-            if done[0] == 8:
-                others_done.set()
-        return item * 10
-
-    assert worker._map(call, list(range(9))) == [item * 10 for item in range(9)]
-    assert 2 <= len(threads) <= 3
+@pytest.fixture
+def gw(tmp_path: Path, vendor: HangingVendor) -> Iterator[Gateway]:
+    rules = write_rules(tmp_path, RULES.format(url=vendor.server.url))
+    with gateway(tmp_path, rules, worker_threads=3, attempt_lease=2.0) as running:
+        yield running
 
 
-def test_a_failing_call_is_raised_after_every_call_ran(worker: Worker) -> None:
-    """One call's exception does not cancel the others: all run, then the first failure is raised."""
-    called: list[int] = []
-
-    def call(item: int) -> int:
-        called.append(item)
-        if item == 2:
-            raise ValueError("provider bug")
-        return item
-
-    with pytest.raises(ValueError, match="provider bug"):
-        worker._map(call, list(range(6)))
-    assert sorted(called) == list(range(6))
+def accepted(gw: Gateway, receiver: str) -> str:
+    answer = gw.send("otp", receiver, {"code": "1"})
+    assert answer["code"] == 0, answer
+    return str(answer["data"]["task_id"])
 
 
-def test_stream_readers_come_from_the_settings_and_never_outnumber_the_send_threads(worker: Worker) -> None:
+def test_a_hung_call_holds_only_its_own_slot(gw: Gateway, vendor: HangingVendor) -> None:
+    """While one vendor call hangs, every other message is delivered by the other slots."""
+    hung = accepted(gw, "13800000009")
+    gw.wait(hung, ("processing",))
+    others = [accepted(gw, f"1380000001{i}") for i in range(8)]
+    for task_id in others:
+        gw.wait(task_id, ("success",), timeout=10)
+    assert repo.get_task(hung).status == "processing"
+    vendor.release.set()
+    gw.wait(hung, ("success",))
+
+
+def test_a_call_in_flight_keeps_its_lease(gw: Gateway, vendor: HangingVendor) -> None:
+    """The worker renews the lease of an attempt whose call is still running, so no one takes it for lost."""
+    hung = accepted(gw, "13800000009")
+    gw.wait(hung, ("processing",))
+    first = repo.list_attempts(hung)[0].lease_until
+    time.sleep(1.5)
+    attempt = repo.list_attempts(hung)[0]
+    assert attempt.status == "sending" and attempt.lease_until > first
+    assert attempt.owner == gw.worker.owner  # type: ignore[union-attr]
+
+
+def test_a_second_job_for_a_task_in_flight_sends_nothing(gw: Gateway, vendor: HangingVendor) -> None:
+    """A job naming a task whose attempt is in flight elsewhere comes back later instead of resending."""
+    hung = accepted(gw, "13800000009")
+    gw.wait(hung, ("processing",))
+    gw.svc.queue.enqueue([f"send:{hung}"])
+    time.sleep(1.0)
+    assert len([r for r in vendor.server.requests if json.loads(r.body)["task_id"] == hung]) == 1
+    assert gw.svc.queue.redis.zscore(gw.svc.queue.delayed, f"send:{hung}") is not None
+    vendor.release.set()
+    gw.wait(hung, ("success",))
+    assert len(repo.list_attempts(hung)) == 1
+
+
+def test_stream_readers_come_from_the_settings_and_never_outnumber_the_send_threads(tmp_path: Path) -> None:
     """MPUSH_WORKER_READERS (2 by default) readers, or fewer when there are fewer send threads."""
-    svc = worker.svc
-    assert Worker(svc, threads=3).readers == 2 and Worker(svc, threads=1).readers == 1
-    assert Worker(svc, threads=3, readers=1).readers == 1
+    with gateway(tmp_path, write_rules(tmp_path, CONSOLE_RULES), workers=False) as gw:
+        svc = gw.svc
+        assert Worker(svc, threads=3).readers == 2 and Worker(svc, threads=1).readers == 1
+        assert Worker(svc, threads=3, readers=1).readers == 1
     assert Settings.from_env({"MPUSH_WORKER_READERS": "1"}).worker_readers == 1

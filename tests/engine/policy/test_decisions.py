@@ -252,3 +252,37 @@ def test_an_unknown_error_class_is_a_load_error() -> None:
     """A class outside the vocabulary is refused with its file and line, like an unknown provider."""
     with pytest.raises(Exception, match=r"failures\[0\]\.when\.error_class: unknown error class 'broke'"):
         load("failures:\n  - {name: x, scene: send_failure, when: {error_class: broke}, action: fail}\n")
+
+
+def _decision(action: str, scene: str = "send_failure") -> Any:
+    from engine.policy.decisions import FailureDecision
+
+    return FailureDecision(action, "r", "v", scene)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("action", ["fail", "ignore", "alert"])
+def test_bounding_leaves_final_decisions_alone(action: str) -> None:
+    """Decisions that end the task are carried out as the rules made them, however often the task failed."""
+    from engine.policy.decisions import bound_failure
+
+    decision = _decision(action)
+    assert bound_failure(decision, decided=99, limit=20, deduplicates=False) is decision
+
+
+def test_a_retry_past_the_decision_limit_becomes_fail_with_the_reason() -> None:
+    """The runtime guard: the limit of failure decisions per task turns a retry into fail, saying why."""
+    from engine.policy.decisions import bound_failure
+
+    assert bound_failure(_decision("retry"), decided=19, limit=20, deduplicates=False).action == "retry"
+    bounded = bound_failure(_decision("switch_provider"), decided=20, limit=20, deduplicates=True)
+    assert (bounded.action, bounded.overruled) == ("fail", "gave up after 20 failure decisions "
+                                                           "(MPUSH_MAX_FAILURE_DECISIONS=20)")
+
+
+def test_an_unknown_outcome_is_resent_only_where_the_vendor_deduplicates() -> None:
+    """A retry of an unknown outcome stands only when the vendor drops a repeated idempotency key."""
+    from engine.policy.decisions import bound_failure
+
+    assert bound_failure(_decision("retry", "unknown_outcome"), decided=0, limit=20, deduplicates=True).action == "retry"
+    refused = bound_failure(_decision("retry", "unknown_outcome"), decided=0, limit=20, deduplicates=False)
+    assert refused.action == "fail" and "not resent" in refused.overruled

@@ -197,6 +197,21 @@ def test_console_step_upgrades_a_database_made_before_it(db: peewee.Database) ->
         assert "tasks_batch_id" not in names and db.table_exists("operators")
 
 
+def test_lease_step_upgrades_a_database_made_before_it(db: peewee.Database) -> None:
+    """004 on a database without the lease columns adds the attempts' owner, lease and key, and the task's resend."""
+    _drop_schema(db)
+    migrate(db)
+    with connection(db):
+        for table, column in (("attempts", "owner"), ("attempts", "lease_until"), ("attempts", "key_number"),
+                              ("tasks", "resend_of")):
+            db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+        SchemaVersion.delete().where(SchemaVersion.name == "004_attempt_leases").execute(db)
+    assert migrate(db) == ["004_attempt_leases"]
+    with connection(db):
+        assert {"owner", "lease_until", "key_number"} <= {column.name for column in db.get_columns("attempts")}
+        assert "resend_of" in {column.name for column in db.get_columns("tasks")}
+
+
 def _enters(turns: WriterTurns) -> tuple[threading.Event, threading.Event]:
     """Start a thread that takes a turn; (inside, let_go): set when it got in, set to make it leave."""
     inside, let_go = threading.Event(), threading.Event()
