@@ -99,7 +99,7 @@ class RuleSetHolder:
         its work tree moves without one (a commit of what was already on disk), until `stop` is set."""
         from watchfiles import watch
 
-        seen = git_state(self.path)
+        seen = (self.current.version.commit, self.current.version.dirty)  # a commit made before the watch began counts
         for changes in watch(self.path, watch_filter=_rule_files, stop_event=stop, debounce=300,
                              rust_timeout=round(git_every * 1000), yield_on_timeout=True):
             if changes or git_state(self.path) != seen:
