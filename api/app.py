@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import admin, health, public
 from api.callbacks import provider_callback
 from api.console import CONSOLE
-from api.errors import INTERNAL, ApiError, envelope, error_response
+from api.errors import INTERNAL, ApiError, envelope, error_response, unavailable_code
 from engine.ids import uuid7
 from engine.microbatch import MicroBatcher
 from engine.services import Services
@@ -101,8 +101,7 @@ class SendLane:
         except ApiError as exc:
             response = error_response(exc)
         except Exception as exc:
-            log.exception("request.crashed POST %s", scope["path"], exc_info=exc)
-            response = envelope(INTERNAL)
+            response = _crash_envelope("POST", scope["path"], exc)
         response.raw_headers += [(b"trace-id", uuid7().encode()), (b"vary", b"Origin")]
         if "origin" in headers:
             response.raw_headers.append((b"access-control-allow-origin", b"*"))
@@ -127,7 +126,16 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 
 async def _crash(request: Request, exc: Exception) -> Response:
-    log.exception("request.crashed %s %s", request.method, request.url.path, exc_info=exc)
+    return _crash_envelope(request.method, request.url.path, exc)
+
+
+def _crash_envelope(method: str, path: str, exc: Exception) -> JSONResponse:
+    """Redis or the database out of reach answers 40003 / 40002; anything else is a bug of ours, 40001."""
+    code = unavailable_code(exc)
+    if code is not None:
+        log.warning("request.unavailable %s %s: %s", method, path, exc)
+        return envelope(code)
+    log.exception("request.crashed %s %s", method, path, exc_info=exc)
     return envelope(INTERNAL)
 
 

@@ -73,5 +73,20 @@ def envelope(code: int = SUCCESS, data: Any = None, message: str | None = None) 
     return Envelope(body, status_code=http_status(code))
 
 
+def unavailable_code(exc: BaseException) -> int | None:
+    """40003 when Redis could not be reached, 40002 when the database could not: a fault of ours the client
+    may retry, never 40001. None for any other exception."""
+    import peewee
+    import redis
+
+    from engine.store.db import StoreUnavailable
+
+    if isinstance(exc, redis.RedisError):
+        return REDIS_ERROR
+    if isinstance(exc, (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError)):
+        return DATABASE_ERROR
+    return None
+
+
 def error_response(exc: ApiError) -> JSONResponse:
     return envelope(exc.code, message=exc.message)

@@ -8,6 +8,7 @@ STREAM = PREFIX + "stream:tasks"
 GROUP = "mpush-workers"
 DEAD_LETTER = PREFIX + "stream:dead"
 DELAYED = PREFIX + "delayed"  # zset: member "<kind>:<id>", score = due unix time
+EPOCH = PREFIX + "epoch"  # set once per Redis data set: its absence means Redis lost (or never had) our data
 
 
 def nonce(app_id: str, value: str) -> str:

@@ -16,6 +16,10 @@ UNKNOWN_OUTCOMES = Counter("mpush_unknown_outcomes_total", "Attempts whose outco
                            ["provider", "error_code"])
 LOST_ATTEMPTS = Counter("mpush_lost_attempts_total", "Attempts found `sending` after their lease expired",
                         ["provider"])
+GROUP_RECREATED = Counter("mpush_queue_group_recreated_total", "Times a worker found the stream's consumer group "
+                          "gone (Redis lost its data) and created it again")
+REQUEUED = Counter("mpush_tasks_requeued_total", "Open tasks queued again by a sweep: `stranded` (no job after the "
+                   "outbox grace, e.g. the API died before enqueuing) or `lost_data` (Redis lost its data)", ["reason"])
 FINAL = Counter("mpush_tasks_final_total", "Tasks reaching a final status", ["status"])
 DECISIONS = Counter("mpush_failure_decisions_total", "Failure decisions carried out", ["scene", "action", "rule"])
 QUOTA_MATCHES = Counter("mpush_quota_rule_matches_total", "Messages each quota rule counted", ["rule"])

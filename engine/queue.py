@@ -8,12 +8,15 @@ in one Lua script, so several schedulers can run without enqueuing a job twice.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis
 
-from engine import keys
+from engine import keys, metrics
+
+log = logging.getLogger("mpush.queue")
 
 _RELEASE_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
@@ -90,13 +93,30 @@ class Queue:
         if ack:
             self._ack(pipe, ack)
         pipe.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count, block=block_ms)
-        response = pipe.execute()[-1]
+        try:
+            response = pipe.execute()[-1]
+        except redis.ResponseError as exc:
+            self._recreate_group(exc)
+            return []
         return [_entry(eid, data) for _, messages in response or () for eid, data in messages if data]
 
     def reclaim(self, consumer: str, *, min_idle_ms: int, count: int = 100) -> list[Entry]:
         """Take over entries another consumer read but did not ack within `min_idle_ms`."""
-        result = self.redis.xautoclaim(self.stream, self.group, consumer, min_idle_ms, "0-0", count=count)
+        try:
+            result = self.redis.xautoclaim(self.stream, self.group, consumer, min_idle_ms, "0-0", count=count)
+        except redis.ResponseError as exc:
+            self._recreate_group(exc)
+            return []
         return [_entry(eid, data) for eid, data in result[1] if data]
+
+    def _recreate_group(self, exc: redis.ResponseError) -> None:
+        """Redis lost the stream or its group (a restart without persistence, a flush): make them again at
+        once, so workers go on without a restart; the sweep brings back the jobs that went with them."""
+        if "NOGROUP" not in str(exc):
+            raise exc
+        log.warning("queue.group_lost %s: %s; creating it again", self.stream, exc)
+        metrics.GROUP_RECREATED.inc()
+        self.ensure_group()
 
     def ack(self, entry_ids: Sequence[str]) -> None:
         if entry_ids:

@@ -34,6 +34,8 @@ class Settings:
     worker_metrics_port: int = 0  # `mpush worker` serves /metrics on this port (at MPUSH_HOST); 0: not served
     database_pool_size: int = 32  # connections per process to PostgreSQL or MySQL
     visibility_timeout: float = 60.0
+    sweep_interval: float = 10.0  # seconds between sweeps for open tasks whose job Redis never got or lost
+    outbox_grace: float = 60.0  # an open task untouched this long with no delayed job is queued again
     attempt_lease: float = 20.0  # a provider call's claim, renewed while it runs; expired, the attempt is lost
     max_failure_decisions: int = 20  # a task whose failures were decided this often fails, whatever the rules say
     callback_timeout: float = 600.0

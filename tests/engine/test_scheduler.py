@@ -28,8 +28,40 @@ def test_stranded_open_tasks_are_requeued_once(tmp_path: Path) -> None:
         gw.svc.queue.ensure_group()
         stranded, delayed, fresh = ids
         gw.svc.queue.defer(job("send", delayed), datetime.now(UTC).timestamp() + 3600)
-        old = datetime.now(UTC) - scheduler.STRANDED_AFTER - timedelta(minutes=1)
+        old = datetime.now(UTC) - timedelta(seconds=gw.svc.settings.outbox_grace + 60)
         Task.update(updated_at=old).where(Task.task_id.in_([stranded, delayed])).execute()
         assert scheduler.requeue_stranded(gw.svc, datetime.now(UTC)) == 1
         entries = gw.svc.queue.read("sweep-test", count=10, block_ms=10)
         assert [entry.job for entry in entries] == [job("send", stranded)]
+
+
+def test_after_redis_lost_its_data_one_sweep_requeues_every_unfinished_task(tmp_path: Path) -> None:
+    """With the epoch key gone, the first process to notice queues pending tasks now, scheduled ones at their
+    time and the report timeout of sent ones; any later check finds the epoch and does nothing."""
+    rules = write_rules(tmp_path, RULES)
+    with gateway(tmp_path, rules, workers=False) as gw:
+        due = datetime.now(UTC) + timedelta(hours=1)
+        pending = gw.send("otp", "13800000001", {"code": "1"})["data"]["task_id"]
+        scheduled = gw.send("otp", "13800000002", {"code": "1"}, scheduled_at=due.isoformat(timespec="seconds"))
+        sent = gw.send("otp", "13800000003", {"code": "1"})["data"]["task_id"]
+        Task.update(status="sent").where(Task.task_id == sent).execute()
+        gw.svc.redis.flushdb()  # Redis lost everything
+        now = datetime.now(UTC)
+        assert scheduler.recover_lost_data(gw.svc, now) == 3
+        assert scheduler.recover_lost_data(gw.svc, now) == 0
+        entries = gw.svc.queue.read("sweep-test", count=10, block_ms=10)
+        assert [entry.job for entry in entries] == [job("send", pending)]
+        delayed = dict(gw.svc.redis.zrange(gw.svc.queue.delayed, 0, -1, withscores=True))
+        assert abs(delayed[job("send", scheduled["data"]["task_id"]).encode()] - due.timestamp()) < 1.5
+        assert job("timeout", sent).encode() in delayed
+
+
+def test_a_worker_whose_group_vanished_creates_it_again_and_reads_on(tmp_path: Path) -> None:
+    """A read or a reclaim that finds the consumer group gone (NOGROUP) makes it again instead of failing."""
+    rules = write_rules(tmp_path, RULES)
+    with gateway(tmp_path, rules, workers=False) as gw:
+        gw.svc.redis.flushdb()
+        assert gw.svc.queue.read("reader", count=10, block_ms=10) == []
+        assert gw.svc.queue.reclaim("reclaimer", min_idle_ms=0) == []
+        gw.svc.queue.enqueue([job("send", "t1")])
+        assert [entry.job for entry in gw.svc.queue.read("reader", count=10, block_ms=10)] == [job("send", "t1")]

@@ -1,0 +1,75 @@
+"""Redis out of reach: the API answers 40003 (retry later), never 40001, and accepts again once it is back."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support.service import CONSOLE_RULES, Gateway, gateway, write_rules
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                "--appendonly", "no", "--dir", str(directory)], stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return process
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    port = free_port()
+    process = start_redis(port, tmp_path)
+    yield port, process
+    process.kill()
+    process.wait()
+
+
+def test_sends_while_redis_is_down_answer_40003_and_succeed_once_it_is_back(
+        tmp_path: Path, own_redis: tuple[int, subprocess.Popen[bytes]]) -> None:
+    """Single sends and task reads while Redis is gone get 40003; after it returns, sends are accepted again."""
+    port, process = own_redis
+    with gateway(tmp_path, write_rules(tmp_path, CONSOLE_RULES), workers=False,
+                 redis_url=f"redis://127.0.0.1:{port}/0") as gw:
+        assert gw.send("otp", "13800138000", {"code": "1"})["code"] == 0
+        process.kill()
+        process.wait()
+        answers = [gw.send("otp", "13800138000", {"code": "1"}) for _ in range(3)]
+        batch = gw.call("POST", "/api/v1/messages/batch",
+                        {"channel_id": "otp", "receivers": ["13800138001"], "template_params": {"code": "1"}})
+        assert {answer["code"] for answer in [*answers, batch]} == {40003}
+        restarted = start_redis(port, tmp_path)
+        try:
+            assert _eventually_accepted(gw)
+        finally:
+            restarted.kill()
+            restarted.wait()
+
+
+def _eventually_accepted(gw: Gateway) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if gw.send("otp", "13800138000", {"code": "1"})["code"] == 0:
+            return True
+        time.sleep(0.2)
+    return False
