@@ -2,6 +2,8 @@
 each task id arrived; `GET /stats` returns those (time, task id) pairs, and `GET /repeats` how many requests
 repeated an `Idempotency-Key` already seen — those it drops, as a vendor that deduplicates does (the `fake`
 provider declares it does), so a resend of an attempt whose outcome was unknown is never delivered twice.
+`POST /delay` with a number of seconds makes every later answer wait that long (the fault tests' slow or
+hanging vendor); 0 restores prompt answers.
 
 A bare asyncio protocol rather than an ASGI app: the vendor stands in for another company's machine, so
 the less of this machine's two cores it takes from the gateway under test, the truer the figures.
@@ -44,6 +46,7 @@ class Vendor(asyncio.Protocol):
     received: list[tuple[float, str]] = []
     keys: set[str] = set()
     repeats = 0
+    delay = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -53,7 +56,15 @@ class Vendor(asyncio.Protocol):
         self.buffer += data
         while (message := take_message(self.buffer)) is not None:
             head, body, self.buffer = message
-            self.transport.write(self.answer(head, body))  # type: ignore[attr-defined]
+            answer = self.answer(head, body)
+            if Vendor.delay and not head.startswith(("GET", "POST /delay")):
+                asyncio.get_running_loop().call_later(Vendor.delay, self.reply, answer)
+            else:
+                self.reply(answer)
+
+    def reply(self, answer: bytes) -> None:
+        if not self.transport.is_closing():  # type: ignore[attr-defined]
+            self.transport.write(answer)  # type: ignore[attr-defined]
 
     def answer(self, head: str, body: bytes) -> bytes:
         request_line = head.split(" ", 2)
@@ -61,6 +72,9 @@ class Vendor(asyncio.Protocol):
             return response(json.dumps(self.received).encode())
         if request_line[0] == "GET" and request_line[1] == "/repeats":
             return response(str(Vendor.repeats).encode())
+        if request_line[0] == "POST" and request_line[1] == "/delay":
+            Vendor.delay = float(body)
+            return response(OK)
         key = header(head, "idempotency-key")
         if key and key in self.keys:
             Vendor.repeats += 1
