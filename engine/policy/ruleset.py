@@ -30,8 +30,9 @@ DEFAULT_FAILURES: dict[str, FailureRule] = {
     "send_failure": FailureRule(DEFAULT_RULE, _BUILT_IN, "send_failure", "retry", retry=RetryPolicy()),
     "callback_failure": FailureRule(DEFAULT_RULE, _BUILT_IN, "callback_failure", "fail"),
     "callback_timeout": FailureRule(DEFAULT_RULE, _BUILT_IN, "callback_timeout", "ignore"),
-    # an attempt whose outcome is unknown is never resent blindly
-    "unknown_outcome": FailureRule(DEFAULT_RULE, _BUILT_IN, "unknown_outcome", "fail"),
+    # an attempt whose outcome is unknown is resent only under its own idempotency key, to a vendor that drops
+    # repeated keys (`bound_failure` turns this retry into fail anywhere else)
+    "unknown_outcome": FailureRule(DEFAULT_RULE, _BUILT_IN, "unknown_outcome", "retry", retry=RetryPolicy()),
 }
 
 

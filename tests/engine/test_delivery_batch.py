@@ -12,7 +12,6 @@ import pytest
 
 from engine import delivery
 from engine.store import repo
-from engine.store.models import OPEN_TASK_STATUSES
 from tests.support.loopback import LoopbackServer, Reply
 from tests.support.service import Gateway, gateway, write_rules
 
@@ -76,15 +75,6 @@ def test_an_attempt_claimed_elsewhere_meanwhile_is_lost_alone(gw: Gateway, vendo
     assert [delivery.carry_out(gw.svc, plan) for plan in plans] == ["success", "busy"]
     assert [json.loads(request.body)["task_id"] for request in vendor.requests] == [first]
     assert [attempt.rule_version for attempt in repo.list_attempts(second)] == ["elsewhere"]
-
-
-def test_a_lost_attempt_is_resolved_not_resent(gw: Gateway, vendor: LoopbackServer) -> None:
-    """An attempt left 'sending' by a dead worker becomes 'unknown' and the failure rules decide; no call is made."""
-    task_id = accepted(gw, "13800000001")
-    assert repo.claim_attempts([repo.AttemptClaim(task_id, 1, "vendor", "otp", "v")], OPEN_TASK_STATUSES)
-    assert delivery.deliver_many(gw.svc, [task_id], time.time()) == ["failed"]
-    assert vendor.requests == []
-    assert [attempt.status for attempt in repo.list_attempts(task_id)] == ["unknown"]
 
 
 def test_provider_calls_go_through_the_given_mapper(gw: Gateway) -> None:

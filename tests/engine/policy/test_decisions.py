@@ -141,11 +141,12 @@ def test_alert_carries_the_alert_spec(ruleset: RuleSet) -> None:
 @pytest.mark.parametrize(
     ("scene", "attempt", "action", "delay"),
     [("send_failure", 1, "retry", 2.0), ("send_failure", 3, "retry", 8.0), ("send_failure", 4, "fail", 0.0),
-     ("callback_failure", 1, "fail", 0.0), ("callback_timeout", 1, "ignore", 0.0), ("unknown_outcome", 1, "fail", 0.0)],
+     ("callback_failure", 1, "fail", 0.0), ("callback_timeout", 1, "ignore", 0.0), ("unknown_outcome", 1, "retry", 2.0),
+     ("unknown_outcome", 4, "fail", 0.0)],
 )
 def test_defaults_when_nothing_matches(ruleset: RuleSet, scene: str, attempt: int, action: str, delay: float) -> None:
     """Reference defaults: retry 3x from 2s doubling (cap 60s); callback failure fails; timeout is ignored; an
-    unknown outcome fails rather than risk a second send."""
+    unknown outcome is retried as a send failure is (the runtime resends it only under its own key)."""
     decision = ruleset.on_failure(scene, fact(ruleset, attempt=attempt, provider="b"))
     assert (decision.rule, decision.action, decision.delay_seconds) == (DEFAULT_RULE, action, delay)
 
