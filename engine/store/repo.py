@@ -7,6 +7,7 @@ it cannot be reached. Datetimes go in and come out timezone-aware (UTC).
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ import peewee
 
 from engine.store.crypto import SecretError, decrypt_secret, encrypt_secret, new_app_id, new_secret
 from engine.store import statements
-from engine.store.db import connection
+from engine.store.db import StaleConnection, StoreUnavailable, connection
 from engine.store.models import (
     APP_STATUSES,
     ATTEMPT_STATUSES,
@@ -56,7 +57,15 @@ class DuplicateTask(Exception):
 def _guarded(fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        with connection(_db()):
+        db = _db()
+        outermost = db.is_closed()
+        try:
+            with connection(db):
+                return fn(*args, **kwargs)
+        except StaleConnection:
+            if not outermost:
+                raise
+        with connection(db):  # once more, on a fresh connection: the dropped one had done nothing
             return fn(*args, **kwargs)
 
     return run
@@ -517,12 +526,30 @@ def claim_attempts(claims: Sequence[AttemptClaim], expected: tuple[str, ...]) ->
     return [True] * len(claims)
 
 
-@_guarded
+RECORD_RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)  # 6.3 s in all: a database restart on a small server
+
+
 def record_attempts(ends: Sequence[AttemptEnd], changes: Sequence[StatusChange]) -> list[bool]:
     """Finish the attempts and apply the status changes in one transaction; whether each change applied.
 
-    Rows are written in task id order, so two such transactions never wait on each other in a cycle.
+    The providers have already been called: were the outcomes not stored, the redelivered stream entries
+    would find the attempts begun and never finished, and the failure rules would send the messages again.
+    So while the database is unreachable (a restart) the transaction is tried again for a few seconds; one
+    cut by the outage was rolled back by the server. Only a COMMIT whose answer was lost on the way back
+    would apply twice, and then the changes read as not applied (the tasks were no longer in an expected
+    status), which loses nothing.
     """
+    for delay in RECORD_RETRY_DELAYS:
+        try:
+            return _record_attempts(ends, changes)
+        except StoreUnavailable:
+            time.sleep(delay)
+    return _record_attempts(ends, changes)
+
+
+@_guarded
+def _record_attempts(ends: Sequence[AttemptEnd], changes: Sequence[StatusChange]) -> list[bool]:
+    """Rows are written in task id order, so two such transactions never wait on each other in a cycle."""
     for change in changes:
         _check_statuses(change.expected)
         _check_task_update(change.fields)
