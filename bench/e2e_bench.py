@@ -3,7 +3,9 @@
 Starts the mock vendor (`mock_vendor.py`), one `mpush serve --no-workers` process and one `mpush worker`
 process on a scratch rules dir, database and Redis db, then offers load at a fixed rate from
 asyncio clients on keep-alive connections and prints: offered and achieved accept rate, accept latency p50/p99, delivered
-messages per second, accept-to-delivery latency p50/p99.
+messages per second, accept-to-delivery latency p50/p99, CPU per message of each process (PostgreSQL's
+backends for the bench database included), and per message the database statements and Redis round trips
+of the API and the worker (counted in those processes by `counted.py`).
 
     .venv/bin/python bench/e2e_bench.py --rate 1000 --seconds 20
     .venv/bin/python bench/e2e_bench.py --batch 20 --rate 2000          # 20 receivers per request
@@ -190,14 +192,17 @@ def main() -> int:
            "MPUSH_WORKER_THREADS": str(args.worker_threads),
            "MPUSH_WORKER_READERS": str(args.worker_readers), "MPUSH_WATCH_RULES": "false"}
     mpush = [sys.executable, "-m", "engine.cli"]
+    counted = {name: tmp / f"{name}-counts.json" for name in ("api", "worker")}
     created = subprocess.run([*mpush, "apps", "create", "bench", "--daily-quota", "0", "--rate-limit", "0"],
                              env=env, check=True, capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in created.splitlines() if line.startswith("app_"))
     app_id, secret = fields["app_id"].strip(), fields["app_secret"].strip()
     processes = [
         subprocess.Popen([sys.executable, str(ROOT / "bench" / "mock_vendor.py"), str(mock_port)]),
-        subprocess.Popen([*mpush, "serve", "--no-workers", "--port", str(api_port)], env=env),
-        subprocess.Popen([*mpush, "worker"], env=env),
+        subprocess.Popen([sys.executable, str(ROOT / "bench" / "counted.py"), str(counted["api"]),
+                          "serve", "--no-workers", "--port", str(api_port)], env=env),
+        subprocess.Popen([sys.executable, str(ROOT / "bench" / "counted.py"), str(counted["worker"]), "worker"],
+                         env=env),
     ]
     try:
         wait_port(mock_port)
@@ -208,7 +213,7 @@ def main() -> int:
         redis_pid = int(redis.Redis.from_url(args.redis_url).info("server")["process_id"])
         if Path(f"/proc/{redis_pid}").exists():  # a Redis on this machine shares its cores too
             named["redis"] = redis_pid
-        return run_load(args, api_port, mock_port, app_id, secret, named)
+        return run_load(args, api_port, mock_port, app_id, secret, named, counted, database_url)
     finally:
         for process in processes:
             process.terminate()
@@ -217,22 +222,51 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_counts(paths: dict[str, Path]) -> dict[str, dict[str, int]]:
+    return {name: json.loads(path.read_text()) if path.exists() else {} for name, path in paths.items()}
+
+
+def postgres_backends(database_url: str) -> dict[str, int]:
+    """The server processes serving the bench database, when it is a PostgreSQL on this machine."""
+    if not database_url.startswith(("postgresql:", "postgres:")):
+        return {}
+    import psycopg2
+
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND pid <> pg_backend_pid()")
+        pids = [pid for (pid,) in cursor.fetchall()]
+    conn.close()
+    return {f"postgres {pid}": pid for pid in pids if Path(f"/proc/{pid}").exists()}
+
+
 def run_load(args: argparse.Namespace, api_port: int, mock_port: int, app_id: str, secret: str,
-             processes: dict[str, int]) -> int:
+             processes: dict[str, int], counted: dict[str, Path], database_url: str) -> int:
     tally = Tally()
     request_rate = args.rate / args.batch
     per_client = int(request_rate * args.seconds / args.clients)
     prepared = signed_requests(per_client * args.clients, app_id, secret, args.batch, api_port)
     started = time.monotonic()
     wall_start = time.time()
+    processes = {**processes, **postgres_backends(database_url)}
     cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
+    time.sleep(0.3)
+    counts_before = read_counts(counted)
     run_loop(offer(api_port, prepared, args.clients, args.clients / request_rate, args.batch, tally))
     load_seconds = time.monotonic() - started
     latencies, errors, accepted = tally.latencies, tally.errors, tally.accepted
     offered = len(latencies) * args.batch
     received = wait_delivered(mock_port, offered - len(errors) * args.batch, timeout=120)
-    cpu = {name: [after - before for after, before in zip(cpu_seconds(pid), cpu_before[name])]
-           for name, pid in processes.items()}
+    time.sleep(0.5)  # the counters are written every 0.2 s
+    counts_after = read_counts(counted)
+    processes.update(postgres_backends(database_url))  # backends opened during the run started from nothing
+    cpu = {name: [after - before for after, before in
+                  zip(cpu_seconds(pid), cpu_before.get(name, (0.0, 0.0)))]
+           for name, pid in processes.items() if Path(f"/proc/{pid}").exists()}
+    backends = [name for name in cpu if name.startswith("postgres ")]
+    if backends:
+        shares = [cpu.pop(name) for name in backends]
+        cpu["postgres"] = [sum(user for user, _ in shares), sum(system for _, system in shares)]
     times = [at for at, _ in received]
     delivered_rate = len(received) / (max(times) - wall_start) if times else 0.0
     e2e = [at - accepted[task_id] for at, task_id in received if task_id in accepted]
@@ -250,7 +284,17 @@ def run_load(args: argparse.Namespace, api_port: int, mock_port: int, app_id: st
         print("CPU µs per message (user+system): " + ", ".join(
             f"{name} {user / len(received) * 1e6:.0f}+{system / len(received) * 1e6:.0f}"
             for name, (user, system) in cpu.items()))
+        print_counts(counts_before, counts_after, len(received))
     return 0
+
+
+def print_counts(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]], messages: int) -> None:
+    """Database statements (round trips), transactions and Redis round trips and commands per message."""
+    for name in after:
+        delta = {key: after[name].get(key, 0) - before[name].get(key, 0) for key in after[name]}
+        print(f"per message, {name}: database statements {delta.get('db_statements', 0) / messages:.2f} "
+              f"(transactions {delta.get('db_transactions', 0) / messages:.2f}), Redis round trips "
+              f"{delta.get('redis_round_trips', 0) / messages:.2f} (commands {delta.get('redis_commands', 0) / messages:.2f})")
 
 
 def wait_delivered(port: int, expected: int, timeout: float) -> list[tuple[float, str]]:

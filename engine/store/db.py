@@ -68,7 +68,52 @@ def connect(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> peewee.Database:
     options.update((name, int(value) if value.isdigit() else value) for name, value in parse_qsl(parts.query))
     if parts.scheme == "mysql":
         return _mysql(name, options, pool_size)
-    return PooledPostgresqlDatabase(name, max_connections=pool_size, **POOL_OPTIONS, **options)
+    return PostgresPool(name, max_connections=pool_size, **POOL_OPTIONS, **options)
+
+
+class PostgresPool(PooledPostgresqlDatabase):
+    """A PostgreSQL connection pool whose check-out costs no round trip.
+
+    peewee's pool asks the server `SELECT 1` before handing out an idle connection, one more round trip for
+    every store call (a fifth of the worker's statements). Here a connection the driver still believes open
+    is handed out as it is; one the server has dropped meanwhile (a restart, `pg_terminate_backend`) fails its
+    first statement, which `connection` turns into StaleConnection while discarding it and every idle
+    connection beside it, as they were most likely cut by the same restart; the store call is then made
+    once more, on a fresh connection (see `repo._guarded`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._untried = threading.local()
+
+    def _is_closed(self, conn: Any) -> bool:
+        from psycopg2.extensions import TRANSACTION_STATUS_UNKNOWN
+
+        return bool(conn.closed) or conn.get_transaction_status() == TRANSACTION_STATUS_UNKNOWN
+
+    def _connect(self) -> Any:
+        conn = super()._connect()
+        self._untried.value = True
+        return conn
+
+    def begin(self, *args: Any, **kwargs: Any) -> None:
+        super().begin(*args, **kwargs)
+        self._untried.value = False
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        cursor = super().execute_sql(sql, params)
+        self._untried.value = False
+        return cursor
+
+    def untried(self) -> bool:
+        """Whether nothing has yet succeeded on this thread's connection since it was checked out: when its
+        first statement finds it dropped, nothing of the call reached the database, and a retry is safe."""
+        return bool(getattr(self._untried, "value", False))
+
+
+class StaleConnection(StoreUnavailable):
+    """A pooled connection the server had dropped failed its first statement: nothing was done, the call may
+    be made again on a fresh connection."""
 
 
 def bind(db: peewee.Database) -> None:
@@ -96,9 +141,12 @@ def connection(db: peewee.Database) -> Iterator[peewee.Database]:
     try:
         yield db
     except (peewee.OperationalError, peewee.InterfaceError, MaxConnectionsExceeded) as exc:
+        stale = isinstance(db, PostgresPool) and db.untried() and not isinstance(exc, MaxConnectionsExceeded)
         if opened and pooled and not db.is_closed():
             db.manual_close()
-        raise StoreUnavailable(exc) from exc
+        if pooled and not isinstance(exc, MaxConnectionsExceeded):
+            db.close_idle()  # cut by the same server restart, most likely: connect afresh next time
+        raise (StaleConnection if stale else StoreUnavailable)(exc) from exc
     finally:
         if opened and pooled and not db.is_closed() and not db.in_transaction():
             db.close()

@@ -7,6 +7,7 @@ it cannot be reached. Datetimes go in and come out timezone-aware (UTC).
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ import peewee
 
 from engine.store.crypto import SecretError, decrypt_secret, encrypt_secret, new_app_id, new_secret
 from engine.store import statements
-from engine.store.db import connection
+from engine.store.db import StaleConnection, StoreUnavailable, connection
 from engine.store.models import (
     APP_STATUSES,
     ATTEMPT_STATUSES,
@@ -37,6 +38,7 @@ from engine.store.models import (
 )
 
 INSERT_PARAMETERS = 999  # per multi-row INSERT: SQLite's limit before 3.32, far below the others'
+PG_INSERT_PARAMETERS = 32767
 APP_NAME_MAX = 100
 UNFINISHED_ATTEMPT = ("sending", "unknown")  # an attempt declared lost may still learn its real outcome
 
@@ -56,7 +58,15 @@ class DuplicateTask(Exception):
 def _guarded(fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        with connection(_db()):
+        db = _db()
+        outermost = db.is_closed()
+        try:
+            with connection(db):
+                return fn(*args, **kwargs)
+        except StaleConnection:
+            if not outermost:
+                raise
+        with connection(db):  # once more, on a fresh connection: the dropped one had done nothing
             return fn(*args, **kwargs)
 
     return run
@@ -222,8 +232,9 @@ def create_tasks(rows: list[dict[str, Any]], batch: dict[str, Any] | None = None
         rows = [{"batch_id": batch["batch_id"], **row} for row in rows]
     prepared = [_new_task_row(row) for row in rows]
     try:
-        if batch is None and len(prepared) == 1:
-            _insert(Task, prepared[0])  # one statement is its own transaction: a single round trip
+        if batch is None and (len(prepared) == 1 or _postgres() and
+                              len(prepared) <= _rows_per_statement(Task, len(prepared[0]))):
+            _insert_rows(Task, prepared)  # one statement is its own transaction: a single round trip
             return
         with _write_transaction():
             if batch is not None:
@@ -544,20 +555,41 @@ def claim_attempts(claims: Sequence[AttemptClaim], expected: tuple[str, ...]) ->
     if not claims:
         return []
     try:
-        with _write_transaction():
-            _insert_attempts(claims)
-            _mark_processing(claims, expected)
+        if _postgres() and len(claims) <= _rows_per_statement(Attempt, len(ATTEMPT_CLAIM_FIELDS)):
+            _claim_in_one_statement(claims, expected)
+        else:
+            with _write_transaction():
+                _insert_attempts(claims)
+                _mark_processing(claims, expected)
     except peewee.IntegrityError:
         return [_claim_one(claim, expected) for claim in claims]
     return [True] * len(claims)
 
 
-@_guarded
+RECORD_RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)  # 6.3 s in all: a database restart on a small server
+
+
 def record_attempts(ends: Sequence[AttemptEnd], changes: Sequence[StatusChange]) -> list[bool]:
     """Finish the attempts and apply the status changes in one transaction; whether each change applied.
 
-    Rows are written in task id order, so two such transactions never wait on each other in a cycle.
+    The providers have already been called: were the outcomes not stored, the redelivered stream entries
+    would find the attempts begun and never finished, and the failure rules would send the messages again.
+    So while the database is unreachable (a restart) the transaction is tried again for a few seconds; one
+    cut by the outage was rolled back by the server. Only a COMMIT whose answer was lost on the way back
+    would apply twice, and then the changes read as not applied (the tasks were no longer in an expected
+    status), which loses nothing.
     """
+    for delay in RECORD_RETRY_DELAYS:
+        try:
+            return _record_attempts(ends, changes)
+        except StoreUnavailable:
+            time.sleep(delay)
+    return _record_attempts(ends, changes)
+
+
+@_guarded
+def _record_attempts(ends: Sequence[AttemptEnd], changes: Sequence[StatusChange]) -> list[bool]:
+    """Rows are written in task id order, so two such transactions never wait on each other in a cycle."""
     for change in changes:
         _check_statuses(change.expected)
         _check_task_update(change.fields)
@@ -566,6 +598,11 @@ def record_attempts(ends: Sequence[AttemptEnd], changes: Sequence[StatusChange])
     ends = sorted(ends, key=lambda end: (end.task_id, end.number))
     ordered = sorted(enumerate(changes), key=lambda item: item[1].task_id)
     updated_at = utcnow()
+    if _postgres():
+        with _write_transaction():
+            _finish_many(ends)
+            changed = _apply_returning([change for _, change in ordered], updated_at)
+        return [change.task_id in changed for change in changes]
     if len({(tuple(change.fields), change.expected) for change in changes}) == 1:
         try:
             with _write_transaction():
@@ -593,6 +630,37 @@ def _apply_all(changes: Sequence[StatusChange], updated_at: datetime) -> None:
     rows = [({**change.fields, "updated_at": updated_at}, {"task_id": change.task_id}) for change in changes]
     if _update_many(Task, rows, status_in=changes[0].expected) != len(changes):
         raise _NotAllApplied
+
+
+def _apply_returning(changes: Sequence[StatusChange], updated_at: datetime) -> set[str]:
+    """PostgreSQL: the status changes as one UPDATE ... FROM (VALUES ...) per shape (usually one for the whole
+    batch); the ids of the tasks that were still in an expected status and so changed."""
+    shapes: dict[tuple[tuple[str, ...], tuple[str, ...]], list[StatusChange]] = {}
+    for change in changes:
+        shapes.setdefault((tuple(change.fields), change.expected), []).append(change)
+    changed: set[str] = set()
+    for (fields, expected), group in shapes.items():
+        sql = statements.update_from_values_sql(_db(), Task, (*fields, "updated_at"), ("task_id",), len(group),
+                                                len(expected))
+        params = [value for change in group for value in
+                  statements.db_values(Task, {"task_id": change.task_id, **change.fields, "updated_at": updated_at})]
+        cursor = _db().execute_sql(sql, params + list(expected))
+        changed.update(task_id for (task_id,) in cursor.fetchall())
+    return changed
+
+
+ATTEMPT_CLAIM_FIELDS = ("task_id", "number", "provider", "rule", "rule_version", "owner", "lease_until", "key_number")
+
+
+def _claim_in_one_statement(claims: Sequence[AttemptClaim], expected: tuple[str, ...]) -> None:
+    rows = [_with_defaults(Attempt, dict(task_id=claim.task_id, number=claim.number, provider=claim.provider,
+                                         rule=claim.rule, rule_version=claim.rule_version, owner=claim.owner,
+                                         lease_until=claim.lease_until, key_number=claim.key_number))
+            for claim in sorted(claims, key=lambda claim: claim.task_id)]
+    fields = tuple(rows[0])
+    params = [value for row in rows for value in statements.db_values(Attempt, row)]
+    params += statements.db_values(Task, {"updated_at": utcnow()}) + list(expected)
+    statements.execute(_db(), statements.claim_sql(_db(), fields, len(rows), len(expected)), params)
 
 
 def _insert_attempts(claims: Sequence[AttemptClaim]) -> None:
@@ -648,6 +716,17 @@ def _finish_many(ends: Sequence[AttemptEnd]) -> None:
 # -- prepared statements for the per-message path (see engine.store.statements) -----------------------------
 
 
+def _postgres() -> bool:
+    return isinstance(_db(), peewee.PostgresqlDatabase)
+
+
+def _rows_per_statement(model: type[peewee.Model], fields: int) -> int:
+    """Rows of `fields` parameters that one INSERT may carry: psycopg2 writes the values into the statement
+    text itself, so PostgreSQL's is bounded only by sense; SQLite's and MySQL's by INSERT_PARAMETERS."""
+    limit = PG_INSERT_PARAMETERS if _postgres() else INSERT_PARAMETERS
+    return max(1, limit // fields)
+
+
 def _first(model: type[M], where: tuple[str, ...], params: list[Any]) -> M | None:
     rows = statements.fetch(_db(), model, statements.select_sql(_db(), model, where, limit=1), params)
     return rows[0] if rows else None
@@ -661,7 +740,7 @@ def _insert(model: type[peewee.Model], row: dict[str, Any]) -> None:
 def _insert_rows(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> None:
     """Rows with the same fields, as few multi-row INSERT statements as the parameter limit allows."""
     fields = tuple(rows[0])
-    per_statement = max(1, INSERT_PARAMETERS // len(fields))
+    per_statement = _rows_per_statement(model, len(fields))
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
         params = [value for row in chunk for value in statements.db_values(model, {name: row[name] for name in fields})]
@@ -680,6 +759,10 @@ def _update_many(model: type[peewee.Model], rows: Sequence[tuple[dict[str, Any],
     """`_update` for rows of one shape (values, where), one statement run for each by the driver's
     executemany; the rows matched in all."""
     values, where = rows[0]
+    if _postgres():
+        sql = statements.update_from_values_sql(_db(), model, tuple(values), tuple(where), len(rows), len(status_in))
+        params = [value for values, where in rows for value in statements.db_values(model, {**where, **values})]
+        return len(_db().execute_sql(sql, params + list(status_in)).fetchall())
     sql = statements.update_sql(_db(), model, tuple(values), tuple(where), len(status_in))
     params = [statements.db_values(model, values) + statements.db_values(model, where) + list(status_in)
               for values, where in rows]

@@ -84,6 +84,51 @@ def update_in_sql(db: peewee.Database, model: type[peewee.Model], fields: tuple[
     return f"UPDATE {_table(db, model)}{_by_unique_index(db, model, key)} SET {assignments} WHERE {condition}"
 
 
+@lru_cache(maxsize=256)
+def update_from_values_sql(db: peewee.Database, model: type[peewee.Model], fields: tuple[str, ...],
+                           keys: tuple[str, ...], rows: int, status_in: int = 0) -> str:
+    """PostgreSQL: one UPDATE for `rows` rows, each giving its own `fields` to the row its `keys` name, joined
+    from a VALUES list (parameters per row: keys, then fields) [AND status IN (n params)]; RETURNING the first
+    key of each row it changed. One statement where per-row UPDATEs cost a round trip and a plan each."""
+    if not isinstance(db, peewee.PostgresqlDatabase):
+        raise ValueError("UPDATE ... FROM (VALUES ...) is written for PostgreSQL")
+    columns = keys + fields
+    row = f"({', '.join([db.param] * len(columns))})"
+    value = {name: f"v.{_column(db, model, name)}::{_sql_type(db, model, name)}" for name in columns}
+    assignments = ", ".join(f"{_column(db, model, name)} = {value[name]}" for name in fields)
+    condition = " AND ".join(f"t.{_column(db, model, name)} = {value[name]}" for name in keys)
+    if status_in:
+        condition += f" AND t.{_column(db, model, 'status')} IN ({', '.join([db.param] * status_in)})"
+    return (f"UPDATE {_table(db, model)} AS t SET {assignments} "
+            f"FROM (VALUES {', '.join([row] * rows)}) AS v ({', '.join(_column(db, model, n) for n in columns)}) "
+            f"WHERE {condition} RETURNING t.{_column(db, model, keys[0])}")
+
+
+@lru_cache(maxsize=256)
+def claim_sql(db: peewee.Database, fields: tuple[str, ...], rows: int, status_in: int) -> str:
+    """PostgreSQL: insert `rows` attempts (a parameter per field of each) and move each one's task to
+    `processing` with the attempt's provider, rule and rule version while its status is one of `status_in`
+    parameters, after one more parameter for `updated_at`: one statement, so one round trip and one commit."""
+    from engine.store.models import Attempt, Task
+
+    if not isinstance(db, peewee.PostgresqlDatabase):
+        raise ValueError("the one-statement claim is written for PostgreSQL")
+    copied = ("provider", "rule", "rule_version")
+    returning = ", ".join(_column(db, Attempt, name) for name in ("task_id", *copied))
+    assignments = ", ".join(f"{_column(db, Task, name)} = c.{_column(db, Attempt, name)}" for name in copied)
+    return (f"WITH c AS ({insert_sql(db, Attempt, fields, rows)} RETURNING {returning}) "
+            f"UPDATE {_table(db, Task)} AS t SET {_column(db, Task, 'status')} = 'processing', {assignments}, "
+            f"{_column(db, Task, 'updated_at')} = {db.param} FROM c "
+            f"WHERE t.{_column(db, Task, 'task_id')} = c.{_column(db, Attempt, 'task_id')} "
+            f"AND t.{_column(db, Task, 'status')} IN ({', '.join([db.param] * status_in)})")
+
+
+def _sql_type(db: peewee.Database, model: type[peewee.Model], name: str) -> str:
+    """The column's type, to cast a VALUES column to: a column of text literals or NULLs is text otherwise."""
+    field_type = model._meta.fields[name].field_type
+    return str(db._field_types.get(field_type, field_type))
+
+
 def _by_unique_index(db: peewee.Database, model: type[peewee.Model], key: str) -> str:
     """On SQLite, look rows up by `key`'s own index. Without statistics its planner prefers an index led by
     `status` once the IN list has nine keys or more, and then walks every open task to update a few."""

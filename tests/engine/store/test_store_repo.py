@@ -13,7 +13,7 @@ import pytest
 
 from engine.store import repo
 from engine.store.crypto import SecretError
-from engine.store.models import APP_DISABLED, APP_ENABLED, Task
+from engine.store.models import APP_DISABLED, APP_ENABLED, OPEN_TASK_STATUSES, Task
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -451,3 +451,22 @@ def test_failure_decisions_are_kept_with_their_task_in_order() -> None:
         (1, "send_failure", "retry", "network-retry", "transient"), (2, "unknown_outcome", "fail", "(default)", "unknown")]
     assert shown[0]["delay_seconds"] == 2.5 and shown[0]["error_message"] == CHINESE
     assert repo.list_decisions(str(uuid.uuid4())) == []
+
+
+def test_a_claim_keeps_its_owner_lease_and_key_on_every_database(db: peewee.Database) -> None:
+    """Claims, alone or many in one statement, store the owner, the lease and the reused key; renewal moves the
+    lease of the owner's sending attempts only, and expiry takes only an expired one, once."""
+    tasks = [create_task() for _ in range(3)]
+    lease = datetime.now(UTC) + timedelta(seconds=30)
+    claims = [repo.AttemptClaim(task.task_id, 1, "aliyun-main", "otp", "v1", owner="w1", lease_until=lease,
+                                key_number=None if i else 7) for i, task in enumerate(tasks)]
+    assert repo.claim_attempts(claims, OPEN_TASK_STATUSES) == [True, True, True]
+    stored = {a.task_id: a for task in tasks for a in repo.list_attempts(task.task_id)}
+    assert {(a.owner, a.key_number) for a in stored.values()} == {("w1", 7), ("w1", None)}
+    assert all(abs((a.lease_until - lease).total_seconds()) < 1 for a in stored.values())
+    later = lease + timedelta(minutes=5)
+    assert repo.renew_leases("w1", [t.task_id for t in tasks], later) == 3
+    assert repo.renew_leases("w2", [t.task_id for t in tasks], later) == 0
+    assert repo.expire_attempt(tasks[0].task_id, 1, lease + timedelta(minutes=1), "lost") is False
+    assert repo.expire_attempt(tasks[0].task_id, 1, later + timedelta(seconds=1), "lost") is True
+    assert repo.expire_attempt(tasks[0].task_id, 1, later + timedelta(seconds=1), "lost") is False

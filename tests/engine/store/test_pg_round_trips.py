@@ -1,0 +1,71 @@
+"""On PostgreSQL the worker's batch steps and the API's grouped insert cost a fixed number of round trips."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2.extensions
+import pytest
+
+from engine.store import repo
+from engine.store.db import PostgresPool, bind, connect
+from engine.store.migrations import migrate
+from tests.engine.store.conftest import scratch_database
+
+pytestmark = pytest.mark.postgres
+
+OPEN = ("pending", "scheduled", "processing")
+SENT: list[str] = []
+
+
+class CountingCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
+    """Notes every statement handed to the server (an executemany row by row, as psycopg2 sends them)."""
+
+    def execute(self, query: Any, vars: Any = None) -> Any:
+        SENT.append(str(query).split()[0].upper())
+        return super().execute(query, vars)
+
+    def executemany(self, query: Any, vars_list: Any) -> Any:
+        rows = list(vars_list)
+        SENT.extend([str(query).split()[0].upper()] * len(rows))
+        return super().executemany(query, rows)
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[PostgresPool]:
+    with scratch_database("postgres") as url:
+        db = connect(url, pool_size=2)
+        assert isinstance(db, PostgresPool)
+        migrate(db)
+        db.close_all()
+        db.connect_params["cursor_factory"] = CountingCursor
+        bind(db)
+        yield db
+        db.close_all()
+
+
+def counted(action: Any) -> list[str]:
+    SENT.clear()
+    action()
+    return list(SENT)
+
+
+@pytest.mark.parametrize("size", [1, 16, 100])
+def test_a_batch_costs_the_same_statements_whatever_its_size(pool: PostgresPool, size: int) -> None:
+    """Insert, load, claim and record of a batch: 1, 2, 1 and 4 statements for 1, 16 or 100 tasks alike,
+    with no liveness check on pool check-out."""
+    rows = [{"task_id": str(uuid.uuid4()), "app_id": "a" * 16, "receiver": f"1380000{i:04d}"} for i in range(size)]
+    task_ids = [row["task_id"] for row in rows]
+    claims = [repo.AttemptClaim(task_id, 1, "vendor", "route", "v1") for task_id in task_ids]
+    ends = [repo.AttemptEnd(task_id, 1, "ok", True, f"m-{task_id}", latency_ms=2) for task_id in task_ids]
+    changes = [repo.StatusChange(task_id, OPEN, {"status": "success", "provider_message_id": f"m-{task_id}"})
+               for task_id in task_ids]
+    assert counted(lambda: repo.create_tasks(rows)) == ["INSERT"]
+    assert counted(lambda: repo.load_for_delivery(task_ids)) == ["SELECT", "SELECT"]
+    assert counted(lambda: repo.claim_attempts(claims, OPEN)) == ["WITH"]
+    assert counted(lambda: repo.record_attempts(ends, changes)) == ["BEGIN", "UPDATE", "UPDATE", "COMMIT"]
+    tasks, attempts = repo.load_for_delivery(task_ids)
+    assert {task.status for task in tasks.values()} == {"success"}
+    assert {attempts[task_id][0].status for task_id in task_ids} == {"ok"}
