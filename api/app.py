@@ -16,7 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import admin, health, public
 from api.callbacks import provider_callback
 from api.console import CONSOLE
-from api.errors import INTERNAL, ApiError, envelope, error_response, unavailable_code
+from api.errors import INTERNAL, PAYLOAD_TOO_LARGE, ApiError, envelope, error_response, unavailable_code
+from engine import metrics
 from engine.ids import uuid7
 from engine.microbatch import MicroBatcher
 from engine.services import Services
@@ -69,6 +70,58 @@ class TraceIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_trace)
+
+
+class BodyTooLarge(ApiError):
+    """Raised from `receive` once a body passes the limit: whoever was reading answers 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(PAYLOAD_TOO_LARGE, f"request body too large: the limit is {limit} bytes")
+
+
+class BodyLimit:
+    """Every request body is limited while it is read (`MPUSH_MAX_BODY_BYTES`): a declared Content-Length over the
+    limit is refused before a byte is read, and a body that grows past it is cut off there, so no request can
+    make the process buffer more. Answered 413 in the envelope; nothing behind it runs on a refused body."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(scope, receive, send)
+            return
+        seen, started = 0, False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    metrics.REJECTED.labels(str(PAYLOAD_TOO_LARGE)).inc()
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except BodyTooLarge as exc:
+            if not started:
+                await error_response(exc)(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        metrics.REJECTED.labels(str(PAYLOAD_TOO_LARGE)).inc()
+        await error_response(BodyTooLarge(self.limit))(scope, receive, send)
 
 
 class SendLane:
@@ -152,4 +205,4 @@ def create_app(services: Services) -> ASGIApp:
     app = Starlette(routes=ROUTES, middleware=middleware,
                     exception_handlers={ApiError: _api_error, 404: _not_found, 405: _not_found, Exception: _crash})
     app.state.services = services
-    return SendLane(app, services)
+    return BodyLimit(SendLane(app, services), services.settings.max_body_bytes)

@@ -19,6 +19,7 @@ QUOTA_EXCEEDED = 30002
 INTERNAL = 40001
 DATABASE_ERROR = 40002
 REDIS_ERROR = 40003
+PAYLOAD_TOO_LARGE = 413  # ours: the reference has no code for it; 400-599 is also the HTTP status
 
 MESSAGES = {
     SUCCESS: "success",
@@ -33,6 +34,7 @@ MESSAGES = {
     INTERNAL: "internal server error",
     DATABASE_ERROR: "database error",
     REDIS_ERROR: "redis error",
+    PAYLOAD_TOO_LARGE: "request body too large",
     400: "bad request",
     401: "unauthorized",
     404: "not found",

@@ -49,6 +49,7 @@ class Settings:
     log_level: str = "INFO"
     rule_env: Mapping[str, str] | None = None
     outbound_allow: str = ""  # CIDRs and host names customer webhooks and alerts may reach besides public addresses
+    max_body_bytes: int = 4 * 1024 * 1024  # any request body; larger ones are refused with 413 before buffering
     webhook_threads: int = 8
     webhook_per_app: int = 2
 
