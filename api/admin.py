@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from api.errors import ApiError, envelope
+from api.errors import ApiError, envelope, strict_json
 from engine import timeline
 from engine.policy.cases import FactError, fact_from_mapping
 from engine.policy.decisions import SCENES
@@ -51,7 +50,7 @@ def admin(endpoint: Endpoint) -> Endpoint:
 
 async def _json(request: Request) -> dict[str, Any]:
     try:
-        body = json.loads(await request.body() or b"{}")
+        body = strict_json(await request.body() or b"{}")
     except ValueError:
         raise ApiError(400, "request body is not valid JSON") from None
     if not isinstance(body, dict):

@@ -7,7 +7,6 @@ with its quotas, all in one round trip.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -105,9 +104,9 @@ def _parse_body(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(errors.BAD_REQUEST, "invalid request body") from None
+        value = errors.strict_json(raw)
+    except ValueError as exc:  # UnicodeDecodeError is one too
+        raise ApiError(errors.BAD_REQUEST, f"invalid request body: {str(exc)[:100]}") from None
     if value is None:
         return {}
     if not isinstance(value, dict):

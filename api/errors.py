@@ -75,6 +75,50 @@ def envelope(code: int = SUCCESS, data: Any = None, message: str | None = None) 
     return Envelope(body, status_code=http_status(code))
 
 
+MAX_JSON_DEPTH = 32
+
+
+def strict_json(raw: bytes) -> Any:
+    """JSON as the RFC has it, from a client: ValueError for NaN and Infinity, numbers no float can hold,
+    nesting deeper than MAX_JSON_DEPTH, and text that is not UTF-8, so none of them reaches the code behind."""
+
+    def refuse_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    def finite(text: str) -> float:
+        value = float(text)
+        if value in (float("inf"), float("-inf")):
+            raise ValueError(f"number out of range: {text[:20]}")
+        return value
+
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(raw) > MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return json.loads(raw.decode("utf-8"), parse_constant=refuse_constant, parse_float=finite)
+
+
+def _depth(raw: bytes) -> int:
+    """The deepest bracket nesting of a JSON text, brackets inside strings ignored (counted without parsing, so
+    a 100,000-deep body costs a scan, not a recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
 def unavailable_code(exc: BaseException) -> int | None:
     """40003 when Redis could not be reached, 40002 when the database could not: a fault of ours the client
     may retry, never 40001. None for any other exception."""
