@@ -134,9 +134,10 @@ def route(svc: Services, task: Task | None, attempts: list[Attempt], now: float)
     last = attempts[-1] if attempts else None
     if last is not None and last.status == "sending":
         return _lost_or_busy(svc, task, last, now)
-    if task.status == "scheduled" and task.scheduled_at is not None and task.scheduled_at.timestamp() > now + EARLY_SLACK:
-        svc.queue.defer(job("send", task.task_id), task.scheduled_at.timestamp(), earlier_only=True)
-        return "early"
+    due = task.scheduled_at if task.status == "scheduled" else task.not_before
+    if due is not None and due.timestamp() > now + EARLY_SLACK:
+        svc.queue.defer(job("send", task.task_id), due.timestamp(), earlier_only=True)
+        return "early"  # a scheduled send or a retry's delay not yet over: a sweep's or a reclaim's extra job
     ruleset = svc.rules.current
     channel = ruleset.channel(task.channel)
     if channel is None:
@@ -385,10 +386,11 @@ def _retry(svc: Services, task: Task, decision: FailureDecision, provider: str, 
     excluded = json.loads(task.exclude_providers or "[]")
     if decision.action == "switch_provider" and decision.exclude_current and provider and provider not in excluded:
         excluded.append(provider)
-    if not repo.mark_status_if(task.task_id, UNFINISHED, status="pending",
+    due = now + decision.delay_seconds
+    if not repo.mark_status_if(task.task_id, UNFINISHED, status="pending", not_before=_dt(due),
                                exclude_providers=json.dumps(excluded), **fields):
         return "done"
-    svc.queue.defer(job("send", task.task_id), now + decision.delay_seconds)
+    svc.queue.defer(job("send", task.task_id), due)
     return "retried"
 
 

@@ -57,10 +57,11 @@ def add_console(db: peewee.Database) -> None:
 
 def add_attempt_leases(db: peewee.Database) -> None:
     """Attempts carry their owner and lease and the attempt whose idempotency key a resend reuses; a task,
-    the unknown-outcome attempt its next attempt resends."""
+    the unknown-outcome attempt its next attempt resends and the time its retry waits for."""
     for name in ("owner", "lease_until", "key_number"):
         _add_column(db, Attempt, name)
-    _add_column(db, Task, "resend_of")
+    for name in ("resend_of", "not_before"):
+        _add_column(db, Task, name)
 
 
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (

@@ -111,6 +111,7 @@ class Task(BaseModel):
     created_at = UtcDateTimeField(default=utcnow, index=True)
     updated_at = UtcDateTimeField(default=utcnow, index=True)
     resend_of = peewee.IntegerField(null=True)  # the unknown-outcome attempt the next one resends under its key
+    not_before = UtcDateTimeField(null=True)  # a pending task's next attempt waits for its retry delay until then
 
     class Meta:
         table_name = "tasks"

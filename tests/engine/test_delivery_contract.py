@@ -152,6 +152,20 @@ def test_a_scheduled_task_is_never_sent_before_its_time(gw: Gateway, vendor: Ven
     assert abs(score - due.timestamp()) < 1.5
 
 
+def test_a_retry_never_goes_before_its_delay(tmp_path: Path, vendor: Vendor) -> None:
+    """An extra job for a task waiting out its retry delay (a sweep's, a reclaim's) goes back to the delayed set."""
+    slow_retry = RULES.format(url=vendor.server.url).replace("{max: 4, delay: 0s}", "{max: 4, delay: 30s}")
+    rules = write_rules(tmp_path, slow_retry)
+    with gateway(tmp_path, rules, workers=False) as gw:
+        task_id = accepted(gw, "13800000001")
+        repo.update_task(task_id, exclude_providers=json.dumps(["vendor"]))
+        assert delivery.deliver(gw.svc, task_id, time.time()) == "retried"
+        assert delivery.deliver(gw.svc, task_id, time.time()) == "early"
+        score = gw.svc.queue.redis.zscore(gw.svc.queue.delayed, job("send", task_id))
+        assert score is not None and score > time.time() + 25
+        assert len(repo.list_decisions(task_id)) == 1
+
+
 def test_no_provider_available_counts_as_a_try(gw: Gateway) -> None:
     """With every account excluded, each failed choice moves the task on, so the retry limit ends it."""
     task_id = accepted(gw, "13800000001")

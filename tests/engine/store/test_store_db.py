@@ -203,13 +203,13 @@ def test_lease_step_upgrades_a_database_made_before_it(db: peewee.Database) -> N
     migrate(db)
     with connection(db):
         for table, column in (("attempts", "owner"), ("attempts", "lease_until"), ("attempts", "key_number"),
-                              ("tasks", "resend_of")):
+                              ("tasks", "resend_of"), ("tasks", "not_before")):
             db.execute_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
         SchemaVersion.delete().where(SchemaVersion.name == "004_attempt_leases").execute(db)
     assert migrate(db) == ["004_attempt_leases"]
     with connection(db):
         assert {"owner", "lease_until", "key_number"} <= {column.name for column in db.get_columns("attempts")}
-        assert "resend_of" in {column.name for column in db.get_columns("tasks")}
+        assert {"resend_of", "not_before"} <= {column.name for column in db.get_columns("tasks")}
 
 
 def _enters(turns: WriterTurns) -> tuple[threading.Event, threading.Event]:
