@@ -202,10 +202,9 @@ def _claim_many(claims: Sequence[repo.AttemptClaim]) -> list[bool]:
     return repo.claim_attempts(claims, OPEN_TASK_STATUSES)
 
 
-def _record_many(items: Sequence[tuple[repo.AttemptEnd, repo.StatusChange | None]]) -> list[bool]:
+def _record_many(items: Sequence[tuple[repo.AttemptEnd, repo.StatusChange]]) -> list[bool]:
     """Finish the attempts and apply the status changes of calls that ended together, in one transaction."""
-    applied = iter(repo.record_attempts([end for end, _ in items], [change for _, change in items if change]))
-    return [next(applied) if change else False for _, change in items]
+    return repo.record_attempts([end for end, _ in items], [change for _, change in items])
 
 
 _claims = GroupCommit(_claim_many)
@@ -232,7 +231,7 @@ def settle(svc: Services, sent: Sent, now: float) -> str:
     """Store the outcome and the task's new status, count the call for the circuit breaker, then announce a
     final status, wait for a delivery report, or decide the failure."""
     plan, result = sent.plan, sent.result
-    change = _status_change(sent) if result.ok else None
+    change = _status_change(sent) if result.ok else _deciding(sent, now + svc.settings.attempt_lease)
     applied = _records.submit((_attempt_end(sent), change))
     svc.selector.record_many([(plan.account.name, result.outcome is not Outcome.RETRYABLE, plan.account.circuit)],
                              now)
@@ -265,6 +264,12 @@ def _status_change(item: Sent) -> repo.StatusChange:
     if item.result.final:
         return repo.StatusChange(item.plan.task.task_id, UNFINISHED, {"status": "success", **fields})
     return repo.StatusChange(item.plan.task.task_id, OPEN_TASK_STATUSES, {"status": "sent", **fields})
+
+
+def _deciding(item: Sent, until: float) -> repo.StatusChange:
+    """A failed call: until its decision is stored, another job for the task waits (as "early") rather than
+    send the next attempt at once; should this worker die deciding, the task goes on after `until`."""
+    return repo.StatusChange(item.plan.task.task_id, OPEN_TASK_STATUSES, {"not_before": _dt(until)})
 
 
 def _per_entry(task_ids: Sequence[str], labels: Mapping[str, str]) -> list[str]:

@@ -26,6 +26,7 @@ from engine.queue import job
 from engine.services import Services
 from engine.store import repo
 from engine.store.db import StoreUnavailable
+from engine.store.models import Task
 
 log = logging.getLogger("mpush.scheduler")
 
@@ -56,9 +57,9 @@ def recover_lost_data(svc: Services, now: datetime) -> int:
     svc.queue.ensure_group()
     count, after = 0, ""
     while page := repo.unfinished_tasks(after, PAGE):
-        due_now = [task.task_id for task in page if task.status != "sent" and not _later(task.scheduled_at, now)]
-        later = [(job("send", task.task_id), task.scheduled_at.timestamp()) for task in page
-                 if task.status == "scheduled" and _later(task.scheduled_at, now)]
+        open_tasks = [(task, _due(task)) for task in page if task.status != "sent"]
+        due_now = [task.task_id for task, due in open_tasks if not _later(due, now)]
+        later = [(job("send", task.task_id), due.timestamp()) for task, due in open_tasks if _later(due, now)]
         timeouts = [(job("timeout", task.task_id), now.timestamp() + svc.settings.callback_timeout)
                     for task in page if task.status == "sent"]
         if due_now:
@@ -71,6 +72,11 @@ def recover_lost_data(svc: Services, now: datetime) -> int:
     if count:
         log.warning("scheduler.redis_data_lost requeued %d unfinished tasks", count)
     return count
+
+
+def _due(task: Task) -> datetime | None:
+    """When an open task may be sent: a scheduled one at its time, a pending one after its retry delay."""
+    return task.scheduled_at if task.status == "scheduled" else task.not_before
 
 
 def _later(moment: datetime | None, now: datetime) -> bool:

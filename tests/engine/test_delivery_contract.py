@@ -166,6 +166,22 @@ def test_a_retry_never_goes_before_its_delay(tmp_path: Path, vendor: Vendor) -> 
         assert len(repo.list_decisions(task_id)) == 1
 
 
+def test_a_job_arriving_while_a_failure_is_decided_waits(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between a failed attempt's record and its decision, another job for the task sends nothing."""
+    task_id = accepted(gw, "13800000008")
+    decide = delivery.on_failure
+    meanwhile: list[str] = []
+
+    def second_job_first(*args: object, **kwargs: object) -> str:
+        meanwhile.append(delivery.deliver(gw.svc, task_id, time.time()))
+        return decide(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(delivery, "on_failure", second_job_first)
+    assert delivery.deliver(gw.svc, task_id, time.time()) == "retried"
+    assert meanwhile == ["early"]
+    assert [attempt.number for attempt in repo.list_attempts(task_id)] == [1]
+
+
 def test_no_provider_available_counts_as_a_try(gw: Gateway) -> None:
     """With every account excluded, each failed choice moves the task on, so the retry limit ends it."""
     task_id = accepted(gw, "13800000001")
