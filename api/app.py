@@ -14,6 +14,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import admin, health, public
+from api.auth import header_map
 from api.callbacks import provider_callback
 from api.console import CONSOLE
 from api.errors import INTERNAL, PAYLOAD_TOO_LARGE, ApiError, envelope, error_response, unavailable_code
@@ -147,7 +148,7 @@ class SendLane:
         raw = await _body(receive)
         if raw is None:
             return  # the client went away before its request was whole
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        headers = header_map((name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"])
         try:
             signed = public.SignedSend("POST", scope["path"], headers, raw, headers.get("idempotency-key", ""))
             response = envelope(data=await self.batcher.submit(signed))
