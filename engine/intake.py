@@ -20,6 +20,7 @@ from engine.ids import uuid7
 from engine.limits import Admission, Call
 from engine.policy.decisions import QuotaCheck
 from engine.policy.model import Channel, Template, render
+from engine.policy.receivers import InvalidReceiver, normalise
 from engine.policy.ruleset import RuleSet
 from engine.queue import job
 from engine.services import Services
@@ -54,6 +55,7 @@ class SendRequest:
     tags: tuple[str, ...] = ()
     idempotency_key: str = ""
     batch: bool = False
+    as_sent: tuple[str, ...] = ()  # the receivers as the client wrote them, once `receivers` are normalised
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,9 +241,20 @@ def _checked(ruleset: RuleSet, app: Application, request: SendRequest, now: floa
     missing = template.missing(request.params)
     if missing:
         raise Refused("invalid", f"missing template params: [{' '.join(missing)}]")
+    request = _normalised(request, channel, ruleset.settings.default_region)
     checks, costs = _quota_checks(ruleset, app, channel, request, datetime.fromtimestamp(now, UTC))
     due = request.scheduled_at.timestamp() if request.scheduled_at and request.scheduled_at.timestamp() > now else None
     return Admitted(app, request, channel, template, now, due, checks, costs, False, call)
+
+
+def _normalised(request: SendRequest, channel: Channel, default_region: str) -> SendRequest:
+    """The request with each receiver in its one form for the channel's type (what quotas count and routing
+    sees), the receivers as sent kept beside them."""
+    try:
+        normal = tuple(normalise(receiver, channel.type, default_region) for receiver in request.receivers)
+    except InvalidReceiver as exc:
+        raise Refused("invalid", f"invalid receiver for {channel.type} channel {channel.name!r}: {exc}") from None
+    return dataclasses.replace(request, receivers=normal, as_sent=request.receivers)
 
 
 def _counted(item: Admitted, admission: Admission) -> Admitted | Refused:
@@ -263,7 +276,7 @@ def _store_and_enqueue_many(svc: Services, admitted: list[Admitted]) -> list[Acc
     rows: dict[int, dict[str, Any]] = {}
     for index, item in enumerate(admitted):
         try:
-            rows[index] = _task_row(item.app, item.channel, item.template, item.request, item.request.receivers[0],
+            rows[index] = _task_row(item.app, item.channel, item.template, item.request, 0,
                                     item.moment, "scheduled" if item.due else "pending", item.due, "")
         except Exception as exc:
             outcomes[index] = exc
@@ -331,8 +344,8 @@ def _store_and_enqueue(svc: Services, admitted: Admitted) -> Accepted:
     moment, due = admitted.moment, admitted.due
     batch_id = uuid7() if request.batch else ""
     status = "scheduled" if due else "pending"
-    rows = [_task_row(app, channel, template, request, receiver, moment, status, due, batch_id)
-            for receiver in request.receivers]
+    rows = [_task_row(app, channel, template, request, index, moment, status, due, batch_id)
+            for index in range(len(request.receivers))]
     for row in rows[1:]:
         row["idempotency_key"] = None  # the key names the request: its first task stands for it
     batch = {"batch_id": batch_id, "app_id": app.app_id, "total": len(rows), "created_at": moment} if batch_id else None
@@ -351,8 +364,11 @@ def _store_and_enqueue(svc: Services, admitted: Admitted) -> Accepted:
     return Accepted(task_ids, status, moment, batch_id)
 
 
-def _task_row(app: Application, channel: Channel, template: Template, request: SendRequest, receiver: str,
+def _task_row(app: Application, channel: Channel, template: Template, request: SendRequest, index: int,
               moment: datetime, status: str, due: float | None, batch_id: str) -> dict[str, Any]:
+    """The task of the request's receiver number `index`."""
+    receiver = request.receivers[index]
+    as_sent = request.as_sent[index] if request.as_sent else receiver
     return {
         "task_id": uuid7(),
         "app_id": app.app_id,
@@ -361,6 +377,7 @@ def _task_row(app: Application, channel: Channel, template: Template, request: S
         "channel": channel.name,
         "message_type": channel.type,
         "receiver": receiver,
+        "receiver_as_sent": as_sent if as_sent != receiver else None,
         "title": render(template.subject, request.params) if template.subject else "",
         "content": render(template.text, request.params),
         "template": template.name,

@@ -236,3 +236,21 @@ def test_field_limits_follow_their_settings() -> None:
         intake.parse(body, batch=False, now=now, limits=limits)
     assert intake.parse({**body, "scheduled_at": later(0.5)}, batch=False, now=now, limits=limits).params
 
+
+
+def test_a_number_written_another_way_is_the_same_receiver_for_its_quota(gw: Gateway) -> None:
+    """Six spellings of one number pass a 3-per-hour per-receiver quota three times, stored in E.164 with the
+    spelling the client used kept beside it."""
+    forms = ["13900139000", "+8613900139000", "+86 139 0013 9000", "008613900139000", "139-0013-9000",
+             "１３９００１３９０００"]
+    answers = [post(gw, "/api/v1/messages", {**GOOD, "receiver": form}, uuid.uuid4().hex) for form in forms]
+    assert [answer["code"] for answer in answers] == [0, 0, 0, 30002, 30002, 30002]
+    tasks = [repo.get_task(answer["data"]["task_id"]) for answer in answers[:3]]
+    assert [(task.receiver, task.receiver_as_sent) for task in tasks] == [
+        ("+8613900139000", "13900139000"), ("+8613900139000", None), ("+8613900139000", "+86 139 0013 9000")]
+
+
+def test_text_that_is_no_phone_number_is_refused_on_an_sms_channel(gw: Gateway) -> None:
+    """`notaphone` answers 10001 naming the channel type instead of being "delivered"."""
+    answer = post(gw, "/api/v1/messages", {**GOOD, "receiver": "notaphone"}, uuid.uuid4().hex)
+    assert answer["code"] == 10001 and "sms" in answer["message"] and "phone number" in answer["message"]
