@@ -187,9 +187,9 @@ def _crash_envelope(method: str, path: str, exc: Exception) -> JSONResponse:
     """Redis or the database out of reach answers 40003 / 40002; anything else is a bug of ours, 40001."""
     code = unavailable_code(exc)
     if code is not None:
-        log.warning("request.unavailable %s %s: %s", method, path, exc)
+        log.warning("request.unavailable %s %r: %s", method, path, exc)
         return envelope(code)
-    log.exception("request.crashed %s %s", method, path, exc_info=exc)
+    log.exception("request.crashed %s %r", method, path, exc_info=exc)
     return envelope(INTERNAL)
 
 

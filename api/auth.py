@@ -22,6 +22,7 @@ from engine.store.crypto import SecretError
 from engine.store.models import Application
 
 WINDOW_SECONDS = 300
+CLOCK_SKEW_SECONDS = 120  # how far API processes' clocks may disagree while a nonce must still be remembered
 HEADERS = ("x-app-id", "x-timestamp", "x-nonce", "x-signature")
 
 
@@ -82,8 +83,9 @@ def admit_nonces(svc: Services, callers: Sequence[Caller], now: float) -> list[A
 
 
 def call_of(caller: Caller) -> Call:
-    """What the limits count of a verified request: its nonce, kept for twice the timestamp window, and its app's rate."""
-    return Call(caller.app.app_id, caller.nonce, caller.app.rate_limit, 2 * WINDOW_SECONDS)
+    """What the limits count of a verified request: its nonce, kept while its timestamp could still pass the
+    window on any API process (twice the window, plus the clock skew between processes), and its app's rate."""
+    return Call(caller.app.app_id, caller.nonce, caller.app.rate_limit, 2 * WINDOW_SECONDS + CLOCK_SKEW_SECONDS)
 
 
 def call_refusal(verdict: Literal["replay", "rate"]) -> ApiError:
