@@ -182,6 +182,19 @@ def test_a_job_arriving_while_a_failure_is_decided_waits(gw: Gateway, monkeypatc
     assert [attempt.number for attempt in repo.list_attempts(task_id)] == [1]
 
 
+def test_a_plan_made_from_a_stale_read_sends_nothing(gw: Gateway, vendor: Vendor) -> None:
+    """A duplicate job that read the task while it was still open plans a next attempt; once the task is
+    delivered that claim is lost, nothing is sent and no attempt row stays."""
+    task_id = accepted(gw, "13800000001")
+    stale = repo.get_task(task_id)
+    assert delivery.deliver(gw.svc, task_id, time.time()) == "success"
+    routed = delivery.route(gw.svc, stale, repo.list_attempts(task_id), time.time())
+    (planned,) = delivery.select(gw.svc, [routed], {}, time.time())  # type: ignore[list-item]
+    calls = len(vendor.server.requests)
+    assert delivery.carry_out(gw.svc, planned) == "busy"
+    assert len(vendor.server.requests) == calls and len(repo.list_attempts(task_id)) == 1
+
+
 def test_no_provider_available_counts_as_a_try(gw: Gateway) -> None:
     """With every account excluded, each failed choice moves the task on, so the retry limit ends it."""
     task_id = accepted(gw, "13800000001")
