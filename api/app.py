@@ -64,6 +64,7 @@ class TraceIdMiddleware:
             await self.app(scope, receive, send)
             return
         trace_id = uuid7().encode()
+        scope.setdefault("state", {})["trace_id"] = trace_id.decode()
 
         async def send_with_trace(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -149,14 +150,16 @@ class SendLane:
         if raw is None:
             return  # the client went away before its request was whole
         headers = header_map((name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"])
+        trace_id = uuid7()
         try:
-            signed = public.SignedSend("POST", scope["path"], headers, raw, headers.get("idempotency-key", ""))
+            signed = public.SignedSend("POST", scope["path"], headers, raw, headers.get("idempotency-key", ""),
+                                       trace_id)
             response = envelope(data=await self.batcher.submit(signed))
         except ApiError as exc:
             response = error_response(exc)
         except Exception as exc:
             response = _crash_envelope("POST", scope["path"], exc)
-        response.raw_headers += [(b"trace-id", uuid7().encode()), (b"vary", b"Origin")]
+        response.raw_headers += [(b"trace-id", trace_id.encode()), (b"vary", b"Origin")]
         if "origin" in headers:
             response.raw_headers.append((b"access-control-allow-origin", b"*"))
         await response(scope, receive, send)

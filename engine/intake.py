@@ -56,6 +56,7 @@ class SendRequest:
     idempotency_key: str = ""
     batch: bool = False
     as_sent: tuple[str, ...] = ()  # the receivers as the client wrote them, once `receivers` are normalised
+    trace_id: str = ""  # the API answer's `trace-id`
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,7 @@ class FieldLimits:
 
 
 def parse(body: dict[str, Any], *, batch: bool, now: float, idempotency_key: str = "",
-          limits: FieldLimits = FieldLimits()) -> SendRequest:
+          limits: FieldLimits = FieldLimits(), trace_id: str = "") -> SendRequest:
     """Validate the request body (the reference's fields, plus channel by name and tags), every field within
     `limits`: a refusal names the field, and nothing the checks let through can break a later step."""
     return SendRequest(
@@ -97,6 +98,7 @@ def parse(body: dict[str, Any], *, batch: bool, now: float, idempotency_key: str
         tags=_tags(body.get("tags"), limits),
         idempotency_key=_idempotency_key(idempotency_key, limits),
         batch=batch,
+        trace_id=trace_id,
     )
 
 
@@ -378,6 +380,7 @@ def _task_row(app: Application, channel: Channel, template: Template, request: S
         "message_type": channel.type,
         "receiver": receiver,
         "receiver_as_sent": as_sent if as_sent != receiver else None,
+        "trace_id": request.trace_id or None,
         "title": render(template.subject, request.params) if template.subject else "",
         "content": render(template.text, request.params),
         "template": template.name,

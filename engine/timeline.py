@@ -63,6 +63,8 @@ def _accepted(task: Task) -> Event:
              ("template", task.template), ("status now", task.status)]
     if task.receiver_as_sent:
         facts.insert(4, ("receiver as sent", task.receiver_as_sent))
+    if task.trace_id:
+        facts.append(("trace id", task.trace_id))
     if task.batch_id:
         facts.append(("batch", task.batch_id))
     if task.scheduled_at:
