@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import peewee
 import redis
+from redis.cluster import RedisCluster
 
 from engine.files import private_dir, restrict_tree
 from engine.limits import Limits
@@ -21,6 +22,7 @@ from engine.store.migrations import migrate
 from engine.targets import TargetPolicy
 from engine.tokens import RedisTokenCache
 from engine.transport import HttpTransport
+from engine.upgrade import move_old_layout
 
 log = logging.getLogger("mpush")
 
@@ -55,6 +57,8 @@ def connect_redis(settings: Settings) -> redis.Redis:
         from engine.embedded import start_embedded_redis
 
         return start_embedded_redis(settings.data_dir)
+    if settings.redis_cluster:
+        return RedisCluster.from_url(settings.redis_url, health_check_interval=30)  # type: ignore[return-value]
     return redis.Redis.from_url(settings.redis_url, health_check_interval=30)
 
 
@@ -70,8 +74,9 @@ def open_services(settings: Settings, *, rules: RuleSetHolder | None = None) -> 
     if applied:
         log.info("store.migrated %s", ", ".join(applied))
     holder = rules or RuleSetHolder(settings.rules_dir, env=settings.rule_env or {})
-    queue = Queue(client)
+    queue = Queue(client, shards=settings.stream_shards)
     queue.ensure_group()
+    move_old_layout(client, queue)
     return Services(
         settings=settings,
         redis=client,

@@ -106,9 +106,7 @@ class WebhookLane:
         reclaimer takes one away while it waits here; called more often than the visibility timeout."""
         with self._lock:
             held = list(self._held)
-        for start in range(0, len(held), 1000):
-            self.queue.redis.xclaim(self.queue.stream, self.queue.group, consumer, 0, held[start:start + 1000],
-                                    justid=True)
+        self.queue.touch(consumer, held)
 
     def _slot(self, app: str, now: float) -> float:
         """When a deferred job of `app` should come back: after the jobs the lane holds for it have run, one

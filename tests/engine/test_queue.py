@@ -16,7 +16,7 @@ RUN = uuid.uuid4().hex[:12]  # every key these tests touch contains it
 
 @pytest.fixture
 def queue(client: redis.Redis) -> Queue:
-    queue = Queue(client, stream=f"test-stream-{RUN}-{uuid.uuid4().hex[:8]}")
+    queue = Queue(client, base=f"test-stream-{RUN}-{uuid.uuid4().hex[:8]}")
     queue.ensure_group()
     return queue
 

@@ -34,7 +34,7 @@ FINAL = ("success", "failed")
 def clean_redis(url: str = REDIS_URL) -> None:
     """Remove every gateway key from the test database (other tests' keys are left alone)."""
     client = redis.Redis.from_url(url)
-    names = list(client.scan_iter(match=keys.PREFIX + "*", count=1000))
+    names = [name for pattern in keys.PATTERNS for name in client.scan_iter(match=pattern, count=1000)]
     if names:
         client.delete(*names)
     client.close()
