@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import redis
 from redis.cluster import RedisCluster
 
@@ -70,3 +71,14 @@ def _wait(ready: Callable[[], bool], message: str, timeout: float = 20.0) -> Non
         if time.monotonic() > deadline:
             raise RuntimeError(message)
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 3-master Redis Cluster's "host:port": the one MPUSH_TEST_REDIS_CLUSTER names, or one started on
+    ports 7301-7303 for the test session and stopped after it."""
+    if ADDRESS:
+        yield ADDRESS
+        return
+    with local_cluster(tmp_path_factory.mktemp("redis-cluster")) as address:
+        yield address
