@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import redis
 
 from engine import metrics
 from engine.ids import uuid7
@@ -21,6 +20,7 @@ from engine.policy.decisions import QuotaCheck
 from engine.policy.model import Channel, Template, render
 from engine.policy.ruleset import RuleSet
 from engine.queue import job
+from engine.redis_errors import REDIS_ERRORS
 from engine.services import Services
 from engine.store import repo
 from engine.store.db import StoreUnavailable
@@ -164,7 +164,7 @@ def _calls_refused(svc: Services, calls: list[Call], now: float) -> list[Excepti
     """Count calls on their own, in one round trip; per call None when counted, else its refusal."""
     try:
         verdicts = svc.limits.admit_calls(calls, now)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         return [exc] * len(calls)
     return [None if verdict == "ok" else Refused(verdict, verdict) for verdict in verdicts]
 
@@ -193,7 +193,7 @@ def admit_many(svc: Services, requests: Sequence[tuple[Application, SendRequest]
     try:
         admissions = svc.limits.admit_many([(item.checks, item.costs) for item in checked], now=now,
                                            calls=checked_calls)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         return [exc if isinstance(item, Admitted) else item for item in outcomes]
     decided = iter([_counted(item, admission) for item, admission in zip(checked, admissions)])
     return [next(decided) if isinstance(item, Admitted) else item for item in outcomes]
@@ -253,7 +253,7 @@ def _enqueue(svc: Services, jobs: list[tuple[str, float | None]]) -> None:
         ready = [job("send", task_id) for task_id, due in jobs if not due]
         if ready:
             svc.queue.enqueue(ready)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         for task_id, _ in jobs:
             repo.update_task(task_id, status="failed", error_code="queue_unavailable",
                              error_message=f"failed to push to queue: {exc}")

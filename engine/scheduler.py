@@ -19,10 +19,10 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-import redis
 
 from engine import keys, metrics
 from engine.queue import job
+from engine.redis_errors import REDIS_ERRORS
 from engine.services import Services
 from engine.store import repo
 from engine.store.db import StoreUnavailable
@@ -47,7 +47,7 @@ def run(svc: Services, stop: threading.Event) -> None:
                 next_sweep = time.monotonic() + svc.settings.sweep_interval
                 move_old_jobs(svc.redis, svc.queue)  # an older version's process may still be queuing there
                 requeue_stranded(svc, datetime.now(UTC))
-        except (redis.RedisError, StoreUnavailable) as exc:
+        except (*REDIS_ERRORS, StoreUnavailable) as exc:
             log.warning("scheduler.tick failed: %s", exc)
 
 

@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import redis
 
 from engine.queue import Entry, Queue
+from engine.redis_errors import REDIS_ERRORS
 
 log = logging.getLogger("mpush.webhooks")
 
@@ -80,7 +80,7 @@ class WebhookLane:
             return []
         try:
             self.queue.defer_many((entry.job, due) for entry, due in deferred)
-        except redis.RedisError as exc:  # left pending: the reclaimer brings them back
+        except REDIS_ERRORS as exc:  # left pending: the reclaimer brings them back
             log.warning("webhook.defer failed for %d jobs: %s", len(deferred), exc)
             return []
         return [entry.id for entry, _ in deferred]
@@ -140,5 +140,5 @@ class WebhookLane:
     def _ack(self, entry_id: str) -> None:
         try:
             self.queue.ack([entry_id])
-        except redis.RedisError as exc:  # reclaimed later and found done
+        except REDIS_ERRORS as exc:  # reclaimed later and found done
             log.warning("queue.ack failed for webhook entry %s: %s", entry_id, exc)

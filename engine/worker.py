@@ -23,10 +23,10 @@ from datetime import UTC, datetime
 from concurrent.futures import ThreadPoolExecutor
 
 import peewee
-import redis
 
 from engine import delivery, webhook_lane, webhooks
 from engine.queue import Entry
+from engine.redis_errors import REDIS_ERRORS, UNREACHABLE
 from engine.services import Services
 from engine.store import repo
 from engine.store.db import StoreUnavailable
@@ -34,7 +34,7 @@ from engine.store.db import StoreUnavailable
 log = logging.getLogger("mpush.worker")
 
 READ_ROUNDS = 4  # stream entries read at most per send thread in one read
-POSTPONE = (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError, redis.ConnectionError)
+POSTPONE = (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError, *UNREACHABLE)
 
 HANDLERS = {
     "send": delivery.deliver,
@@ -111,7 +111,7 @@ class Worker:
             done += self._take_finished()
             try:
                 entries = queue.read(consumer, count=self.read_count, block_ms=500, ack=done)
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("queue.read failed: %s", exc)
                 stop.wait(1.0)
                 continue  # `done` is acknowledged again with the next read; a repeated XACK is harmless
@@ -138,7 +138,7 @@ class Worker:
     def _ack(self, done: list[str]) -> None:
         try:
             self.svc.queue.ack(done)
-        except redis.RedisError as exc:  # the entries are reclaimed later and found done
+        except REDIS_ERRORS as exc:  # the entries are reclaimed later and found done
             log.warning("queue.ack failed for %d entries: %s", len(done), exc)
 
     def _deliver(self, entries: list[Entry], now: float, handed: set[str]) -> list[str]:
@@ -215,7 +215,7 @@ class Worker:
             try:
                 self._webhooks.keep(f"{self.name}-webhooks")
                 entries = self.svc.queue.reclaim(f"{self.name}-reclaimer", min_idle_ms=idle_ms)
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("queue.reclaim failed: %s", exc)
                 continue
             with self._lock:  # entries this process is still working on are not stale, only slow

@@ -155,3 +155,15 @@ def test_a_message_is_delivered_through_a_sharded_cluster_gateway(tmp_path: Path
         assert isinstance(gw.svc.redis, RedisCluster) and gw.svc.queue.shards == 3
         assert scheduler.recover_lost_data(gw.svc, datetime.now(UTC)) == 0
         assert gw.svc.redis.exists(keys.EPOCH) and delayed_jobs(gw.svc) == {}
+
+
+def test_cluster_client_errors_outside_redis_error_count_as_redis_faults() -> None:
+    """No node serving a slot raises an error redis-py does not derive from RedisError; the API answers it as
+    Redis unavailable (retry later) and the worker leaves the job for the reclaimer, as for any Redis fault."""
+    from redis.exceptions import SlotNotCoveredError
+
+    from api import errors
+    from engine.worker import POSTPONE
+
+    fault = SlotNotCoveredError("slot 42 is not covered")
+    assert errors.unavailable_code(fault) == errors.REDIS_ERROR and isinstance(fault, POSTPONE)

@@ -19,8 +19,7 @@ from engine.upgrade import move_old_jobs, move_old_layout
 from tests.support.redis_cluster import ADDRESS as CLUSTER_ADDRESS
 from tests.support.service import REDIS_URL, clean_redis, delayed_jobs, settings_for, write_rules
 
-pytestmark = [pytest.mark.redis,
-              pytest.mark.skipif(bool(CLUSTER_ADDRESS), reason="the untagged layout only ever ran on one server")]
+one_server = pytest.mark.skipif(bool(CLUSTER_ADDRESS), reason="the untagged layout only ever ran on one server")
 
 T0 = 1_700_000_000.0
 RULES = """
@@ -50,6 +49,8 @@ def _write_old_queue(client: redis.Redis) -> None:
     client.zadd(keys.OLD_DELAYED, {"send:retry": 1_000.0, "timeout:sent": 5_000.0})
 
 
+@pytest.mark.redis
+@one_server
 def test_old_jobs_move_to_their_shards_and_none_is_lost(old: redis.Redis) -> None:
     """Queued jobs (also one an old worker read and never acknowledged) land in their shards' streams,
     delayed ones in their shards' delayed sets at their due time; the old keys are left empty."""
@@ -65,6 +66,8 @@ def test_old_jobs_move_to_their_shards_and_none_is_lost(old: redis.Redis) -> Non
     assert move_old_layout(old, queue) == (0, 0)
 
 
+@pytest.mark.redis
+@one_server
 def test_a_delayed_job_already_kept_earlier_keeps_its_earlier_time(old: redis.Redis) -> None:
     """When a new process deferred a job before the move, the earlier of the two due times stays."""
     old.zadd(keys.OLD_DELAYED, {"send:retry": 3_000.0, "send:other": 1_000.0})
@@ -75,6 +78,8 @@ def test_a_delayed_job_already_kept_earlier_keeps_its_earlier_time(old: redis.Re
     assert (old.zscore(queue.delayed, "send:retry"), old.zscore(queue.delayed, "send:other")) == (2_000.0, 1_000.0)
 
 
+@pytest.mark.redis
+@one_server
 def test_old_counters_keep_their_count_and_expiry_under_the_tagged_names(old: redis.Redis) -> None:
     """A quota counted by the old version goes on counting from where it was, with its expiry; nonces and
     breakers move too, once per data set."""
@@ -94,6 +99,8 @@ def test_old_counters_keep_their_count_and_expiry_under_the_tagged_names(old: re
     assert move_old_layout(old, Queue(old)) == (0, 0)  # counters are moved once per data set
 
 
+@pytest.mark.redis
+@one_server
 def test_a_process_starting_on_old_data_delivers_the_old_jobs(old: redis.Redis, tmp_path: Path) -> None:
     """Opening the services moves the old jobs, and the sweep's move takes those an old-version process queued
     after that."""
