@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
 
 import peewee
 import redis
@@ -13,6 +14,7 @@ from redis.cluster import RedisCluster
 from engine.files import private_dir, restrict_tree
 from engine.limits import Limits
 from engine.queue import Queue
+from engine.redis_errors import REDIS_ERRORS
 from engine.rulesets import RuleSetHolder
 from engine.selector import Selector
 from engine.settings import Settings, SettingsError
@@ -58,8 +60,24 @@ def connect_redis(settings: Settings) -> redis.Redis:
 
         return start_embedded_redis(settings.data_dir)
     if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url, health_check_interval=30)  # type: ignore[return-value]
+        return connect_cluster(settings.redis_url)  # type: ignore[return-value]
     return redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+
+
+def connect_cluster(url: str) -> RedisCluster:
+    """The cluster client, which learns the nodes and slots from the node `url` names at once: a URL it cannot
+    use (a database other than 0, a server not in cluster mode, no node answering) is a setting error."""
+    try:
+        return RedisCluster.from_url(url, health_check_interval=30)
+    except (*REDIS_ERRORS, ValueError) as exc:
+        raise SettingsError(f"setting redis_url: no Redis Cluster usable at {_without_password(url)}: {exc}") from None
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
 
 
 def open_services(settings: Settings, *, rules: RuleSetHolder | None = None) -> Services:

@@ -1,5 +1,5 @@
-"""Upgrading from the untagged key layout: old queued and delayed jobs and old counters move to the tagged
-names at start (and old jobs again on every sweep), so nothing in flight is lost; settings of the layout."""
+"""The Redis key layout: upgrading from the untagged one (old queued and delayed jobs and old counters move to
+their tagged names at start, old jobs again on every sweep: nothing in flight is lost); its settings."""
 
 from __future__ import annotations
 
@@ -133,3 +133,16 @@ def test_layout_settings_are_read_from_the_environment() -> None:
     settings = Settings.from_env({"MPUSH_STREAM_SHARDS": "8", "MPUSH_REDIS_CLUSTER": "yes",
                                   "MPUSH_REDIS_URL": "redis://10.0.0.5:6379"})
     assert (settings.stream_shards, settings.redis_cluster) == (8, True)
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("redis://127.0.0.1:6379/3", "no Redis Cluster usable at redis://127.0.0.1:6379/3: .*db"),
+    ("redis://:sekrit@127.0.0.1:6379/0", r"redis://:\*\*\*@127.0.0.1:6379/0: .*[Cc]luster"),
+    ("redis://127.0.0.1:1", "no Redis Cluster usable at redis://127.0.0.1:1"),
+])
+def test_a_cluster_url_that_cannot_be_used_is_a_clear_setting_error(url: str, message: str, tmp_path: Path) -> None:
+    """A cluster URL with a database other than 0, naming a server not in cluster mode, or nothing that answers
+    stops the process with a setting error naming the URL (its password hidden), not a traceback."""
+    settings = settings_for(tmp_path, write_rules(tmp_path, RULES), redis_url=url, redis_cluster=True)
+    with pytest.raises(SettingsError, match=message):
+        open_services(settings)
