@@ -22,7 +22,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from engine import keys, metrics
-from engine.policy.sharding import shard_of
+from engine.policy.sharding import reader_shards, shard_of
 from engine.scripting import pipelined
 
 log = logging.getLogger("mpush.queue")
@@ -36,8 +36,10 @@ end
 return #due
 """
 
-# On a cluster one XREADGROUP cannot name streams in different slots: a reader first reads every shard
-# without waiting, and when all are empty waits on one shard (the next in turn) at most this long.
+# On a cluster one XREADGROUP cannot name streams in different slots: a reader of several shards first reads
+# each without waiting, and when all are empty waits on one shard (the next in turn) at most this long (Redis
+# ends a blocking read only at its next `hz` tick, 100 ms by default). Workers avoid that by running a reader
+# per shard (`reader_shards`), each waiting on its own.
 CLUSTER_WAIT_MS = 100
 
 
@@ -138,21 +140,28 @@ class Queue:
         calls = [([delayed, stream], [now, limit]) for delayed, stream in zip(self.delayed_sets, self.streams)]
         return sum(int(moved) for moved in pipelined(self.redis, self._release_due, calls))
 
-    def read(self, consumer: str, *, count: int = 10, block_ms: int = 1000, ack: Sequence[str] = ()) -> list[Entry]:
-        """New entries for `consumer`, about `count` of them, after acknowledging the `ack` ids of its previous
-        read in the same round trip (Redis runs the acknowledgement before the read starts waiting)."""
-        per_shard = max(1, -(-count // self.shards))
+    def reader_shards(self, readers: int) -> list[tuple[int, ...]]:
+        """The shards each stream reader of a worker should read (see `policy.sharding.reader_shards`)."""
+        return reader_shards(self.shards, readers, one_read=self._one_read)
+
+    def read(self, consumer: str, *, count: int = 10, block_ms: int = 1000, ack: Sequence[str] = (),
+             shards: Sequence[int] | None = None) -> list[Entry]:
+        """New entries for `consumer` from `shards` (default: all), about `count` of them, after acknowledging
+        the `ack` ids of its previous read in the same round trip (Redis runs the acknowledgement before the read
+        starts waiting)."""
+        streams = self.streams if shards is None else [self.streams[n] for n in shards]
+        per_shard = max(1, -(-count // len(streams)))
         pipe = self.redis.pipeline(transaction=False)
         self._ack(pipe, ack)
-        if self._one_read:
-            pipe.xreadgroup(self.group, consumer, dict.fromkeys(self.streams, ">"), count=per_shard, block=block_ms)
+        if self._one_read or len(streams) == 1:
+            pipe.xreadgroup(self.group, consumer, dict.fromkeys(streams, ">"), count=per_shard, block=block_ms)
             return self._read_replies(pipe, 1)
-        for stream in self.streams:
+        for stream in streams:
             pipe.xreadgroup(self.group, consumer, {stream: ">"}, count=per_shard)
-        entries = self._read_replies(pipe, self.shards)
+        entries = self._read_replies(pipe, len(streams))
         if entries or block_ms <= 0:
             return entries
-        waited = self.streams[next(self._turn) % self.shards]
+        waited = streams[next(self._turn) % len(streams)]
         pipe = self.redis.pipeline(transaction=False)
         pipe.xreadgroup(self.group, consumer, {waited: ">"}, count=per_shard, block=min(block_ms, CLUSTER_WAIT_MS))
         return self._read_replies(pipe, 1)

@@ -11,6 +11,7 @@ import peewee
 import redis
 from redis.cluster import RedisCluster
 
+from engine.cluster_client import GatewayCluster
 from engine.files import private_dir, restrict_tree
 from engine.limits import Limits
 from engine.queue import Queue
@@ -68,7 +69,7 @@ def connect_cluster(url: str) -> RedisCluster:
     """The cluster client, which learns the nodes and slots from the node `url` names at once: a URL it cannot
     use (a database other than 0, a server not in cluster mode, no node answering) is a setting error."""
     try:
-        return RedisCluster.from_url(url, health_check_interval=30)
+        return GatewayCluster.from_url(url, health_check_interval=30)
     except (*REDIS_ERRORS, ValueError) as exc:
         raise SettingsError(f"setting redis_url: no Redis Cluster usable at {_without_password(url)}: {exc}") from None
 

@@ -19,6 +19,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from concurrent.futures import ThreadPoolExecutor
 
@@ -71,8 +72,9 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, then finish the entries in hand, ack them and return."""
-        workers = [threading.Thread(target=self._consume, args=(f"{self.name}-{i}", stop), name=f"consumer-{i}")
-                   for i in range(self.readers)]
+        workers = [threading.Thread(target=self._consume, args=(f"{self.name}-{i}", stop, shards),
+                                    name=f"consumer-{i}")
+                   for i, shards in enumerate(self.svc.queue.reader_shards(self.readers))]
         workers.append(threading.Thread(target=self._reclaim, args=(stop,), name="reclaimer"))
         workers.append(threading.Thread(target=self._renew_leases, args=(stop,), name="leases"))
         for thread in workers:
@@ -104,13 +106,13 @@ class Worker:
         self._count(f"{entry.kind}.{label}")
         return True
 
-    def _consume(self, consumer: str, stop: threading.Event) -> None:
-        """Read, handle, and acknowledge what was done with the next read's round trip (or at the end)."""
+    def _consume(self, consumer: str, stop: threading.Event, shards: Sequence[int]) -> None:
+        """Read `shards`, handle, and acknowledge what was done with the next read's round trip (or at the end)."""
         queue, done = self.svc.queue, list[str]()
         while not stop.is_set():
             done += self._take_finished()
             try:
-                entries = queue.read(consumer, count=self.read_count, block_ms=500, ack=done)
+                entries = queue.read(consumer, count=self.read_count, block_ms=500, ack=done, shards=shards)
             except REDIS_ERRORS as exc:
                 log.warning("queue.read failed: %s", exc)
                 stop.wait(1.0)

@@ -167,3 +167,27 @@ def test_cluster_client_errors_outside_redis_error_count_as_redis_faults() -> No
 
     fault = SlotNotCoveredError("slot 42 is not covered")
     assert errors.unavailable_code(fault) == errors.REDIS_ERROR and isinstance(fault, POSTPONE)
+
+
+def _getkeys_calls(cluster: RedisCluster) -> int:
+    stats = cluster.info("commandstats", target_nodes=RedisCluster.PRIMARIES)
+    return sum(int(node.get("cmdstat_command|getkeys", {}).get("calls", 0)) for node in stats.values())
+
+
+def test_stream_reads_cost_no_key_lookup_round_trip(cluster: RedisCluster, queue: Queue) -> None:
+    """The client routes XREADGROUP by the stream names it reads itself, never asking a node for the keys first
+    (redis-py's cluster client otherwise sends COMMAND GETKEYS before every stream read)."""
+    queue.enqueue([job("send", f"t{i}") for i in range(12)])
+    before = _getkeys_calls(cluster)
+    entries = [entry for shard in range(SHARDS) for entry in queue.read("c1", count=12, block_ms=10, shards=[shard])]
+    entries += queue.read("c1", count=12, block_ms=10)
+    assert len(entries) == 12 and _getkeys_calls(cluster) == before
+
+
+def test_stream_read_keys_are_the_names_before_the_ids() -> None:
+    """The keys of an XREADGROUP are the first half of what follows STREAMS; a malformed one has none."""
+    from engine.cluster_client import stream_read_keys
+
+    assert stream_read_keys(("XREADGROUP", b"GROUP", "g", "c", b"COUNT", "4", b"STREAMS", "a", "b", ">", ">")) == ["a", "b"]
+    assert stream_read_keys(("XREADGROUP", b"GROUP", "g", "c", b"STREAMS", "a")) == []
+    assert stream_read_keys(("XREADGROUP", b"GROUP", "g", "c")) == []

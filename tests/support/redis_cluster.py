@@ -14,13 +14,15 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from engine.cluster_client import GatewayCluster
+
 PORTS = (7301, 7302, 7303)
 ADDRESS = os.environ.get("MPUSH_TEST_REDIS_CLUSTER", "")  # "host:port" of a running cluster's node, or empty
 
 
 def connect_cluster(address: str) -> RedisCluster:
     host, _, port = address.rpartition(":")
-    client = RedisCluster(host=host, port=int(port), socket_timeout=5, socket_connect_timeout=5)
+    client = GatewayCluster(host=host, port=int(port), socket_timeout=5, socket_connect_timeout=5)
     client.ping()
     return client
 
