@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from api import errors
-from api.auth import Caller, authenticate, call_of, call_refusal, verify
+from api.auth import Caller, authenticate, call_of, call_refusal, header_map, verify
 from api.errors import ApiError, envelope
 from engine import intake, metrics
 from engine.intake import Refused
@@ -49,7 +49,7 @@ async def _authenticated(request: Request, work: Callable[[Services, Caller], T]
     """Authenticate the request, then run `work` for the caller, both in one thread-pool call."""
     svc: Services = request.app.state.services
     raw = await request.body()
-    headers = {k.lower(): v for k, v in request.headers.items()}
+    headers = header_map(request.headers.items())
     method, path = request.method, request.url.path
 
     def run() -> T:
@@ -66,10 +66,12 @@ def send_many(svc: Services, sends: Sequence[SignedSend]) -> list[dict[str, Any]
     requests: dict[int, tuple[Any, intake.SendRequest]] = {}
     calls: list[Call] = []
     apps: dict[str, Any] = {}
+    limits = intake.FieldLimits.of(svc.settings)
     for index, send in enumerate(sends):
         try:
             caller = verify(svc, send.method, send.path, send.headers, send.raw, now, apps)
-            requests[index] = (caller.app, intake.parse(caller.body, batch=False, idempotency_key=send.idempotency_key))
+            requests[index] = (caller.app, intake.parse(caller.body, batch=False, now=now, limits=limits,
+                                                        idempotency_key=send.idempotency_key))
             calls.append(call_of(caller))
         except Refused as exc:
             outcomes[index] = _refusal(exc)
@@ -104,10 +106,14 @@ async def get_batch(request: Request) -> JSONResponse:
 
 
 def _accept(svc: Services, caller: Caller, idempotency_key: str, batch: bool) -> intake.Accepted:
+    """Accept a request whose call (nonce, rate) `authenticate` counted: given back when it is refused."""
+    now = time.time()
     try:
-        request = intake.parse(caller.body, batch=batch, idempotency_key=idempotency_key)
-        return intake.accept(svc, caller.app, request, time.time())
+        request = intake.parse(caller.body, batch=batch, now=now, limits=intake.FieldLimits.of(svc.settings),
+                               idempotency_key=idempotency_key)
+        return intake.accept(svc, caller.app, request, now)
     except Refused as exc:
+        intake.give_back_call(svc, call_of(caller), now)
         raise _refusal(exc) from None
 
 

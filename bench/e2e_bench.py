@@ -9,6 +9,7 @@ of the API and the worker (counted in those processes by `counted.py`).
 
     .venv/bin/python bench/e2e_bench.py --rate 1000 --seconds 20
     .venv/bin/python bench/e2e_bench.py --batch 20 --rate 2000          # 20 receivers per request
+    .venv/bin/python bench/e2e_bench.py --batch 1000 --rate 10000 --vendor-batch   # 200 receivers a vendor call
     .venv/bin/python bench/e2e_bench.py --database-url postgresql://postgres@127.0.0.1/test
     .venv/bin/python bench/e2e_bench.py --redis-url redis://127.0.0.1:7301 --redis-cluster --stream-shards 6
 """
@@ -46,7 +47,7 @@ templates:
 channels:
   - {{id: 1, name: bench, type: sms, template: code}}
 providers:
-  - {{name: vendor, type: fake, config: {{url: "http://127.0.0.1:{port}/send"}}}}
+  - {{name: vendor, type: fake, config: {{url: "http://127.0.0.1:{port}/send"{batch_url}}}}}
 routing:
   - {{name: bench, when: {{channel: bench}}, providers: [{{use: vendor}}]}}
 quotas:
@@ -173,6 +174,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000, help="messages offered per second")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--batch", type=int, default=1, help="receivers per request")
+    parser.add_argument("--vendor-batch", action="store_true",
+                        help="the vendor takes up to 200 receivers of one text a call (mock_vendor.py /batch)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--worker-threads", type=int, default=4,
                         help="send threads of the worker; the mock answers at once, so few threads waste least")
@@ -187,7 +190,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mpush-bench-"))
     mock_port, api_port = free_port(), free_port()
     (tmp / "rules").mkdir()
-    (tmp / "rules" / "bench.yaml").write_text(RULES.format(port=mock_port), encoding="utf-8")
+    (tmp / "rules" / "bench.yaml").write_text(RULES.format(port=mock_port, batch_url=f', batch_url: "http://127.0.0.1:{mock_port}/batch"' if args.vendor_batch else ""), encoding="utf-8")
     database_url = args.database_url or f"sqlite:///{tmp / 'mpush.db'}"
     bench_redis = RedisCluster.from_url(args.redis_url) if args.redis_cluster else redis.Redis.from_url(args.redis_url)
     bench_redis.flushdb()  # on a cluster: every primary

@@ -213,28 +213,77 @@ _records = GroupCommit(_record_many)
 
 def carry_out(svc: Services, plan: Planned, owner: str = "") -> str:
     """Claim, send, record and decide one planned attempt; "busy" when another worker claimed it first."""
+    return carry_out_many(svc, [plan], owner)[0]
+
+
+def carry_out_many(svc: Services, plans: Sequence[Planned], owner: str = "") -> list[str]:
+    """`carry_out` for attempts that go in one vendor call (a group from `batches`): claimed together, sent
+    together, then recorded and decided each on its own; a label per plan."""
     lease_until = _dt(time.time() + svc.settings.attempt_lease)
-    if not _claims.submit(plan.claim(owner, lease_until)):
-        return "busy"
-    sent = attempt(svc, plan, time.time())
-    return settle(svc, sent, time.time())
+    claimed = _claims.submit_many([plan.claim(owner, lease_until) for plan in plans])
+    mine = [plan for plan, ok in zip(plans, claimed) if ok]
+    settled = iter(settle_many(svc, attempt_many(svc, mine, time.time()), time.time()) if mine else ())
+    return [next(settled) if ok else "busy" for ok in claimed]
+
+
+def batches(plans: Sequence[Planned]) -> list[list[Planned]]:
+    """The plans in groups that one vendor call can carry: the same account, template, params and text (a
+    resend goes alone, under its own key), at most as many as the account's vendor takes in one call."""
+    groups: list[list[Planned]] = []
+    open_groups: dict[tuple[str, ...], list[Planned]] = {}
+    for plan in plans:
+        size = registry.batch_size(plan.account.type, plan.account.config)
+        if size <= 1 or plan.key_number is not None:
+            groups.append([plan])
+            continue
+        task = plan.task
+        key = (plan.account.name, plan.channel.name, task.template, str(task.template_params), task.content,
+               task.title or "", task.signature or "")
+        group = open_groups.setdefault(key, [])
+        group.append(plan)
+        if len(group) >= size:
+            groups.append(open_groups.pop(key))
+    return groups + list(open_groups.values())
+
+
+def largest_batch(ruleset: RuleSet) -> int:
+    """The most messages one call can carry for any account of the rule set (1 when none batches)."""
+    return max((registry.batch_size(account.type, account.config) for account in ruleset.providers.values()),
+               default=1)
 
 
 def attempt(svc: Services, plan: Planned, now: float) -> Sent:
     """Render and send one claimed attempt."""
-    message = build_message(plan)
-    result, latency_ms = send(svc, plan.account, message, now)
-    return Sent(plan, result, latency_ms)
+    return attempt_many(svc, [plan], now)[0]
+
+
+def attempt_many(svc: Services, plans: Sequence[Planned], now: float) -> list[Sent]:
+    """Render and send claimed attempts of one account in one call (one when its vendor takes one)."""
+    messages = [build_message(plan) for plan in plans]
+    if len(plans) == 1:
+        result, latency_ms = send(svc, plans[0].account, messages[0], now)
+        return [Sent(plans[0], result, latency_ms)]
+    results, latency_ms = send_batch(svc, plans[0].account, messages, now)
+    return [Sent(plan, result, latency_ms) for plan, result in zip(plans, results)]
 
 
 def settle(svc: Services, sent: Sent, now: float) -> str:
-    """Store the outcome and the task's new status, count the call for the circuit breaker, then announce a
-    final status, wait for a delivery report, or decide the failure."""
+    return settle_many(svc, [sent], now)[0]
+
+
+def settle_many(svc: Services, sents: Sequence[Sent], now: float) -> list[str]:
+    """Store the outcomes and the tasks' new statuses (in one group commit), count the calls for the circuit
+    breaker, then per attempt announce a final status, wait for a delivery report, or decide the failure."""
+    lease = svc.settings.attempt_lease
+    changes = [_status_change(sent) if sent.result.ok else _deciding(sent, now + lease) for sent in sents]
+    applied = _records.submit_many([(_attempt_end(sent), change) for sent, change in zip(sents, changes)])
+    svc.selector.record_many([(sent.plan.account.name, sent.result.outcome is not Outcome.RETRYABLE,
+                               sent.plan.account.circuit) for sent in sents], now)
+    return [_decide(svc, sent, ok, now) for sent, ok in zip(sents, applied)]
+
+
+def _decide(svc: Services, sent: Sent, applied: bool, now: float) -> str:
     plan, result = sent.plan, sent.result
-    change = _status_change(sent) if result.ok else _deciding(sent, now + svc.settings.attempt_lease)
-    applied = _records.submit((_attempt_end(sent), change))
-    svc.selector.record_many([(plan.account.name, result.outcome is not Outcome.RETRYABLE, plan.account.circuit)],
-                             now)
     task = plan.task
     if result.ok and result.final:
         return announce_final(svc, task, "success") if applied else "done"
@@ -321,6 +370,31 @@ def send(svc: Services, account: ProviderAccount, message: Message, now: float) 
     metrics.SEND_SECONDS.labels(account.name).observe(elapsed)
     metrics.SENDS.labels(account.name, result.outcome.value).inc()
     return result, round(elapsed * 1000)
+
+
+def send_batch(svc: Services, account: ProviderAccount, messages: Sequence[Message], now: float
+               ) -> tuple[list[SendResult], int]:
+    """One vendor call for several messages: a result per message, and the call's latency in ms. A provider
+    bug, or results that do not match the messages one to one, is an unknown outcome for each (the call may
+    have reached the vendor), never a lost task."""
+    send_many = registry.batch_sender(account.type)
+    assert send_many is not None, f"{account.type} sends one message a call"
+    ctx = SendContext(transport=svc.transport, now=_dt(now), tokens=svc.tokens)
+    started = time.perf_counter()
+    try:
+        results = list(send_many(messages, provider_account(account), ctx))
+        if len(results) != len(messages):
+            raise ValueError(f"{len(results)} results for {len(messages)} messages")
+    except Exception as exc:  # a provider bug must not strand the tasks
+        log.exception("provider.crashed provider=%s tasks=%d", account.name, len(messages))
+        unknown = SendResult(Outcome.RETRYABLE, error_code="provider_error", error_class="unknown",
+                             error_message=type(exc).__name__)
+        results = [unknown] * len(messages)
+    elapsed = time.perf_counter() - started
+    metrics.SEND_SECONDS.labels(account.name).observe(elapsed)
+    for result in results:
+        metrics.SENDS.labels(account.name, result.outcome.value).inc()
+    return results, round(elapsed * 1000)
 
 
 def provider_account(account: ProviderAccount) -> Account:

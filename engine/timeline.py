@@ -61,6 +61,8 @@ def build(task: Task, ruleset: RuleSet, rules_dir: Path) -> list[Event]:
 def _accepted(task: Task) -> Event:
     facts = [("task", task.task_id), ("app", task.app_id), ("channel", task.channel), ("receiver", task.receiver),
              ("template", task.template), ("status now", task.status)]
+    if task.receiver_as_sent:
+        facts.insert(4, ("receiver as sent", task.receiver_as_sent))
     if task.batch_id:
         facts.append(("batch", task.batch_id))
     if task.scheduled_at:

@@ -57,7 +57,8 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.counters: collections.Counter[str] = collections.Counter()
         self.owner = f"{self.name}-{secrets.token_hex(3)}"  # lease holder: unique even if a pid is reused
-        self.read_count = READ_ROUNDS * self.threads
+        self._read_rounds = READ_ROUNDS * self.threads
+        self._read_counts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._senders = ThreadPoolExecutor(self.threads, thread_name_prefix="sender")
         self._slots = threading.Semaphore(self.threads)  # provider calls handed to the pool and not yet ended
@@ -66,6 +67,16 @@ class Worker:
         self._finished: list[str] = []  # entries whose calls ended, acknowledged with the next read
         self._webhooks = webhook_lane.WebhookLane(svc.queue, self.handle, threads=svc.settings.webhook_threads,
                                      per_app=svc.settings.webhook_per_app)
+
+    @property
+    def read_count(self) -> int:
+        """Entries to read at once: enough for every send thread a few times over, and for a full vendor batch
+        when an account of the live rule set sends many messages a call."""
+        ruleset = self.svc.rules.current
+        count = self._read_counts.get(ruleset.version)
+        if count is None:
+            count = self._read_counts[ruleset.version] = max(self._read_rounds, delivery.largest_batch(ruleset))
+        return count
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} threads={self.threads} readers={self.readers} {dict(self.counters)}>"
@@ -159,34 +170,38 @@ class Worker:
         for label in labels.values():
             self._count(f"send.{label}")
         first = {entry.ref: entry for entry in reversed(entries)}
-        for plan in plans:
-            entry = first[plan.task.task_id]
-            handed.add(entry.id)
+        for group in delivery.batches(plans):
+            called = [first[plan.task.task_id] for plan in group]
+            handed.update(entry.id for entry in called)
             self._slots.acquire()
             with self._lock:
-                self._flying[entry.id] = entry.ref
-            self._senders.submit(self._call, entry, plan)
+                self._flying.update((entry.id, entry.ref) for entry in called)
+            self._senders.submit(self._call, called, group)
         return [entry.id for entry in entries if entry.id not in handed]
 
-    def _call(self, entry: Entry, plan: delivery.Planned) -> None:
-        """One attempt in the send pool; its entry is acknowledged once the attempt is decided."""
+    def _call(self, entries: list[Entry], plans: list[delivery.Planned]) -> None:
+        """One vendor call in the send pool (one attempt, or a vendor batch of several); each entry is
+        acknowledged once its attempt is decided."""
         try:
-            label = delivery.carry_out(self.svc, plan, self.owner)
+            labels = delivery.carry_out_many(self.svc, plans, self.owner)
         except POSTPONE as exc:
-            log.warning("job.postponed %s: %s (left pending for reclaim)", entry.job, exc)
-            self._count("postponed")
+            log.warning("job.postponed %d send jobs: %s (left pending for reclaim)", len(entries), exc)
+            self._count("postponed", len(entries))
         except Exception as exc:
-            log.exception("job.crashed %s", entry.job)
-            self.svc.queue.dead_letter(entry, f"{type(exc).__name__}: {exc}")
-            self._count("dead_letter")
-            self._finish(entry.id)
+            log.exception("job.crashed %s", ", ".join(entry.job for entry in entries))
+            for entry in entries:
+                self.svc.queue.dead_letter(entry, f"{type(exc).__name__}: {exc}")
+                self._finish(entry.id)
+            self._count("dead_letter", len(entries))
         else:
-            self._count(f"send.{label}")
-            self._finish(entry.id)
+            for entry, label in zip(entries, labels):
+                self._count(f"send.{label}")
+                self._finish(entry.id)
         finally:
             with self._lock:
-                self._flying.pop(entry.id, None)
-                self._in_hand.discard(entry.id)
+                for entry in entries:
+                    self._flying.pop(entry.id, None)
+                    self._in_hand.discard(entry.id)
             self._slots.release()
 
     def _finish(self, entry_id: str) -> None:

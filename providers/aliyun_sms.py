@@ -10,7 +10,15 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from providers._sms import as_utc, json_array, json_reply, parse_report_items, report_time, send_sms
+from providers._sms import (
+    as_utc,
+    digits_only_number,
+    json_array,
+    json_reply,
+    parse_report_items,
+    report_time,
+    send_sms,
+)
 from providers.base import (
     Account,
     CallbackReply,
@@ -100,7 +108,7 @@ def send_sms_query(message: Message, config: Mapping[str, Any]) -> dict[str, str
         raise Undeliverable("invalid_message", "missing template_code (the Aliyun template, e.g. SMS_123456)")
     if not sign_name:
         raise Undeliverable("invalid_message", "missing sign_name (set it on the message or in the account config)")
-    query = {"PhoneNumbers": message.receiver, "SignName": sign_name, "TemplateCode": message.template_code}
+    query = {"PhoneNumbers": digits_only_number(message.receiver), "SignName": sign_name, "TemplateCode": message.template_code}
     if message.params:
         query["TemplateParam"] = json.dumps(dict(message.params), ensure_ascii=False, separators=(",", ":"))
     query["OutId"] = message.idempotency_key
@@ -175,7 +183,7 @@ def parse_callback(request: CallbackRequest, account: Account, now: datetime) ->
 def request_summary(message: Message, config: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "action": ACTION,
-        "phone_numbers": message.receiver,
+        "phone_numbers": digits_only_number(message.receiver),
         "sign_name": message.sign_name or config["sign_name"],
         "template_code": message.template_code,
         "template_params": dict(message.params),

@@ -215,7 +215,9 @@ class Provider(Protocol):
     """A provider module: `TYPE`, `CHANNEL_TYPES`, `CONFIG` and `send()`.
 
     Modules whose vendor reports delivery also define
-    `parse_callback(request, account, now) -> CallbackResult`.
+    `parse_callback(request, account, now) -> CallbackResult`; modules whose vendor takes many receivers of
+    one message in a call define `send_batch(messages, account, ctx) -> [SendResult per message]` and
+    `batch_size(config) -> int`, the most one call may carry.
     """
 
     TYPE: str

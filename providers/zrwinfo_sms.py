@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from providers._sms import json_reply, json_value, parse_report_items, report_time, send_sms
+from providers._sms import digits_only_number, json_reply, json_value, parse_report_items, report_time, send_sms
 from providers.base import (
     Account,
     CallbackReply,
@@ -88,7 +88,7 @@ def single_send_fields(message: Message, config: Mapping[str, Any]) -> dict[str,
     return {
         "sign": sign,
         "templateId": message.template_code,
-        "mobile": message.receiver,
+        "mobile": digits_only_number(message.receiver),
         "content": "##".join(message.params.values()),
     }
 
@@ -139,7 +139,7 @@ def parse_callback(request: CallbackRequest, account: Account, now: datetime) ->
 
 def request_summary(message: Message, config: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "mobile": message.receiver,
+        "mobile": digits_only_number(message.receiver),
         "sign": sign_field(message.sign_name or config["sign_name"]),
         "templateId": message.template_code,
         "content": "##".join(message.params.values()),

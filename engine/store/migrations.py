@@ -64,11 +64,17 @@ def add_attempt_leases(db: peewee.Database) -> None:
         _add_column(db, Task, name)
 
 
+def add_receiver_as_sent(db: peewee.Database) -> None:
+    """A task's receiver is stored in its one form; the form the client wrote, when it differs, beside it."""
+    _add_column(db, Task, "receiver_as_sent")
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("001_create_tables", create_tables),
     ("002_decisions", create_decisions),
     ("003_console", add_console),
     ("004_attempt_leases", add_attempt_leases),
+    ("005_receiver_as_sent", add_receiver_as_sent),
 )
 
 

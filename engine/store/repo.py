@@ -334,6 +334,7 @@ def task_to_public(task: Task) -> dict[str, Any]:
         "error_message": task.error_message,
         "rule": task.rule,
         "rule_version": task.rule_version,
+        "receiver_as_sent": task.receiver_as_sent or task.receiver,
         "attempts": [attempt_to_public(attempt) for attempt in list_attempts(task.task_id)],
     }
 
