@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-
 from engine import metrics
 from engine.ids import uuid7
 from engine.limits import Admission, Call
@@ -188,7 +187,7 @@ def give_back_call(svc: Services, call: Call, now: float) -> None:
     """The nonce and rate unit of a signed call whose request was refused after it was counted."""
     try:
         svc.limits.refund_call(call, now)
-    except redis.RedisError:
+    except REDIS_ERRORS:
         pass  # Redis is what failed: the nonce then simply stays used until it expires
 
 

@@ -19,7 +19,6 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-
 from engine import keys, metrics
 from engine.queue import job
 from engine.redis_errors import REDIS_ERRORS

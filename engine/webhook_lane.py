@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-
 from engine.queue import Entry, Queue
 from engine.redis_errors import REDIS_ERRORS
 

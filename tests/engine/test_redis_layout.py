@@ -12,7 +12,7 @@ import redis
 from engine import keys
 from engine.limits import Limits, counter_key
 from engine.policy.decisions import QuotaCheck
-from engine.queue import Queue, job
+from engine.queue import Queue
 from engine.services import open_services
 from engine.settings import Settings, SettingsError
 from engine.upgrade import move_old_jobs, move_old_layout
