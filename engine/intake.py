@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import redis
-
 from engine import metrics
 from engine.ids import uuid7
 from engine.limits import Admission, Call
@@ -23,6 +21,7 @@ from engine.policy.model import Channel, Template, render
 from engine.policy.receivers import InvalidReceiver, normalise
 from engine.policy.ruleset import RuleSet
 from engine.queue import job
+from engine.redis_errors import REDIS_ERRORS
 from engine.services import Services
 from engine.settings import Settings
 from engine.store import repo
@@ -190,7 +189,7 @@ def give_back_call(svc: Services, call: Call, now: float) -> None:
     """The nonce and rate unit of a signed call whose request was refused after it was counted."""
     try:
         svc.limits.refund_call(call, now)
-    except redis.RedisError:
+    except REDIS_ERRORS:
         pass  # Redis is what failed: the nonce then simply stays used until it expires
 
 
@@ -198,7 +197,7 @@ def _calls_refused(svc: Services, calls: list[Call], now: float) -> list[Excepti
     """Count calls on their own, in one round trip; per call None when counted, else its refusal."""
     try:
         verdicts = svc.limits.admit_calls(calls, now)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         return [exc] * len(calls)
     return [None if verdict == "ok" else Refused(verdict, verdict) for verdict in verdicts]
 
@@ -227,7 +226,7 @@ def admit_many(svc: Services, requests: Sequence[tuple[Application, SendRequest]
     try:
         admissions = svc.limits.admit_many([(item.checks, item.costs) for item in checked], now=now,
                                            calls=checked_calls)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         return [exc if isinstance(item, Admitted) else item for item in outcomes]
     decided = iter([_counted(item, admission) for item, admission in zip(checked, admissions)])
     return [next(decided) if isinstance(item, Admitted) else item for item in outcomes]
@@ -329,7 +328,7 @@ def _enqueue(svc: Services, jobs: list[tuple[str, float | None]]) -> None:
         ready = [job("send", task_id) for task_id, due in jobs if not due]
         if ready:
             svc.queue.enqueue(ready)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         for task_id, _ in jobs:
             repo.update_task(task_id, status="failed", error_code="queue_unavailable",
                              error_message=f"failed to push to queue: {exc}")

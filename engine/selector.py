@@ -25,6 +25,7 @@ from engine import keys
 from engine.policy.decisions import Candidate
 from engine.policy.model import CircuitPolicy, ProviderAccount
 from engine.policy.selection import SLOTS, Breaker, BreakerState, Slot, breaker_state, counter_ttl, window_bucket
+from engine.scripting import pipelined
 
 STATE_TTL = 86_400  # idle breakers and round-robin positions are forgotten after a day
 
@@ -375,25 +376,8 @@ class Selector:
         return [states[index] for index in range(len(outcomes))]
 
     def _pipelined(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
-        """Run `script` once per call in one round trip, in order.
-
-        EVALSHA is sent directly: a pipeline handed Script objects asks SCRIPT EXISTS first, an
-        extra round trip every time. A NOSCRIPT (Redis restarted) fails every call of the batch
-        alike, before any ran, so loading the script and sending the batch again is safe.
-        """
-        if not calls:
-            return []
-        for retry in (False, True):
-            pipe = self.redis.pipeline(transaction=False)
-            for script_keys, args in calls:
-                pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
-            try:
-                return pipe.execute()
-            except redis.exceptions.NoScriptError:
-                if retry:
-                    raise
-                self.redis.script_load(script.script)
-        raise AssertionError("unreachable")
+        """Run `script` once per call in one round trip, in order (every key shares the route tag: one slot)."""
+        return pipelined(self.redis, script, calls)
 
     def breaker(self, provider: str) -> Breaker:
         """The stored breaker of one account (counts included), for health and admin views."""

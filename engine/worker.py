@@ -19,14 +19,15 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from concurrent.futures import ThreadPoolExecutor
 
 import peewee
-import redis
 
 from engine import delivery, webhook_lane, webhooks
 from engine.queue import Entry
+from engine.redis_errors import REDIS_ERRORS, UNREACHABLE
 from engine.services import Services
 from engine.store import repo
 from engine.store.db import StoreUnavailable
@@ -34,7 +35,7 @@ from engine.store.db import StoreUnavailable
 log = logging.getLogger("mpush.worker")
 
 READ_ROUNDS = 4  # stream entries read at most per send thread in one read
-POSTPONE = (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError, redis.ConnectionError)
+POSTPONE = (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError, *UNREACHABLE)
 
 HANDLERS = {
     "send": delivery.deliver,
@@ -82,8 +83,9 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, then finish the entries in hand, ack them and return."""
-        workers = [threading.Thread(target=self._consume, args=(f"{self.name}-{i}", stop), name=f"consumer-{i}")
-                   for i in range(self.readers)]
+        workers = [threading.Thread(target=self._consume, args=(f"{self.name}-{i}", stop, shards),
+                                    name=f"consumer-{i}")
+                   for i, shards in enumerate(self.svc.queue.reader_shards(self.readers))]
         workers.append(threading.Thread(target=self._reclaim, args=(stop,), name="reclaimer"))
         workers.append(threading.Thread(target=self._renew_leases, args=(stop,), name="leases"))
         for thread in workers:
@@ -115,14 +117,14 @@ class Worker:
         self._count(f"{entry.kind}.{label}")
         return True
 
-    def _consume(self, consumer: str, stop: threading.Event) -> None:
-        """Read, handle, and acknowledge what was done with the next read's round trip (or at the end)."""
+    def _consume(self, consumer: str, stop: threading.Event, shards: Sequence[int]) -> None:
+        """Read `shards`, handle, and acknowledge what was done with the next read's round trip (or at the end)."""
         queue, done = self.svc.queue, list[str]()
         while not stop.is_set():
             done += self._take_finished()
             try:
-                entries = queue.read(consumer, count=self.read_count, block_ms=500, ack=done)
-            except redis.RedisError as exc:
+                entries = queue.read(consumer, count=self.read_count, block_ms=500, ack=done, shards=shards)
+            except REDIS_ERRORS as exc:
                 log.warning("queue.read failed: %s", exc)
                 stop.wait(1.0)
                 continue  # `done` is acknowledged again with the next read; a repeated XACK is harmless
@@ -149,7 +151,7 @@ class Worker:
     def _ack(self, done: list[str]) -> None:
         try:
             self.svc.queue.ack(done)
-        except redis.RedisError as exc:  # the entries are reclaimed later and found done
+        except REDIS_ERRORS as exc:  # the entries are reclaimed later and found done
             log.warning("queue.ack failed for %d entries: %s", len(done), exc)
 
     def _deliver(self, entries: list[Entry], now: float, handed: set[str]) -> list[str]:
@@ -230,7 +232,7 @@ class Worker:
             try:
                 self._webhooks.keep(f"{self.name}-webhooks")
                 entries = self.svc.queue.reclaim(f"{self.name}-reclaimer", min_idle_ms=idle_ms)
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("queue.reclaim failed: %s", exc)
                 continue
             with self._lock:  # entries this process is still working on are not stale, only slow

@@ -94,7 +94,7 @@ def test_a_second_job_for_a_task_in_flight_sends_nothing(gw: Gateway, vendor: Ha
     gw.svc.queue.enqueue([f"send:{hung}"])
     time.sleep(1.0)
     assert len([r for r in vendor.server.requests if json.loads(r.body)["task_id"] == hung]) == 1
-    assert gw.svc.queue.redis.zscore(gw.svc.queue.delayed, f"send:{hung}") is not None
+    assert gw.svc.queue.redis.zscore(gw.svc.queue.delayed_key(f"send:{hung}"), f"send:{hung}") is not None
     vendor.release.set()
     gw.wait(hung, ("success",))
     assert len(repo.list_attempts(hung)) == 1
