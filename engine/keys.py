@@ -14,6 +14,7 @@ PATTERNS = (PREFIX + "*", "{" + PREFIX + "*")  # match every gateway key (SCAN),
 QUEUE_BASE = PREFIX + "q"
 GROUP = "mpush-workers"
 DEAD_LETTER = PREFIX + "stream:dead"
+WORKERS = PREFIX + "workers"  # hash: worker name -> until when its last heartbeat vouches for it (unix time)
 EPOCH = PREFIX + "epoch"  # set once per Redis data set: its absence means Redis lost (or never had) our data
 LAYOUT = PREFIX + "layout"  # "2" once counters of the untagged layout were moved to their tagged names
 

@@ -41,6 +41,7 @@ return #due
 # ends a blocking read only at its next `hz` tick, 100 ms by default). Workers avoid that by running a reader
 # per shard (`reader_shards`), each waiting on its own.
 CLUSTER_WAIT_MS = 100
+TAKE_OVER_IDLE_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +190,53 @@ class Queue:
             return []
         return [self._entry(stream, eid, data) for stream, result in zip(self.streams, results)
                 for eid, data in result[1] if data]
+
+    def heartbeat(self, worker: str, until: float) -> None:
+        """Vouch that `worker` (the prefix of its consumers' names) is alive until `until`."""
+        self.redis.hset(keys.WORKERS, worker, repr(until))
+
+    def retire(self, worker: str) -> None:
+        """A worker that stopped cleanly: no one need take its entries over."""
+        self.redis.hdel(keys.WORKERS, worker)
+
+    def dead_workers(self, now: float) -> list[str]:
+        """Workers whose last heartbeat ran out before `now`: known dead."""
+        return [_text(name) for name, until in self.redis.hgetall(keys.WORKERS).items() if float(until) < now]
+
+    def take_over(self, dead: Sequence[str], consumer: str, *, count: int = 100) -> tuple[list[Entry], list[str]]:
+        """Claim for `consumer`, at once, the entries pending with the consumers of `dead` workers (named
+        `<worker>-<role>`), rather than wait for the visibility timeout; drop their consumers
+        that hold nothing. The entries, and the dead workers that now hold nothing (forgotten)."""
+        dead_set = set(dead)
+        infos = self._each(lambda pipe, stream: pipe.xinfo_consumers(stream, self.group), self.streams)
+        entries: list[Entry] = []
+        holding: set[str] = set()
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, consumers in zip(self.streams, infos):
+            for info in consumers:
+                name = _text(info["name"])
+                worker = name.rpartition("-")[0]
+                if worker not in dead_set:
+                    continue
+                if int(info["pending"]):
+                    holding.add(worker)
+                    entries += self._claim_pending(stream, name, consumer, count)
+                else:
+                    pipe.xgroup_delconsumer(stream, self.group, name)
+        drained = [worker for worker in dead if worker not in holding]
+        if drained:
+            pipe.hdel(keys.WORKERS, *drained)
+        pipe.execute()
+        return entries, drained
+
+    def _claim_pending(self, stream: str, owner: str, consumer: str, count: int) -> list[Entry]:
+        pending = self.redis.xpending_range(stream, self.group, min="-", max="+", count=count, consumername=owner)
+        ids = [item["message_id"] for item in pending]
+        if not ids:
+            return []
+        # a second live worker taking over at the same moment finds them idle for less than a second: not twice
+        claimed = self.redis.xclaim(stream, self.group, consumer, TAKE_OVER_IDLE_MS, ids)
+        return [self._entry(stream, eid, data) for eid, data in claimed if data]
 
     def touch(self, consumer: str, entry_ids: Sequence[str]) -> None:
         """Reset the idle time of entries (XCLAIM to `consumer`), so that no reclaimer takes them."""

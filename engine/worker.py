@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import peewee
 
-from engine import delivery, webhook_lane, webhooks
+from engine import delivery, metrics, webhook_lane, webhooks
 from engine.queue import Entry
 from engine.redis_errors import REDIS_ERRORS, UNREACHABLE
 from engine.services import Services
@@ -34,6 +34,8 @@ from engine.store.db import StoreUnavailable
 
 log = logging.getLogger("mpush.worker")
 
+HEARTBEAT_SECONDS = 1.0
+HEARTBEAT_TTL = 5.0  # a worker silent this long is dead: its entries are taken over without waiting longer
 READ_ROUNDS = 4  # stream entries read at most per send thread in one read
 POSTPONE = (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError, *UNREACHABLE)
 
@@ -88,6 +90,7 @@ class Worker:
                    for i, shards in enumerate(self.svc.queue.reader_shards(self.readers))]
         workers.append(threading.Thread(target=self._reclaim, args=(stop,), name="reclaimer"))
         workers.append(threading.Thread(target=self._renew_leases, args=(stop,), name="leases"))
+        workers.append(threading.Thread(target=self._heartbeat, args=(stop,), name="heartbeat"))
         for thread in workers:
             thread.start()
         for thread in workers:
@@ -226,12 +229,32 @@ class Worker:
             except POSTPONE as exc:
                 log.warning("leases.renew failed for %d attempts: %s", len(task_ids), exc)
 
-    def _reclaim(self, stop: threading.Event) -> None:
-        idle_ms = int(self.svc.settings.visibility_timeout * 1000)
-        while not stop.wait(max(0.5, self.svc.settings.visibility_timeout / 4)):
+    def _heartbeat(self, stop: threading.Event) -> None:
+        """Vouch for this worker every HEARTBEAT_SECONDS; once it stops vouching, others take its entries over."""
+        while not stop.is_set():
             try:
-                self._webhooks.keep(f"{self.name}-webhooks")
-                entries = self.svc.queue.reclaim(f"{self.name}-reclaimer", min_idle_ms=idle_ms)
+                self.svc.queue.heartbeat(self.name, time.time() + HEARTBEAT_TTL)
+            except REDIS_ERRORS as exc:
+                log.warning("worker.heartbeat failed: %s", exc)
+            stop.wait(HEARTBEAT_SECONDS)
+        try:
+            self.svc.queue.retire(self.name)
+        except REDIS_ERRORS:
+            pass  # its heartbeat runs out instead
+
+    def _reclaim(self, stop: threading.Event) -> None:
+        """Take over at once the entries of workers known dead (their heartbeat ran out), and every visibility
+        timeout's quarter the entries any consumer left unacknowledged that long."""
+        idle_ms = int(self.svc.settings.visibility_timeout * 1000)
+        every = max(0.5, self.svc.settings.visibility_timeout / 4)
+        next_reclaim = time.monotonic() + every
+        while not stop.wait(min(HEARTBEAT_SECONDS, every)):
+            try:
+                entries = self._take_over_dead()
+                if time.monotonic() >= next_reclaim:
+                    next_reclaim = time.monotonic() + every
+                    self._webhooks.keep(f"{self.name}-webhooks")
+                    entries += self.svc.queue.reclaim(f"{self.name}-reclaimer", min_idle_ms=idle_ms)
             except REDIS_ERRORS as exc:
                 log.warning("queue.reclaim failed: %s", exc)
                 continue
@@ -242,6 +265,18 @@ class Worker:
                 log.info("queue.reclaimed %d entries", len(entries))
             for start in range(0, len(entries), self.read_count):
                 self._ack(self._process(entries[start : start + self.read_count]))
+
+    def _take_over_dead(self) -> list[Entry]:
+        dead = [worker for worker in self.svc.queue.dead_workers(time.time()) if worker != self.name]
+        if not dead:
+            return []
+        entries, forgotten = self.svc.queue.take_over(dead, f"{self.name}-reclaimer")
+        if entries:
+            metrics.TAKEN_OVER.inc(len(entries))
+            log.warning("queue.taken_over %d entries of dead workers %s", len(entries), ", ".join(dead))
+        if forgotten:
+            log.info("worker.forgotten %s", ", ".join(forgotten))
+        return entries
 
     def drain(self, *, idle_rounds: int = 2) -> None:
         """Burst mode: handle entries until the stream and the due delayed jobs are empty."""
