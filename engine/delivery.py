@@ -227,8 +227,8 @@ def carry_out_many(svc: Services, plans: Sequence[Planned], owner: str = "") -> 
 
 
 def batches(plans: Sequence[Planned]) -> list[list[Planned]]:
-    """The plans in groups that one vendor call can carry: the same account, template, params and text (a
-    resend goes alone, under its own key), at most as many as the account's vendor takes in one call."""
+    """The plans in groups that one vendor call can carry: the same account, template, params and text, each
+    receiver once (a resend goes alone, under its own key), at most as many as the account's vendor takes."""
     groups: list[list[Planned]] = []
     open_groups: dict[tuple[str, ...], list[Planned]] = {}
     for plan in plans:
@@ -240,6 +240,9 @@ def batches(plans: Sequence[Planned]) -> list[list[Planned]]:
         key = (plan.account.name, plan.channel.name, task.template, str(task.template_params), task.content,
                task.title or "", task.signature or "")
         group = open_groups.setdefault(key, [])
+        if any(other.task.receiver == task.receiver for other in group):
+            groups.append(open_groups.pop(key))  # vendors answer per receiver: one receiver once a call
+            group = open_groups[key] = []
         group.append(plan)
         if len(group) >= size:
             groups.append(open_groups.pop(key))

@@ -117,12 +117,27 @@ def test_each_receivers_result_decides_its_own_task(gw: Gateway, vendor: Vendor)
     assert [attempt.status for attempt in repo.list_attempts(done[BUSY].task_id)] == ["retryable", "ok"]
 
 
+def test_one_receiver_goes_once_in_a_call() -> None:
+    """Two tasks for the same receiver (a batch naming it twice) go in different calls: vendors answer per
+    receiver, so one result could not be told from the other."""
+    def plan(receiver: str) -> delivery.Planned:
+        task = SimpleNamespace(task_id=receiver + str(id(object())), template="code", template_params="{}",
+                               content="x", title="", signature="", receiver=receiver)
+        config = {"url": "http://x", "batch_url": "http://x/batch", "batch_max": 10}
+        return delivery.Planned(task, None, SimpleNamespace(name="otp"),  # type: ignore[arg-type]
+                                SimpleNamespace(name="a", type="fake", config=config), 1, "r", "v")
+
+    groups = delivery.batches([plan("+861"), plan("+862"), plan("+861"), plan("+863")])
+    assert [[p.task.receiver for p in group] for group in groups] == [["+861", "+862"], ["+861", "+863"]]
+
+
 def test_plans_are_grouped_by_account_and_text_and_resends_go_alone() -> None:
     """`batches` puts together only plans of one account and one message, splits at the batch size, and
     leaves a resend (which reuses an earlier key) on its own."""
+    receivers = iter(range(100))
     def plan(account: str, content: str, key_number: int | None = None, size: int = 2) -> delivery.Planned:
         task = SimpleNamespace(task_id=f"{account}-{content}-{key_number}", template="code", template_params="{}",
-                               content=content, title="", signature="")
+                               content=content, title="", signature="", receiver=str(next(receivers)))
         config = {"url": "http://x", "batch_url": "http://x/batch", "batch_max": size}
         return delivery.Planned(task, None, SimpleNamespace(name="otp"),  # type: ignore[arg-type]
                                 SimpleNamespace(name=account, type="fake", config=config),
