@@ -31,6 +31,7 @@ from engine.microbatch import GroupCommit
 from engine.policy.decisions import FailureDecision, RoutingDecision, Scene, bound_failure, counted_attempts
 from engine.policy.model import Channel, ProviderAccount, render
 from engine.policy.ruleset import RuleSet
+from engine.policy.selection import call_health
 from engine.queue import job
 from engine.selector import ChoiceRequest
 from engine.services import Services
@@ -277,7 +278,7 @@ def settle_many(svc: Services, sents: Sequence[Sent], now: float) -> list[str]:
     lease = svc.settings.attempt_lease
     changes = [_status_change(sent) if sent.result.ok else _deciding(sent, now + lease) for sent in sents]
     applied = _records.submit_many([(_attempt_end(sent), change) for sent, change in zip(sents, changes)])
-    svc.selector.record_many([(sent.plan.account.name, sent.result.outcome is not Outcome.RETRYABLE,
+    svc.selector.record_many([(sent.plan.account.name, call_health(sent.result.error_class),
                                sent.plan.account.circuit) for sent in sents], now)
     return [_decide(svc, sent, ok, now) for sent, ok in zip(sents, applied)]
 
