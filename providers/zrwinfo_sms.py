@@ -56,10 +56,12 @@ CODE_CLASSES: dict[str, str] = {
     "9001": "content",  # sign invalid
     "9003": "receiver",  # number invalid
     "9006": "account",  # accesskey / secret invalid
+    "9007": "account",  # the caller's IP is not allowed
     "9010": "account",  # balance too low
     "9016": "content",  # sign not approved
     "9017": "content",  # template not approved / not matching
     "9023": "receiver",  # number blacklisted
+    "10001": "content",  # sensitive words
     "9024": "throttled",  # per-number sending frequency: clears with time
 }
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from engine.policy.decisions import ERROR_CLASSES as RULE_CLASSES
-from providers import aliyun_sms, dingtalk_robot, dingtalk_work, smtp, tencent_sms, wecom_app, wecom_robot
+from providers import aliyun_sms, dingtalk_robot, dingtalk_work, smtp, tencent_sms, wecom_app, wecom_robot, zrwinfo_sms
 from providers.base import ERROR_CLASSES, HttpResponse, Outcome, SendResult
 
 
@@ -163,3 +164,18 @@ def test_wecom_and_dingtalk_codes_take_their_documented_class(module: Any, code:
 def test_smtp_replies_take_their_class(code: int, reply: str, expected: str) -> None:
     """SMTP replies: 4xx slow down or retry, 5.1.x is the receiver, 535 the account, 552/554 the content."""
     assert smtp.reply_class(code, reply.encode()) == expected
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "providers.md"
+
+
+@pytest.mark.parametrize("module", [aliyun_sms, tencent_sms, zrwinfo_sms, dingtalk_robot, dingtalk_work, wecom_robot,
+                                    wecom_app], ids=lambda module: module.TYPE)
+def test_docs_list_every_classified_code_under_its_class(module: Any) -> None:
+    """docs/providers.md shows, in the provider's section, every code of its table on the row of its class."""
+    text = DOCS.read_text(encoding="utf-8")
+    section = text.split(f"\n## {module.TYPE}\n", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
+    missing = [(code, error_class) for code, error_class in module.CODE_CLASSES.items()
+               if f"`{code}`" not in rows.get(error_class, "")]
+    assert missing == []
