@@ -33,6 +33,7 @@ CODE_CLASSES: dict[str, str] = {
     "-1": "transient",  # 系统繁忙
     "130101": "throttled",  # send too fast, exceed 20 times per minute (then limited for 10 minutes)
     "410100": "throttled",  # 发送速度太快而限流 (page not found by search; meaning as the robot FAQ lists it)
+    "90030": "throttled",  # over the webhook's call limit (page not found by search; as first documented here)
     "310000": "content",  # keywords not in content / sign not match / ip not in whitelist (security settings)
     "300001": "account",  # token is not exist: the robot's webhook is gone
     "400101": "account",  # access_token 不存在
