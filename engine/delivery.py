@@ -28,9 +28,10 @@ from typing import Any, TypeVar
 
 from engine import metrics, webhooks
 from engine.microbatch import GroupCommit
-from engine.policy.decisions import FailureDecision, RoutingDecision, Scene, bound_failure
+from engine.policy.decisions import FailureDecision, RoutingDecision, Scene, bound_failure, counted_attempts
 from engine.policy.model import Channel, ProviderAccount, render
 from engine.policy.ruleset import RuleSet
+from engine.policy.selection import call_health
 from engine.queue import job
 from engine.selector import ChoiceRequest
 from engine.services import Services
@@ -280,7 +281,7 @@ def settle_many(svc: Services, sents: Sequence[Sent], now: float) -> list[str]:
     lease = svc.settings.attempt_lease
     changes = [_status_change(sent) if sent.result.ok else _deciding(sent, now + lease) for sent in sents]
     applied = _records.submit_many([(_attempt_end(sent), change) for sent, change in zip(sents, changes)])
-    svc.selector.record_many([(sent.plan.account.name, sent.result.outcome is not Outcome.RETRYABLE,
+    svc.selector.record_many([(sent.plan.account.name, call_health(sent.result.error_class),
                                sent.plan.account.circuit) for sent in sents], now)
     return [_decide(svc, sent, ok, now) for sent, ok in zip(sents, applied)]
 
@@ -433,11 +434,12 @@ def on_failure(svc: Services, task: Task, scene: Scene, now: float, *, provider:
     channel = ruleset.channel(task.channel)
     if channel is None:
         return finish(svc, task, "failed", error_code=error_code or "channel_gone", error_message=error_message)
+    decided = repo.decision_counts(task.task_id)
     fact = ruleset.fact(now=_dt(now), app=task.app_id, channel=channel, receiver=task.receiver,
-                        tags=json.loads(task.tags or "[]"), attempt=number, provider=provider,
-                        error_code=error_code, error_class=error_class, error_message=error_message)
+                        tags=json.loads(task.tags or "[]"), attempt=counted_attempts(number, decided.get("defer", 0)),
+                        provider=provider, error_code=error_code, error_class=error_class, error_message=error_message)
     account = ruleset.providers.get(provider)
-    decision = bound_failure(ruleset.on_failure(scene, fact), decided=repo.count_decisions(task.task_id),
+    decision = bound_failure(ruleset.on_failure(scene, fact), decided=sum(decided.values()),
                              limit=svc.settings.max_failure_decisions,
                              deduplicates=account is not None and registry.deduplicates(account.type))
     metrics.DECISIONS.labels(scene, decision.action, decision.rule).inc()
@@ -450,16 +452,18 @@ def on_failure(svc: Services, task: Task, scene: Scene, now: float, *, provider:
                                   error_code=error_code, error_message=error_message, retry_count=number)
     log.info("failure.decided task=%s scene=%s action=%s rule=%s provider=%s class=%s code=%r", task.task_id,
              scene, decision.action, decision.rule, provider, error_class, error_code)
-    if decision.action in ("retry", "switch_provider") and scene == "unknown_outcome":
+    if decision.alert is not None:
+        webhooks.send_alert(svc, decision.alert.webhook or svc.settings.alert_webhook, decision.alert.level,
+                            task, provider=provider, error_code=error_code, error_message=error_message)
+    if decision.action in ("retry", "switch_provider", "defer") and scene == "unknown_outcome":
         return _retry(svc, task, decision, "", now, dict(fields, resend_of=number))
     if decision.action in ("retry", "switch_provider"):
         return _retry(svc, task, decision, provider, now, fields)
+    if decision.action == "defer":
+        return _defer_after_failure(svc, task, now + decision.delay_seconds, fields)
     if decision.action == "ignore":
         repo.update_task(task.task_id, **fields)
         return "ignored"
-    if decision.action == "alert" and decision.alert is not None:
-        webhooks.send_alert(svc, decision.alert.webhook or svc.settings.alert_webhook, decision.alert.level,
-                            task, provider=provider, error_code=error_code, error_message=error_message)
     return finish(svc, task, "failed", **fields)
 
 
@@ -474,6 +478,15 @@ def _retry(svc: Services, task: Task, decision: FailureDecision, provider: str, 
         return "done"
     svc.queue.defer(job("send", task.task_id), due)
     return "retried"
+
+
+def _defer_after_failure(svc: Services, task: Task, due: float, fields: dict[str, Any]) -> str:
+    """Send again at `due` (a send-time window opens), on any account the routing then allows."""
+    if not repo.mark_status_if(task.task_id, UNFINISHED, status="scheduled", scheduled_at=_dt(due),
+                               not_before=_dt(due), **fields):
+        return "done"
+    svc.queue.defer(job("send", task.task_id), due)
+    return "deferred"
 
 
 def defer(svc: Services, task: Task, due: float, **fields: Any) -> str:

@@ -125,14 +125,14 @@ def _attempt(attempt: Attempt, tier: int | None) -> Event:
 def _decision(decision: Any) -> Event:
     facts = [("scene", decision.scene), ("action", decision.action), ("rule", decision.rule),
              ("version", decision.rule_version), ("after attempt", str(decision.number))]
-    if decision.action in ("retry", "switch_provider"):
+    if decision.action in ("retry", "switch_provider", "defer"):
         facts.append(("delay", f"{decision.delay_seconds:g} s"))
     if decision.provider:
         facts.append(("account", decision.provider))
     error = " ".join(part for part in (decision.error_class, decision.error_code, decision.error_message) if part)
     if error:
         facts.append(("error", error))
-    outcome = "pending" if decision.action in ("retry", "switch_provider", "ignore") else "failed"
+    outcome = "pending" if decision.action in ("retry", "switch_provider", "ignore", "defer") else "failed"
     return Event(decision.created_at, "decision", f"{decision.scene}: {decision.action} by rule {decision.rule}",
                  outcome, facts)
 

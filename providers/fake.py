@@ -15,15 +15,15 @@ from typing import Any
 from providers.base import (
     Account, CallbackReply, CallbackRequest, CallbackResult, ConfigField, ConfigSchema,
     DeliveryReport, HttpRequest, HttpResponse, Message, Outcome, SendContext, SendResult,
-    TransportError, bad_response, parse_json_reports, classify_status, http_send, json_object, json_text,
-    request_summary, transport_failure,
+    ERROR_CLASSES, TransportError, bad_response, classified, parse_json_reports, classify_status, http_send,
+    json_object, json_text, request_summary, transport_failure,
 )
 
 TYPE = "fake"
 CHANNEL_TYPES = frozenset({"sms", "email", "wecom", "dingtalk", "webhook"})
 CONFIG: ConfigSchema = {
     "url": ConfigField(str, required=False, default="", help="POST each message here (a loopback server); empty answers in process"),
-    "outcomes": ConfigField(list, required=False, default=("ok",), help='cycled per attempt: "ok", "error:CODE:msg", "retry:CODE:msg", "timeout"'),
+    "outcomes": ConfigField(list, required=False, default=("ok",), help='cycled per attempt: "ok", "error:CODE:msg", "retry:CODE:msg", "account:CODE:msg" (any error class), "timeout"'),
     "spread": ConfigField(bool, required=False, default=False, help="start each task's cycle at a point derived from its task id"),
     "fail_receivers": ConfigField(dict, required=False, default={}, help="receiver -> outcome entry, checked first"),
     "final": ConfigField(bool, required=False, default=True, help="false: accepted, delivery reported later by callback"),
@@ -34,7 +34,7 @@ CONFIG: ConfigSchema = {
 
 # The loopback vendor (bench/mock_vendor.py) delivers each Idempotency-Key once, as a vendor that deduplicates.
 DEDUPLICATES = True
-SCRIPT_SYNTAX = '"ok", "error:CODE:message", "retry:CODE:message" or "timeout"'
+SCRIPT_SYNTAX = '"ok", "error:CODE:message", "retry:CODE:message", "CLASS:CODE:message" (an error class) or "timeout"'
 REPORT_STATUSES = ("delivered", "failed", "rejected")
 
 
@@ -142,6 +142,8 @@ def parse_entry(entry: str) -> SendResult | None:
     if kind in ("error", "retry") and code:
         outcome = Outcome.PERMANENT if kind == "error" else Outcome.RETRYABLE
         return SendResult(outcome, error_code=code, error_message=text or code)
+    if kind in ERROR_CLASSES and kind != "ok" and code:
+        return classified(kind, code, text or code)
     return SendResult(
         Outcome.PERMANENT, error_code="fake_script",
         error_message=f"fake outcome {entry!r} is not one of {SCRIPT_SYNTAX}",

@@ -26,6 +26,8 @@ from providers.base import (
     SendResult,
     Undeliverable,
     bad_response,
+    classified,
+    code_class,
     json_object, json_text,
     with_defaults,
 )
@@ -51,17 +53,54 @@ ALGORITHM = "TC3-HMAC-SHA256"
 CONTENT_TYPE = "application/json; charset=utf-8"
 REPLY_OK = json_reply({"result": 0, "errmsg": "OK"})
 
-# Vendor-side faults and frequency limits clear up on their own. Everything else (bad number,
-# template or sign not approved, no balance, bad credentials, clock skew) needs a human or
-# another provider.
-RETRYABLE_PREFIXES = ("InternalError", "LimitExceeded.", "RequestLimitExceeded")
-PERMANENT_DESPITE_PREFIX = frozenset(
-    {
-        "InternalError.RequestTimeException",  # our clock is off: retrying repeats it
-        "InternalError.SigFieldMissing",
-        "InternalError.SigVerificationFail",
-        "LimitExceeded.PhoneNumberCountLimit",  # too many numbers in one call
-    }
+# SendSms codes and their classes. Unlisted codes go by their prefix, then: transient when Tencent answered 5xx,
+# else content (a refusal we cannot read is failed, not resent).
+# https://cloud.tencent.com/document/api/382/55981 (SendSms, 错误码) and /382/59177 (短信 API 3.0 发送错误码)
+CODE_CLASSES: dict[str, str] = {
+    "FailedOperation.InsufficientBalanceInSmsPackage": "account",  # 套餐包余量不足
+    "UnauthorizedOperation.SmsSdkAppIdVerifyFail": "account",  # SdkAppId 校验失败
+    "UnauthorizedOperation.RequestPermissionDeny": "account",
+    "UnauthorizedOperation.RequestIpNotInWhitelist": "account",
+    "UnauthorizedOperation.SerivceSuspendDueToArrears": "account",  # (sic) 欠费停服
+    "InvalidParameterValue.SdkAppIdNotExist": "account",
+    "LimitExceeded.AppDailyLimit": "account",  # the application's own daily limit
+    "LimitExceeded.AppGlobalDailyLimit": "account",
+    "LimitExceeded.AppMainlandChinaDailyLimit": "account",
+    "LimitExceeded.AppCountryOrAreaDailyLimit": "account",
+    "InternalError.RequestTimeException": "account",  # our clock is off: every call of this account fails alike
+    "FailedOperation.PhoneNumberInBlacklist": "receiver",  # 免打扰名单 (unsubscribed / operator blacklist)
+    "InvalidParameterValue.IncorrectPhoneNumber": "receiver",
+    "FailedOperation.PhoneNumberParseFail": "receiver",
+    "UnsupportedOperation.ContainDomesticAndInternationalPhoneNumber": "receiver",
+    "UnsupportedOperation.UnsupportedRegion": "receiver",
+    "LimitExceeded.PhoneNumberDailyLimit": "receiver",  # per-number limits: this receiver, not the account
+    "LimitExceeded.PhoneNumberOneHourLimit": "receiver",
+    "LimitExceeded.PhoneNumberSameContentDailyLimit": "receiver",
+    "FailedOperation.MarketingSendTimeConstraint": "window",  # marketing SMS only 08:00-22:00 Beijing time
+    "LimitExceeded.DeliveryFrequencyLimit": "throttled",
+    "LimitExceeded.PhoneNumberThirtySecondLimit": "throttled",  # one number's 30 s limit: a retry clears it
+    "FailedOperation.TemplateIncorrectOrUnapproved": "content",
+    "FailedOperation.SignatureIncorrectOrUnapproved": "content",
+    "FailedOperation.MissingSignature": "content",
+    "FailedOperation.ContainSensitiveWord": "content",
+    "FailedOperation.FailResolvePacket": "content",
+    "InvalidParameterValue.TemplateParameterFormatError": "content",
+    "InvalidParameterValue.TemplateParameterLengthLimit": "content",
+    "InvalidParameterValue.ContentLengthLimit": "content",
+    "LimitExceeded.PhoneNumberCountLimit": "content",  # too many numbers in one call
+    "InternalError.SigFieldMissing": "content",
+    "InternalError.SigVerificationFail": "content",
+    "InternalError.Timeout": "unknown",  # 请求下发短信超时: the send may have happened
+    # common API 3.0 codes: https://cloud.tencent.com/document/api/382/38780
+    "AuthFailure.SecretIdNotFound": "account",
+    "AuthFailure.SignatureFailure": "account",
+    "AuthFailure.InvalidSecretId": "account",
+    "AuthFailure.UnauthorizedOperation": "account",
+    "AuthFailure.SignatureExpire": "account",  # our clock is off
+}
+CODE_PREFIXES = (
+    ("InternalError", "transient"), ("RequestLimitExceeded", "throttled"), ("LimitExceeded.", "throttled"),
+    ("AuthFailure", "account"), ("UnauthorizedOperation", "account"),
 )
 
 
@@ -164,12 +203,9 @@ def parse_response(response: HttpResponse) -> SendResult:
     return _failure(code, str(first.get("Message") or ""), response.status, summary)
 
 
-def classify(code: str, status: int) -> Outcome:
-    if status >= 500:
-        return Outcome.RETRYABLE
-    if code.startswith(RETRYABLE_PREFIXES) and code not in PERMANENT_DESPITE_PREFIX:
-        return Outcome.RETRYABLE
-    return Outcome.PERMANENT
+def classify(code: str, status: int) -> str:
+    """The class of a SendSms error code (see CODE_CLASSES)."""
+    return code_class(code, CODE_CLASSES, CODE_PREFIXES, status=status)
 
 
 def parse_callback(request: CallbackRequest, account: Account, now: datetime) -> CallbackResult:
@@ -212,9 +248,7 @@ def _report(item: Any, now: datetime) -> DeliveryReport | str:
 
 
 def _failure(code: str, message: str, status: int, summary: Mapping[str, Any]) -> SendResult:
-    return SendResult(
-        classify(code, status), error_code=code, error_message=message, final=False, response_summary=summary
-    )
+    return classified(classify(code, status), code, message, final=False, response_summary=summary)
 
 
 def _error_reply(status: int, error: str) -> CallbackReply:

@@ -853,6 +853,14 @@ def count_decisions(task_id: str) -> int:
 
 
 @_guarded
+def decision_counts(task_id: str) -> dict[str, int]:
+    """How many failure decisions the task has had, per action."""
+    query = (Decision.select(Decision.action, peewee.fn.COUNT(Decision.id).alias("n"))
+             .where(Decision.task_id == task_id).group_by(Decision.action))
+    return {row.action: int(row.n) for row in query}
+
+
+@_guarded
 def list_decisions(task_id: str) -> list[Decision]:
     """A task's failure decisions, oldest first."""
     sql = statements.select_sql(_db(), Decision, ("task_id",), order_by="id")

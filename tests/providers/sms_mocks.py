@@ -67,6 +67,10 @@ ALIYUN_AUTH = re.compile(
 ALIYUN_REQUIRED_HEADERS = (
     "host", "x-acs-action", "x-acs-version", "x-acs-date", "x-acs-signature-nonce", "x-acs-content-sha256",
 )
+# Headers a request may carry unsigned: the signature itself and the body's length. Anything else on the wire
+# must be signed, or this vendor refuses the call (stricter than Aliyun, which tolerates unsigned extras: a header a
+# proxy could change unseen is a bug of the caller's).
+ALIYUN_UNSIGNED_ALLOWED = frozenset({"authorization", "content-length"})
 
 
 def aliyun_error(status: int, code: str, message: str) -> Reply:
@@ -117,6 +121,9 @@ def _aliyun_auth(request: Recorded, secrets: Mapping[str, str], seen_nonces: set
     missing = [name for name in ALIYUN_REQUIRED_HEADERS if name not in signed or not request.header(name)]
     if missing:
         return aliyun_error(400, "IncompleteSignature", f"Headers not signed or missing: {', '.join(missing)}")
+    unsigned = sorted({name.lower() for name in request.headers} - set(signed) - ALIYUN_UNSIGNED_ALLOWED)
+    if unsigned:
+        return aliyun_error(400, "IncompleteSignature", f"Headers sent but not signed: {', '.join(unsigned)}")
     if request.header("x-acs-action") != "SendSms":
         return aliyun_error(404, "InvalidAction.NotFound", "Specified api is not found.")
     if request.header("x-acs-version") != "2017-05-25":
