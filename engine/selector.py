@@ -159,12 +159,14 @@ local ratio, min_calls, window = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(
 local open_for, probes, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local bucket = math.floor(now / (window / SLOTS))
 local field = 'w' .. (bucket % SLOTS)
-local slots, dirty, touched = nil, false, false
+local slots, streak, dirty, touched = nil, 0, false, false
 
 local function read_slots()
   local names = {}
   for s = 0, SLOTS - 1 do names[s + 1] = 'w' .. s end
+  names[SLOTS + 1] = 'streak'
   local stored = redis.call('HMGET', key, unpack(names))
+  streak = tonumber(stored[SLOTS + 1] or '0')
   slots = {}
   for s = 0, SLOTS - 1 do
     local b, c, f = string.match(stored[s + 1] or '', '^(-?%d+):(%d+):(%d+)$')
@@ -173,7 +175,7 @@ local function read_slots()
 end
 
 local function cleared()  -- the key was deleted: no window left, nothing pending to write
-  slots, dirty = {}, false
+  slots, streak, dirty = {}, 0, false
 end
 
 local function record(ok, trip)
@@ -202,12 +204,13 @@ if slots == nil then read_slots() end
 local current = slots[field]
 if current == nil or current[1] ~= bucket then current = {bucket, 0, 0} end
 slots[field] = {bucket, current[2] + 1, current[3] + (ok and 0 or 1)}
+if ok then streak = 0 else streak = streak + 1 end
 dirty = true
 local calls, failures = 0, 0
 for _, slot in pairs(slots) do
   if slot[1] > bucket - SLOTS and slot[1] <= bucket then calls, failures = calls + slot[2], failures + slot[3] end
 end
-if calls >= min_calls and failures >= ratio * calls then
+if math.min(streak, failures) >= min_calls or (calls >= min_calls and failures >= ratio * calls) then
   open(key, now + open_for)
   cleared()
   return 'open'
@@ -219,7 +222,7 @@ local states = {}
 for i = 8, #ARGV do states[i - 7] = record(ARGV[i] == '1', ARGV[i] == 't') end
 if dirty then
   local slot = slots[field]
-  redis.call('HSET', key, field, string.format('%d:%d:%d', slot[1], slot[2], slot[3]))
+  redis.call('HSET', key, field, string.format('%d:%d:%d', slot[1], slot[2], slot[3]), 'streak', streak)
 end
 if touched then redis.call('EXPIRE', key, ttl) end
 return states
@@ -315,6 +318,7 @@ def _breaker_from(fields: Mapping[str, str]) -> Breaker:
         probes_taken=int(fields.get("probes_taken", 0)),
         probes_ok=int(fields.get("probes_ok", 0)),
         ring=tuple(ring),
+        streak=int(fields.get("streak", 0)),
     )
 
 

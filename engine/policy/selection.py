@@ -86,6 +86,7 @@ class Breaker:
     probes_taken: int = 0
     probes_ok: int = 0
     ring: tuple[Slot | None, ...] = EMPTY_RING
+    streak: int = 0  # failures in a row since the last success, while closed
 
 
 def breaker_state(breaker: Breaker, now: float) -> BreakerState:
@@ -154,7 +155,8 @@ def breaker_record(breaker: Breaker, ok: Health, policy: CircuitPolicy, now: flo
     """The breaker after a call's outcome (see `call_health`).
 
     Closed: a trip opens it; otherwise count it, and open when at least `min_calls` calls in the
-    window failed at `failure_ratio` or more. Half-open: any failure opens again;
+    window failed at `failure_ratio` or more, or the last `min_calls` calls in the window all failed (a
+    window full of earlier successes must not keep a failing account in use for seconds). Half-open: any failure opens again;
     `half_open_probes` successes close. Open: outcomes of calls sent before it opened are ignored.
     """
     if breaker.state == "open":
@@ -169,7 +171,10 @@ def breaker_record(breaker: Breaker, ok: Health, policy: CircuitPolicy, now: flo
             return Breaker()
         return replace(breaker, probes_ok=breaker.probes_ok + 1)
     ring = _counted(breaker.ring, policy, now, ok)
+    streak = 0 if ok else breaker.streak + 1
     calls, failures = window_totals(ring, policy, now)
-    if calls >= policy.min_calls and failures >= policy.failure_ratio * calls:
+    # the streak's failures still in the window: all of them, or (when it began before) every failure there
+    recent_streak = min(streak, failures)
+    if recent_streak >= policy.min_calls or (calls >= policy.min_calls and failures >= policy.failure_ratio * calls):
         return opened
-    return replace(breaker, ring=ring)
+    return replace(breaker, ring=ring, streak=streak)
