@@ -196,6 +196,31 @@ def tencent_vendor(secrets: Mapping[str, str], answer: Answer = lambda receiver:
     return scripted_vendor(tencent_check(secrets), _tencent_receiver, answer, _tencent_ok)
 
 
+def tencent_batch_vendor(secrets: Mapping[str, str], answer: Callable[[str], tuple[str, str] | None]) -> Handler:
+    """SendSms to many numbers: the same checks, at most 200 numbers, a SendStatusSet entry per number (its
+    scripted (code, message), else Ok with a SerialNo of its own)."""
+    check = tencent_check(secrets)
+
+    def handle(request: Recorded) -> Reply:
+        refused = check(request)
+        if refused:
+            return refused
+        body = json.loads(request.body)
+        numbers = body["PhoneNumberSet"]
+        if len(numbers) > 200:
+            return tencent_error("LimitExceeded.PhoneNumberCountLimit", "单次提交的手机号个数超过200个")
+        statuses = []
+        for index, number in enumerate(numbers):
+            code, message = answer(number) or ("Ok", "send success")
+            statuses.append({"SerialNo": f"5000:{index:04d}{number[-4:]}" if code == "Ok" else "",
+                             "PhoneNumber": number, "Fee": 1 if code == "Ok" else 0,
+                             "SessionContext": body.get("SessionContext", ""), "Code": code, "Message": message,
+                             "IsoCode": "CN"})
+        return Reply(200, json.dumps({"Response": {"SendStatusSet": statuses, "RequestId": "mock-req"}}))
+
+    return handle
+
+
 def _tencent_receiver(request: Recorded) -> str:
     return json.loads(request.body)["PhoneNumberSet"][0]
 
