@@ -75,6 +75,19 @@ def test_each_known_input_is_refused_with_10001_and_its_nonce_unspent(gw: Gatewa
     assert json.loads(answer)["code"] == 10001, answer
 
 
+@pytest.mark.parametrize("path", [SEND, BATCH])
+@pytest.mark.parametrize("body", [b" ", b" \n ", b"\t\r\n"], ids=["space", "newline", "tab"])
+def test_a_blank_body_is_a_bad_request(gw: Gateway, path: str, body: bytes) -> None:
+    """A whitespace-only body with a known app id (any signature) answers 10001, never 40001 (the signature
+    check's canonical form raises BodyError on it, and nothing turns that into a refusal)."""
+    request = Hostile(path, body)
+    request.header("Content-Type", "application/json")
+    for name, value in signed_headers(gw.app_id, gw.secret, path, body).items():
+        request.header(name, value)
+    status, answer = send_raw(gw.url, request)
+    assert json.loads(answer)["code"] == 10001, answer
+
+
 def test_good_sends_are_all_accepted_while_other_apps_send_failing_ones(gw: Gateway) -> None:
     """Three apps sending good messages while three send inputs that used to raise: every good send accepted."""
     good, bad = new_clients(gw, 3, "good"), new_clients(gw, 3, "bad")
