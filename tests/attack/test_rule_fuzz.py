@@ -1,5 +1,6 @@
 """Rule-file fuzzer: generated and mutated YAML and special files through `mpush rules check|test`, each within
-2 s and 256 MiB, end in success or `file:line: path: message` errors, never a traceback, a hang or a blow-up."""
+2 s and 256 MiB, end in success or `file:line: path: message` errors, never a traceback, a hang or a blow-up;
+a rule set that loads holds only finite, int64 numbers and retry/switch delays within a day."""
 
 from __future__ import annotations
 
@@ -123,6 +124,7 @@ def assert_clean_outcome(answer: dict[str, Any], directory: Path, source: str = 
     assert answer["escaped"] is None, f"traceback escaped the CLI:\n{answer['escaped']}{shown}"
     assert "Traceback" not in answer["err"], answer["err"] + shown
     assert answer["status"] in (0, 1), f"exit status {answer['status']}: {answer['err']}{shown}"
+    assert not answer.get("insane"), f"loaded with values delivery cannot use: {answer['insane']}{shown}"
     if answer["status"] == 1:
         lines = [line for line in answer["err"].splitlines() if line and not SUMMARY.match(line)]
         assert lines, f"refused without saying why{shown}"
