@@ -357,7 +357,7 @@ def parse_json_reports(
     if refused:
         return CallbackResult((), reply(403, refused), verified=False, error=refused)
     try:
-        payload = json.loads(request.body)
+        payload = read_json(request.body)
     except ValueError:
         return CallbackResult((), reply(400, "body is not JSON"), error="body is not JSON")
     items = payload if isinstance(payload, list) else [payload]
@@ -376,10 +376,20 @@ def json_text(value: Any) -> str:
     return _JSON.encode(value)
 
 
+def read_json(body: bytes | str) -> Any:
+    """JSON text from outside (a vendor's answer or delivery report) parsed; ValueError when it is not JSON,
+    nesting past the parser's recursion limit included (json raises RecursionError there, which no caller
+    expects from bad input: a 3000-deep report answered 40001)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def json_object(body: bytes) -> dict[str, Any] | None:
     """The body parsed as a JSON object, or None when it is not one."""
     try:
-        value = json.loads(body)
+        value = read_json(body)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None

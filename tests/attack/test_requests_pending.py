@@ -77,7 +77,8 @@ def test_each_known_input_is_refused_with_10001_and_its_nonce_unspent(gw: Gatewa
 
 
 @pytest.mark.parametrize("path", [SEND, BATCH])
-@pytest.mark.parametrize("body", [b" ", b" \n ", b"\t\r\n"], ids=["space", "newline", "tab"])
+@pytest.mark.parametrize("body", [b" ", b" \n ", b"\t\r\n", b"\x0b", b"\x0c"],
+                         ids=["space", "newline", "tab", "vertical-tab", "form-feed"])
 def test_a_blank_body_is_a_bad_request(gw: Gateway, path: str, body: bytes) -> None:
     """A whitespace-only body with a known app id (any signature) answers 10001, never 40001 (the signature
     check's canonical form raises BodyError on it, and nothing turns that into a refusal)."""
