@@ -377,13 +377,21 @@ def json_text(value: Any) -> str:
 
 
 def read_json(body: bytes | str) -> Any:
-    """JSON text from outside (a vendor's answer or delivery report) parsed; ValueError when it is not JSON,
-    nesting past the parser's recursion limit included (json raises RecursionError there, which no caller
-    expects from bad input: a 3000-deep report answered 40001)."""
+    """JSON text from outside (a vendor's answer or delivery report) parsed; ValueError when it is not JSON, also
+    for what json.loads lets through but nothing after it expects: nesting past the recursion limit (a
+    RecursionError; a 3000-deep report answered 40001) and `\\ud800`-style lone surrogates (no database can
+    store them; a report id written so answered 40001)."""
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+    escaped = b"\\u" in body if isinstance(body, bytes) else "\\u" in body
+    if escaped:
+        try:
+            json_text(value).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("JSON text holds a lone surrogate (not valid Unicode)") from None
+    return value
 
 
 def json_object(body: bytes) -> dict[str, Any] | None:

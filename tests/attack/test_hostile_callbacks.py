@@ -4,6 +4,7 @@ vendor account (past its token check, so the vendor's parser reads it) answers w
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -57,7 +58,7 @@ def reports(draw: st.DrawFn) -> Hostile:
     return request
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=int(os.environ.get("MPUSH_FUZZ_EXAMPLES", "300")), deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(request=reports())
 def test_hostile_reports_answer_without_a_fault(gw: Gateway, request: Hostile) -> None:
     """Any report body, content type and query, for a real account or not, answers below 500 and never 40001."""
@@ -81,10 +82,29 @@ def test_a_deeply_nested_report_is_refused_as_not_json(gw: Gateway, account: str
     assert status < 500 and b"40001" not in raw and b"internal" not in raw, (status, raw[:200])
 
 
-def test_read_json_turns_too_deep_into_a_value_error() -> None:
-    """The providers' JSON reader raises ValueError for nesting past the recursion limit, like any bad JSON."""
+REPORTS_WITH_A_SURROGATE = {
+    "ali": b'[{"phone_number": "13800138000", "success": true, "err_code": "DELIVERED", "biz_id": "\\ud800"}]',
+    "tc": b'[{"mobile": "13800138000", "report_status": "SUCCESS", "sid": "\\udfff"}]',
+    "zr": b'{"data": [{"mobile": "13800138000", "status": "DELIVRD", "msgId": "\\ud800x"}]}',
+}
+
+
+@pytest.mark.parametrize("account", sorted(REPORTS_WITH_A_SURROGATE))
+def test_a_report_with_a_lone_surrogate_is_refused_as_not_json(gw: Gateway, account: str) -> None:
+    """A report whose message id is a lone surrogate (valid JSON, not storable text) is refused, not 40001."""
+    request = Hostile(f"/api/callback/{account}?token={TOKEN}", REPORTS_WITH_A_SURROGATE[account])
+    request.header("Content-Type", "application/json")
+    status, raw = send_raw(gw.url, request)
+    assert status < 500 and b"40001" not in raw and b"internal" not in raw, (status, raw[:200])
+
+
+def test_read_json_refuses_what_json_lets_through() -> None:
+    """The providers' JSON reader raises ValueError for nesting past the recursion limit and for lone
+    surrogates, like any bad JSON; surrogate pairs and plain text read as before."""
     from providers.base import read_json
 
     with pytest.raises(ValueError, match="nested too deeply"):
         read_json(b"[" * 100_000 + b"]" * 100_000)
-    assert read_json(b'[{"a": 1}]') == [{"a": 1}]
+    with pytest.raises(ValueError, match="lone surrogate"):
+        read_json('{"id": "\\ud800"}')
+    assert read_json(b'[{"a": "\\ud83d\\ude00"}]') == [{"a": "\U0001f600"}]
