@@ -20,6 +20,8 @@ from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from engine.jsondepth import nested_deeper_than
+
 
 class Outcome(enum.Enum):
     OK = "ok"
@@ -376,15 +378,18 @@ def json_text(value: Any) -> str:
     return _JSON.encode(value)
 
 
+MAX_JSON_DEPTH = 64  # vendors' reports nest three or four levels
+
+
 def read_json(body: bytes | str) -> Any:
     """JSON text from outside (a vendor's answer or delivery report) parsed; ValueError when it is not JSON, also
-    for what json.loads lets through but nothing after it expects: nesting past the recursion limit (a
-    RecursionError; a 3000-deep report answered 40001) and `\\ud800`-style lone surrogates (no database can
-    store them; a report id written so answered 40001)."""
-    try:
-        value = json.loads(body)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
+    for what json.loads lets through but nothing after it expects: nesting past MAX_JSON_DEPTH (json raises
+    RecursionError near 1000 levels; a 3000-deep report answered 40001) and `\\ud800`-style lone surrogates (no
+    database can store them; a report id written so answered 40001)."""
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and nested_deeper_than(raw, MAX_JSON_DEPTH):
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    value = json.loads(body)
     escaped = b"\\u" in body if isinstance(body, bytes) else "\\u" in body
     if escaped:
         try:

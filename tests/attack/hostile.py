@@ -69,6 +69,8 @@ def signed_headers(app_id: str, secret: str, path: str, body: bytes, *, now: int
     """The four signature headers over `body`; a body no SDK could sign gets the signature of `{}`, which still
     carries it past the app-id lookup to the parser."""
     stamp = int(time.time()) if now is None else now
+    if body.count(b"[") + body.count(b"{") > 64:  # refused for its depth before any signature check; parsing it
+        body = b"{}"  # here would raise RecursionError in json, after which CPython 3.11's ast (pytest) can fail
     try:
         return sign_headers(app_id, secret, "POST", path, body, now=stamp, nonce=uuid.uuid4().hex)
     except BodyError:

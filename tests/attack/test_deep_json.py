@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.errors import MAX_JSON_DEPTH, _nested_deeper_than, strict_json
+from api.errors import MAX_JSON_DEPTH, strict_json
+from engine.jsondepth import nested_deeper_than
 
 TRICKY = '[]{}"\\,:ab'  # brackets, quotes and escapes inside strings must not count
 
@@ -35,7 +36,7 @@ def test_the_guard_agrees_with_the_real_depth(value: Any, limit: int) -> None:
     """For any JSON value (brackets and escaped quotes inside strings included) the guard says "deeper than
     limit" exactly when the value nests deeper."""
     raw = json.dumps(value, ensure_ascii=False).encode()
-    assert _nested_deeper_than(raw, limit) == (depth(value) > limit)
+    assert nested_deeper_than(raw, limit) == (depth(value) > limit)
 
 
 @settings(max_examples=300, deadline=None)

@@ -99,12 +99,13 @@ def test_a_report_with_a_lone_surrogate_is_refused_as_not_json(gw: Gateway, acco
 
 
 def test_read_json_refuses_what_json_lets_through() -> None:
-    """The providers' JSON reader raises ValueError for nesting past the recursion limit and for lone
-    surrogates, like any bad JSON; surrogate pairs and plain text read as before."""
+    """The providers' JSON reader raises ValueError for nesting past 64 levels (before parsing: json itself
+    raises RecursionError near 1000) and for lone surrogates, like any bad JSON; surrogate pairs and plain text read as before."""
     from providers.base import read_json
 
-    with pytest.raises(ValueError, match="nested too deeply"):
+    with pytest.raises(ValueError, match="nested deeper than 64"):
         read_json(b"[" * 100_000 + b"]" * 100_000)
+    assert read_json(b"[" * 64 + b"]" * 64) is not None
     with pytest.raises(ValueError, match="lone surrogate"):
         read_json('{"id": "\\ud800"}')
     assert read_json(b'[{"a": "\\ud83d\\ude00"}]') == [{"a": "\U0001f600"}]
