@@ -164,6 +164,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.server import server_config
     from engine.services import open_services
 
     settings = _settings()
@@ -177,8 +178,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("serve.listening http://%s:%d rules=%s redis=%s database=%s", host, port, svc.rules.current.version,
              "embedded" if settings.embedded_redis else "external", settings.effective_database_url.split("://")[0])
     log.info("serve.admin_token stored in %s", settings.data_dir / "admin.token")
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=10))
+    server = uvicorn.Server(server_config(app, host=host, port=port, log_level="warning", access_log=False,
+                                         timeout_graceful_shutdown=10))
     # uvicorn stops serving on SIGTERM/SIGINT, then raises the signal again against the handler it found
     # installed: with the default one the process would die there, before the workers finish and the
     # embedded Redis is shut down. This handler lets the shutdown below run instead.

@@ -18,6 +18,7 @@ import requests
 import uvicorn
 
 from api.app import create_app
+from api.server import server_config
 from engine import keys, scheduler
 from engine.services import Services, open_services
 from engine.settings import Settings
@@ -118,7 +119,7 @@ def gateway(tmp: Path, rules_dir: Path, *, workers: bool = True, webhook_url: st
     svc = open_services(settings_for(tmp, rules_dir, **overrides))
     app, secret = repo.create_app("test-app", svc.key, webhook_url=webhook_url, daily_quota=0, rate_limit=0)
     stop = threading.Event()
-    server = uvicorn.Server(uvicorn.Config(create_app(svc), host="127.0.0.1", port=0, log_level="warning"))
+    server = uvicorn.Server(server_config(create_app(svc), host="127.0.0.1", port=0, log_level="warning"))
     threads = [threading.Thread(target=server.run, name="uvicorn")]
     worker = Worker(svc, threads=svc.settings.worker_threads, name="test") if workers else None
     if worker is not None:
