@@ -31,8 +31,8 @@ Endpoint = Callable[[Request], Awaitable[JSONResponse]]
 def is_admin(request: Request) -> bool:
     """Whether the request carries `Authorization: Bearer <admin token>`."""
     svc: Services = request.app.state.services
-    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    return bool(given) and hmac.compare_digest(given.encode(), svc.settings.admin_token.encode())
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme == "Bearer" and bool(given) and hmac.compare_digest(given.encode(), svc.settings.admin_token.encode())
 
 
 def admin(endpoint: Endpoint) -> Endpoint:
@@ -146,11 +146,12 @@ async def apps_create(request: Request) -> JSONResponse:
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
         raise ApiError(400, "name is required")
-    _check_webhook_target(svc, body.get("webhook_url"))
+    webhook_url = _webhook_url(svc, body.get("webhook_url"))
+    daily_quota = _whole_number(body.get("daily_quota", 10000), "daily_quota", MAX_COUNT)
+    rate_limit = _whole_number(body.get("rate_limit", 100), "rate_limit", MAX_COUNT)
     app, secret = await run_in_threadpool(
-        lambda: repo.create_app(name.strip(), svc.key, webhook_url=body.get("webhook_url"),
-                                daily_quota=int(body.get("daily_quota", 10000)),
-                                rate_limit=int(body.get("rate_limit", 100))))
+        lambda: repo.create_app(name.strip()[:100], svc.key, webhook_url=webhook_url, daily_quota=daily_quota,
+                                rate_limit=rate_limit))
     return envelope(data={**_app_public(app), "app_secret": secret})
 
 
@@ -167,8 +168,7 @@ async def apps_action(request: Request) -> JSONResponse:
     elif action == "rotate-secret":
         data["app_secret"] = await run_in_threadpool(repo.rotate_secret, app_id, svc.key)
     elif action == "webhook":
-        url = (await _json(request)).get("webhook_url") or None
-        _check_webhook_target(svc, url)
+        url = _webhook_url(svc, (await _json(request)).get("webhook_url"))
         await run_in_threadpool(repo.set_webhook, app_id, url)
         data["webhook_url"] = url
     else:
@@ -176,21 +176,41 @@ async def apps_action(request: Request) -> JSONResponse:
     return envelope(data=data)
 
 
-def _check_webhook_target(svc: Services, url: object) -> None:
-    """Refuse a webhook URL naming an inside address; the transport checks again at each call (DNS can change)."""
-    if isinstance(url, str) and svc.outbound.policy is not None:
+MAX_COUNT = 2**31 - 1  # a quota or rate: what every database's INTEGER holds
+MAX_PAGE = 100_000  # deeper pages are the search's cursor's job (GET /api/admin/tasks/search)
+
+
+def _whole_number(value: object, name: str, most: int, least: int = 0) -> int:
+    """An integer given as a JSON number or decimal text, within [least, most]; 400 otherwise."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise ApiError(400, f"{name} must be a whole number from {least} to {most}")
+    return value
+
+
+def _webhook_url(svc: Services, url: object) -> str | None:
+    """A webhook URL to store (None to clear it); refused when it is not one or names an inside address (the
+    transport checks again at each call: DNS can change)."""
+    if url in (None, ""):
+        return None
+    if not isinstance(url, str) or len(url) > 2048 or not url.startswith(("http://", "https://")):
+        raise ApiError(400, "webhook_url must be an http(s) URL of at most 2048 characters")
+    if svc.outbound.policy is not None:
         try:
             svc.outbound.policy.check_url(url)
         except ValueError as exc:
             raise ApiError(400, f"webhook_url: {exc}") from None
+    return url
 
 
 @admin
 async def tasks_list(request: Request) -> JSONResponse:
     """GET /api/admin/tasks?app_id=&status=&batch_id=&page=&page_size= — newest first."""
     query = request.query_params
+    page = _whole_number(query.get("page", "1"), "page", MAX_PAGE, least=1)
+    page_size = _whole_number(query.get("page_size", "20"), "page_size", repo.PAGE_SIZE_MAX, least=1)
     try:
-        page, page_size = int(query.get("page", 1)), int(query.get("page_size", 20))
         total, tasks = await run_in_threadpool(lambda: repo.list_tasks(
             app_id=query.get("app_id"), status=query.get("status"), batch_id=query.get("batch_id"),
             page=page, page_size=page_size))
@@ -234,11 +254,9 @@ async def tasks_search(request: Request) -> JSONResponse:
     try:
         where = queries.TaskFilter.from_params(query)
         after = queries.Cursor.parse(query["after"]) if query.get("after") else None
-        page_size = int(query.get("page_size", queries.PAGE_SIZE))
-        if not 1 <= page_size <= repo.PAGE_SIZE_MAX:
-            raise ValueError(f"page_size must be between 1 and {repo.PAGE_SIZE_MAX}")
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
+    page_size = _whole_number(query.get("page_size", str(queries.PAGE_SIZE)), "page_size", repo.PAGE_SIZE_MAX, least=1)
     region = request.app.state.services.rules.current.settings.default_region
     found = await run_in_threadpool(lambda: queries.search_tasks(where, after=after, page_size=page_size,
                                                                  default_region=region))

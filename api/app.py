@@ -14,6 +14,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import admin, health, public
+from api.auth import header_map
 from api.callbacks import provider_callback
 from api.console import CONSOLE
 from api.errors import INTERNAL, PAYLOAD_TOO_LARGE, ApiError, envelope, error_response, unavailable_code
@@ -63,6 +64,7 @@ class TraceIdMiddleware:
             await self.app(scope, receive, send)
             return
         trace_id = uuid7().encode()
+        scope.setdefault("state", {})["trace_id"] = trace_id.decode()
 
         async def send_with_trace(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -147,15 +149,17 @@ class SendLane:
         raw = await _body(receive)
         if raw is None:
             return  # the client went away before its request was whole
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        headers = header_map((name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"])
+        trace_id = uuid7()
         try:
-            signed = public.SignedSend("POST", scope["path"], headers, raw, headers.get("idempotency-key", ""))
+            signed = public.SignedSend("POST", scope["path"], headers, raw, headers.get("idempotency-key", ""),
+                                       trace_id)
             response = envelope(data=await self.batcher.submit(signed))
         except ApiError as exc:
             response = error_response(exc)
         except Exception as exc:
             response = _crash_envelope("POST", scope["path"], exc)
-        response.raw_headers += [(b"trace-id", uuid7().encode()), (b"vary", b"Origin")]
+        response.raw_headers += [(b"trace-id", trace_id.encode()), (b"vary", b"Origin")]
         if "origin" in headers:
             response.raw_headers.append((b"access-control-allow-origin", b"*"))
         await response(scope, receive, send)
@@ -186,9 +190,9 @@ def _crash_envelope(method: str, path: str, exc: Exception) -> JSONResponse:
     """Redis or the database out of reach answers 40003 / 40002; anything else is a bug of ours, 40001."""
     code = unavailable_code(exc)
     if code is not None:
-        log.warning("request.unavailable %s %s: %s", method, path, exc)
+        log.warning("request.unavailable %s %r: %s", method, path, exc)
         return envelope(code)
-    log.exception("request.crashed %s %s", method, path, exc_info=exc)
+    log.exception("request.crashed %s %r", method, path, exc_info=exc)
     return envelope(INTERNAL)
 
 

@@ -7,7 +7,8 @@ with its quotas, all in one round trip.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ from engine.store.crypto import SecretError
 from engine.store.models import Application
 
 WINDOW_SECONDS = 300
+CLOCK_SKEW_SECONDS = 120  # how far API processes' clocks may disagree while a nonce must still be remembered
 HEADERS = ("x-app-id", "x-timestamp", "x-nonce", "x-signature")
 
 
@@ -50,6 +52,8 @@ def verify(svc: Services, method: str, path: str, headers: dict[str, str], raw: 
     if not (app_id and stamp and nonce and given):
         raise ApiError(errors.UNAUTHORIZED)
     ts = _parse_timestamp(stamp)
+    if not _NONCE.fullmatch(nonce):
+        raise ApiError(errors.UNAUTHORIZED, "unauthorized: X-Nonce must be 1-64 of A-Z a-z 0-9 . _ ~ -")
     if apps is None:
         app = repo.get_app(app_id)
     else:
@@ -79,8 +83,9 @@ def admit_nonces(svc: Services, callers: Sequence[Caller], now: float) -> list[A
 
 
 def call_of(caller: Caller) -> Call:
-    """What the limits count of a verified request: its nonce, kept for twice the timestamp window, and its app's rate."""
-    return Call(caller.app.app_id, caller.nonce, caller.app.rate_limit, 2 * WINDOW_SECONDS)
+    """What the limits count of a verified request: its nonce, kept while its timestamp could still pass the
+    window on any API process (twice the window, plus the clock skew between processes), and its app's rate."""
+    return Call(caller.app.app_id, caller.nonce, caller.app.rate_limit, 2 * WINDOW_SECONDS + CLOCK_SKEW_SECONDS)
 
 
 def call_refusal(verdict: Literal["replay", "rate"]) -> ApiError:
@@ -89,15 +94,26 @@ def call_refusal(verdict: Literal["replay", "rate"]) -> ApiError:
     return ApiError(errors.RATE_LIMITED)
 
 
+def header_map(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Request headers by lower-cased name; a header sent twice reads as its values joined by ", " (as HTTP
+    combines repeated fields), so a duplicated X- header never passes its exact check, rather than the last
+    one silently winning."""
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        name = name.lower()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
+
+
+_TIMESTAMP = re.compile(r"[0-9]{1,19}")
+_NONCE = re.compile(r"[A-Za-z0-9._~-]{1,64}")
+
+
 def _parse_timestamp(value: str) -> int:
-    text = value.strip()
-    digits = text[1:] if text[:1] in "+-" else text
-    if not digits.isdigit():
+    """Unix seconds as the SDKs send them: ASCII digits only (no sign, space or other digits)."""
+    if not _TIMESTAMP.fullmatch(value) or int(value) >= 2**63:
         raise ApiError(errors.INVALID_TIMESTAMP)
-    number = int(text)
-    if not -(2**63) <= number < 2**63:
-        raise ApiError(errors.INVALID_TIMESTAMP)
-    return number
+    return int(value)
 
 
 def _parse_body(raw: bytes) -> dict[str, Any]:

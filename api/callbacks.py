@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.auth import header_map
 from engine import callbacks
 from engine.services import Services
 from providers.base import CallbackRequest
@@ -23,7 +24,7 @@ async def provider_callback(request: Request) -> Response:
     inbound = CallbackRequest(
         method=request.method,
         query=dict(request.query_params),
-        headers={k.lower(): v for k, v in request.headers.items()},
+        headers=header_map(request.headers.items()),
         body=body,
         client_host=request.client.host if request.client else "",
     )

@@ -102,11 +102,11 @@ def unavailable_code(exc: BaseException) -> int | None:
     """40003 when Redis could not be reached, 40002 when the database could not: a fault of ours the client
     may retry, never 40001. None for any other exception."""
     import peewee
-    import redis
 
+    from engine.redis_errors import REDIS_ERRORS
     from engine.store.db import StoreUnavailable
 
-    if isinstance(exc, redis.RedisError):
+    if isinstance(exc, REDIS_ERRORS):
         return REDIS_ERROR
     if isinstance(exc, (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError)):
         return DATABASE_ERROR

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
 import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -16,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from api import errors
 from api.admin import is_admin
 from api.errors import envelope
+from engine.redis_errors import REDIS_ERRORS
 from engine.services import Services
 from engine.store import db as store_db
 
@@ -29,7 +29,7 @@ def _checks(svc: Services) -> dict[str, dict[str, Any]]:
     try:
         svc.redis.ping()
         services["redis"] = {"status": "UP"}
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         services["redis"] = {"status": "DOWN", "message": str(exc)}
     rules = svc.rules.status()
     services["rules"] = {"status": "UP" if not rules.get("last_error") else "DEGRADED",

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from api import errors
-from api.auth import Caller, authenticate, call_of, call_refusal, verify
+from api.auth import Caller, authenticate, call_of, call_refusal, header_map, verify
 from api.errors import ApiError, envelope
 from engine import intake, metrics
 from engine.intake import Refused
@@ -43,13 +43,14 @@ class SignedSend:
     headers: dict[str, str]
     raw: bytes
     idempotency_key: str
+    trace_id: str = ""  # the answer's `trace-id`, stored with the task
 
 
 async def _authenticated(request: Request, work: Callable[[Services, Caller], T]) -> T:
     """Authenticate the request, then run `work` for the caller, both in one thread-pool call."""
     svc: Services = request.app.state.services
     raw = await request.body()
-    headers = {k.lower(): v for k, v in request.headers.items()}
+    headers = header_map(request.headers.items())
     method, path = request.method, request.url.path
 
     def run() -> T:
@@ -66,10 +67,13 @@ def send_many(svc: Services, sends: Sequence[SignedSend]) -> list[dict[str, Any]
     requests: dict[int, tuple[Any, intake.SendRequest]] = {}
     calls: list[Call] = []
     apps: dict[str, Any] = {}
+    limits = intake.FieldLimits.of(svc.settings)
     for index, send in enumerate(sends):
         try:
             caller = verify(svc, send.method, send.path, send.headers, send.raw, now, apps)
-            requests[index] = (caller.app, intake.parse(caller.body, batch=False, idempotency_key=send.idempotency_key))
+            requests[index] = (caller.app, intake.parse(caller.body, batch=False, now=now, limits=limits,
+                                                        idempotency_key=send.idempotency_key,
+                                                        trace_id=send.trace_id))
             calls.append(call_of(caller))
         except Refused as exc:
             outcomes[index] = _refusal(exc)
@@ -89,8 +93,8 @@ def _message_data(result: intake.Accepted | Exception) -> dict[str, Any] | Excep
 
 
 async def send_batch(request: Request) -> JSONResponse:
-    key = request.headers.get("idempotency-key", "")
-    return envelope(data=await _authenticated(request, lambda svc, caller: _accept_batch(svc, caller, key)))
+    key, trace_id = request.headers.get("idempotency-key", ""), request.scope.get("state", {}).get("trace_id", "")
+    return envelope(data=await _authenticated(request, lambda svc, caller: _accept_batch(svc, caller, key, trace_id)))
 
 
 async def get_message(request: Request) -> JSONResponse:
@@ -103,11 +107,15 @@ async def get_batch(request: Request) -> JSONResponse:
     return envelope(data=await _authenticated(request, lambda svc, caller: _batch_summary(caller, batch_id)))
 
 
-def _accept(svc: Services, caller: Caller, idempotency_key: str, batch: bool) -> intake.Accepted:
+def _accept(svc: Services, caller: Caller, idempotency_key: str, batch: bool, trace_id: str = "") -> intake.Accepted:
+    """Accept a request whose call (nonce, rate) `authenticate` counted: given back when it is refused."""
+    now = time.time()
     try:
-        request = intake.parse(caller.body, batch=batch, idempotency_key=idempotency_key)
-        return intake.accept(svc, caller.app, request, time.time())
+        request = intake.parse(caller.body, batch=batch, now=now, limits=intake.FieldLimits.of(svc.settings),
+                               idempotency_key=idempotency_key, trace_id=trace_id)
+        return intake.accept(svc, caller.app, request, now)
     except Refused as exc:
+        intake.give_back_call(svc, call_of(caller), now)
         raise _refusal(exc) from None
 
 
@@ -118,8 +126,8 @@ def _refusal(exc: Refused) -> ApiError:
     return ApiError(REFUSAL_CODES[exc.kind], exc.message)
 
 
-def _accept_batch(svc: Services, caller: Caller, idempotency_key: str) -> dict[str, Any]:
-    accepted = _accept(svc, caller, idempotency_key, True)
+def _accept_batch(svc: Services, caller: Caller, idempotency_key: str, trace_id: str) -> dict[str, Any]:
+    accepted = _accept(svc, caller, idempotency_key, True, trace_id)
     total = len(accepted.task_ids)
     if accepted.replayed:
         summary = repo.batch_summary(accepted.batch_id, caller.app.app_id)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers together; browsers and SDKs send well under 8 KiB
@@ -70,7 +69,3 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                              b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
         self.transport.close()
 
-
-def server_config(app: Any, **options: Any) -> uvicorn.Config:
-    """uvicorn's configuration for the API: `options` as uvicorn takes them, served by the bounded protocol."""
-    return uvicorn.Config(app, http=BoundedHttpToolsProtocol, **options)

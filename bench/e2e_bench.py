@@ -9,7 +9,9 @@ of the API and the worker (counted in those processes by `counted.py`).
 
     .venv/bin/python bench/e2e_bench.py --rate 1000 --seconds 20
     .venv/bin/python bench/e2e_bench.py --batch 20 --rate 2000          # 20 receivers per request
+    .venv/bin/python bench/e2e_bench.py --batch 1000 --rate 10000 --vendor-batch   # 200 receivers a vendor call
     .venv/bin/python bench/e2e_bench.py --database-url postgresql://postgres@127.0.0.1/test
+    .venv/bin/python bench/e2e_bench.py --redis-url redis://127.0.0.1:7301 --redis-cluster --stream-shards 6
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from redis.cluster import RedisCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -44,7 +47,7 @@ templates:
 channels:
   - {{id: 1, name: bench, type: sms, template: code}}
 providers:
-  - {{name: vendor, type: fake, config: {{url: "http://127.0.0.1:{port}/send"}}}}
+  - {{name: vendor, type: fake, config: {{url: "http://127.0.0.1:{port}/send"{batch_url}}}}}
 routing:
   - {{name: bench, when: {{channel: bench}}, providers: [{{use: vendor}}]}}
 quotas:
@@ -171,6 +174,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000, help="messages offered per second")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--batch", type=int, default=1, help="receivers per request")
+    parser.add_argument("--vendor-batch", action="store_true",
+                        help="the vendor takes up to 200 receivers of one text a call (mock_vendor.py /batch)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--worker-threads", type=int, default=4,
                         help="send threads of the worker; the mock answers at once, so few threads waste least")
@@ -178,15 +183,19 @@ def main() -> int:
                         help="stream readers of the worker; one suits a vendor answering within milliseconds")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--database-url", default="")
+    parser.add_argument("--redis-cluster", action="store_true", help="--redis-url names a node of a Redis Cluster")
+    parser.add_argument("--stream-shards", type=int, default=1)
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mpush-bench-"))
     mock_port, api_port = free_port(), free_port()
     (tmp / "rules").mkdir()
-    (tmp / "rules" / "bench.yaml").write_text(RULES.format(port=mock_port), encoding="utf-8")
+    (tmp / "rules" / "bench.yaml").write_text(RULES.format(port=mock_port, batch_url=f', batch_url: "http://127.0.0.1:{mock_port}/batch"' if args.vendor_batch else ""), encoding="utf-8")
     database_url = args.database_url or f"sqlite:///{tmp / 'mpush.db'}"
-    redis.Redis.from_url(args.redis_url).flushdb()
+    bench_redis = RedisCluster.from_url(args.redis_url) if args.redis_cluster else redis.Redis.from_url(args.redis_url)
+    bench_redis.flushdb()  # on a cluster: every primary
     env = {**os.environ, "MPUSH_REDIS_URL": args.redis_url, "MPUSH_DATABASE_URL": database_url,
+           "MPUSH_REDIS_CLUSTER": "true" if args.redis_cluster else "false", "MPUSH_STREAM_SHARDS": str(args.stream_shards),
            "MPUSH_RULES_DIR": str(tmp / "rules"), "MPUSH_DATA_DIR": str(tmp / "data"),
            "MPUSH_ENCRYPTION_KEY": "b" * 32, "MPUSH_ADMIN_TOKEN": "bench", "MPUSH_LOG_LEVEL": "WARNING",
            "MPUSH_WORKER_THREADS": str(args.worker_threads),
@@ -210,9 +219,7 @@ def main() -> int:
         time.sleep(1.0)
         named = {"api": processes[1].pid, "worker": processes[2].pid, "mock": processes[0].pid,
                  "load generator": os.getpid()}
-        redis_pid = int(redis.Redis.from_url(args.redis_url).info("server")["process_id"])
-        if Path(f"/proc/{redis_pid}").exists():  # a Redis on this machine shares its cores too
-            named["redis"] = redis_pid
+        named.update(redis_processes(bench_redis))
         return run_load(args, api_port, mock_port, app_id, secret, named, counted, database_url)
     finally:
         for process in processes:
@@ -220,6 +227,16 @@ def main() -> int:
         for process in processes:
             process.wait(30)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def redis_processes(client: redis.Redis | RedisCluster) -> dict[str, int]:
+    """The Redis server processes on this machine (they share its cores): one, or each cluster node by port."""
+    if isinstance(client, RedisCluster):
+        infos = client.info("server", target_nodes=RedisCluster.PRIMARIES)
+        pids = {f"redis :{node.rpartition(':')[2]}": int(info["process_id"]) for node, info in infos.items()}
+    else:
+        pids = {"redis": int(client.info("server")["process_id"])}
+    return {name: pid for name, pid in pids.items() if Path(f"/proc/{pid}").exists()}
 
 
 def read_counts(paths: dict[str, Path]) -> dict[str, dict[str, int]]:
@@ -271,7 +288,8 @@ def run_load(args: argparse.Namespace, api_port: int, mock_port: int, app_id: st
     delivered_rate = len(received) / (max(times) - wall_start) if times else 0.0
     e2e = [at - accepted[task_id] for at, task_id in received if task_id in accepted]
     print(f"cores: {os.cpu_count()}  batch: {args.batch}  clients: {args.clients}  "
-          f"worker threads: {args.worker_threads}  readers: {args.worker_readers}")
+          f"worker threads: {args.worker_threads}  readers: {args.worker_readers}  "
+          f"redis: {'cluster' if args.redis_cluster else 'one server'}, {args.stream_shards} stream shard(s)")
     print(f"offered: {args.rate:.0f} msg/s for {args.seconds:.0f} s; accepted {offered - len(errors) * args.batch}"
           f" messages at {offered / load_seconds:.0f} msg/s ({len(latencies) / load_seconds:.0f} req/s),"
           f" {len(errors)} refused {set(errors) or ''}")

@@ -240,7 +240,7 @@ def main() -> int:
         rules = rules.replace("routing:\n", "routing:" + REGEX_RULE)
     (tmp / "rules" / "bench.yaml").write_text(rules, encoding="utf-8")
     client = redis.Redis.from_url(args.redis_url)
-    stale = list(client.scan_iter(match=keys.PREFIX + "*", count=1000))
+    stale = [name for pattern in keys.PATTERNS for name in client.scan_iter(match=pattern, count=1000)]
     if stale:
         client.delete(*stale)
     env = {**os.environ, "MPUSH_REDIS_URL": args.redis_url, "MPUSH_DATABASE_URL": f"sqlite:///{tmp / 'mpush.db'}",

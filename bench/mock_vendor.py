@@ -2,7 +2,8 @@
 each task id arrived; `GET /stats` returns those (time, task id) pairs, and `GET /repeats` how many requests
 repeated an `Idempotency-Key` already seen — those it drops, as a vendor that deduplicates does (the `fake`
 provider declares it does), so a resend of an attempt whose outcome was unknown is never delivered twice.
-`POST /delay` with a number of seconds makes every later answer wait that long (the fault tests' slow or
+`POST /batch` takes up to 200 messages of one text (`{"messages": [{..., "key"}]}`) and answers a result
+per message (the `fake` provider's `batch_url`). `POST /delay` with a number of seconds makes every later answer wait that long (the fault tests' slow or
 hanging vendor); 0 restores prompt answers.
 
 A bare asyncio protocol rather than an ASGI app: the vendor stands in for another company's machine, so
@@ -19,10 +20,11 @@ import sys
 import time
 
 OK = b'{"code": 0}'
+BATCH_MAX = 200  # messages one `POST /batch` may carry, as SMS vendors cap theirs
 
 
-def response(body: bytes) -> bytes:
-    return (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+def response(body: bytes, status: bytes = b"200 OK") -> bytes:
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
             + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
@@ -75,13 +77,27 @@ class Vendor(asyncio.Protocol):
         if request_line[0] == "POST" and request_line[1] == "/delay":
             Vendor.delay = float(body)
             return response(OK)
-        key = header(head, "idempotency-key")
+        if request_line[0] == "POST" and request_line[1] == "/batch":
+            return self.batch(json.loads(body)["messages"])
+        self.take(header(head, "idempotency-key"), json.loads(body)["task_id"])
+        return response(OK)
+
+    def batch(self, messages: list[dict[str, str]]) -> bytes:
+        """Up to BATCH_MAX messages of one text, each with its own key: a result per message, in order."""
+        if len(messages) > BATCH_MAX:
+            return response(json.dumps({"code": "too_many", "message": f"at most {BATCH_MAX} a call"}).encode(),
+                            b"400 Bad Request")
+        for message in messages:
+            self.take(message["key"], message["task_id"])
+        return response(json.dumps({"results": [{"code": 0}] * len(messages)}).encode())
+
+    def take(self, key: str, task_id: str) -> None:
+        """Deliver a message unless its key was seen: then it is a repeat, dropped."""
         if key and key in self.keys:
             Vendor.repeats += 1
         else:
             self.keys.add(key)
-            self.received.append((time.time(), json.loads(body)["task_id"]))
-        return response(OK)
+            self.received.append((time.time(), task_id))
 
 
 def header(head: str, name: str) -> str:

@@ -24,6 +24,8 @@ from engine.policy import RuleError
 from engine.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from engine.services import Services
 
 log = logging.getLogger("mpush")
@@ -164,7 +166,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
-    from api.server import server_config
     from engine.services import open_services
 
     settings = _settings()
@@ -178,8 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("serve.listening http://%s:%d rules=%s redis=%s database=%s", host, port, svc.rules.current.version,
              "embedded" if settings.embedded_redis else "external", settings.effective_database_url.split("://")[0])
     log.info("serve.admin_token stored in %s", settings.data_dir / "admin.token")
-    server = uvicorn.Server(server_config(app, host=host, port=port, log_level="warning", access_log=False,
-                                         timeout_graceful_shutdown=10))
+    server = uvicorn.Server(server_config(app, settings, host, port))
     # uvicorn stops serving on SIGTERM/SIGINT, then raises the signal again against the handler it found
     # installed: with the default one the process would die there, before the workers finish and the
     # embedded Redis is shut down. This handler lets the shutdown below run instead.
@@ -219,6 +219,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 YOUNG_COLLECTION_EVERY = 20_000  # container objects allocated between young collections (Python's default: 700)
+
+
+def server_config(app: Any, settings: Settings, host: str, port: int) -> uvicorn.Config:
+    """uvicorn's settings for the gateway: X-Forwarded-For/-Proto believed only from the proxies named in
+    `MPUSH_FORWARDED_ALLOW_IPS` (none by default, where uvicorn would believe any loopback peer), since a
+    callback account's `allow_ips` judges the client address."""
+    import uvicorn
+
+    from api.server import BoundedHttpToolsProtocol
+
+    trusted = settings.forwarded_allow_ips.strip()
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                          timeout_graceful_shutdown=10, proxy_headers=bool(trusted),
+                          forwarded_allow_ips=trusted or None, http=BoundedHttpToolsProtocol)
 
 
 def _tune_garbage_collector() -> None:

@@ -28,9 +28,10 @@ from typing import Any, TypeVar
 
 from engine import metrics, webhooks
 from engine.microbatch import GroupCommit
-from engine.policy.decisions import FailureDecision, RoutingDecision, Scene, bound_failure
+from engine.policy.decisions import FailureDecision, RoutingDecision, Scene, bound_failure, counted_attempts
 from engine.policy.model import Channel, ProviderAccount, render
 from engine.policy.ruleset import RuleSet
+from engine.policy.selection import call_health
 from engine.queue import job
 from engine.selector import ChoiceRequest
 from engine.services import Services
@@ -213,28 +214,80 @@ _records = GroupCommit(_record_many)
 
 def carry_out(svc: Services, plan: Planned, owner: str = "") -> str:
     """Claim, send, record and decide one planned attempt; "busy" when another worker claimed it first."""
+    return carry_out_many(svc, [plan], owner)[0]
+
+
+def carry_out_many(svc: Services, plans: Sequence[Planned], owner: str = "") -> list[str]:
+    """`carry_out` for attempts that go in one vendor call (a group from `batches`): claimed together, sent
+    together, then recorded and decided each on its own; a label per plan."""
     lease_until = _dt(time.time() + svc.settings.attempt_lease)
-    if not _claims.submit(plan.claim(owner, lease_until)):
-        return "busy"
-    sent = attempt(svc, plan, time.time())
-    return settle(svc, sent, time.time())
+    claimed = _claims.submit_many([plan.claim(owner, lease_until) for plan in plans])
+    mine = [plan for plan, ok in zip(plans, claimed) if ok]
+    settled = iter(settle_many(svc, attempt_many(svc, mine, time.time()), time.time()) if mine else ())
+    return [next(settled) if ok else "busy" for ok in claimed]
+
+
+def batches(plans: Sequence[Planned]) -> list[list[Planned]]:
+    """The plans in groups that one vendor call can carry: the same account, template, params and text, each
+    receiver once (a resend goes alone, under its own key), at most as many as the account's vendor takes."""
+    groups: list[list[Planned]] = []
+    open_groups: dict[tuple[str, ...], list[Planned]] = {}
+    for plan in plans:
+        size = registry.batch_size(plan.account.type, plan.account.config)
+        if size <= 1 or plan.key_number is not None:
+            groups.append([plan])
+            continue
+        task = plan.task
+        key = (plan.account.name, plan.channel.name, task.template, str(task.template_params), task.content,
+               task.title or "", task.signature or "")
+        group = open_groups.setdefault(key, [])
+        if any(other.task.receiver == task.receiver for other in group):
+            groups.append(open_groups.pop(key))  # vendors answer per receiver: one receiver once a call
+            group = open_groups[key] = []
+        group.append(plan)
+        if len(group) >= size:
+            groups.append(open_groups.pop(key))
+    return groups + list(open_groups.values())
+
+
+def largest_batch(ruleset: RuleSet) -> int:
+    """The most messages one call can carry for any account of the rule set (1 when none batches)."""
+    return max((registry.batch_size(account.type, account.config) for account in ruleset.providers.values()),
+               default=1)
 
 
 def attempt(svc: Services, plan: Planned, now: float) -> Sent:
     """Render and send one claimed attempt."""
-    message = build_message(plan)
-    result, latency_ms = send(svc, plan.account, message, now)
-    return Sent(plan, result, latency_ms)
+    return attempt_many(svc, [plan], now)[0]
+
+
+def attempt_many(svc: Services, plans: Sequence[Planned], now: float) -> list[Sent]:
+    """Render and send claimed attempts of one account in one call (one when its vendor takes one)."""
+    messages = [build_message(plan) for plan in plans]
+    if len(plans) == 1:
+        result, latency_ms = send(svc, plans[0].account, messages[0], now)
+        return [Sent(plans[0], result, latency_ms)]
+    results, latency_ms = send_batch(svc, plans[0].account, messages, now)
+    return [Sent(plan, result, latency_ms) for plan, result in zip(plans, results)]
 
 
 def settle(svc: Services, sent: Sent, now: float) -> str:
-    """Store the outcome and the task's new status, count the call for the circuit breaker, then announce a
-    final status, wait for a delivery report, or decide the failure."""
+    return settle_many(svc, [sent], now)[0]
+
+
+def settle_many(svc: Services, sents: Sequence[Sent], now: float) -> list[str]:
+    """Store the outcomes and the tasks' new statuses (in one group commit), count the calls for the circuit
+    breaker, then per attempt announce a final status, wait for a delivery report, or decide the failure."""
+    lease = svc.settings.attempt_lease
+    changes = [_status_change(sent) if sent.result.ok else _deciding(sent, now + lease) for sent in sents]
+    applied = _records.submit_many([(_attempt_end(sent), change) for sent, change in zip(sents, changes)])
+    svc.selector.record_many([(sent.plan.account.name, call_health(sent.result.error_class),
+                               sent.plan.account.circuit) for sent in sents], now)
+    return [_decide(svc, sent, ok, now) for sent, ok in zip(sents, applied)]
+
+
+def _decide(svc: Services, sent: Sent, applied: bool, now: float) -> str:
     plan, result = sent.plan, sent.result
-    change = _status_change(sent) if result.ok else _deciding(sent, now + svc.settings.attempt_lease)
-    applied = _records.submit((_attempt_end(sent), change))
-    svc.selector.record_many([(plan.account.name, result.outcome is not Outcome.RETRYABLE, plan.account.circuit)],
-                             now)
     task = plan.task
     if result.ok and result.final:
         return announce_final(svc, task, "success") if applied else "done"
@@ -323,6 +376,31 @@ def send(svc: Services, account: ProviderAccount, message: Message, now: float) 
     return result, round(elapsed * 1000)
 
 
+def send_batch(svc: Services, account: ProviderAccount, messages: Sequence[Message], now: float
+               ) -> tuple[list[SendResult], int]:
+    """One vendor call for several messages: a result per message, and the call's latency in ms. A provider
+    bug, or results that do not match the messages one to one, is an unknown outcome for each (the call may
+    have reached the vendor), never a lost task."""
+    send_many = registry.batch_sender(account.type)
+    assert send_many is not None, f"{account.type} sends one message a call"
+    ctx = SendContext(transport=svc.transport, now=_dt(now), tokens=svc.tokens)
+    started = time.perf_counter()
+    try:
+        results = list(send_many(messages, provider_account(account), ctx))
+        if len(results) != len(messages):
+            raise ValueError(f"{len(results)} results for {len(messages)} messages")
+    except Exception as exc:  # a provider bug must not strand the tasks
+        log.exception("provider.crashed provider=%s tasks=%d", account.name, len(messages))
+        unknown = SendResult(Outcome.RETRYABLE, error_code="provider_error", error_class="unknown",
+                             error_message=type(exc).__name__)
+        results = [unknown] * len(messages)
+    elapsed = time.perf_counter() - started
+    metrics.SEND_SECONDS.labels(account.name).observe(elapsed)
+    for result in results:
+        metrics.SENDS.labels(account.name, result.outcome.value).inc()
+    return results, round(elapsed * 1000)
+
+
 def provider_account(account: ProviderAccount) -> Account:
     """The account as its provider takes it: the rule file's settings with the provider's defaults filled in."""
     schema = registry.get(account.type).CONFIG
@@ -356,11 +434,12 @@ def on_failure(svc: Services, task: Task, scene: Scene, now: float, *, provider:
     channel = ruleset.channel(task.channel)
     if channel is None:
         return finish(svc, task, "failed", error_code=error_code or "channel_gone", error_message=error_message)
+    decided = repo.decision_counts(task.task_id)
     fact = ruleset.fact(now=_dt(now), app=task.app_id, channel=channel, receiver=task.receiver,
-                        tags=json.loads(task.tags or "[]"), attempt=number, provider=provider,
-                        error_code=error_code, error_class=error_class, error_message=error_message)
+                        tags=json.loads(task.tags or "[]"), attempt=counted_attempts(number, decided.get("defer", 0)),
+                        provider=provider, error_code=error_code, error_class=error_class, error_message=error_message)
     account = ruleset.providers.get(provider)
-    decision = bound_failure(ruleset.on_failure(scene, fact), decided=repo.count_decisions(task.task_id),
+    decision = bound_failure(ruleset.on_failure(scene, fact), decided=sum(decided.values()),
                              limit=svc.settings.max_failure_decisions,
                              deduplicates=account is not None and registry.deduplicates(account.type))
     metrics.DECISIONS.labels(scene, decision.action, decision.rule).inc()
@@ -373,16 +452,18 @@ def on_failure(svc: Services, task: Task, scene: Scene, now: float, *, provider:
                                   error_code=error_code, error_message=error_message, retry_count=number)
     log.info("failure.decided task=%s scene=%s action=%s rule=%s provider=%s class=%s code=%r", task.task_id,
              scene, decision.action, decision.rule, provider, error_class, error_code)
-    if decision.action in ("retry", "switch_provider") and scene == "unknown_outcome":
+    if decision.alert is not None:
+        webhooks.send_alert(svc, decision.alert.webhook or svc.settings.alert_webhook, decision.alert.level,
+                            task, provider=provider, error_code=error_code, error_message=error_message)
+    if decision.action in ("retry", "switch_provider", "defer") and scene == "unknown_outcome":
         return _retry(svc, task, decision, "", now, dict(fields, resend_of=number))
     if decision.action in ("retry", "switch_provider"):
         return _retry(svc, task, decision, provider, now, fields)
+    if decision.action == "defer":
+        return _defer_after_failure(svc, task, now + decision.delay_seconds, fields)
     if decision.action == "ignore":
         repo.update_task(task.task_id, **fields)
         return "ignored"
-    if decision.action == "alert" and decision.alert is not None:
-        webhooks.send_alert(svc, decision.alert.webhook or svc.settings.alert_webhook, decision.alert.level,
-                            task, provider=provider, error_code=error_code, error_message=error_message)
     return finish(svc, task, "failed", **fields)
 
 
@@ -397,6 +478,15 @@ def _retry(svc: Services, task: Task, decision: FailureDecision, provider: str, 
         return "done"
     svc.queue.defer(job("send", task.task_id), due)
     return "retried"
+
+
+def _defer_after_failure(svc: Services, task: Task, due: float, fields: dict[str, Any]) -> str:
+    """Send again at `due` (a send-time window opens), on any account the routing then allows."""
+    if not repo.mark_status_if(task.task_id, UNFINISHED, status="scheduled", scheduled_at=_dt(due),
+                               not_before=_dt(due), **fields):
+        return "done"
+    svc.queue.defer(job("send", task.task_id), due)
+    return "deferred"
 
 
 def defer(svc: Services, task: Task, due: float, **fields: Any) -> str:

@@ -7,21 +7,23 @@ in the stream or the delayed set. Anything refused changes nothing (quota units 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
-
-import redis
 
 from engine import metrics
 from engine.ids import uuid7
 from engine.limits import Admission, Call
 from engine.policy.decisions import QuotaCheck
 from engine.policy.model import Channel, Template, render
+from engine.policy.receivers import InvalidReceiver, normalise
 from engine.policy.ruleset import RuleSet
 from engine.queue import job
+from engine.redis_errors import REDIS_ERRORS
 from engine.services import Services
+from engine.settings import Settings
 from engine.store import repo
 from engine.store.db import StoreUnavailable
 from engine.store.models import Application, Task
@@ -52,6 +54,8 @@ class SendRequest:
     tags: tuple[str, ...] = ()
     idempotency_key: str = ""
     batch: bool = False
+    as_sent: tuple[str, ...] = ()  # the receivers as the client wrote them, once `receivers` are normalised
+    trace_id: str = ""  # the API answer's `trace-id`
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,23 +67,37 @@ class Accepted:
     replayed: bool = False
 
 
-def parse(body: dict[str, Any], *, batch: bool, idempotency_key: str = "") -> SendRequest:
-    """Validate the request body (the reference's fields, plus channel by name and tags)."""
-    channel = body.get("channel_id", body.get("channel"))
-    if isinstance(channel, bool) or not isinstance(channel, int | str) or channel in (0, ""):
-        raise Refused("invalid", "invalid request: channel_id is required (a channel id or name)")
-    if isinstance(channel, int) and channel < 0:
-        raise Refused("invalid", "invalid request: channel_id must be positive")
-    receivers = _receivers(body, batch)
+@dataclass(frozen=True, slots=True)
+class FieldLimits:
+    """How much a send request may carry; the two that vary by use are settings (`MPUSH_MAX_PARAM_CHARS`,
+    `MPUSH_MAX_SCHEDULE_DAYS`), the rest are fixed (docs/limits.md)."""
+
+    param_chars: int = 2000
+    schedule_days: int = 90
+    params: int = 64
+    name_chars: int = 64  # a param name, a tag, the signature name, a channel name
+    tags: int = 20
+    idempotency_key_chars: int = 128
+
+    @classmethod
+    def of(cls, settings: Settings) -> FieldLimits:
+        return cls(param_chars=settings.max_param_chars, schedule_days=settings.max_schedule_days)
+
+
+def parse(body: dict[str, Any], *, batch: bool, now: float, idempotency_key: str = "",
+          limits: FieldLimits = FieldLimits(), trace_id: str = "") -> SendRequest:
+    """Validate the request body (the reference's fields, plus channel by name and tags), every field within
+    `limits`: a refusal names the field, and nothing the checks let through can break a later step."""
     return SendRequest(
-        channel=channel,
-        receivers=receivers,
-        params=_params(body.get("template_params")),
-        signature=_optional_str(body, "signature_name"),
-        scheduled_at=_scheduled_at(body.get("scheduled_at")),
-        tags=_tags(body.get("tags")),
-        idempotency_key=idempotency_key[:128],
+        channel=_channel(body.get("channel_id", body.get("channel")), limits),
+        receivers=_receivers(body, batch),
+        params=_params(body.get("template_params"), limits),
+        signature=_short_text(body.get("signature_name"), "signature_name", limits.name_chars),
+        scheduled_at=_scheduled_at(body.get("scheduled_at"), now, limits),
+        tags=_tags(body.get("tags"), limits),
+        idempotency_key=_idempotency_key(idempotency_key, limits),
         batch=batch,
+        trace_id=trace_id,
     )
 
 
@@ -96,15 +114,18 @@ class Admitted:
     checks: list[QuotaCheck]
     costs: list[int]
     counted: bool
+    call: Call | None = None  # the signed call that carried it, counted with its quotas
 
     @property
     def moment(self) -> datetime:
         return datetime.fromtimestamp(self.now, UTC)
 
     def refund(self, svc: Services) -> None:
-        """Give the quota units back (the request was not stored after all)."""
+        """Give the quota units and the call's nonce back (the request was not stored after all)."""
         if self.counted:
             svc.limits.refund(self.checks, now=self.now, costs=self.costs)
+        if self.call is not None:
+            give_back_call(svc, self.call, self.now)
 
 
 def accept(svc: Services, app: Application, request: SendRequest, now: float) -> Accepted:
@@ -139,8 +160,9 @@ def accept_many(svc: Services, requests: Sequence[tuple[Application, SendRequest
         (special if request.batch or request.idempotency_key else plain)[index] = (app, request)
     special_calls = [calls[index] for index in special] if calls else []
     refusals = _calls_refused(svc, special_calls, now) if special_calls else [None] * len(special)
-    for (index, (app, request)), refusal in zip(special.items(), refusals):
-        outcomes[index] = refusal or _accept_alone(svc, app, request, now)
+    for (index, (app, request)), call, refusal in zip(special.items(), special_calls or [None] * len(special),
+                                                      refusals):
+        outcomes[index] = refusal or _accept_alone(svc, app, request, now, call)
     admitted: dict[int, Admitted] = {}
     plain_calls = [calls[index] for index in plain] if calls else []
     for index, outcome in zip(plain, admit_many(svc, list(plain.values()), now, plain_calls)):
@@ -153,18 +175,29 @@ def accept_many(svc: Services, requests: Sequence[tuple[Application, SendRequest
     return [outcomes[index] for index in range(len(requests))]
 
 
-def _accept_alone(svc: Services, app: Application, request: SendRequest, now: float) -> Accepted | Exception:
+def _accept_alone(svc: Services, app: Application, request: SendRequest, now: float, call: Call | None
+                  ) -> Accepted | Exception:
     try:
         return accept(svc, app, request, now)
     except Exception as exc:  # this request's failure is its own, as when accepted alone
+        if call is not None:
+            give_back_call(svc, call, now)
         return exc
+
+
+def give_back_call(svc: Services, call: Call, now: float) -> None:
+    """The nonce and rate unit of a signed call whose request was refused after it was counted."""
+    try:
+        svc.limits.refund_call(call, now)
+    except REDIS_ERRORS:
+        pass  # Redis is what failed: the nonce then simply stays used until it expires
 
 
 def _calls_refused(svc: Services, calls: list[Call], now: float) -> list[Exception | None]:
     """Count calls on their own, in one round trip; per call None when counted, else its refusal."""
     try:
         verdicts = svc.limits.admit_calls(calls, now)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         return [exc] * len(calls)
     return [None if verdict == "ok" else Refused(verdict, verdict) for verdict in verdicts]
 
@@ -183,23 +216,24 @@ def admit_many(svc: Services, requests: Sequence[tuple[Application, SendRequest]
     and in order; per request its admission, or the exception that refused it."""
     ruleset = svc.rules.current
     outcomes: list[Admitted | Exception] = []
-    for app, request in requests:
+    for index, (app, request) in enumerate(requests):
         try:
-            outcomes.append(_checked(ruleset, app, request, now))
-        except Refused as exc:
+            outcomes.append(_checked(ruleset, app, request, now, calls[index] if calls else None))
+        except Exception as exc:  # whatever one request raises is its own refusal, never its neighbours'
             outcomes.append(exc)
     checked = [item for item in outcomes if isinstance(item, Admitted)]
-    checked_calls = [call for call, item in zip(calls, outcomes) if isinstance(item, Admitted)]
+    checked_calls = [item.call for item in checked]
     try:
         admissions = svc.limits.admit_many([(item.checks, item.costs) for item in checked], now=now,
                                            calls=checked_calls)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         return [exc if isinstance(item, Admitted) else item for item in outcomes]
     decided = iter([_counted(item, admission) for item, admission in zip(checked, admissions)])
     return [next(decided) if isinstance(item, Admitted) else item for item in outcomes]
 
 
-def _checked(ruleset: RuleSet, app: Application, request: SendRequest, now: float) -> Admitted:
+def _checked(ruleset: RuleSet, app: Application, request: SendRequest, now: float, call: Call | None = None
+             ) -> Admitted:
     """The request validated against the rule set, with the quota checks it must pass (none counted yet)."""
     channel = ruleset.channel(request.channel)
     if channel is None:
@@ -208,9 +242,20 @@ def _checked(ruleset: RuleSet, app: Application, request: SendRequest, now: floa
     missing = template.missing(request.params)
     if missing:
         raise Refused("invalid", f"missing template params: [{' '.join(missing)}]")
+    request = _normalised(request, channel, ruleset.settings.default_region)
     checks, costs = _quota_checks(ruleset, app, channel, request, datetime.fromtimestamp(now, UTC))
     due = request.scheduled_at.timestamp() if request.scheduled_at and request.scheduled_at.timestamp() > now else None
-    return Admitted(app, request, channel, template, now, due, checks, costs, False)
+    return Admitted(app, request, channel, template, now, due, checks, costs, False, call)
+
+
+def _normalised(request: SendRequest, channel: Channel, default_region: str) -> SendRequest:
+    """The request with each receiver in its one form for the channel's type (what quotas count and routing
+    sees), the receivers as sent kept beside them."""
+    try:
+        normal = tuple(normalise(receiver, channel.type, default_region) for receiver in request.receivers)
+    except InvalidReceiver as exc:
+        raise Refused("invalid", f"invalid receiver for {channel.type} channel {channel.name!r}: {exc}") from None
+    return dataclasses.replace(request, receivers=normal, as_sent=request.receivers)
 
 
 def _counted(item: Admitted, admission: Admission) -> Admitted | Refused:
@@ -225,23 +270,53 @@ def _counted(item: Admitted, admission: Admission) -> Admitted | Refused:
 
 
 def _store_and_enqueue_many(svc: Services, admitted: list[Admitted]) -> list[Accepted | Exception]:
-    """Single-receiver, key-less requests: one insert transaction, one enqueue round trip. When the store or
-    the queue fails every request is refused and its quota units given back, as `accept` does for one."""
-    rows = [_task_row(item.app, item.channel, item.template, item.request, item.request.receivers[0], item.moment,
-                      "scheduled" if item.due else "pending", item.due, "") for item in admitted]
-    try:
+    """Single-receiver, key-less requests: one insert transaction, one enqueue round trip. A row the database
+    refuses fails its own request alone; when the store or the queue is out of reach every request is
+    refused. A refused request's quota units and nonce are given back, as `accept` does for one."""
+    outcomes: list[Accepted | Exception | None] = [None] * len(admitted)
+    rows: dict[int, dict[str, Any]] = {}
+    for index, item in enumerate(admitted):
         try:
-            repo.create_tasks(rows)
-        except StoreUnavailable as exc:
-            raise Refused("unavailable", f"database unavailable: {exc}") from None
-        _enqueue(svc, [(row["task_id"], item.due) for row, item in zip(rows, admitted)])
+            rows[index] = _task_row(item.app, item.channel, item.template, item.request, 0,
+                                    item.moment, "scheduled" if item.due else "pending", item.due, "")
+        except Exception as exc:
+            outcomes[index] = exc
+    try:
+        stored = _create_each_alone_on_refusal(rows, outcomes)
+        _enqueue(svc, [(rows[index]["task_id"], admitted[index].due) for index in stored])
     except Exception as exc:
-        for item in admitted:
+        outcomes = [outcome or exc for outcome in outcomes]
+    for index, item in enumerate(admitted):
+        outcome = outcomes[index]
+        if outcome is None:
+            metrics.ACCEPTED.labels(item.channel.name).inc()
+            row = rows[index]
+            outcomes[index] = Accepted((row["task_id"],), row["status"], item.moment)
+        else:
             item.refund(svc)
-        return [exc] * len(admitted)
-    for item in admitted:
-        metrics.ACCEPTED.labels(item.channel.name).inc()
-    return [Accepted((row["task_id"],), row["status"], item.moment) for row, item in zip(rows, admitted)]
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _create_each_alone_on_refusal(rows: dict[int, dict[str, Any]], outcomes: list[Any]) -> list[int]:
+    """Insert the rows in one transaction; should the database refuse it for a row's sake, insert each on its
+    own so only the rows it refuses fail (their exception goes to `outcomes`). The indexes stored."""
+    try:
+        repo.create_tasks(list(rows.values()))
+        return list(rows)
+    except StoreUnavailable as exc:
+        raise Refused("unavailable", f"database unavailable: {exc}") from None
+    except Exception:
+        pass
+    stored = []
+    for index, row in rows.items():
+        try:
+            repo.create_tasks([row])
+            stored.append(index)
+        except StoreUnavailable as exc:
+            outcomes[index] = Refused("unavailable", f"database unavailable: {exc}")
+        except Exception as exc:
+            outcomes[index] = exc
+    return stored
 
 
 def _enqueue(svc: Services, jobs: list[tuple[str, float | None]]) -> None:
@@ -253,7 +328,7 @@ def _enqueue(svc: Services, jobs: list[tuple[str, float | None]]) -> None:
         ready = [job("send", task_id) for task_id, due in jobs if not due]
         if ready:
             svc.queue.enqueue(ready)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         for task_id, _ in jobs:
             repo.update_task(task_id, status="failed", error_code="queue_unavailable",
                              error_message=f"failed to push to queue: {exc}")
@@ -270,8 +345,8 @@ def _store_and_enqueue(svc: Services, admitted: Admitted) -> Accepted:
     moment, due = admitted.moment, admitted.due
     batch_id = uuid7() if request.batch else ""
     status = "scheduled" if due else "pending"
-    rows = [_task_row(app, channel, template, request, receiver, moment, status, due, batch_id)
-            for receiver in request.receivers]
+    rows = [_task_row(app, channel, template, request, index, moment, status, due, batch_id)
+            for index in range(len(request.receivers))]
     for row in rows[1:]:
         row["idempotency_key"] = None  # the key names the request: its first task stands for it
     batch = {"batch_id": batch_id, "app_id": app.app_id, "total": len(rows), "created_at": moment} if batch_id else None
@@ -290,8 +365,11 @@ def _store_and_enqueue(svc: Services, admitted: Admitted) -> Accepted:
     return Accepted(task_ids, status, moment, batch_id)
 
 
-def _task_row(app: Application, channel: Channel, template: Template, request: SendRequest, receiver: str,
+def _task_row(app: Application, channel: Channel, template: Template, request: SendRequest, index: int,
               moment: datetime, status: str, due: float | None, batch_id: str) -> dict[str, Any]:
+    """The task of the request's receiver number `index`."""
+    receiver = request.receivers[index]
+    as_sent = request.as_sent[index] if request.as_sent else receiver
     return {
         "task_id": uuid7(),
         "app_id": app.app_id,
@@ -300,6 +378,8 @@ def _task_row(app: Application, channel: Channel, template: Template, request: S
         "channel": channel.name,
         "message_type": channel.type,
         "receiver": receiver,
+        "receiver_as_sent": as_sent if as_sent != receiver else None,
+        "trace_id": request.trace_id or None,
         "title": render(template.subject, request.params) if template.subject else "",
         "content": render(template.text, request.params),
         "template": template.name,
@@ -334,63 +414,111 @@ def app_quota_check(app: Application) -> QuotaCheck:
     return QuotaCheck("app.daily_quota", f"app-quota|app={app.app_id}", app.daily_quota, DAY)
 
 
+# C0 and C1 controls and lone surrogates: never part of a receiver, name or tag (they break storage, logs and
+# vendors alike); params may carry tabs and line breaks
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _invalid(message: str) -> Refused:
+    return Refused("invalid", f"invalid request: {message}")
+
+
+def _channel(value: Any, limits: FieldLimits) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, int | str) or value in (0, ""):
+        raise _invalid("channel_id is required (a channel id or name)")
+    if isinstance(value, int) and not 0 < value < 2**31:
+        raise _invalid("channel_id must be a positive 32-bit integer")
+    if isinstance(value, str) and (len(value) > limits.name_chars or _CONTROL.search(value)):
+        raise _invalid(f"channel_id must be a channel name of at most {limits.name_chars} printable characters")
+    return value
+
+
 def _receivers(body: dict[str, Any], batch: bool) -> tuple[str, ...]:
-    if batch:
-        value = body.get("receivers")
-        if not isinstance(value, list):
-            raise Refused("invalid", "invalid request: receivers must be an array of strings")
-        if len(value) > MAX_BATCH:
-            raise Refused("invalid", f"invalid request: at most {MAX_BATCH} receivers per batch")
-        return tuple(_receiver(item) for item in value)
-    return (_receiver(body.get("receiver")),)
+    if not batch:
+        return (_receiver(body.get("receiver")),)
+    value = body.get("receivers")
+    if not isinstance(value, list) or not value:
+        raise _invalid("receivers must be a non-empty array of strings")
+    if len(value) > MAX_BATCH:
+        raise _invalid(f"at most {MAX_BATCH} receivers per batch")
+    return tuple(_receiver(item) for item in value)
 
 
 def _receiver(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise Refused("invalid", "invalid request: receiver must be a non-empty string")
+        raise _invalid("receiver must be a non-empty string")
     if len(value) > MAX_RECEIVER:
-        raise Refused("invalid", f"invalid request: receiver longer than {MAX_RECEIVER} characters")
+        raise _invalid(f"receiver longer than {MAX_RECEIVER} characters")
+    if _CONTROL.search(value):
+        raise _invalid("receiver holds a control character or a lone surrogate")
     return value.strip()
 
 
-def _params(value: Any) -> dict[str, str]:
+def _params(value: Any, limits: FieldLimits) -> dict[str, str]:
     """String map; numbers are taken as their text and the PHP SDK's `[]` as empty."""
     if value is None or value == []:
         return {}
     if not isinstance(value, dict):
-        raise Refused("invalid", "invalid request: template_params must be an object of strings")
+        raise _invalid("template_params must be an object of strings")
+    if len(value) > limits.params:
+        raise _invalid(f"template_params has more than {limits.params} entries")
     params: dict[str, str] = {}
     for key, item in value.items():
+        name = _short_text(key, "a template_params name", limits.name_chars) if key else ""
+        if not name:
+            raise _invalid("template_params names must be non-empty")
         if isinstance(item, bool) or not isinstance(item, str | int | float):
-            raise Refused("invalid", f"invalid request: template_params.{key} must be a string")
-        params[str(key)] = item if isinstance(item, str) else format(item, "g") if isinstance(item, float) else str(item)
+            raise _invalid(f"template_params.{name} must be a string")
+        text = item if isinstance(item, str) else format(item, "g") if isinstance(item, float) else str(item)
+        if len(text) > limits.param_chars:
+            raise _invalid(f"template_params.{name} longer than {limits.param_chars} characters")
+        if _CONTROL_BUT_LINES.search(text):
+            raise _invalid(f"template_params.{name} holds a control character or a lone surrogate")
+        params[name] = text
     return params
 
 
-def _optional_str(body: dict[str, Any], name: str) -> str:
-    value = body.get(name) or ""
+def _short_text(value: Any, name: str, most: int) -> str:
+    """An optional single-line string of at most `most` characters."""
+    if value is None or value == "":
+        return ""
     if not isinstance(value, str):
-        raise Refused("invalid", f"invalid request: {name} must be a string")
+        raise _invalid(f"{name} must be a string")
+    if len(value) > most or _CONTROL.search(value):
+        raise _invalid(f"{name} must be at most {most} printable characters")
     return value
 
 
-def _scheduled_at(value: Any) -> datetime | None:
+def _scheduled_at(value: Any, now: float, limits: FieldLimits) -> datetime | None:
+    """An RFC 3339 moment with an offset, at most `limits.schedule_days` ahead (a past one means now)."""
     if value in (None, ""):
         return None
-    if not isinstance(value, str):
-        raise Refused("invalid", "invalid request: scheduled_at must be an RFC 3339 timestamp")
+    if not isinstance(value, str) or len(value) > 40:
+        raise _invalid("scheduled_at must be an RFC 3339 timestamp")
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise Refused("invalid", f"invalid request: scheduled_at {value!r} is not an RFC 3339 timestamp") from None
-    if moment.tzinfo is None:
-        raise Refused("invalid", "invalid request: scheduled_at needs a time zone offset")
+        if moment.tzinfo is None:
+            raise _invalid("scheduled_at needs a time zone offset")
+        moment = moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise _invalid(f"scheduled_at {value[:40]!r} is not an RFC 3339 timestamp") from None
+    if moment.timestamp() > now + limits.schedule_days * DAY:
+        raise _invalid(f"scheduled_at is more than {limits.schedule_days} days ahead")
     return moment
 
 
-def _tags(value: Any) -> tuple[str, ...]:
+def _tags(value: Any, limits: FieldLimits) -> tuple[str, ...]:
     if value is None:
         return ()
-    if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
-        raise Refused("invalid", "invalid request: tags must be an array of strings")
-    return tuple(value)
+    if not isinstance(value, list) or not all(isinstance(tag, str) and tag for tag in value):
+        raise _invalid("tags must be an array of non-empty strings")
+    if len(value) > limits.tags:
+        raise _invalid(f"at most {limits.tags} tags")
+    return tuple(_short_text(tag, "a tag", limits.name_chars) for tag in value)
+
+
+def _idempotency_key(value: str, limits: FieldLimits) -> str:
+    if len(value) > limits.idempotency_key_chars or _CONTROL.search(value):
+        raise _invalid(f"Idempotency-Key must be at most {limits.idempotency_key_chars} printable characters")
+    return value

@@ -163,6 +163,12 @@ class Limits:
         if checks:
             self._give_back(keys=[counter_key(c, now) for c in checks], args=per_check)
 
+    def refund_call(self, call: Call, now: float) -> None:
+        """Give back what admitting a signed call took (its nonce, a unit of its app's rate), when the request
+        it carried was not stored after all: a client may then send the same signed request again."""
+        counters = _call_counters(call, now)
+        self._give_back(keys=[key for key, *_ in counters], args=[cost for _, cost, *_ in counters])
+
     def used(self, check: QuotaCheck, now: float) -> int:
         """Units counted so far in the window `now` falls in."""
         return int(self.redis.get(counter_key(check, now)) or 0)

@@ -16,6 +16,8 @@ UNKNOWN_OUTCOMES = Counter("mpush_unknown_outcomes_total", "Attempts whose outco
                            ["provider", "error_code"])
 LOST_ATTEMPTS = Counter("mpush_lost_attempts_total", "Attempts found `sending` after their lease expired",
                         ["provider"])
+TAKEN_OVER = Counter("mpush_entries_taken_over_total", "Stream entries taken over from workers whose heartbeat ran "
+                     "out, without waiting for the visibility timeout")
 GROUP_RECREATED = Counter("mpush_queue_group_recreated_total", "Times a worker found the stream's consumer group "
                           "gone (Redis lost its data) and created it again")
 REQUEUED = Counter("mpush_tasks_requeued_total", "Open tasks queued again by a sweep: `stranded` (no job after the "

@@ -103,19 +103,26 @@ class GroupCommit(Generic[T, R]):
         self._running = False
 
     def submit(self, item: T) -> R:
-        slot: _Slot[T, R] = _Slot(item)
+        return self.submit_many([item])[0]
+
+    def submit_many(self, items: Sequence[T]) -> list[R]:
+        """`submit` for several items of one caller, in as few batches as they fit (usually the next one)."""
+        slots: list[_Slot[T, R]] = [_Slot(item) for item in items]
         with self._cond:
-            self._waiting.append(slot)
-            while not slot.done and self._running:
-                self._cond.wait()
-            if not slot.done:
+            self._waiting.extend(slots)
+        while True:
+            with self._cond:
+                while self._running and not all(slot.done for slot in slots):
+                    self._cond.wait()
+                if all(slot.done for slot in slots):
+                    break
                 self._running = True
                 batch, self._waiting = self._waiting[: self._max_batch], self._waiting[self._max_batch :]
-        if not slot.done:
             self._run(batch)
-        if isinstance(slot.result, BaseException):
-            raise slot.result
-        return slot.result  # type: ignore[return-value]  # set by the batch that took it
+        for slot in slots:
+            if isinstance(slot.result, BaseException):
+                raise slot.result
+        return [slot.result for slot in slots]  # type: ignore[misc]  # each set by the batch that took it
 
     def _run(self, batch: list[_Slot[T, R]]) -> None:
         try:

@@ -19,14 +19,14 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-import redis
-
 from engine import keys, metrics
 from engine.queue import job
+from engine.redis_errors import REDIS_ERRORS
 from engine.services import Services
 from engine.store import repo
 from engine.store.db import StoreUnavailable
 from engine.store.models import Task
+from engine.upgrade import move_old_jobs
 
 log = logging.getLogger("mpush.scheduler")
 
@@ -44,8 +44,9 @@ def run(svc: Services, stop: threading.Event) -> None:
             recover_lost_data(svc, datetime.now(UTC))
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + svc.settings.sweep_interval
+                move_old_jobs(svc.redis, svc.queue)  # an older version's process may still be queuing there
                 requeue_stranded(svc, datetime.now(UTC))
-        except (redis.RedisError, StoreUnavailable) as exc:
+        except (*REDIS_ERRORS, StoreUnavailable) as exc:
             log.warning("scheduler.tick failed: %s", exc)
 
 
@@ -88,7 +89,7 @@ def requeue_stranded(svc: Services, now: datetime) -> int:
     candidates = repo.stale_open_tasks(now - timedelta(seconds=svc.settings.outbox_grace), limit=PAGE)
     pipe = svc.redis.pipeline(transaction=False)
     for task_id in candidates:
-        pipe.zscore(svc.queue.delayed, job("send", task_id))
+        pipe.zscore(svc.queue.delayed_key(job("send", task_id)), job("send", task_id))
     stranded = [task_id for task_id, score in zip(candidates, pipe.execute()) if score is None]
     if stranded:
         svc.queue.enqueue([job("send", task_id) for task_id in stranded])

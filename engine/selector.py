@@ -6,10 +6,10 @@ rest by smooth weighted round robin with the `current` values shared by every pr
 takes the chosen account's rate unit and probe slot — all atomically. The steps are the pure
 functions of `engine/policy/selection.py`; the tests hold the scripts equal to them.
 
-Only retryable failures (network errors, timeouts, 5xx, vendor throttling) may be recorded as
-`ok=False`: a permanent error caused by one bad receiver or template says nothing about the
-provider's health and must be recorded as `ok=True` (or not at all), or one bad number could
-open the circuit for everybody.
+A call counts by its error class (`selection.call_health`): throttled, transient and unknown calls
+are failures; an account failure (no balance, no permission, bad credentials) trips the circuit at
+once; an answer about one receiver, the content or a time window is a success, or one bad number
+could open the circuit for everybody.
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ from redis.commands.core import Script
 from engine import keys
 from engine.policy.decisions import Candidate
 from engine.policy.model import CircuitPolicy, ProviderAccount
-from engine.policy.selection import SLOTS, Breaker, BreakerState, Slot, breaker_state, counter_ttl, window_bucket
+from engine.policy.selection import (
+    SLOTS, TRIP, Breaker, BreakerState, Health, Slot, breaker_state, counter_ttl, window_bucket,
+)
+from engine.scripting import pipelined
 
 STATE_TTL = 86_400  # idle breakers and round-robin positions are forgotten after a day
 
@@ -148,7 +151,7 @@ return choices
 """
 
 # KEYS: breaker. ARGV: now, failure_ratio, min_calls, window_seconds, open_for, probes, ttl, then the
-# outcomes (1 ok / 0 failed) in the order they happened. Returns the state after each. The window's slots
+# outcomes (1 ok / 0 failed / t trip: open at once) in the order they happened. Returns the state after each. The window's slots
 # are read once and the current one written once per call, however many outcomes it carries.
 _RECORD = _BREAKER_LUA + """
 local key, now = KEYS[1], tonumber(ARGV[1])
@@ -156,12 +159,14 @@ local ratio, min_calls, window = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(
 local open_for, probes, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local bucket = math.floor(now / (window / SLOTS))
 local field = 'w' .. (bucket % SLOTS)
-local slots, dirty, touched = nil, false, false
+local slots, streak, dirty, touched = nil, 0, false, false
 
 local function read_slots()
   local names = {}
   for s = 0, SLOTS - 1 do names[s + 1] = 'w' .. s end
+  names[SLOTS + 1] = 'streak'
   local stored = redis.call('HMGET', key, unpack(names))
+  streak = tonumber(stored[SLOTS + 1] or '0')
   slots = {}
   for s = 0, SLOTS - 1 do
     local b, c, f = string.match(stored[s + 1] or '', '^(-?%d+):(%d+):(%d+)$')
@@ -170,13 +175,18 @@ local function read_slots()
 end
 
 local function cleared()  -- the key was deleted: no window left, nothing pending to write
-  slots, dirty = {}, false
+  slots, streak, dirty = {}, 0, false
 end
 
-local function record(ok)
+local function record(ok, trip)
 local b = load(key)
 if b.state == 'open' then return 'open' end
 touched = true
+if trip then
+  open(key, now + open_for)
+  cleared()
+  return 'open'
+end
 if b.state == 'half_open' then
   if not ok then
     open(key, now + open_for)
@@ -194,12 +204,13 @@ if slots == nil then read_slots() end
 local current = slots[field]
 if current == nil or current[1] ~= bucket then current = {bucket, 0, 0} end
 slots[field] = {bucket, current[2] + 1, current[3] + (ok and 0 or 1)}
+if ok then streak = 0 else streak = streak + 1 end
 dirty = true
 local calls, failures = 0, 0
 for _, slot in pairs(slots) do
   if slot[1] > bucket - SLOTS and slot[1] <= bucket then calls, failures = calls + slot[2], failures + slot[3] end
 end
-if calls >= min_calls and failures >= ratio * calls then
+if math.min(streak, failures) >= min_calls or (calls >= min_calls and failures >= ratio * calls) then
   open(key, now + open_for)
   cleared()
   return 'open'
@@ -208,10 +219,10 @@ return 'closed'
 end
 
 local states = {}
-for i = 8, #ARGV do states[i - 7] = record(ARGV[i] == '1') end
+for i = 8, #ARGV do states[i - 7] = record(ARGV[i] == '1', ARGV[i] == 't') end
 if dirty then
   local slot = slots[field]
-  redis.call('HSET', key, field, string.format('%d:%d:%d', slot[1], slot[2], slot[3]))
+  redis.call('HSET', key, field, string.format('%d:%d:%d', slot[1], slot[2], slot[3]), 'streak', streak)
 end
 if touched then redis.call('EXPIRE', key, ttl) end
 return states
@@ -307,6 +318,7 @@ def _breaker_from(fields: Mapping[str, str]) -> Breaker:
         probes_taken=int(fields.get("probes_taken", 0)),
         probes_ok=int(fields.get("probes_ok", 0)),
         ring=tuple(ring),
+        streak=int(fields.get("streak", 0)),
     )
 
 
@@ -356,18 +368,18 @@ class Selector:
             replies.update(zip(members, batch))
         return [call.choice(replies.get(index)) for index, call in enumerate(calls)]
 
-    def record(self, provider: str, ok: bool, policy: CircuitPolicy, now: float) -> BreakerState:
-        """Count one call's outcome; `ok=False` only for retryable failures. Returns the state after it."""
+    def record(self, provider: str, ok: Health, policy: CircuitPolicy, now: float) -> BreakerState:
+        """Count one call's outcome (`selection.call_health`). Returns the state after it."""
         return self.record_many([(provider, ok, policy)], now)[0]
 
-    def record_many(self, outcomes: Sequence[tuple[str, bool, CircuitPolicy]], now: float) -> list[BreakerState]:
+    def record_many(self, outcomes: Sequence[tuple[str, Health, CircuitPolicy]], now: float) -> list[BreakerState]:
         """`record` for several calls in one round trip, applied in order: one script call per account."""
         groups: dict[tuple[str, CircuitPolicy], list[int]] = {}
         for index, (provider, _, policy) in enumerate(outcomes):
             groups.setdefault((provider, policy), []).append(index)
         calls = [([keys.breaker(provider)], [now, policy.failure_ratio, policy.min_calls, policy.window_seconds,
                                              policy.open_for_seconds, policy.half_open_probes, STATE_TTL,
-                                             *(1 if outcomes[i][1] else 0 for i in members)])
+                                             *(_health_arg(outcomes[i][1]) for i in members)])
                  for (provider, policy), members in groups.items()]
         states: dict[int, BreakerState] = {}
         for members, replies in zip(groups.values(), self._pipelined(self._record, calls)):
@@ -375,25 +387,8 @@ class Selector:
         return [states[index] for index in range(len(outcomes))]
 
     def _pipelined(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
-        """Run `script` once per call in one round trip, in order.
-
-        EVALSHA is sent directly: a pipeline handed Script objects asks SCRIPT EXISTS first, an
-        extra round trip every time. A NOSCRIPT (Redis restarted) fails every call of the batch
-        alike, before any ran, so loading the script and sending the batch again is safe.
-        """
-        if not calls:
-            return []
-        for retry in (False, True):
-            pipe = self.redis.pipeline(transaction=False)
-            for script_keys, args in calls:
-                pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
-            try:
-                return pipe.execute()
-            except redis.exceptions.NoScriptError:
-                if retry:
-                    raise
-                self.redis.script_load(script.script)
-        raise AssertionError("unreachable")
+        """Run `script` once per call in one round trip, in order (every key shares the route tag: one slot)."""
+        return pipelined(self.redis, script, calls)
 
     def breaker(self, provider: str) -> Breaker:
         """The stored breaker of one account (counts included), for health and admin views."""
@@ -402,6 +397,10 @@ class Selector:
     def state(self, provider: str, now: float) -> BreakerState:
         """closed / open / half_open as of `now`."""
         return breaker_state(self.breaker(provider), now)
+
+
+def _health_arg(ok: Health) -> str:
+    return "t" if ok is TRIP else "1" if ok else "0"
 
 
 def _text(value: bytes | str) -> str:

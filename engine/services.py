@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
 
 import peewee
 import redis
+from redis.cluster import RedisCluster
 
+from engine.cluster_client import GatewayCluster
 from engine.files import private_dir, restrict_tree
 from engine.limits import Limits
 from engine.queue import Queue
+from engine.redis_errors import REDIS_ERRORS
 from engine.rulesets import RuleSetHolder
 from engine.selector import Selector
 from engine.settings import Settings, SettingsError
@@ -21,6 +25,7 @@ from engine.store.migrations import migrate
 from engine.targets import TargetPolicy
 from engine.tokens import RedisTokenCache
 from engine.transport import HttpTransport
+from engine.upgrade import move_old_layout
 
 log = logging.getLogger("mpush")
 
@@ -55,7 +60,25 @@ def connect_redis(settings: Settings) -> redis.Redis:
         from engine.embedded import start_embedded_redis
 
         return start_embedded_redis(settings.data_dir)
+    if settings.redis_cluster:
+        return connect_cluster(settings.redis_url)  # type: ignore[return-value]
     return redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+
+
+def connect_cluster(url: str) -> RedisCluster:
+    """The cluster client, which learns the nodes and slots from the node `url` names at once: a URL it cannot
+    use (a database other than 0, a server not in cluster mode, no node answering) is a setting error."""
+    try:
+        return GatewayCluster.from_url(url, health_check_interval=30)
+    except (*REDIS_ERRORS, ValueError) as exc:
+        raise SettingsError(f"setting redis_url: no Redis Cluster usable at {_without_password(url)}: {exc}") from None
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
 
 
 def open_services(settings: Settings, *, rules: RuleSetHolder | None = None) -> Services:
@@ -70,8 +93,9 @@ def open_services(settings: Settings, *, rules: RuleSetHolder | None = None) -> 
     if applied:
         log.info("store.migrated %s", ", ".join(applied))
     holder = rules or RuleSetHolder(settings.rules_dir, env=settings.rule_env or {})
-    queue = Queue(client)
+    queue = Queue(client, shards=settings.stream_shards)
     queue.ensure_group()
+    move_old_layout(client, queue)
     return Services(
         settings=settings,
         redis=client,

@@ -19,6 +19,9 @@ class SettingsError(Exception):
     """A setting is present but unusable."""
 
 
+MAX_STREAM_SHARDS = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Process settings. Empty `redis_url` / `database_url` mean the embedded default."""
@@ -26,6 +29,8 @@ class Settings:
     data_dir: Path = Path("data")
     rules_dir: Path = Path("rules")
     redis_url: str = ""
+    redis_cluster: bool = False  # redis_url names one node of a Redis Cluster (the client finds the others)
+    stream_shards: int = 1  # task streams (each with its group and delayed set); a cluster spreads them
     database_url: str = ""
     host: str = "127.0.0.1"
     port: int = 8080
@@ -50,8 +55,19 @@ class Settings:
     rule_env: Mapping[str, str] | None = None
     outbound_allow: str = ""  # CIDRs and host names customer webhooks and alerts may reach besides public addresses
     max_body_bytes: int = 4 * 1024 * 1024  # any request body; larger ones are refused with 413 before buffering
+    forwarded_allow_ips: str = ""  # proxies whose X-Forwarded-For is believed (comma-separated, "*" for any)
+    max_param_chars: int = 2000  # each template parameter of a send request
+    max_schedule_days: int = 90  # how far ahead `scheduled_at` may be
     webhook_threads: int = 8
     webhook_per_app: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.stream_shards <= MAX_STREAM_SHARDS:
+            raise SettingsError(f"setting stream_shards must be between 1 and {MAX_STREAM_SHARDS}, "
+                                f"got {self.stream_shards}")
+        if self.redis_cluster and not self.redis_url:
+            raise SettingsError("setting redis_cluster needs redis_url (a node of the cluster); "
+                                "the embedded Redis is a single server")
 
     @property
     def embedded_redis(self) -> bool:

@@ -61,6 +61,10 @@ def build(task: Task, ruleset: RuleSet, rules_dir: Path) -> list[Event]:
 def _accepted(task: Task) -> Event:
     facts = [("task", task.task_id), ("app", task.app_id), ("channel", task.channel), ("receiver", task.receiver),
              ("template", task.template), ("status now", task.status)]
+    if task.receiver_as_sent:
+        facts.insert(4, ("receiver as sent", task.receiver_as_sent))
+    if task.trace_id:
+        facts.append(("trace id", task.trace_id))
     if task.batch_id:
         facts.append(("batch", task.batch_id))
     if task.scheduled_at:
@@ -121,14 +125,14 @@ def _attempt(attempt: Attempt, tier: int | None) -> Event:
 def _decision(decision: Any) -> Event:
     facts = [("scene", decision.scene), ("action", decision.action), ("rule", decision.rule),
              ("version", decision.rule_version), ("after attempt", str(decision.number))]
-    if decision.action in ("retry", "switch_provider"):
+    if decision.action in ("retry", "switch_provider", "defer"):
         facts.append(("delay", f"{decision.delay_seconds:g} s"))
     if decision.provider:
         facts.append(("account", decision.provider))
     error = " ".join(part for part in (decision.error_class, decision.error_code, decision.error_message) if part)
     if error:
         facts.append(("error", error))
-    outcome = "pending" if decision.action in ("retry", "switch_provider", "ignore") else "failed"
+    outcome = "pending" if decision.action in ("retry", "switch_provider", "ignore", "defer") else "failed"
     return Event(decision.created_at, "decision", f"{decision.scene}: {decision.action} by rule {decision.rule}",
                  outcome, facts)
 

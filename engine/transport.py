@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from io import BytesIO
 
 import certifi
@@ -39,7 +40,7 @@ class HttpTransport:
         curl.setopt(pycurl.PROXY, "")  # ignore http_proxy and friends from the environment
         curl.setopt(pycurl.CAINFO, certifi.where())
         curl.setopt(pycurl.URL, request.url)
-        curl.setopt(pycurl.HTTPHEADER, [f"{name}: {value}" for name, value in request.headers.items()] + ["Expect:"])
+        curl.setopt(pycurl.HTTPHEADER, wire_headers(request.headers))
         if request.method == "GET" and not request.body:
             curl.setopt(pycurl.HTTPGET, 1)
         else:
@@ -74,6 +75,18 @@ class HttpTransport:
         if curl is None:
             curl = self._local.curl = pycurl.Curl()
         return curl
+
+
+# Headers curl would add on its own (Accept: */*, a form Content-Type on every POST, Expect: 100-continue, pycurl's
+# User-Agent): a request that does not set them goes without, so what is sent is its headers plus the body framing.
+_CURL_DEFAULTS = ("Accept", "Content-Type", "Expect", "User-Agent")
+
+
+def wire_headers(headers: Mapping[str, str]) -> list[str]:
+    """The request's own headers, and an empty value (curl: "do not send") for each curl default it does not set."""
+    given = {name.lower() for name in headers}
+    return [f"{name}: {value}" for name, value in headers.items()] + [
+        f"{name}:" for name in _CURL_DEFAULTS if name.lower() not in given]
 
 
 def _headers(lines: list[bytes]) -> dict[str, str]:

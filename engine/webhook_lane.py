@@ -19,9 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import redis
-
 from engine.queue import Entry, Queue
+from engine.redis_errors import REDIS_ERRORS
 
 log = logging.getLogger("mpush.webhooks")
 
@@ -80,7 +79,7 @@ class WebhookLane:
             return []
         try:
             self.queue.defer_many((entry.job, due) for entry, due in deferred)
-        except redis.RedisError as exc:  # left pending: the reclaimer brings them back
+        except REDIS_ERRORS as exc:  # left pending: the reclaimer brings them back
             log.warning("webhook.defer failed for %d jobs: %s", len(deferred), exc)
             return []
         return [entry.id for entry, _ in deferred]
@@ -106,9 +105,7 @@ class WebhookLane:
         reclaimer takes one away while it waits here; called more often than the visibility timeout."""
         with self._lock:
             held = list(self._held)
-        for start in range(0, len(held), 1000):
-            self.queue.redis.xclaim(self.queue.stream, self.queue.group, consumer, 0, held[start:start + 1000],
-                                    justid=True)
+        self.queue.touch(consumer, held)
 
     def _slot(self, app: str, now: float) -> float:
         """When a deferred job of `app` should come back: after the jobs the lane holds for it have run, one
@@ -142,5 +139,5 @@ class WebhookLane:
     def _ack(self, entry_id: str) -> None:
         try:
             self.queue.ack([entry_id])
-        except redis.RedisError as exc:  # reclaimed later and found done
+        except REDIS_ERRORS as exc:  # reclaimed later and found done
             log.warning("queue.ack failed for webhook entry %s: %s", entry_id, exc)

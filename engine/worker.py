@@ -19,22 +19,25 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from concurrent.futures import ThreadPoolExecutor
 
 import peewee
-import redis
 
-from engine import delivery, webhook_lane, webhooks
+from engine import delivery, metrics, webhook_lane, webhooks
 from engine.queue import Entry
+from engine.redis_errors import REDIS_ERRORS, UNREACHABLE
 from engine.services import Services
 from engine.store import repo
 from engine.store.db import StoreUnavailable
 
 log = logging.getLogger("mpush.worker")
 
+HEARTBEAT_SECONDS = 1.0
+HEARTBEAT_TTL = 5.0  # a worker silent this long is dead: its entries are taken over without waiting longer
 READ_ROUNDS = 4  # stream entries read at most per send thread in one read
-POSTPONE = (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError, redis.ConnectionError)
+POSTPONE = (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError, *UNREACHABLE)
 
 HANDLERS = {
     "send": delivery.deliver,
@@ -56,7 +59,8 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.counters: collections.Counter[str] = collections.Counter()
         self.owner = f"{self.name}-{secrets.token_hex(3)}"  # lease holder: unique even if a pid is reused
-        self.read_count = READ_ROUNDS * self.threads
+        self._read_rounds = READ_ROUNDS * self.threads
+        self._read_counts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._senders = ThreadPoolExecutor(self.threads, thread_name_prefix="sender")
         self._slots = threading.Semaphore(self.threads)  # provider calls handed to the pool and not yet ended
@@ -66,15 +70,27 @@ class Worker:
         self._webhooks = webhook_lane.WebhookLane(svc.queue, self.handle, threads=svc.settings.webhook_threads,
                                      per_app=svc.settings.webhook_per_app)
 
+    @property
+    def read_count(self) -> int:
+        """Entries to read at once: enough for every send thread a few times over, and for a full vendor batch
+        when an account of the live rule set sends many messages a call."""
+        ruleset = self.svc.rules.current
+        count = self._read_counts.get(ruleset.version)
+        if count is None:
+            count = self._read_counts[ruleset.version] = max(self._read_rounds, delivery.largest_batch(ruleset))
+        return count
+
     def __repr__(self) -> str:
         return f"<Worker {self.name} threads={self.threads} readers={self.readers} {dict(self.counters)}>"
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, then finish the entries in hand, ack them and return."""
-        workers = [threading.Thread(target=self._consume, args=(f"{self.name}-{i}", stop), name=f"consumer-{i}")
-                   for i in range(self.readers)]
+        workers = [threading.Thread(target=self._consume, args=(f"{self.name}-{i}", stop, shards),
+                                    name=f"consumer-{i}")
+                   for i, shards in enumerate(self.svc.queue.reader_shards(self.readers))]
         workers.append(threading.Thread(target=self._reclaim, args=(stop,), name="reclaimer"))
         workers.append(threading.Thread(target=self._renew_leases, args=(stop,), name="leases"))
+        workers.append(threading.Thread(target=self._heartbeat, args=(stop,), name="heartbeat"))
         for thread in workers:
             thread.start()
         for thread in workers:
@@ -104,14 +120,14 @@ class Worker:
         self._count(f"{entry.kind}.{label}")
         return True
 
-    def _consume(self, consumer: str, stop: threading.Event) -> None:
-        """Read, handle, and acknowledge what was done with the next read's round trip (or at the end)."""
+    def _consume(self, consumer: str, stop: threading.Event, shards: Sequence[int]) -> None:
+        """Read `shards`, handle, and acknowledge what was done with the next read's round trip (or at the end)."""
         queue, done = self.svc.queue, list[str]()
         while not stop.is_set():
             done += self._take_finished()
             try:
-                entries = queue.read(consumer, count=self.read_count, block_ms=500, ack=done)
-            except redis.RedisError as exc:
+                entries = queue.read(consumer, count=self.read_count, block_ms=500, ack=done, shards=shards)
+            except REDIS_ERRORS as exc:
                 log.warning("queue.read failed: %s", exc)
                 stop.wait(1.0)
                 continue  # `done` is acknowledged again with the next read; a repeated XACK is harmless
@@ -138,7 +154,7 @@ class Worker:
     def _ack(self, done: list[str]) -> None:
         try:
             self.svc.queue.ack(done)
-        except redis.RedisError as exc:  # the entries are reclaimed later and found done
+        except REDIS_ERRORS as exc:  # the entries are reclaimed later and found done
             log.warning("queue.ack failed for %d entries: %s", len(done), exc)
 
     def _deliver(self, entries: list[Entry], now: float, handed: set[str]) -> list[str]:
@@ -157,34 +173,38 @@ class Worker:
         for label in labels.values():
             self._count(f"send.{label}")
         first = {entry.ref: entry for entry in reversed(entries)}
-        for plan in plans:
-            entry = first[plan.task.task_id]
-            handed.add(entry.id)
+        for group in delivery.batches(plans):
+            called = [first[plan.task.task_id] for plan in group]
+            handed.update(entry.id for entry in called)
             self._slots.acquire()
             with self._lock:
-                self._flying[entry.id] = entry.ref
-            self._senders.submit(self._call, entry, plan)
+                self._flying.update((entry.id, entry.ref) for entry in called)
+            self._senders.submit(self._call, called, group)
         return [entry.id for entry in entries if entry.id not in handed]
 
-    def _call(self, entry: Entry, plan: delivery.Planned) -> None:
-        """One attempt in the send pool; its entry is acknowledged once the attempt is decided."""
+    def _call(self, entries: list[Entry], plans: list[delivery.Planned]) -> None:
+        """One vendor call in the send pool (one attempt, or a vendor batch of several); each entry is
+        acknowledged once its attempt is decided."""
         try:
-            label = delivery.carry_out(self.svc, plan, self.owner)
+            labels = delivery.carry_out_many(self.svc, plans, self.owner)
         except POSTPONE as exc:
-            log.warning("job.postponed %s: %s (left pending for reclaim)", entry.job, exc)
-            self._count("postponed")
+            log.warning("job.postponed %d send jobs: %s (left pending for reclaim)", len(entries), exc)
+            self._count("postponed", len(entries))
         except Exception as exc:
-            log.exception("job.crashed %s", entry.job)
-            self.svc.queue.dead_letter(entry, f"{type(exc).__name__}: {exc}")
-            self._count("dead_letter")
-            self._finish(entry.id)
+            log.exception("job.crashed %s", ", ".join(entry.job for entry in entries))
+            for entry in entries:
+                self.svc.queue.dead_letter(entry, f"{type(exc).__name__}: {exc}")
+                self._finish(entry.id)
+            self._count("dead_letter", len(entries))
         else:
-            self._count(f"send.{label}")
-            self._finish(entry.id)
+            for entry, label in zip(entries, labels):
+                self._count(f"send.{label}")
+                self._finish(entry.id)
         finally:
             with self._lock:
-                self._flying.pop(entry.id, None)
-                self._in_hand.discard(entry.id)
+                for entry in entries:
+                    self._flying.pop(entry.id, None)
+                    self._in_hand.discard(entry.id)
             self._slots.release()
 
     def _finish(self, entry_id: str) -> None:
@@ -209,13 +229,33 @@ class Worker:
             except POSTPONE as exc:
                 log.warning("leases.renew failed for %d attempts: %s", len(task_ids), exc)
 
-    def _reclaim(self, stop: threading.Event) -> None:
-        idle_ms = int(self.svc.settings.visibility_timeout * 1000)
-        while not stop.wait(max(0.5, self.svc.settings.visibility_timeout / 4)):
+    def _heartbeat(self, stop: threading.Event) -> None:
+        """Vouch for this worker every HEARTBEAT_SECONDS; once it stops vouching, others take its entries over."""
+        while not stop.is_set():
             try:
-                self._webhooks.keep(f"{self.name}-webhooks")
-                entries = self.svc.queue.reclaim(f"{self.name}-reclaimer", min_idle_ms=idle_ms)
-            except redis.RedisError as exc:
+                self.svc.queue.heartbeat(self.name, time.time() + HEARTBEAT_TTL)
+            except REDIS_ERRORS as exc:
+                log.warning("worker.heartbeat failed: %s", exc)
+            stop.wait(HEARTBEAT_SECONDS)
+        try:
+            self.svc.queue.retire(self.name)
+        except REDIS_ERRORS:
+            pass  # its heartbeat runs out instead
+
+    def _reclaim(self, stop: threading.Event) -> None:
+        """Take over at once the entries of workers known dead (their heartbeat ran out), and every visibility
+        timeout's quarter the entries any consumer left unacknowledged that long."""
+        idle_ms = int(self.svc.settings.visibility_timeout * 1000)
+        every = max(0.5, self.svc.settings.visibility_timeout / 4)
+        next_reclaim = time.monotonic() + every
+        while not stop.wait(min(HEARTBEAT_SECONDS, every)):
+            try:
+                entries = self._take_over_dead()
+                if time.monotonic() >= next_reclaim:
+                    next_reclaim = time.monotonic() + every
+                    self._webhooks.keep(f"{self.name}-webhooks")
+                    entries += self.svc.queue.reclaim(f"{self.name}-reclaimer", min_idle_ms=idle_ms)
+            except REDIS_ERRORS as exc:
                 log.warning("queue.reclaim failed: %s", exc)
                 continue
             with self._lock:  # entries this process is still working on are not stale, only slow
@@ -225,6 +265,18 @@ class Worker:
                 log.info("queue.reclaimed %d entries", len(entries))
             for start in range(0, len(entries), self.read_count):
                 self._ack(self._process(entries[start : start + self.read_count]))
+
+    def _take_over_dead(self) -> list[Entry]:
+        dead = [worker for worker in self.svc.queue.dead_workers(time.time()) if worker != self.name]
+        if not dead:
+            return []
+        entries, forgotten = self.svc.queue.take_over(dead, f"{self.name}-reclaimer")
+        if entries:
+            metrics.TAKEN_OVER.inc(len(entries))
+            log.warning("queue.taken_over %d entries of dead workers %s", len(entries), ", ".join(dead))
+        if forgotten:
+            log.info("worker.forgotten %s", ", ".join(forgotten))
+        return entries
 
     def drain(self, *, idle_rounds: int = 2) -> None:
         """Burst mode: handle entries until the stream and the due delayed jobs are empty."""

@@ -31,6 +31,14 @@ from providers.base import (
 BEIJING = ZoneInfo("Asia/Shanghai")  # Chinese SMS vendors time their reports in Beijing wall-clock time
 
 
+def digits_only_number(receiver: str) -> str:
+    """A number as the Chinese vendors document it: a mainland number as its 11 digits, any other as country
+    code and number without the `+` (Aliyun's `852000012****`). The gateway stores numbers in E.164."""
+    if receiver.startswith("+86"):
+        return receiver[3:]
+    return receiver.removeprefix("+")
+
+
 def send_sms(
     message: Message,
     account: Account,

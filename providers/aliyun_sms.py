@@ -10,7 +10,15 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from providers._sms import as_utc, json_array, json_reply, parse_report_items, report_time, send_sms
+from providers._sms import (
+    as_utc,
+    digits_only_number,
+    json_array,
+    json_reply,
+    parse_report_items,
+    report_time,
+    send_sms,
+)
 from providers.base import (
     Account,
     CallbackReply,
@@ -25,8 +33,11 @@ from providers.base import (
     Outcome,
     SendContext,
     SendResult,
+    TRANSPORT_HEADERS,
     Undeliverable,
     bad_response,
+    classified,
+    code_class,
     json_object,
     with_defaults,
 )
@@ -48,21 +59,54 @@ VERSION = "2017-05-25"
 ALGORITHM = "ACS3-HMAC-SHA256"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 REPLY_OK = json_reply({"code": 0, "msg": "接收成功"})
+# Every header of a SendSms call is signed but these: the Authorization that carries the signature, and the body
+# framing the transport adds (the body is empty and its hash is signed in x-acs-content-sha256).
+UNSIGNED_HEADERS = ("authorization", *TRANSPORT_HEADERS)
 
-# Throttling and vendor-side faults clear up on their own; every other code (bad number, template or
-# sign not approved, no balance, bad credentials, SignatureNonceUsed = this very attempt already
-# reached Aliyun) needs a human or a different provider.
-RETRYABLE_CODES = frozenset(
-    {
-        "isv.BUSINESS_LIMIT_CONTROL",
-        "isv.DAY_LIMIT_CONTROL",
-        "isp.SYSTEM_ERROR",
-        "isp.GATEWAY_ERROR",
-        "ServiceUnavailable",
-        "InternalError",
-        "UnknownError",
-    }
-)
+# SendSms codes and their classes. Unlisted codes: transient when Aliyun answered 5xx, else content (a refusal we
+# cannot read is failed, not resent: a resend spends quota and rules can still match the `error_code`).
+# https://help.aliyun.com/zh/sms/developer-reference/api-error-codes (doc-detail 101346, "API错误码")
+CODE_CLASSES: dict[str, str] = {
+    "isv.AMOUNT_NOT_ENOUGH": "account",  # 账户余额不足
+    "isv.OUT_OF_SERVICE": "account",  # 业务停机 (balance below zero)
+    "isp.RAM_PERMISSION_DENY": "account",  # RAM权限不足
+    "isv.PRODUCT_UN_SUBSCRIPT": "account",  # 未开通云通信产品
+    "isv.PRODUCT_UNSUBSCRIBE": "account",  # 产品未开通
+    "isv.ACCOUNT_NOT_EXISTS": "account",
+    "isv.ACCOUNT_ABNORMAL": "account",
+    "isv.DENY_IP_RANGE": "account",  # the caller's address is outside mainland China
+    "isv.DAY_LIMIT_CONTROL": "account",  # the account's own daily limit (console setting)
+    "isv.MONTH_LIMIT_CONTROL": "account",  # the account's own monthly limit
+    "isv.MOBILE_NUMBER_ILLEGAL": "receiver",  # 非法手机号
+    "isv.BLACK_KEY_CONTROL_LIMIT": "content",  # 黑名单管控: a blocked keyword
+    "isv.MOBILE_COUNT_OVER_LIMIT": "content",  # too many numbers in one call
+    "isv.DOMESTIC_NUMBER_NOT_SUPPORTED": "content",  # an international template for a mainland number
+    "isv.SMS_TEMPLATE_ILLEGAL": "content",
+    "isv.SMS_SIGNATURE_ILLEGAL": "content",
+    "isv.SMS_SIGNATURE_SCENE_ILLEGAL": "content",
+    "isv.SIGN_STATE_ILLEGAL": "content",
+    "isv.SMS_SIGN_ILLEGAL": "content",
+    "isv.SMS_CONTENT_ILLEGAL": "content",
+    "isv.TEMPLATE_MISSING_PARAMETERS": "content",
+    "isv.INVALID_PARAMETERS": "content",
+    "isv.INVALID_JSON_PARAM": "content",
+    "isv.PARAM_LENGTH_LIMIT": "content",
+    "isv.PARAM_NOT_SUPPORT_URL": "content",
+    "isv.EXTEND_CODE_ERROR": "content",
+    "isv.BUSINESS_LIMIT_CONTROL": "throttled",  # 业务限流 (per-number minute / hour / day flow control)
+    "isp.SYSTEM_ERROR": "transient",
+    "isp.GATEWAY_ERROR": "transient",
+    # OpenAPI gateway codes: https://help.aliyun.com/zh/sdk/product-overview/v3-request-structure-and-signature
+    "SignatureDoesNotMatch": "account",  # our secret does not match the key: every call will fail alike
+    "IncompleteSignature": "account",
+    "InvalidTimeStamp.Expired": "account",  # our clock is off: every call of this account fails alike
+    "ServiceUnavailable": "transient",
+    "InternalError": "transient",
+    "UnknownError": "transient",
+    # this very attempt (its nonce) already reached Aliyun: it may have been sent, so it is never resent blindly
+    "SignatureNonceUsed": "unknown",
+}
+CODE_PREFIXES = (("Throttling", "throttled"), ("InvalidAccessKeyId", "account"), ("Forbidden", "account"))
 
 
 def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
@@ -100,7 +144,7 @@ def send_sms_query(message: Message, config: Mapping[str, Any]) -> dict[str, str
         raise Undeliverable("invalid_message", "missing template_code (the Aliyun template, e.g. SMS_123456)")
     if not sign_name:
         raise Undeliverable("invalid_message", "missing sign_name (set it on the message or in the account config)")
-    query = {"PhoneNumbers": message.receiver, "SignName": sign_name, "TemplateCode": message.template_code}
+    query = {"PhoneNumbers": digits_only_number(message.receiver), "SignName": sign_name, "TemplateCode": message.template_code}
     if message.params:
         query["TemplateParam"] = json.dumps(dict(message.params), ensure_ascii=False, separators=(",", ":"))
     query["OutId"] = message.idempotency_key
@@ -120,16 +164,24 @@ def acs3_authorization(
     headers: Mapping[str, str],
     payload_sha256: str,
 ) -> str:
-    """The ACS3-HMAC-SHA256 Authorization value; `headers` are the (lowercase) headers to sign."""
-    signed = sorted(name.lower() for name in headers)
-    canonical_headers = "".join(f"{name}:{headers[name].strip()}\n" for name in signed)
-    signed_headers = ";".join(signed)
+    """The ACS3-HMAC-SHA256 Authorization value; `headers` are the headers to sign, names in any case."""
+    canonical, signed_headers = canonical_headers(headers)
     canonical_request = "\n".join(
-        [method, path, canonical_query(query), canonical_headers, signed_headers, payload_sha256]
+        [method, path, canonical_query(query), canonical, signed_headers, payload_sha256]
     )
     string_to_sign = f"{ALGORITHM}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
     signature = hmac.new(access_key_secret.encode(), string_to_sign.encode(), hashlib.sha256).hexdigest()
     return f"{ALGORITHM} Credential={access_key_id},SignedHeaders={signed_headers},Signature={signature}"
+
+
+def canonical_headers(headers: Mapping[str, str]) -> tuple[str, str]:
+    """(CanonicalHeaders, SignedHeaders) as ACS3 defines them: names lower-cased and sorted, values trimmed, and
+    the values of names that differ only by case joined by commas in the order given."""
+    merged: dict[str, list[str]] = {}
+    for name, value in headers.items():
+        merged.setdefault(name.strip().lower(), []).append(value.strip())
+    names = sorted(merged)
+    return "".join(f"{name}:{','.join(merged[name])}\n" for name in names), ";".join(names)
 
 
 def canonical_query(query: Mapping[str, str]) -> str:
@@ -147,21 +199,17 @@ def parse_response(response: HttpResponse) -> SendResult:
     if code == "OK":
         biz_id = body.get("BizId")
         if not isinstance(biz_id, str) or not biz_id:
-            return bad_response(response)
+            # accepted without an id to match a report to: it may be sent, and SendSms is not idempotent
+            return classified("unknown", "no_biz_id", "Code OK without a BizId: the message may have been sent",
+                              final=False, response_summary=summary)
         return SendResult(Outcome.OK, provider_message_id=biz_id, final=False, response_summary=summary)
-    return SendResult(
-        classify(code, response.status),
-        error_code=code,
-        error_message=str(body.get("Message") or ""),
-        final=False,
-        response_summary=summary,
-    )
+    return classified(classify(code, response.status), code, str(body.get("Message") or ""), final=False,
+                      response_summary=summary)
 
 
-def classify(code: str, status: int) -> Outcome:
-    if code in RETRYABLE_CODES or code.startswith("Throttling") or status >= 500:
-        return Outcome.RETRYABLE
-    return Outcome.PERMANENT
+def classify(code: str, status: int) -> str:
+    """The class of a SendSms error code (see CODE_CLASSES)."""
+    return code_class(code, CODE_CLASSES, CODE_PREFIXES, status=status)
 
 
 def parse_callback(request: CallbackRequest, account: Account, now: datetime) -> CallbackResult:
@@ -175,7 +223,7 @@ def parse_callback(request: CallbackRequest, account: Account, now: datetime) ->
 def request_summary(message: Message, config: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "action": ACTION,
-        "phone_numbers": message.receiver,
+        "phone_numbers": digits_only_number(message.receiver),
         "sign_name": message.sign_name or config["sign_name"],
         "template_code": message.template_code,
         "template_params": dict(message.params),

@@ -35,6 +35,10 @@ class Outcome(enum.Enum):
 # a send-time constraint); unknown (the vendor may have sent it).
 ERROR_CLASSES = ("ok", "throttled", "transient", "receiver", "content", "account", "window", "unknown")
 _OUTCOME_CLASS = {Outcome.OK: "ok", Outcome.RETRYABLE: "transient", Outcome.PERMANENT: "content"}
+# What a class means for trying again: slow-down, passing faults and maybe-sent answers are not final; the rest are.
+CLASS_OUTCOME = {"ok": Outcome.OK, "throttled": Outcome.RETRYABLE, "transient": Outcome.RETRYABLE,
+                 "unknown": Outcome.RETRYABLE, "receiver": Outcome.PERMANENT, "content": Outcome.PERMANENT,
+                 "account": Outcome.PERMANENT, "window": Outcome.PERMANENT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +135,15 @@ class Undeliverable(Exception):
         self.message = message
 
     def result(self) -> SendResult:
-        return SendResult(Outcome.PERMANENT, error_code=self.code, error_message=self.message)
+        """Permanent: of class receiver when the receiver is what is wrong, else content."""
+        error_class = "receiver" if self.code == "invalid_receiver" else "content"
+        return SendResult(Outcome.PERMANENT, error_code=self.code, error_message=self.message, error_class=error_class)
 
 
 Transport = Callable[[HttpRequest], HttpResponse]
+# What a transport adds to a request's own headers: only the body's framing. It sends no header of its own choosing
+# (no default Content-Type or Accept), so a signed request goes out with exactly its signed headers and these.
+TRANSPORT_HEADERS = ("content-length",)
 
 
 class TokenCache(Protocol):
@@ -217,7 +226,9 @@ class Provider(Protocol):
     """A provider module: `TYPE`, `CHANNEL_TYPES`, `CONFIG` and `send()`.
 
     Modules whose vendor reports delivery also define
-    `parse_callback(request, account, now) -> CallbackResult`.
+    `parse_callback(request, account, now) -> CallbackResult`; modules whose vendor takes many receivers of
+    one message in a call define `send_batch(messages, account, ctx) -> [SendResult per message]` and
+    `batch_size(config) -> int`, the most one call may carry.
     """
 
     TYPE: str
@@ -520,17 +531,49 @@ def _call(request: HttpRequest, parse: Callable[[HttpResponse], Any], ctx: SendC
     return answer
 
 
+def status_class(status: int) -> str:
+    """The class of an HTTP status alone: 429 throttled; 408 and 5xx transient; any other 4xx content (the
+    request as given was refused); 2xx ok."""
+    if 200 <= status < 300:
+        return "ok"
+    if status == 429:
+        return "throttled"
+    if status == 408 or status >= 500:
+        return "transient"
+    return "content"
+
+
+def code_class(code: str, table: Mapping[str, str], prefixes: Iterable[tuple[str, str]] = (), *, status: int = 200,
+               unlisted: str = "content") -> str:
+    """A vendor code's class: from `table`, else the first matching (prefix, class), else `transient` when the
+    vendor answered 5xx, else `unlisted`."""
+    if code in table:
+        return table[code]
+    for prefix, error_class in prefixes:
+        if code.startswith(prefix):
+            return error_class
+    return "transient" if status >= 500 else unlisted
+
+
+def classified(error_class: str, code: str, message: str, **fields: Any) -> SendResult:
+    """A failed call's result in one class, its outcome the one the class implies."""
+    return SendResult(CLASS_OUTCOME[error_class], error_code=code, error_message=message, error_class=error_class,
+                      **fields)
+
+
 def status_failure(response: HttpResponse) -> SendResult | None:
-    """The result of a non-2xx answer by `classify_status`, or None for 2xx."""
-    outcome = classify_status(response.status)
-    if outcome is Outcome.OK:
+    """The result of a non-2xx answer by `status_class`, or None for 2xx."""
+    error_class = status_class(response.status)
+    if error_class == "ok":
         return None
-    return SendResult(outcome, error_code=f"http_{response.status}", error_message=f"HTTP {response.status}",
+    return classified(error_class, f"http_{response.status}", f"HTTP {response.status}",
                       response_summary={"status": response.status})
 
 
-def errcode_result(response: HttpResponse, retryable: frozenset[str], id_key: str = "") -> SendResult:
-    """Read a `{"errcode", "errmsg"}` answer (WeCom, DingTalk): 0 is ok, others retry when in `retryable`."""
+def errcode_result(response: HttpResponse, classes: Mapping[str, str], id_key: str = "",
+                   unlisted: str = "content") -> SendResult:
+    """Read a `{"errcode", "errmsg"}` answer (WeCom, DingTalk): 0 is ok, others take their class from `classes`
+    (`unlisted` when the code is not there)."""
     answer = json_object(response.body)
     if answer is None or "errcode" not in answer:
         return status_failure(response) or bad_response(response)
@@ -539,15 +582,12 @@ def errcode_result(response: HttpResponse, retryable: frozenset[str], id_key: st
     if code == "0":
         return SendResult(Outcome.OK, provider_message_id=str(answer.get(id_key) or "") if id_key else "",
                           response_summary=summary)
-    return SendResult(
-        Outcome.RETRYABLE if code in retryable else Outcome.PERMANENT,
-        error_code=code, error_message=str(answer.get("errmsg") or ""), response_summary=summary,
-    )
+    return classified(classes.get(code, unlisted), code, str(answer.get("errmsg") or ""), response_summary=summary)
 
 
-def errcode_token(response: HttpResponse, retryable: frozenset[str]) -> tuple[str, int] | SendResult:
+def errcode_token(response: HttpResponse, classes: Mapping[str, str]) -> tuple[str, int] | SendResult:
     """Read an `{"errcode", "access_token", "expires_in"}` token answer: (token, lifetime s) or the failure."""
-    result = errcode_result(response, retryable)
+    result = errcode_result(response, classes)
     if not result.ok:
         return result
     answer = json_object(response.body) or {}

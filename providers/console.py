@@ -15,7 +15,7 @@ logger = logging.getLogger("mpush.console")
 
 def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
     """Log one readable line for the message and report it delivered."""
-    subject = f" [{message.subject}]" if message.subject else ""
+    subject = f" [{_one_line(message.subject)}]" if message.subject else ""
     logger.info(
         "%s to %s via %s%s: %s",
         message.channel_type, message.receiver, account.name, subject, _one_line(message.text),
@@ -28,4 +28,5 @@ def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
 
 
 def _one_line(text: str) -> str:
+    """Whitespace, line breaks included, as single spaces: one message, one log line."""
     return " ".join(text.split())

@@ -26,9 +26,25 @@ CONFIG: ConfigSchema = {
     "timeout": ConfigField(float, required=False, default=10.0),
 }
 
-# Retry later: system busy, sending too fast (20 messages a minute per robot), robot rate limits.
-# Permanent: 310000 keyword / signature / IP check failed, 300001 unknown token, 400102 robot disabled, ...
-RETRYABLE_CODES = frozenset({"-1", "130101", "410100", "90030"})
+# Robot codes and their classes; unlisted codes are content (failed, not resent).
+# https://open.dingtalk.com/document/orgapp/custom-robots-send-group-messages (自定义机器人发送群消息, 错误码)
+# https://open.dingtalk.com/document/orgapp/server-api-error-codes-1 (全局错误码)
+CODE_CLASSES: dict[str, str] = {
+    "-1": "transient",  # 系统繁忙
+    "130101": "throttled",  # send too fast, exceed 20 times per minute (then limited for 10 minutes)
+    "410100": "throttled",  # 发送速度太快而限流 (page not found by search; meaning as the robot FAQ lists it)
+    "90030": "throttled",  # over the webhook's call limit (page not found by search; as first documented here)
+    "310000": "content",  # keywords not in content / sign not match / ip not in whitelist (security settings)
+    "300001": "account",  # token is not exist: the robot's webhook is gone
+    "400101": "account",  # access_token 不存在
+    "400102": "account",  # 机器人已停用
+    "400013": "account",  # 群已被解散
+    "400105": "content",  # 不支持的消息类型
+    "430101": "content",  # 含有不安全的外链
+    "430102": "content",  # 含有不合适的文本
+    "430103": "content",  # 含有不合适的图片
+    "430104": "content",  # 含有不合适的内容
+}
 
 
 def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
@@ -73,4 +89,4 @@ def payload(message: Message, config: Mapping[str, Any]) -> dict[str, object]:
 
 
 def parse_response(response: HttpResponse) -> SendResult:
-    return errcode_result(response, RETRYABLE_CODES)
+    return errcode_result(response, CODE_CLASSES)

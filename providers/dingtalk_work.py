@@ -23,11 +23,26 @@ CONFIG: ConfigSchema = {
     "timeout": ConfigField(float, required=False, default=10.0),
 }
 
-STALE_TOKEN = frozenset({"40014", "42001"})  # invalid access_token, access_token expired
-# Retry later: system busy, and the flow-control codes (global, per-enterprise, per-app rate limits).
-# Everything else is permanent: 88 auth/permission (see sub_code), 90020 monthly quota used up,
-# invalid users, bad content.
-RETRYABLE_CODES = frozenset({"-1", "90002", "90018", "90019"}) | STALE_TOKEN
+STALE_TOKEN = frozenset({"40014", "42001"})  # 不合法的access_token, access_token超时
+# Work-notice codes and their classes; unlisted codes are content (failed, not resent).
+# https://open.dingtalk.com/document/orgapp/server-api-error-codes-1 (全局错误码)
+# https://open.dingtalk.com/document/orgapp/asynchronous-sending-of-enterprise-session-messages (工作通知, 错误码)
+CODE_CLASSES: dict[str, str] = {
+    "-1": "transient",  # 系统繁忙
+    # still stale after the one refresh within the call: the next try fetches another ("access_token超时" is this
+    # code's message: a token expiry, never a network timeout)
+    "40014": "transient",
+    "42001": "transient",
+    "90002": "throttled",  # flow control: global, per enterprise, per app
+    "90018": "throttled",
+    "90019": "throttled",
+    "143103": "throttled",  # sending too fast (page not found by search; meaning from the issue's vendor notes)
+    "143104": "throttled",  # sending too fast (likewise)
+    "88": "account",  # 鉴权异常: credentials or permission, see sub_code (e.g. 60011 没有调用该接口的权限)
+    "33001": "account",  # 无效的企业ID
+    "90020": "account",  # monthly call quota of the enterprise used up
+    # 400002: its page was not found by search; as an unlisted code it is content (failed, not resent)
+}
 SECRET_PARAMS = ("access_token", "appsecret")
 
 
@@ -35,7 +50,7 @@ def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
     """Send with the cached token; an invalid/expired token is refreshed once within this call."""
     source = TokenSource(
         token_cache_key(TYPE, str(account.config["app_key"]), str(account.config["agent_id"])),
-        build_token_request(account), partial(errcode_token, retryable=RETRYABLE_CODES), STALE_TOKEN,
+        build_token_request(account), partial(errcode_token, classes=CODE_CLASSES), STALE_TOKEN,
     )
     return send_with_token(
         source, lambda token: build_request(message, account, ctx.now, token), parse_response, ctx, summarize,
@@ -76,4 +91,4 @@ def _content(message: Message, msgtype: str) -> dict[str, object]:
 
 def parse_response(response: HttpResponse) -> SendResult:
     """errcode 0 is accepted; the asynchronous send's task_id is the provider message id."""
-    return errcode_result(response, RETRYABLE_CODES, id_key="task_id")
+    return errcode_result(response, CODE_CLASSES, id_key="task_id")

@@ -15,23 +15,26 @@ from typing import Any
 from providers.base import (
     Account, CallbackReply, CallbackRequest, CallbackResult, ConfigField, ConfigSchema,
     DeliveryReport, HttpRequest, HttpResponse, Message, Outcome, SendContext, SendResult,
-    bad_response, parse_json_reports, classify_status, http_send, json_object, json_text, request_summary,
+    ERROR_CLASSES, TransportError, bad_response, classified, parse_json_reports, classify_status, http_send,
+    json_object, json_text, request_summary, transport_failure,
 )
 
 TYPE = "fake"
 CHANNEL_TYPES = frozenset({"sms", "email", "wecom", "dingtalk", "webhook"})
 CONFIG: ConfigSchema = {
     "url": ConfigField(str, required=False, default="", help="POST each message here (a loopback server); empty answers in process"),
-    "outcomes": ConfigField(list, required=False, default=("ok",), help='cycled per attempt: "ok", "error:CODE:msg", "retry:CODE:msg", "timeout"'),
+    "outcomes": ConfigField(list, required=False, default=("ok",), help='cycled per attempt: "ok", "error:CODE:msg", "retry:CODE:msg", "account:CODE:msg" (any error class), "timeout"'),
     "spread": ConfigField(bool, required=False, default=False, help="start each task's cycle at a point derived from its task id"),
     "fail_receivers": ConfigField(dict, required=False, default={}, help="receiver -> outcome entry, checked first"),
     "final": ConfigField(bool, required=False, default=True, help="false: accepted, delivery reported later by callback"),
     "timeout": ConfigField(float, required=False, default=10.0),
+    "batch_url": ConfigField(str, required=False, default="", help="POST messages of one text here, up to batch_max a call (bench/mock_vendor.py /batch); empty: one call each"),
+    "batch_max": ConfigField(int, required=False, default=200, help="most messages one batch call carries"),
 }
 
 # The loopback vendor (bench/mock_vendor.py) delivers each Idempotency-Key once, as a vendor that deduplicates.
 DEDUPLICATES = True
-SCRIPT_SYNTAX = '"ok", "error:CODE:message", "retry:CODE:message" or "timeout"'
+SCRIPT_SYNTAX = '"ok", "error:CODE:message", "retry:CODE:message", "CLASS:CODE:message" (an error class) or "timeout"'
 REPORT_STATUSES = ("delivered", "failed", "rejected")
 
 
@@ -49,6 +52,59 @@ def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
             final=bool(config["final"]),
         )
     return result
+
+
+def batch_size(config: Mapping[str, Any]) -> int:
+    """Messages per call: `batch_max` where a `batch_url` is set, else one."""
+    return int(config.get("batch_max", 200)) if config.get("batch_url") else 1
+
+
+def send_batch(messages: Sequence[Message], account: Account, ctx: SendContext) -> list[SendResult]:
+    """Scripted failures first, as `send` does; the rest in one POST to `batch_url`, a result per message."""
+    config = account.config
+    results: list[SendResult | None] = [scripted_result(message, config) for message in messages]
+    unscripted = [index for index, result in enumerate(results) if result is None]
+    if unscripted:
+        answered = _send_batch([messages[index] for index in unscripted], account, ctx)
+        for index, result in zip(unscripted, answered):
+            results[index] = result
+    return [dataclasses.replace(result, provider_message_id=result.provider_message_id or message_id(message),
+                                final=bool(config["final"])) if result.ok else result
+            for message, result in zip(messages, results) if result is not None]
+
+
+def _send_batch(messages: Sequence[Message], account: Account, ctx: SendContext) -> list[SendResult]:
+    body = {"messages": [{**_message_body(message, ctx.now), "key": message.idempotency_key} for message in messages]}
+    request = HttpRequest("POST", account.config["batch_url"], headers={"Content-Type": "application/json"},
+                          body=json_text(body).encode(), timeout=float(account.config["timeout"]))
+    try:
+        response = ctx.transport(request)
+    except TransportError as exc:
+        return [transport_failure(exc)] * len(messages)
+    return parse_batch_response(response, len(messages))
+
+
+def parse_batch_response(response: HttpResponse, count: int) -> list[SendResult]:
+    """`{"results": [{"code", "message", "id"} per message, in order]}`; a non-2xx answer is every message's
+    outcome; a 2xx answer without a result per message may have sent them: unknown for each."""
+    parsed = json_object(response.body) if response.body.strip() else None
+    if classify_status(response.status) is not Outcome.OK:
+        single = parse_response(response)
+        return [single] * count
+    items = parsed.get("results") if parsed is not None else None
+    if not isinstance(items, list) or len(items) != count or not all(isinstance(item, dict) for item in items):
+        unreadable = dataclasses.replace(bad_response(response), error_class="unknown")
+        return [unreadable] * count
+    return [_item_result(item) for item in items]
+
+
+def _item_result(item: Mapping[str, Any]) -> SendResult:
+    code = str(item.get("code", 0))
+    if code in ("0", "ok", "OK"):
+        return SendResult(Outcome.OK, provider_message_id=str(item.get("id") or ""), response_summary=dict(item))
+    outcome = Outcome.RETRYABLE if item.get("retry") else Outcome.PERMANENT
+    return SendResult(outcome, error_code=code, error_message=str(item.get("message") or code),
+                      response_summary=dict(item))
 
 
 def reports(config: Mapping[str, Any]) -> bool:
@@ -86,6 +142,8 @@ def parse_entry(entry: str) -> SendResult | None:
     if kind in ("error", "retry") and code:
         outcome = Outcome.PERMANENT if kind == "error" else Outcome.RETRYABLE
         return SendResult(outcome, error_code=code, error_message=text or code)
+    if kind in ERROR_CLASSES and kind != "ok" and code:
+        return classified(kind, code, text or code)
     return SendResult(
         Outcome.PERMANENT, error_code="fake_script",
         error_message=f"fake outcome {entry!r} is not one of {SCRIPT_SYNTAX}",
@@ -93,7 +151,16 @@ def parse_entry(entry: str) -> SendResult | None:
 
 
 def build_request(message: Message, account: Account, now: datetime) -> HttpRequest:
-    body = {
+    return HttpRequest(
+        "POST", account.config["url"],
+        headers={"Content-Type": "application/json", "Idempotency-Key": message.idempotency_key},
+        body=json_text(_message_body(message, now)).encode(),
+        timeout=float(account.config["timeout"]),
+    )
+
+
+def _message_body(message: Message, now: datetime) -> dict[str, Any]:
+    return {
         "task_id": message.task_id,
         "attempt": message.attempt,
         "receiver": message.receiver,
@@ -104,12 +171,6 @@ def build_request(message: Message, account: Account, now: datetime) -> HttpRequ
         "template_code": message.template_code,
         "sent_at": now.isoformat(),
     }
-    return HttpRequest(
-        "POST", account.config["url"],
-        headers={"Content-Type": "application/json", "Idempotency-Key": message.idempotency_key},
-        body=json_text(body).encode(),
-        timeout=float(account.config["timeout"]),
-    )
 
 
 def parse_response(response: HttpResponse) -> SendResult:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType, ModuleType
 from typing import cast
@@ -11,7 +11,9 @@ from providers import (
     aliyun_sms, console, dingtalk_robot, dingtalk_work, fake, smtp, tencent_sms, webhook, wecom_app,
     wecom_robot, zrwinfo_sms,
 )
-from providers.base import Account, CallbackRequest, CallbackResult, ConfigSchema, Provider
+from providers.base import (
+    Account, CallbackRequest, CallbackResult, ConfigSchema, Message, Provider, SendContext, SendResult,
+)
 
 CallbackParser = Callable[[CallbackRequest, Account, datetime], CallbackResult]
 
@@ -92,3 +94,20 @@ def sends_reports(type_name: str, config: Mapping[str, object]) -> bool:
     if reports is not None:
         return bool(reports(config))
     return callback_parser(type_name) is not None
+
+
+BatchSender = Callable[[Sequence[Message], Account, SendContext], Sequence[SendResult]]
+
+
+def batch_sender(type_name: str) -> BatchSender | None:
+    """The provider's `send_batch`, or None when its vendor takes one message a call."""
+    return cast("BatchSender | None", getattr(get(type_name), "send_batch", None))
+
+
+def batch_size(type_name: str, config: Mapping[str, object]) -> int:
+    """How many messages of the same text one call can carry for an account so configured: the provider's
+    `batch_size(config)` where it has a `send_batch`, else 1."""
+    size = getattr(get(type_name), "batch_size", None)
+    if size is None or batch_sender(type_name) is None:
+        return 1
+    return max(1, int(size(config)))

@@ -6,6 +6,7 @@ the callback endpoint as JSON, checked against the account's shared secret.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import smtplib
 import ssl
@@ -19,7 +20,7 @@ from typing import Any
 
 from providers.base import (
     Account, CallbackReply, CallbackRequest, CallbackResult, ConfigField, ConfigSchema, DeliveryReport,
-    Message, Outcome, SendContext, SendResult, Undeliverable, parse_json_reports, redact, json_text,
+    Message, Outcome, SendContext, SendResult, Undeliverable, classified, parse_json_reports, redact, json_text,
 )
 
 TYPE = "smtp"
@@ -59,13 +60,10 @@ def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
     }
     try:
         deliver(email, config)
-    except (smtplib.SMTPException, OSError) as exc:
+    except (smtplib.SMTPException, OSError, CutAfterData) as exc:
         failure = classify_error(exc)
-        return SendResult(
-            failure.outcome, error_code=failure.error_code,
-            error_message=redact(failure.error_message, [str(config["password"])]),
-            request_summary=summary, response_summary=failure.response_summary,
-        )
+        return dataclasses.replace(failure, error_message=redact(failure.error_message, [str(config["password"])]),
+                                   request_summary=summary)
     return SendResult(
         Outcome.OK, provider_message_id=email["Message-ID"].strip("<>"),
         request_summary=summary, response_summary={"accepted": True},
@@ -106,18 +104,45 @@ def message_id(message: Message, from_address: str) -> str:
     return f"<{local}@{from_address.rpartition('@')[2] or 'localhost'}>"
 
 
+class _DataTracking(smtplib.SMTP):
+    """Remembers that DATA began: a connection cut after it may have left the message with the server."""
+
+    data_started = False
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        self.data_started = True
+        return super().data(msg)
+
+
+class _SMTP(_DataTracking):
+    pass
+
+
+class _SMTPSSL(_DataTracking, smtplib.SMTP_SSL):
+    pass
+
+
+class CutAfterData(Exception):
+    """The connection failed once the message was being handed over: the server may have accepted it."""
+
+
 def deliver(email: EmailMessage, config: Mapping[str, Any]) -> None:
     host, port, timeout = str(config["host"]), int(config["port"]), float(config["timeout"])
     if config["security"] == "ssl":
-        client: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout, context=tls_context(config))
+        client: _DataTracking = _SMTPSSL(host, port, timeout=timeout, context=tls_context(config))
     else:
-        client = smtplib.SMTP(host, port, timeout=timeout)
+        client = _SMTP(host, port, timeout=timeout)
     with client:
         if config["security"] == "starttls":
             client.starttls(context=tls_context(config))
         if config["username"]:
             client.login(str(config["username"]), str(config["password"]))
-        client.send_message(email)
+        try:
+            client.send_message(email)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            if client.data_started:
+                raise CutAfterData(f"{type(exc).__name__}: {exc}") from exc
+            raise
 
 
 def tls_context(config: Mapping[str, Any]) -> ssl.SSLContext:
@@ -128,32 +153,60 @@ def tls_context(config: Mapping[str, Any]) -> ssl.SSLContext:
     return context
 
 
+# Reply codes and their classes (RFC 5321 section 4.2.3; enhanced status codes RFC 3463: X.1.x addressing,
+# X.7.x policy). https://www.rfc-editor.org/rfc/rfc5321#section-4.2.3 and https://www.rfc-editor.org/rfc/rfc3463
+REPLY_CLASSES: dict[int, str] = {
+    421: "throttled",  # service not available, closing channel (also "too many connections / messages")
+    450: "transient",  # mailbox unavailable for now (busy, greylisted)
+    451: "transient",  # local error in processing
+    452: "throttled",  # insufficient system storage / too many recipients
+    535: "account",  # authentication credentials invalid
+    550: "receiver",  # mailbox unavailable / not found
+    551: "receiver",  # user not local
+    553: "receiver",  # mailbox name not allowed
+    552: "content",  # exceeded storage allocation (message too big)
+    554: "content",  # transaction failed (usually rejected as spam / by policy)
+}
+ENHANCED_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
 def classify_error(exc: BaseException) -> SendResult:
-    """4xx replies and connection trouble retry; 5xx replies, failed AUTH and missing features do not."""
+    """A failed SMTP exchange in one class: reply codes by REPLY_CLASSES (a 5.1.x enhanced status is the receiver,
+    other 4xx transient, other 5xx content); a cut after DATA unknown; no connection transient; AUTH, TLS and
+    server features account."""
+    if isinstance(exc, CutAfterData):
+        return classified("unknown", "network", f"connection lost after DATA: {exc}")
     if isinstance(exc, smtplib.SMTPAuthenticationError):
-        return _reply_failure(Outcome.PERMANENT, "auth_failed", exc.smtp_code, exc.smtp_error)
+        return _reply_failure("account", "auth_failed", exc.smtp_code, exc.smtp_error)
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         code, reply = next(iter(exc.recipients.values()), (550, b"recipient refused"))
-        return _reply_failure(_by_code(code), f"smtp_{code}", code, reply)
+        return _reply_failure(reply_class(code, reply), f"smtp_{code}", code, reply)
     if isinstance(exc, smtplib.SMTPResponseException):
-        return _reply_failure(_by_code(exc.smtp_code), f"smtp_{exc.smtp_code}", exc.smtp_code, exc.smtp_error)
+        return _reply_failure(reply_class(exc.smtp_code, exc.smtp_error), f"smtp_{exc.smtp_code}", exc.smtp_code,
+                              exc.smtp_error)
     if isinstance(exc, smtplib.SMTPServerDisconnected):
-        return SendResult(Outcome.RETRYABLE, error_code="network", error_message=f"server disconnected: {exc}")
+        return classified("transient", "network", f"server disconnected: {exc}")
     if isinstance(exc, smtplib.SMTPException):
-        return SendResult(Outcome.PERMANENT, error_code="smtp_unsupported", error_message=str(exc))
+        return classified("account", "smtp_unsupported", str(exc))
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return SendResult(Outcome.PERMANENT, error_code="tls_verify", error_message=str(exc))
-    return SendResult(Outcome.RETRYABLE, error_code="network", error_message=f"{type(exc).__name__}: {exc}")
+        return classified("account", "tls_verify", str(exc))
+    return classified("transient", "network", f"{type(exc).__name__}: {exc}")
 
 
-def _by_code(code: int) -> Outcome:
-    return Outcome.RETRYABLE if 400 <= code < 500 or code < 0 else Outcome.PERMANENT
-
-
-def _reply_failure(outcome: Outcome, error_code: str, code: int, reply: bytes | str) -> SendResult:
+def reply_class(code: int, reply: bytes | str) -> str:
+    """The class of an SMTP reply: a 5.1.x enhanced status (bad address) is the receiver's whatever the code."""
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
-    return SendResult(outcome, error_code=error_code, error_message=f"{code} {text}",
-                      response_summary={"code": code, "reply": text})
+    status = ENHANCED_STATUS.search(text)
+    if status is not None and status.group(1) == "5" and status.group(2) == "1":
+        return "receiver"
+    if code in REPLY_CLASSES:
+        return REPLY_CLASSES[code]
+    return "transient" if 400 <= code < 500 or code < 0 else "content"
+
+
+def _reply_failure(error_class: str, error_code: str, code: int, reply: bytes | str) -> SendResult:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    return classified(error_class, error_code, f"{code} {text}", response_summary={"code": code, "reply": text})
 
 
 def parse_callback(request: CallbackRequest, account: Account, now: datetime) -> CallbackResult:

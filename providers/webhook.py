@@ -10,7 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from providers.base import (
     Account, ConfigField, ConfigSchema, HttpRequest, HttpResponse, Message, Outcome, SendContext,
-    SendResult, Undeliverable, classify_status, http_send, json_object, request_summary,
+    SendResult, Undeliverable, classified, http_send, json_object, request_summary, status_class,
 )
 
 TYPE = "webhook"
@@ -87,10 +87,8 @@ def parse_response(response: HttpResponse) -> SendResult:
     """Any body is accepted; a JSON `id` becomes the provider message id."""
     answer = json_object(response.body) or {}
     summary = {"status": response.status, "body": response.body[:200].decode("utf-8", "replace")}
-    outcome = classify_status(response.status)
-    if outcome is Outcome.OK:
-        return SendResult(outcome, provider_message_id=str(answer.get("id") or ""), response_summary=summary)
-    return SendResult(
-        outcome, error_code=f"http_{response.status}",
-        error_message=f"HTTP {response.status}: {summary['body'][:120]}", response_summary=summary,
-    )
+    error_class = status_class(response.status)
+    if error_class == "ok":
+        return SendResult(Outcome.OK, provider_message_id=str(answer.get("id") or ""), response_summary=summary)
+    return classified(error_class, f"http_{response.status}", f"HTTP {response.status}: {summary['body'][:120]}",
+                      response_summary=summary)

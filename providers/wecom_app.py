@@ -24,11 +24,29 @@ CONFIG: ConfigSchema = {
     "timeout": ConfigField(float, required=False, default=10.0),
 }
 
-STALE_TOKEN = frozenset({"40014", "42001"})  # invalid access_token, access_token expired
-# WeCom global codes worth another try later: system busy, API frequency / concurrency limits, and a
-# token still stale after the one refresh. Everything else (40001 bad secret, 60020 IP not allowed,
-# 81013/60111 invalid user, 301002 no permission, 44004/45002 content) is permanent.
-RETRYABLE_CODES = frozenset({"-1", "45009", "45033"}) | STALE_TOKEN
+STALE_TOKEN = frozenset({"40014", "42001"})  # 不合法的access_token, access_token已过期
+# Application-message codes and their classes; unlisted codes are content (failed, not resent).
+# https://developer.work.weixin.qq.com/document/path/90455 (全局错误码)
+# https://developer.work.weixin.qq.com/document/path/90236 (发送应用消息)
+CODE_CLASSES: dict[str, str] = {
+    "-1": "transient",  # 系统繁忙
+    "40014": "transient",  # still stale after the one refresh within the call: the next try fetches another
+    "42001": "transient",
+    "45009": "throttled",  # 接口调用超过限制
+    "45033": "throttled",  # 接口并发调用超过限制
+    "40001": "account",  # 不合法的secret参数
+    "40013": "account",  # 不合法的CorpID
+    "40056": "account",  # 不合法的agentid
+    "48002": "account",  # API接口无权限调用
+    "60020": "account",  # 不安全的访问IP: the server's address is not in the app's trusted IPs
+    "301002": "account",  # 无权操作指定的应用
+    "81013": "receiver",  # UserID、部门ID、标签ID全部非法或无权限
+    "40003": "receiver",  # 无效的UserID
+    "60111": "receiver",  # UserID不存在
+    "40008": "content",  # 不合法的msgtype参数
+    "44004": "content",  # 文本内容为空
+    "45002": "content",  # 消息内容超过限制
+}
 SECRET_PARAMS = ("access_token", "corpsecret")
 
 
@@ -36,7 +54,7 @@ def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
     """Send with the cached token; an invalid/expired token is refreshed once within this call."""
     source = TokenSource(
         token_cache_key(TYPE, str(account.config["corp_id"]), str(account.config["agent_id"])),
-        build_token_request(account), partial(errcode_token, retryable=RETRYABLE_CODES), STALE_TOKEN,
+        build_token_request(account), partial(errcode_token, classes=CODE_CLASSES), STALE_TOKEN,
     )
     return send_with_token(
         source, lambda token: build_request(message, account, ctx.now, token), parse_response, ctx, summarize,
@@ -75,4 +93,4 @@ def build_request(message: Message, account: Account, now: datetime, token: str)
 
 def parse_response(response: HttpResponse) -> SendResult:
     """errcode 0 is delivered (msgid is the id); other codes by WeCom's global error code table."""
-    return errcode_result(response, RETRYABLE_CODES, id_key="msgid")
+    return errcode_result(response, CODE_CLASSES, id_key="msgid")

@@ -21,9 +21,19 @@ CONFIG: ConfigSchema = {
     "timeout": ConfigField(float, required=False, default=10.0),
 }
 
-# Retry later: system busy, API frequency limit (a robot takes 20 messages a minute).
-# Permanent: 93000 invalid webhook key, 40008 bad msgtype, 44004 empty / 45002 too long content, ...
-RETRYABLE_CODES = frozenset({"-1", "45009", "45033"})
+# Robot codes and their classes; unlisted codes are content (failed, not resent).
+# https://developer.work.weixin.qq.com/document/path/90455 (全局错误码)
+# https://developer.work.weixin.qq.com/document/path/91770 (群机器人配置说明)
+CODE_CLASSES: dict[str, str] = {
+    "-1": "transient",  # 系统繁忙
+    "45009": "throttled",  # 接口调用超过限制 (a robot takes 20 messages a minute)
+    "45033": "throttled",  # 接口并发调用超过限制
+    "93000": "account",  # invalid webhook url / key: this robot cannot send
+    "93004": "account",  # 机器人被停用
+    "40008": "content",  # 不合法的msgtype
+    "44004": "content",  # 文本内容为空
+    "45002": "content",  # 消息内容超过限制
+}
 
 
 def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
@@ -61,4 +71,4 @@ def build_request(message: Message, account: Account, now: datetime) -> HttpRequ
 
 
 def parse_response(response: HttpResponse) -> SendResult:
-    return errcode_result(response, RETRYABLE_CODES)
+    return errcode_result(response, CODE_CLASSES)

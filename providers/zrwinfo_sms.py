@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from providers._sms import json_reply, json_value, parse_report_items, report_time, send_sms
+from providers._sms import digits_only_number, json_reply, json_value, parse_report_items, report_time, send_sms
 from providers.base import (
     Account,
     CallbackReply,
@@ -24,6 +24,8 @@ from providers.base import (
     SendResult,
     Undeliverable,
     bad_response,
+    classified,
+    code_class,
     json_object,
     with_defaults,
 )
@@ -47,10 +49,21 @@ CONTENT_TYPE = "application/x-www-form-urlencoded; charset=utf-8"
 SEPARATORS = ("##", "$$")  # the vendor splits template values on either
 REPLY_OK = json_reply({"code": "0", "msg": "SUCCESS"})
 
-# 9024 is the per-number frequency limit: it clears with time. The other documented codes (9001 bad
-# sign, 9003 bad number, 9006 bad accesskey, 9010 no balance, 9016 sign, 9017 template, 9023
-# blacklisted, ...) need a human or another provider.
-RETRYABLE_CODES = frozenset({"9024"})
+# single_send codes and their classes, as documented on the vendor's API page (https://www.1cloudsp.com, API文档 >
+# 返回码; that page was not found by search, so these follow the codes the module was first written against).
+# Unlisted codes: transient when the vendor answered 5xx, else content.
+CODE_CLASSES: dict[str, str] = {
+    "9001": "content",  # sign invalid
+    "9003": "receiver",  # number invalid
+    "9006": "account",  # accesskey / secret invalid
+    "9007": "account",  # the caller's IP is not allowed
+    "9010": "account",  # balance too low
+    "9016": "content",  # sign not approved
+    "9017": "content",  # template not approved / not matching
+    "9023": "receiver",  # number blacklisted
+    "10001": "content",  # sensitive words
+    "9024": "throttled",  # per-number sending frequency: clears with time
+}
 
 
 def send(message: Message, account: Account, ctx: SendContext) -> SendResult:
@@ -88,7 +101,7 @@ def single_send_fields(message: Message, config: Mapping[str, Any]) -> dict[str,
     return {
         "sign": sign,
         "templateId": message.template_code,
-        "mobile": message.receiver,
+        "mobile": digits_only_number(message.receiver),
         "content": "##".join(message.params.values()),
     }
 
@@ -112,19 +125,13 @@ def parse_response(response: HttpResponse) -> SendResult:
         if not isinstance(sm_uuid, str) or not sm_uuid:
             return bad_response(response)
         return SendResult(Outcome.OK, provider_message_id=sm_uuid, final=False, response_summary=summary)
-    return SendResult(
-        classify(code, response.status),
-        error_code=code,
-        error_message=str(body.get("msg") or ""),
-        final=False,
-        response_summary=summary,
-    )
+    return classified(classify(code, response.status), code, str(body.get("msg") or ""), final=False,
+                      response_summary=summary)
 
 
-def classify(code: str, status: int) -> Outcome:
-    if code in RETRYABLE_CODES or status >= 500:
-        return Outcome.RETRYABLE
-    return Outcome.PERMANENT
+def classify(code: str, status: int) -> str:
+    """The class of a single_send code (see CODE_CLASSES)."""
+    return code_class(code, CODE_CLASSES, status=status)
 
 
 def parse_callback(request: CallbackRequest, account: Account, now: datetime) -> CallbackResult:
@@ -139,7 +146,7 @@ def parse_callback(request: CallbackRequest, account: Account, now: datetime) ->
 
 def request_summary(message: Message, config: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "mobile": message.receiver,
+        "mobile": digits_only_number(message.receiver),
         "sign": sign_field(message.sign_name or config["sign_name"]),
         "templateId": message.template_code,
         "content": "##".join(message.params.values()),

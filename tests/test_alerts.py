@@ -48,3 +48,41 @@ def test_alert_action_posts_the_alert_and_fails_the_task(tmp_path: Path) -> None
             assert payload["provider"] == "broke" and payload["error_msg"] == "账户余额不足"
     finally:
         receiver.stop()
+
+
+SWITCH_RULES = """
+templates:
+  - {{name: code, variables: [code], text: "code {{code}}"}}
+channels:
+  - {{id: 1, name: otp, type: sms, template: code}}
+providers:
+  - {{name: broke, type: fake, config: {{outcomes: ["account:isv.AMOUNT_NOT_ENOUGH:账户余额不足"]}}}}
+  - {{name: backup, type: fake}}
+routing:
+  - {{name: otp, when: {{channel: otp}}, providers: [{{use: broke}}, {{use: backup, tier: 2}}]}}
+failures:
+  - name: balance-alert
+    scene: send_failure
+    when: {{error_class: account}}
+    action: switch_provider
+    switch_provider: {{max: 2, delay: 0s}}
+    alert: {{webhook: "{url}/alerts", level: critical}}
+"""
+
+
+def test_an_alert_beside_a_switch_posts_and_the_message_still_goes_out(tmp_path: Path) -> None:
+    """A rule that switches provider and alerts: the alert webhook hears of the empty account, and the message is
+    delivered by the next account."""
+    receiver = LoopbackServer(lambda request: Reply(200, "{}")).start()
+    try:
+        with gateway(tmp_path, write_rules(tmp_path, SWITCH_RULES.format(url=receiver.url))) as gw:
+            task = gw.wait(gw.send("otp", "13800138000", {"code": "1"})["data"]["task_id"])
+            assert (task.status, task.provider) == ("success", "backup")
+            deadline = time.monotonic() + 5
+            while not receiver.requests:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            payload = json.loads(receiver.requests[0].body)
+            assert (payload["alert_level"], payload["provider"]) == ("critical", "broke")
+    finally:
+        receiver.stop()

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from engine.queue import job
 from engine.store import repo
-from tests.support.service import gateway, write_rules
+from tests.support.service import delayed_jobs, gateway, write_rules
 
 RULES = """
 settings: {timezone: Asia/Shanghai}
@@ -44,5 +44,5 @@ def test_quiet_hours_and_deferring_quota_hold_messages_in_the_delayed_set(tmp_pa
         assert first["status"] == "pending" and second["status"] == "scheduled"
         held = repo.get_task(second["task_id"]).scheduled_at.astimezone(zone)
         assert (held.hour, held.minute) == (0, 0) and held.date() == (datetime.now(zone) + timedelta(days=1)).date()
-        delayed = gw.svc.redis.zrange(gw.svc.queue.delayed, 0, -1)
+        delayed = delayed_jobs(gw.svc)
         assert {job("send", quiet).encode(), job("send", second["task_id"]).encode()} <= set(delayed)

@@ -70,5 +70,5 @@ def test_serve_with_no_configuration_delivers_and_shuts_down_cleanly(tmp_path: P
         for process in _embedded_redis(data_dir.resolve()):  # a failed run leaves no server behind
             process.kill()
     assert server.returncode == 0, output
-    assert "sms to 13800138000 via console" in output and "123456" in output
+    assert "sms to +8613800138000 via console" in output and "123456" in output
     assert redis_servers and not still_running

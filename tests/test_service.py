@@ -129,7 +129,7 @@ class TestDelivery:
         assert data["status"] == "success" and data["provider"] == "primary" and data["rule"] == "otp"
         assert [a["status"] for a in data["attempts"]] == ["ok"]
         calls = vendor.calls("/primary")
-        assert [(c["receiver"], c["text"]) for c in calls] == [("13800138000", "code 123456")]
+        assert [(c["receiver"], c["text"]) for c in calls] == [("+8613800138000", "code 123456")]
 
     def test_channel_by_id_and_batch_is_queryable(self, gw: Gateway, vendor: Vendor) -> None:
         """A batch creates one task per receiver and the batch endpoint counts their outcomes."""
@@ -142,8 +142,8 @@ class TestDelivery:
         while (summary := gw.call("GET", f"/api/v1/batches/{batch_id}")["data"])["success_count"] < 3:
             assert time.monotonic() < deadline, summary
             time.sleep(0.1)
-        assert sorted(c["receiver"] for c in vendor.calls("/primary")) == ["13800000001", "13800000002",
-                                                                              "13800000003"]
+        assert sorted(c["receiver"] for c in vendor.calls("/primary")) == ["+8613800000001", "+8613800000002",
+                                                                              "+8613800000003"]
 
     def test_scheduled_message_waits_until_due(self, gw: Gateway, vendor: Vendor) -> None:
         """A message scheduled in the future is held (status scheduled) and sent once due."""

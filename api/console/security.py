@@ -78,7 +78,7 @@ def flash(client: redis.Redis, session: Session, text: str) -> None:
 
 
 def take_flash(client: redis.Redis, session: Session) -> str:
-    pipe = client.pipeline()
+    pipe = client.pipeline(transaction=True)  # one key: atomic on a cluster too, so a notice shows once
     pipe.hget(session.key, "flash")
     pipe.hdel(session.key, "flash")
     value = pipe.execute()[0]
@@ -112,7 +112,7 @@ def _fail_keys(operator: str, address: str) -> tuple[str, str]:
 def sign_in_blocked(client: redis.Redis, operator: str, address: str) -> int:
     """Seconds until another try is allowed for this name or address; 0 when it is allowed now."""
     account, origin = _fail_keys(operator, address)
-    pipe = client.pipeline()
+    pipe = client.pipeline(transaction=False)  # two keys, two slots on a cluster
     for key in (account, origin):
         pipe.get(key)
         pipe.ttl(key)
@@ -125,7 +125,7 @@ def sign_in_blocked(client: redis.Redis, operator: str, address: str) -> int:
 
 def count_failure(client: redis.Redis, operator: str, address: str) -> None:
     """One more failed sign-in for the name and the address; each count lasts FAIL_WINDOW_SECONDS from the first."""
-    pipe = client.pipeline()
+    pipe = client.pipeline(transaction=False)  # two keys, two slots on a cluster; each key's two steps in order
     for key in _fail_keys(operator, address):
         pipe.set(key, 0, ex=FAIL_WINDOW_SECONDS, nx=True)
         pipe.incr(key)

@@ -41,7 +41,8 @@ _ROUTE = Obj(
     {"rule": Str(), "action": Str(enum=("route", "defer", "reject")), "defer_until": Str(), "reason": Str(), "tiers": ListOf(ListOf(Str()))}
 )
 _FAILURE = Obj(
-    {"rule": Str(), "action": Str(), "delay_seconds": Num(0, 1e12), "exhausted": AnyValue(), "exclude_current": AnyValue(), "alert_level": Str()}
+    {"rule": Str(), "action": Str(), "delay_seconds": Num(0, 1e12), "exhausted": AnyValue(), "exclude_current": AnyValue(), "alert_level": AnyValue(),
+     "defer_until": Str()}
 )
 CASE = Obj(
     {
@@ -223,4 +224,5 @@ def failure_summary(decision: FailureDecision) -> dict[str, Any]:
         "exhausted": decision.exhausted,
         "exclude_current": decision.exclude_current,
         "alert_level": decision.alert.level if decision.alert else None,
+        "defer_until": decision.defer_until.isoformat() if decision.defer_until else None,
     }

@@ -9,7 +9,8 @@ from typing import Literal
 DEFAULT_RULE = "(default)"
 
 RoutingAction = Literal["route", "defer", "reject"]
-FailureAction = Literal["retry", "switch_provider", "fail", "alert", "ignore"]
+FailureAction = Literal["retry", "switch_provider", "fail", "alert", "ignore", "defer"]
+FAILURE_ACTIONS: tuple[FailureAction, ...] = ("retry", "switch_provider", "fail", "alert", "ignore", "defer")
 Scene = Literal["send_failure", "callback_failure", "callback_timeout", "unknown_outcome"]
 OnExceed = Literal["reject", "defer"]
 SCENES: tuple[Scene, ...] = ("send_failure", "callback_failure", "callback_timeout", "unknown_outcome")
@@ -75,7 +76,10 @@ class FailureDecision:
 
     `retry` and `switch_provider` carry the delay before the next attempt; `exhausted` is set
     when the matched rule wanted to retry but its budget is spent, in which case `action` is
-    already `fail`. `alert` always ends the task failed after the alert is sent.
+    already `fail`. `alert` always ends the task failed after the alert is sent; any other action
+    may carry an `alert` too, sent before the action is carried out. `defer` waits
+    until `defer_until` (`delay_seconds` from the decision's `now`) and sends again, not counted
+    as a try.
     """
 
     action: FailureAction
@@ -88,16 +92,24 @@ class FailureDecision:
     alert: AlertSpec | None = None
     reasons: tuple[str, ...] = field(default=())
     overruled: str = ""  # why the gateway turned the rules' retry into `fail` (see `bound_failure`)
+    defer_until: datetime | None = None
+
+
+def counted_attempts(attempts: int, deferred: int) -> int:
+    """The attempts that count against the failure rules' limits: every one but those a deferral answered (a send
+    refused for its time window is not a try); at least one once any attempt was made."""
+    return max(attempts - deferred, min(attempts, 1))
 
 
 def bound_failure(decision: FailureDecision, *, decided: int, limit: int, deduplicates: bool) -> FailureDecision:
     """The rules' decision, unless carrying it out could loop or send twice: then `fail`, saying why.
 
-    A task whose failures were already decided `limit` times fails whatever the rules say. An unknown outcome is
+    A task whose failures were already decided `limit` times fails whatever the rules say (a deferral too: a
+    window that never opens must not loop). An unknown outcome is
     resent only to the same account, under the same idempotency key, where its vendor drops a repeated key
     (`deduplicates`); anywhere else a resend might deliver the message twice, so the task fails.
     """
-    if decision.action not in ("retry", "switch_provider"):
+    if decision.action not in ("retry", "switch_provider", "defer"):
         return decision
     if decided >= limit:
         return replace(decision, action="fail", overruled=f"gave up after {decided} failure decisions "

@@ -102,6 +102,8 @@ def _failure(decision: FailureDecision) -> str:
     text = f"{decision.action} by {decision.rule}"
     if decision.action in ("retry", "switch_provider"):
         text += f" after {decision.delay_seconds:g}s"
+    if decision.action == "defer" and decision.defer_until is not None:
+        text += f" until {decision.defer_until.isoformat()}"
     if decision.alert is not None:
         text += f" to {decision.alert.webhook or '(default alert webhook)'} level {decision.alert.level}"
     return text + "".join(f" ({reason})" for reason in decision.reasons)

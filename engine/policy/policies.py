@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import time
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import conditions
 from .building import Context
@@ -12,7 +13,7 @@ from .conditions import Condition
 from .decisions import ERROR_CLASSES, AlertSpec, Candidate
 from .issues import suggest
 from .model import CHANNEL_TYPES, Channel, ProviderAccount
-from .rules import FailureRule, QuotaRule, RetryPolicy, RoutingRule, SwitchPolicy
+from .rules import DeferPolicy, FailureRule, QuotaRule, RetryPolicy, RoutingRule, SwitchPolicy
 from .schema import Located, as_bool, parse_duration
 
 DEFAULT_RETRY = RetryPolicy()
@@ -107,7 +108,7 @@ def build_failures(ctx: Context, known: Mapping[str, frozenset[str]]) -> list[Fa
         raw = item.value
         when = _when(ctx, item, known)
         action = raw["action"]
-        for block in ("retry", "switch_provider", "alert"):
+        for block in ("retry", "switch_provider", "defer"):  # an alert block may go with any action
             if block in raw and block != action:
                 ctx.problem(item, (block,), f"a {block} block needs action: {block} (action is {action})")
         retry, switch = raw.get("retry", {}), raw.get("switch_provider", {})
@@ -131,11 +132,34 @@ def build_failures(ctx: Context, known: Mapping[str, frozenset[str]]) -> list[Fa
                     delay=parse_duration(switch.get("delay", DEFAULT_SWITCH.delay)),
                     exclude_current=as_bool(switch.get("exclude_current", True)) is not False,
                 ),
-                alert=AlertSpec(str(alert.get("webhook", "")), alert.get("level", "warning")) if action == "alert" else None,
+                alert=AlertSpec(str(alert.get("webhook", "")), alert.get("level", "warning"))
+                if action == "alert" or "alert" in raw else None,
+                defer=_defer(ctx, item) if action == "defer" else DeferPolicy(),
                 description=raw.get("description", ""),
             )
         )
     return rules
+
+
+def _defer(ctx: Context, item: Located) -> DeferPolicy:
+    """The `defer` block of a defer rule: exactly one of `until` (with an optional known `timezone`) or `delay`."""
+    block = item.value.get("defer")
+    if not isinstance(block, dict) or ("until" in block) == ("delay" in block):
+        ctx.problem(item, ("defer",), "action defer needs a defer block with either until (HH:MM) or delay")
+        return DeferPolicy()
+    if "delay" in block:
+        if "timezone" in block:
+            ctx.problem(item, ("defer", "timezone"), "timezone goes with until, not with delay")
+        return DeferPolicy(delay=parse_duration(block["delay"]))
+    zone = str(block.get("timezone", ""))
+    if zone:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            ctx.problem(item, ("defer", "timezone"), f"unknown time zone {zone!r}")
+            zone = ""
+    hour, minute = map(int, str(block["until"]).split(":"))
+    return DeferPolicy(until=time(hour, minute), timezone=zone)
 
 
 def _when(ctx: Context, item: Located, known: Mapping[str, frozenset[str]]) -> Condition:

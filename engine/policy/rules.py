@@ -89,6 +89,15 @@ class SwitchPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class DeferPolicy:
+    """Wait for the next local `until` (in `timezone`, the rule set's when empty), or for `delay` seconds."""
+
+    until: time | None = None
+    timezone: str = ""
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class FailureRule:
     name: str
     origin: Origin
@@ -99,6 +108,7 @@ class FailureRule:
     retry: RetryPolicy = RetryPolicy()
     switch: SwitchPolicy = SwitchPolicy()
     alert: AlertSpec | None = None
+    defer: DeferPolicy = DeferPolicy()
     description: str = ""
 
 

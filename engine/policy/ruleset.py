@@ -23,7 +23,7 @@ from .explain import Explanation, explain
 from .facts import Fact, make_fact
 from .issues import RuleIssue
 from .model import Channel, ProviderAccount, RuleSetVersion, Template
-from .rules import FailureRule, Origin, QuotaRule, RetryPolicy, Rule, RoutingRule, Settings
+from .rules import DeferPolicy, FailureRule, Origin, QuotaRule, RetryPolicy, Rule, RoutingRule, Settings
 
 _BUILT_IN = Origin("(built in)", 0, "")
 DEFAULT_FAILURES: dict[str, FailureRule] = {
@@ -160,7 +160,7 @@ class RuleSet:
             raise ValueError(f"unknown scene {scene!r}")
         matched = self.matching(scene, fact)
         rule = self._rules[scene][matched[0]] if matched else DEFAULT_FAILURES[scene]
-        return failure_decision(rule, fact.fields["attempt"], str(self.version))
+        return failure_decision(rule, fact.fields["attempt"], str(self.version), fact.now, self.timezone)
 
     def explain(self, fact: Fact, scene: Scene | None = None) -> Explanation:
         """The decisions for a fact and, for every rule, whether it matched and why not."""
@@ -200,9 +200,14 @@ def local_offset(now: datetime, zone: ZoneInfo) -> int:
     return int(offset.total_seconds()) if offset else 0
 
 
-def failure_decision(rule: FailureRule, attempt: int, version: str) -> FailureDecision:
-    """Apply a failure rule to the number of attempts already made."""
-    base = {"rule": rule.name, "version": version, "scene": rule.scene}
+def failure_decision(rule: FailureRule, attempt: int, version: str, now: datetime | None = None,
+                     zone: ZoneInfo | None = None) -> FailureDecision:
+    """Apply a failure rule to the number of attempts already made; a deferral waits from `now` (aware), its
+    `until` read in the rule's time zone, else in `zone` (the rule set's)."""
+    base = {"rule": rule.name, "version": version, "scene": rule.scene, "alert": rule.alert}
+    if rule.action == "defer" and now is not None:
+        until = defer_until(rule.defer, now, zone or ZoneInfo("UTC"))
+        return FailureDecision("defer", delay_seconds=(until - now).total_seconds(), defer_until=until, **base)
     if rule.action == "retry":
         policy = rule.retry
         if attempt > policy.max:
@@ -213,9 +218,14 @@ def failure_decision(rule: FailureRule, attempt: int, version: str) -> FailureDe
         if attempt > switch.max:
             return FailureDecision("fail", exhausted=True, reasons=(f"attempt {attempt} > switch max {switch.max}",), **base)
         return FailureDecision("switch_provider", delay_seconds=switch.delay, exclude_current=switch.exclude_current, **base)
-    if rule.action == "alert":
-        return FailureDecision("alert", alert=rule.alert, **base)
     return FailureDecision(rule.action, **base)
+
+
+def defer_until(policy: DeferPolicy, now: datetime, zone: ZoneInfo) -> datetime:
+    """When a deferral ends: the next local `until` (in the policy's zone, else `zone`), or `now` plus `delay`."""
+    if policy.until is None:
+        return now + timedelta(seconds=policy.delay)
+    return next_local(now, policy.until, ZoneInfo(policy.timezone) if policy.timezone else zone)
 
 
 def next_local(now: datetime, at: time, zone: ZoneInfo) -> datetime:

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .decisions import SCENES
+from .decisions import FAILURE_ACTIONS, SCENES
 from .issues import Path, suggest
 from .model import CHANNEL_TYPES
 
@@ -411,7 +411,7 @@ FAILURE = Obj(
         "scene": Str(enum=SCENES),
         "priority": PRIORITY,
         "when": WHEN,
-        "action": Str(enum=("retry", "switch_provider", "fail", "alert", "ignore")),
+        "action": Str(enum=FAILURE_ACTIONS),
         "retry": Obj(
             {
                 "max": Int(0, MAX_RETRIES),
@@ -422,6 +422,14 @@ FAILURE = Obj(
         ),
         "switch_provider": Obj({"max": Int(0, MAX_RETRIES), "delay": Duration(MAX_DELAY), "exclude_current": Bool()}),
         "alert": Obj({"webhook": Str(), "level": Str(enum=("info", "warning", "critical"))}),
+        "defer": Obj(
+            {
+                "until": Str(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", help="HH:MM: wait for the next such local time"),
+                "timezone": Str(allow_empty=False, help="IANA zone of `until` (the rule set's when absent)"),
+                "delay": Duration(MAX_DELAY, help="or wait this long"),
+            },
+            help="action defer: wait for `until` or for `delay`, then send again without counting a try",
+        ),
         "description": DESCRIPTION,
     },
     required=("name", "scene", "action"),

@@ -14,6 +14,10 @@ from typing import Literal
 from engine.policy.model import CircuitPolicy
 
 BreakerState = Literal["closed", "open", "half_open"]
+# How one call counts for its account's breaker: True a success, False a failure, TRIP a failure that opens the
+# circuit at once (the account itself cannot send: no balance, no permission, bad credentials, its quota used up).
+TRIP: Literal["trip"] = "trip"
+Health = bool | Literal["trip"]
 
 SLOTS = 10  # the breaker's window is counted in this many buckets of window_seconds / SLOTS
 
@@ -82,6 +86,7 @@ class Breaker:
     probes_taken: int = 0
     probes_ok: int = 0
     ring: tuple[Slot | None, ...] = EMPTY_RING
+    streak: int = 0  # failures in a row since the last success, while closed
 
 
 def breaker_state(breaker: Breaker, now: float) -> BreakerState:
@@ -137,16 +142,28 @@ def _counted(ring: tuple[Slot | None, ...], policy: CircuitPolicy, now: float, o
     return tuple(slots)
 
 
-def breaker_record(breaker: Breaker, ok: bool, policy: CircuitPolicy, now: float) -> Breaker:
-    """The breaker after a call's outcome; `ok=False` only for retryable failures.
+def call_health(error_class: str) -> Health:
+    """How a call of this class counts against its account: an answer about the receiver, the content or the time
+    window shows a working account (a success, so one bad number never opens the circuit for everybody); an
+    account failure trips it; throttled, transient and unknown calls are failures."""
+    if error_class == "account":
+        return TRIP
+    return error_class in ("ok", "receiver", "content", "window")
 
-    Closed: count it; open when at least `min_calls` calls in the window failed at
-    `failure_ratio` or more. Half-open: any failure opens again; `half_open_probes`
-    successes close. Open: outcomes of calls sent before it opened are ignored.
+
+def breaker_record(breaker: Breaker, ok: Health, policy: CircuitPolicy, now: float) -> Breaker:
+    """The breaker after a call's outcome (see `call_health`).
+
+    Closed: a trip opens it; otherwise count it, and open when at least `min_calls` calls in the
+    window failed at `failure_ratio` or more, or the last `min_calls` calls in the window all failed (a
+    window full of earlier successes must not keep a failing account in use for seconds). Half-open: any failure opens again;
+    `half_open_probes` successes close. Open: outcomes of calls sent before it opened are ignored.
     """
     if breaker.state == "open":
         return breaker
     opened = Breaker(state="open", open_until=now + policy.open_for_seconds)
+    if ok is TRIP:
+        return opened
     if breaker.state == "half_open":
         if not ok:
             return opened
@@ -154,7 +171,10 @@ def breaker_record(breaker: Breaker, ok: bool, policy: CircuitPolicy, now: float
             return Breaker()
         return replace(breaker, probes_ok=breaker.probes_ok + 1)
     ring = _counted(breaker.ring, policy, now, ok)
+    streak = 0 if ok else breaker.streak + 1
     calls, failures = window_totals(ring, policy, now)
-    if calls >= policy.min_calls and failures >= policy.failure_ratio * calls:
+    # the streak's failures still in the window: all of them, or (when it began before) every failure there
+    recent_streak = min(streak, failures)
+    if recent_streak >= policy.min_calls or (calls >= policy.min_calls and failures >= policy.failure_ratio * calls):
         return opened
-    return replace(breaker, ring=ring)
+    return replace(breaker, ring=ring, streak=streak)

@@ -64,11 +64,19 @@ def add_attempt_leases(db: peewee.Database) -> None:
         _add_column(db, Task, name)
 
 
+def add_intake_columns(db: peewee.Database) -> None:
+    """A task's receiver is stored in its one form, the form the client wrote (when it differs) beside it; and
+    the trace id of the answer that accepted it."""
+    for name in ("receiver_as_sent", "trace_id"):
+        _add_column(db, Task, name)
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("001_create_tables", create_tables),
     ("002_decisions", create_decisions),
     ("003_console", add_console),
     ("004_attempt_leases", add_attempt_leases),
+    ("005_intake_columns", add_intake_columns),
 )
 
 

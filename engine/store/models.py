@@ -112,6 +112,8 @@ class Task(BaseModel):
     updated_at = UtcDateTimeField(default=utcnow, index=True)
     resend_of = peewee.IntegerField(null=True)  # the unknown-outcome attempt the next one resends under its key
     not_before = UtcDateTimeField(null=True)  # a pending task's next attempt waits for its retry delay until then
+    receiver_as_sent = peewee.CharField(max_length=255, null=True)  # when the client wrote `receiver` otherwise
+    trace_id = peewee.CharField(max_length=36, null=True)  # the `trace-id` of the API answer that accepted it
 
     class Meta:
         table_name = "tasks"

@@ -334,6 +334,8 @@ def task_to_public(task: Task) -> dict[str, Any]:
         "error_message": task.error_message,
         "rule": task.rule,
         "rule_version": task.rule_version,
+        "receiver_as_sent": task.receiver_as_sent or task.receiver,
+        "trace_id": task.trace_id or "",
         "attempts": [attempt_to_public(attempt) for attempt in list_attempts(task.task_id)],
     }
 
@@ -533,14 +535,19 @@ class StatusChange:
 
 @_guarded
 def load_for_delivery(task_ids: Sequence[str]) -> tuple[dict[str, Task], dict[str, list[Attempt]]]:
-    """The tasks that exist among `task_ids` and each one's attempts in order: two queries for any number."""
-    tasks = get_tasks(task_ids)
-    attempts: dict[str, list[Attempt]] = {task_id: [] for task_id in tasks}
-    if tasks:
-        sql = statements.select_in_sql(_db(), Attempt, "task_id", len(tasks), ("task_id", "number"))
-        for attempt in statements.fetch(_db(), Attempt, sql, list(tasks)):
-            attempts[attempt.task_id].append(attempt)
-    return tasks, attempts
+    """The tasks that exist among `task_ids` and each one's attempts in order: two queries for any number.
+
+    Attempts are read first: every write that ends an attempt changes its task in the same transaction, so
+    the task read after them is at least as new. Read the other way round, a task read just before its
+    attempt was recorded would look open beside a finished attempt, and its next attempt would be planned."""
+    unique = list(dict.fromkeys(task_ids))
+    found: dict[str, list[Attempt]] = {task_id: [] for task_id in unique}
+    if unique:
+        sql = statements.select_in_sql(_db(), Attempt, "task_id", len(unique), ("task_id", "number"))
+        for attempt in statements.fetch(_db(), Attempt, sql, unique):
+            found[attempt.task_id].append(attempt)
+    tasks = get_tasks(unique)
+    return tasks, {task_id: found[task_id] for task_id in tasks}
 
 
 @_guarded
@@ -556,12 +563,13 @@ def claim_attempts(claims: Sequence[AttemptClaim], expected: tuple[str, ...]) ->
         return []
     try:
         if _postgres() and len(claims) <= _rows_per_statement(Attempt, len(ATTEMPT_CLAIM_FIELDS)):
-            _claim_in_one_statement(claims, expected)
-        else:
-            with _write_transaction():
-                _insert_attempts(claims)
-                _mark_processing(claims, expected)
-    except peewee.IntegrityError:
+            claimed = _claim_in_one_statement(claims, expected)
+            return [claim.task_id in claimed for claim in claims]
+        with _write_transaction():
+            _insert_attempts(claims)
+            if _mark_processing(claims, expected) != len({claim.task_id for claim in claims}):
+                raise _NotAllApplied  # rolled back: some task is no longer open
+    except (peewee.IntegrityError, _NotAllApplied):
         return [_claim_one(claim, expected) for claim in claims]
     return [True] * len(claims)
 
@@ -652,7 +660,9 @@ def _apply_returning(changes: Sequence[StatusChange], updated_at: datetime) -> s
 ATTEMPT_CLAIM_FIELDS = ("task_id", "number", "provider", "rule", "rule_version", "owner", "lease_until", "key_number")
 
 
-def _claim_in_one_statement(claims: Sequence[AttemptClaim], expected: tuple[str, ...]) -> None:
+def _claim_in_one_statement(claims: Sequence[AttemptClaim], expected: tuple[str, ...]) -> set[str]:
+    """The ids of the tasks claimed. An attempt whose task was no longer in an expected status (a duplicate
+    job read it before it ended) is inserted by the statement but not claimed: it is deleted at once."""
     rows = [_with_defaults(Attempt, dict(task_id=claim.task_id, number=claim.number, provider=claim.provider,
                                          rule=claim.rule, rule_version=claim.rule_version, owner=claim.owner,
                                          lease_until=claim.lease_until, key_number=claim.key_number))
@@ -660,7 +670,13 @@ def _claim_in_one_statement(claims: Sequence[AttemptClaim], expected: tuple[str,
     fields = tuple(rows[0])
     params = [value for row in rows for value in statements.db_values(Attempt, row)]
     params += statements.db_values(Task, {"updated_at": utcnow()}) + list(expected)
-    statements.execute(_db(), statements.claim_sql(_db(), fields, len(rows), len(expected)), params)
+    sql = statements.claim_sql(_db(), fields, len(rows), len(expected))
+    claimed = {str(row[0]) for row in _db().execute_sql(sql, params).fetchall()}
+    for claim in claims:
+        if claim.task_id not in claimed:
+            Attempt.delete().where((Attempt.task_id == claim.task_id) & (Attempt.number == claim.number)
+                                   & (Attempt.status == "sending") & (Attempt.owner == claim.owner)).execute()
+    return claimed
 
 
 def _insert_attempts(claims: Sequence[AttemptClaim]) -> None:
@@ -671,24 +687,31 @@ def _insert_attempts(claims: Sequence[AttemptClaim]) -> None:
                                                          key_number=claim.key_number)) for claim in claims])
 
 
-def _mark_processing(claims: Sequence[AttemptClaim], expected: tuple[str, ...]) -> None:
-    """One UPDATE per distinct (provider, rule, version): usually one for the whole batch."""
+def _mark_processing(claims: Sequence[AttemptClaim], expected: tuple[str, ...]) -> int:
+    """One UPDATE per distinct (provider, rule, version): usually one for the whole batch; the tasks moved."""
     groups: dict[tuple[str, str, str], list[str]] = {}
     for claim in sorted(claims, key=lambda claim: claim.task_id):
         groups.setdefault((claim.provider, claim.rule, claim.rule_version), []).append(claim.task_id)
+    moved = 0
     for (provider, rule, version), task_ids in groups.items():
         values = {"status": "processing", "provider": provider, "rule": rule, "rule_version": version,
                   "updated_at": utcnow()}
         sql = statements.update_in_sql(_db(), Task, tuple(values), "task_id", len(task_ids), len(expected))
-        statements.execute(_db(), sql, statements.db_values(Task, values) + task_ids + list(expected))
+        moved += statements.execute(_db(), sql, statements.db_values(Task, values) + task_ids + list(expected))
+    return moved
 
 
 def _claim_one(claim: AttemptClaim, expected: tuple[str, ...]) -> bool:
-    if not begin_attempt(claim.task_id, claim.number, claim.provider, claim.rule, claim.rule_version,
-                         owner=claim.owner, lease_until=claim.lease_until, key_number=claim.key_number):
+    """One claim in its own transaction: lost when its attempt was begun elsewhere or its task is no longer in
+    an expected status (then nothing of it stays)."""
+    try:
+        with _write_transaction() as transaction:
+            _insert_attempts([claim])
+            if _mark_processing([claim], expected) == 0:
+                transaction.rollback()
+                return False
+    except peewee.IntegrityError:
         return False
-    mark_status_if(claim.task_id, expected, status="processing", provider=claim.provider, rule=claim.rule,
-                   rule_version=claim.rule_version)
     return True
 
 
@@ -827,6 +850,14 @@ def record_decision(task_id: str, number: int, scene: str, action: str, *, rule:
 def count_decisions(task_id: str) -> int:
     """How many failure decisions the task has had."""
     return Decision.select().where(Decision.task_id == task_id).count()
+
+
+@_guarded
+def decision_counts(task_id: str) -> dict[str, int]:
+    """How many failure decisions the task has had, per action."""
+    query = (Decision.select(Decision.action, peewee.fn.COUNT(Decision.id).alias("n"))
+             .where(Decision.task_id == task_id).group_by(Decision.action))
+    return {row.action: int(row.n) for row in query}
 
 
 @_guarded

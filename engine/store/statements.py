@@ -108,7 +108,8 @@ def update_from_values_sql(db: peewee.Database, model: type[peewee.Model], field
 def claim_sql(db: peewee.Database, fields: tuple[str, ...], rows: int, status_in: int) -> str:
     """PostgreSQL: insert `rows` attempts (a parameter per field of each) and move each one's task to
     `processing` with the attempt's provider, rule and rule version while its status is one of `status_in`
-    parameters, after one more parameter for `updated_at`: one statement, so one round trip and one commit."""
+    parameters, after one more parameter for `updated_at`: one statement, so one round trip and one commit.
+    It returns the ids of the tasks it moved."""
     from engine.store.models import Attempt, Task
 
     if not isinstance(db, peewee.PostgresqlDatabase):
@@ -120,7 +121,8 @@ def claim_sql(db: peewee.Database, fields: tuple[str, ...], rows: int, status_in
             f"UPDATE {_table(db, Task)} AS t SET {_column(db, Task, 'status')} = 'processing', {assignments}, "
             f"{_column(db, Task, 'updated_at')} = {db.param} FROM c "
             f"WHERE t.{_column(db, Task, 'task_id')} = c.{_column(db, Attempt, 'task_id')} "
-            f"AND t.{_column(db, Task, 'status')} IN ({', '.join([db.param] * status_in)})")
+            f"AND t.{_column(db, Task, 'status')} IN ({', '.join([db.param] * status_in)}) "
+            f"RETURNING t.{_column(db, Task, 'task_id')}")
 
 
 def _sql_type(db: peewee.Database, model: type[peewee.Model], name: str) -> str:

@@ -57,7 +57,7 @@ def test_concurrent_sends_each_get_their_own_task(gw: Gateway) -> None:
     answers = post_all(gw, [signed(gw, f"1380000{i:04d}") for i in range(20)])
     assert [answer["code"] for answer in answers] == [0] * 20
     tasks = [repo.get_task(answer["data"]["task_id"]) for answer in answers]
-    assert [task.receiver for task in tasks] == [f"1380000{i:04d}" for i in range(20)]
+    assert [task.receiver for task in tasks] == [f"+861380000{i:04d}" for i in range(20)]
 
 
 def test_a_replay_sent_alongside_its_original_is_refused_once(gw: Gateway) -> None:

@@ -70,8 +70,8 @@ def test_unknown_task_is_a_404_page(console: Console) -> None:
 
 
 def test_page_text_is_escaped(console: Console, gw: Gateway) -> None:
-    """A receiver holding markup is shown as text, never as markup."""
-    answer = gw.send("otp", "<script>alert(1)</script>", {"code": "1"})
+    """Message text holding markup is shown as text, never as markup."""
+    answer = gw.send("otp", "13800138000", {"code": "<script>alert(1)</script>"})
     task_id = answer["data"]["task_id"]
     page = console.get(f"/console/messages/{task_id}").text
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tests.support.redis_cluster import redis_cluster  # noqa: F401  (a fixture for the cluster tests)
 from tests.support.redis_server import connect_test_redis
 
 

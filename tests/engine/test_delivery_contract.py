@@ -87,7 +87,7 @@ def test_an_attempt_under_a_live_lease_is_left_to_its_owner(gw: Gateway, vendor:
     assert delivery.deliver(gw.svc, task_id, time.time()) == "busy"
     assert vendor.keys(task_id) == []
     assert [attempt.status for attempt in repo.list_attempts(task_id)] == ["sending"]
-    due = gw.svc.queue.redis.zscore(gw.svc.queue.delayed, job("send", task_id))
+    due = gw.svc.queue.redis.zscore(gw.svc.queue.delayed_key(job("send", task_id)), job("send", task_id))
     assert due is not None and due > time.time() + 25
 
 
@@ -148,7 +148,7 @@ def test_a_scheduled_task_is_never_sent_before_its_time(gw: Gateway, vendor: Ven
     task_id = accepted(gw, "13800000001", scheduled_at=due.isoformat(timespec="seconds"))
     assert delivery.deliver(gw.svc, task_id, time.time()) == "early"
     assert vendor.keys(task_id) == [] and repo.list_attempts(task_id) == []
-    score = gw.svc.queue.redis.zscore(gw.svc.queue.delayed, job("send", task_id))
+    score = gw.svc.queue.redis.zscore(gw.svc.queue.delayed_key(job("send", task_id)), job("send", task_id))
     assert abs(score - due.timestamp()) < 1.5
 
 
@@ -161,7 +161,7 @@ def test_a_retry_never_goes_before_its_delay(tmp_path: Path, vendor: Vendor) -> 
         repo.update_task(task_id, exclude_providers=json.dumps(["vendor"]))
         assert delivery.deliver(gw.svc, task_id, time.time()) == "retried"
         assert delivery.deliver(gw.svc, task_id, time.time()) == "early"
-        score = gw.svc.queue.redis.zscore(gw.svc.queue.delayed, job("send", task_id))
+        score = gw.svc.queue.redis.zscore(gw.svc.queue.delayed_key(job("send", task_id)), job("send", task_id))
         assert score is not None and score > time.time() + 25
         assert len(repo.list_decisions(task_id)) == 1
 
@@ -180,6 +180,19 @@ def test_a_job_arriving_while_a_failure_is_decided_waits(gw: Gateway, monkeypatc
     assert delivery.deliver(gw.svc, task_id, time.time()) == "retried"
     assert meanwhile == ["early"]
     assert [attempt.number for attempt in repo.list_attempts(task_id)] == [1]
+
+
+def test_a_plan_made_from_a_stale_read_sends_nothing(gw: Gateway, vendor: Vendor) -> None:
+    """A duplicate job that read the task while it was still open plans a next attempt; once the task is
+    delivered that claim is lost, nothing is sent and no attempt row stays."""
+    task_id = accepted(gw, "13800000001")
+    stale = repo.get_task(task_id)
+    assert delivery.deliver(gw.svc, task_id, time.time()) == "success"
+    routed = delivery.route(gw.svc, stale, repo.list_attempts(task_id), time.time())
+    (planned,) = delivery.select(gw.svc, [routed], {}, time.time())  # type: ignore[list-item]
+    calls = len(vendor.server.requests)
+    assert delivery.carry_out(gw.svc, planned) == "busy"
+    assert len(vendor.server.requests) == calls and len(repo.list_attempts(task_id)) == 1
 
 
 def test_no_provider_available_counts_as_a_try(gw: Gateway) -> None:

@@ -16,7 +16,7 @@ RUN = uuid.uuid4().hex[:12]  # every key these tests touch contains it
 
 @pytest.fixture
 def queue(client: redis.Redis) -> Queue:
-    queue = Queue(client, stream=f"test-stream-{RUN}-{uuid.uuid4().hex[:8]}")
+    queue = Queue(client, base=f"test-stream-{RUN}-{uuid.uuid4().hex[:8]}")
     queue.ensure_group()
     return queue
 
@@ -46,3 +46,52 @@ def test_delayed_jobs_move_to_the_stream_once_due(queue: Queue) -> None:
     assert queue.release_due(999.0) == 0
     assert queue.release_due(1_000.0) == 1 and queue.release_due(1_001.0) == 0
     assert [entry.ref for entry in queue.read("c1", count=5, block_ms=10)] == ["later"]
+
+
+@pytest.fixture
+def sharded(client: redis.Redis) -> Queue:
+    queue = Queue(client, shards=4, base=f"test-shards-{RUN}-{uuid.uuid4().hex[:8]}:q")
+    queue.ensure_group()
+    return queue
+
+
+def test_one_read_takes_entries_of_every_shard_with_ids_unique_across_them(sharded: Queue) -> None:
+    """Entries queued to different shards in the same millisecond share a stream id, yet their queue ids
+    differ, one read returns entries of every shard, and acknowledging them empties every shard."""
+    jobs = [job("send", f"t{i}") for i in range(16)]
+    sharded.enqueue(jobs)
+    entries = sharded.read("c1", count=16, block_ms=10)
+    assert sorted(entry.job for entry in entries) == sorted(jobs)
+    assert len({entry.id for entry in entries}) == 16
+    assert {entry.id.partition("/")[0] for entry in entries} == {"0", "1", "2", "3"}
+    assert (sharded.pending(), sharded.backlog()) == (16, 16)
+    sharded.ack([entry.id for entry in entries])
+    assert (sharded.pending(), sharded.backlog()) == (0, 0)
+
+
+def test_a_task_s_jobs_and_delayed_copies_stay_in_one_shard(sharded: Queue) -> None:
+    """A task's send and timeout jobs go to the shard of its id, its delayed job waits in that shard's set (an
+    earlier time kept with earlier_only), and the counts add up over the shards."""
+    refs = [f"task-{i}" for i in range(12)]
+    sharded.defer_many([(job("send", ref), 2_000.0) for ref in refs])
+    sharded.defer(job("send", refs[0]), 1_500.0, earlier_only=True)
+    sharded.defer(job("send", refs[0]), 1_900.0, earlier_only=True)
+    assert sharded.redis.zscore(sharded.delayed_key(job("send", refs[0])), job("send", refs[0])) == 1_500.0
+    assert sharded.delayed_count() == 12 and sharded.shard(job("send", "x")) == sharded.shard(job("timeout", "x"))
+    assert sharded.release_due(1_500.0) == 1 and sharded.release_due(2_000.0) == 11
+    entries = sharded.read("c1", count=40, block_ms=10)
+    assert all(entry.id.startswith(f"{sharded.shard(entry.job)}/") for entry in entries) and len(entries) == 12
+
+
+def test_a_lost_shard_group_is_created_again_on_read(sharded: Queue) -> None:
+    """When Redis loses one shard's stream, the next read recreates it and its group and goes on."""
+    sharded.redis.delete(sharded.streams[2])
+    assert sharded.read("c1", count=4, block_ms=10) == []
+    sharded.enqueue([job("send", f"t{i}") for i in range(8)])
+    assert len(sharded.read("c1", count=8, block_ms=10)) == 8
+
+
+def test_a_shard_count_below_one_is_refused(client: redis.Redis) -> None:
+    """A queue of no shards is a clear error, not a queue that drops every job."""
+    with pytest.raises(ValueError, match="at least 1"):
+        Queue(client, shards=0)

@@ -8,7 +8,7 @@ from pathlib import Path
 from engine import scheduler
 from engine.queue import job
 from engine.store.models import Task
-from tests.support.service import gateway, write_rules
+from tests.support.service import delayed_jobs, gateway, write_rules
 
 RULES = """
 templates: [{name: code, variables: [code], text: "code {code}"}]
@@ -24,7 +24,7 @@ def test_stranded_open_tasks_are_requeued_once(tmp_path: Path) -> None:
     rules = write_rules(tmp_path, RULES)
     with gateway(tmp_path, rules, workers=False) as gw:
         ids = [gw.send("otp", f"1380000000{i}", {"code": "1"})["data"]["task_id"] for i in range(3)]
-        gw.svc.redis.delete(gw.svc.queue.stream)  # Redis lost the stream
+        gw.svc.redis.delete(*gw.svc.queue.streams)  # Redis lost the stream
         gw.svc.queue.ensure_group()
         stranded, delayed, fresh = ids
         gw.svc.queue.defer(job("send", delayed), datetime.now(UTC).timestamp() + 3600)
@@ -51,7 +51,7 @@ def test_after_redis_lost_its_data_one_sweep_requeues_every_unfinished_task(tmp_
         assert scheduler.recover_lost_data(gw.svc, now) == 0
         entries = gw.svc.queue.read("sweep-test", count=10, block_ms=10)
         assert [entry.job for entry in entries] == [job("send", pending)]
-        delayed = dict(gw.svc.redis.zrange(gw.svc.queue.delayed, 0, -1, withscores=True))
+        delayed = delayed_jobs(gw.svc)
         assert abs(delayed[job("send", scheduled["data"]["task_id"]).encode()] - due.timestamp()) < 1.5
         assert job("timeout", sent).encode() in delayed
 

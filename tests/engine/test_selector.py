@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from engine.policy.decisions import Candidate
 from engine.policy.model import CircuitPolicy, ProviderAccount, Rate
 from engine.policy.selection import (
+    TRIP,
     Breaker,
+    call_health,
     breaker_acquire,
     breaker_admits,
     breaker_record,
@@ -194,6 +196,39 @@ def test_breaker_lifecycle(selector: Selector) -> None:
     assert selector.breaker(a) == Breaker()
 
 
+def test_an_account_failure_opens_the_circuit_at_once_and_a_recovered_account_closes_it(selector: Selector) -> None:
+    """One account-class failure (no balance) opens a closed circuit at once, whatever min_calls; after open_for
+    the half-open probes that succeed (the account topped up) close it again."""
+    (a,) = _names("a")
+    tiers, accounts, scope = ((Candidate(a),),), _accounts([a]), _scope()
+    assert selector.record(a, True, POLICY, T0) == "closed"
+    assert selector.record(a, call_health("account"), POLICY, T0 + 1) == "open"
+    assert selector.choose(tiers, scope=scope, exclude=set(), accounts=accounts, now=T0 + 2).provider is None
+    later = T0 + 1 + POLICY.open_for_seconds
+    assert selector.choose(tiers, scope=scope, exclude=set(), accounts=accounts, now=later).provider == a
+    assert selector.record(a, call_health("ok"), POLICY, later + 1) == "half_open"
+    assert selector.record(a, call_health("ok"), POLICY, later + 1) == "closed"
+
+
+def test_a_probe_that_finds_the_account_still_broken_reopens(selector: Selector) -> None:
+    """A half-open probe answered with an account failure opens the circuit again for open_for."""
+    (a,) = _names("a")
+    _open(selector, a)
+    later = T0 + POLICY.open_for_seconds
+    selector.choose(((Candidate(a),),), scope=_scope(), exclude=set(), accounts=_accounts([a]), now=later)
+    assert selector.record(a, TRIP, POLICY, later + 1) == "open"
+    assert selector.state(a, later + 1 + POLICY.open_for_seconds - 0.5) == "open"
+
+
+def test_receiver_content_and_window_failures_never_count_against_the_account(selector: Selector) -> None:
+    """However many bad numbers, rejected templates or closed windows, the circuit stays closed; transient and
+    throttled calls still count as failures."""
+    (a,) = _names("a")
+    for error_class in ("receiver", "content", "window") * 5:
+        assert selector.record(a, call_health(error_class), POLICY, T0) == "closed"
+    assert [call_health(c) for c in ("throttled", "transient", "unknown")] == [False, False, False]
+
+
 def test_failed_probe_reopens(selector: Selector) -> None:
     """A failed probe opens the circuit again for another open_for."""
     (a,) = _names("a")
@@ -232,7 +267,7 @@ def test_probe_slots_are_shared_by_concurrent_choosers(selector: Selector) -> No
 _steps = st.sampled_from([0.0, 0.0, 0.0, 0.25, 1.0, 3.0, 10.0, 41.0]) | st.floats(0, 20)
 _events = st.lists(
     st.one_of(
-        st.tuples(st.just("record"), st.booleans(), _steps),
+        st.tuples(st.just("record"), st.sampled_from([True, False, TRIP]), _steps),
         st.tuples(st.just("choose"), st.just(True), _steps),
     ),
     min_size=1,
@@ -296,7 +331,7 @@ def test_record_many_counts_like_recording_one_by_one(selector: Selector) -> Non
 
 
 @settings(max_examples=60, deadline=None)
-@given(outcomes=st.lists(st.tuples(st.sampled_from([0, 1, 2]), st.booleans()), max_size=30),
+@given(outcomes=st.lists(st.tuples(st.sampled_from([0, 1, 2]), st.sampled_from([True, False, TRIP])), max_size=30),
        step=st.floats(0, 40))
 def test_record_many_equals_recording_one_by_one(selector: Selector, outcomes: list[tuple[int, bool]],
                                                  step: float) -> None:

@@ -32,6 +32,21 @@ def test_post_sends_method_headers_and_body_and_returns_the_answer() -> None:
     assert arrived.header("X-Sig") == "abc" and arrived.header("Expect") == ""
 
 
+def test_only_the_requests_headers_and_the_body_length_go_on_the_wire() -> None:
+    """The transport adds none of curl's defaults (Accept, form Content-Type, User-Agent): a signed request goes
+    out with exactly the headers it signed, plus Host and Content-Length."""
+    with loopback(lambda r: Reply(200, "{}")) as server:
+        HttpTransport()(HttpRequest("POST", f"{server.url}/", {"x-acs-action": "SendSms"}, b"", 5.0))
+    assert {name.lower() for name in server.requests[0].headers} == {"host", "content-length", "x-acs-action"}
+
+
+def test_a_content_type_the_request_sets_is_sent_as_set() -> None:
+    """Suppressing curl's default never drops a Content-Type the provider chose."""
+    with loopback(lambda r: Reply(200, "{}")) as server:
+        HttpTransport()(HttpRequest("POST", f"{server.url}/", {"Content-Type": "application/json"}, b"{}", 5.0))
+    assert server.requests[0].header("content-type") == "application/json"
+
+
 def test_get_after_post_on_the_same_thread_carries_no_body() -> None:
     """The reused handle forgets the previous request: a GET after a POST is a plain GET."""
     transport = HttpTransport()

@@ -52,7 +52,7 @@ def test_a_hanging_endpoint_delays_no_other_app(tmp_path: Path, monkeypatch: pyt
 @pytest.fixture
 def queue(client: redis.Redis) -> Queue:
     stream = f"mpush-test:{RUN}:{uuid.uuid4().hex[:6]}"
-    created = Queue(client, stream=stream, group="g")
+    created = Queue(client, base=stream, group="g")
     created.ensure_group()
     return created
 

@@ -94,7 +94,7 @@ def test_a_second_job_for_a_task_in_flight_sends_nothing(gw: Gateway, vendor: Ha
     gw.svc.queue.enqueue([f"send:{hung}"])
     time.sleep(1.0)
     assert len([r for r in vendor.server.requests if json.loads(r.body)["task_id"] == hung]) == 1
-    assert gw.svc.queue.redis.zscore(gw.svc.queue.delayed, f"send:{hung}") is not None
+    assert gw.svc.queue.redis.zscore(gw.svc.queue.delayed_key(f"send:{hung}"), f"send:{hung}") is not None
     vendor.release.set()
     gw.wait(hung, ("success",))
     assert len(repo.list_attempts(hung)) == 1
@@ -107,3 +107,27 @@ def test_stream_readers_come_from_the_settings_and_never_outnumber_the_send_thre
         assert Worker(svc, threads=3).readers == 2 and Worker(svc, threads=1).readers == 1
         assert Worker(svc, threads=3, readers=1).readers == 1
     assert Settings.from_env({"MPUSH_WORKER_READERS": "1"}).worker_readers == 1
+
+
+def test_the_entries_of_a_worker_whose_heartbeat_ran_out_are_taken_over_at_once(tmp_path: Path) -> None:
+    """A worker that read a job and died (its heartbeat expired) has it taken over by a live worker within
+    seconds, though the visibility timeout is a minute; the dead worker is then forgotten."""
+    with gateway(tmp_path, write_rules(tmp_path, CONSOLE_RULES), workers=False, visibility_timeout=60.0) as gw:
+        queue = gw.svc.queue
+        answer = gw.send("otp", "13800138000", {"code": "1"})
+        (entry,) = queue.read("ghost-0", count=10, block_ms=100)  # read, never acknowledged: then it died
+        queue.heartbeat("ghost", time.time() - 1)
+        stop = threading.Event()
+        live = Worker(gw.svc, threads=2, name="live")
+        thread = threading.Thread(target=live.run, args=(stop,))
+        thread.start()
+        try:
+            task = gw.wait(answer["data"]["task_id"], timeout=8)
+            deadline = time.monotonic() + 5
+            while queue.dead_workers(time.time()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            thread.join(10)
+        assert task.status == "success" and entry.ref == task.task_id
+        assert queue.dead_workers(time.time() + 60) == []  # the dead one forgotten, the live one retired

@@ -306,3 +306,53 @@ def test_scheduled_messages_are_never_sent_early(cluster: Cluster) -> None:
     cluster.check_contract()
     times = [at for at, _ in json.loads(cluster.vendor("/stats"))]
     assert len(times) == 20 and min(times) >= due.timestamp() - 1
+
+
+def test_the_database_locked_by_another_process_mid_load(cluster: Cluster) -> None:
+    """Another process holds SQLite's write lock for 4 s mid-load: sends wait or are refused (40002), attempts
+    are recorded once the lock is gone; every accepted message is delivered once and none fails."""
+    import sqlite3
+
+    locked = threading.Event()
+
+    def hold_the_lock() -> None:
+        holder = sqlite3.connect(cluster.env["MPUSH_DATABASE_URL"].removeprefix("sqlite:///"), timeout=10,
+                                 isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        locked.set()
+        time.sleep(4)
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    def lock() -> None:
+        threading.Thread(target=hold_the_lock).start()
+        locked.wait(10)
+
+    cluster.load(during=lock)
+    figures = cluster.check_contract()
+    assert figures["failed"] == 0 and figures["accepted"] >= MESSAGES // 2
+
+
+def test_a_hundred_rule_reloads_a_fifth_of_them_broken(cluster: Cluster) -> None:
+    """The rule file rewritten and reloaded (SIGHUP to every process) 100 times mid-load, every fifth time broken:
+    broken files are refused and the last good version stays; every message is delivered once, none fails."""
+    rules = Path(cluster.env["MPUSH_RULES_DIR"]) / "rules.yaml"
+    good = rules.read_text(encoding="utf-8")
+    reloaded: list[int] = []
+
+    def churn() -> None:
+        for index in range(100):
+            text = "routing: [{name: broken" if index % 5 == 4 else f"{good}\n# reload {index}\n"
+            rules.write_text(text, encoding="utf-8")
+            for name in ("api", "worker1", "worker2"):
+                cluster.processes[name].send_signal(signal.SIGHUP)
+            reloaded.append(index)
+            time.sleep(0.05)
+
+    cluster.load(during=lambda: threading.Thread(target=churn).start())
+    wait_until(lambda: len(reloaded) == 100, 30, "the 100 reloads")
+    figures = cluster.check_contract()
+    assert figures["failed"] == 0
+    status = requests.get(f"http://127.0.0.1:{cluster.api_port}/api/admin/rules", timeout=5,
+                          headers={"Authorization": "Bearer " + cluster.env["MPUSH_ADMIN_TOKEN"]}).json()["data"]
+    assert status["reloads"] >= 1 and status["failures"] >= 1 and "rules.yaml" in status["last_error"]

@@ -9,9 +9,11 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from dataclasses import replace
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine.transport import HttpTransport
 from providers import aliyun_sms
 from providers.base import Account, CallbackRequest, HttpResponse, Message, Outcome, SendResult
 from tests.providers import contract
@@ -92,6 +94,53 @@ def test_signature_matches_the_published_acs3_vector() -> None:
     )
 
 
+def test_headers_differing_only_by_case_merge_their_values_in_order() -> None:
+    """`x-acs-test: http` and `x-acs-TEST: https` sign as one header `x-acs-test:http,https`, named once."""
+    canonical, signed = aliyun_sms.canonical_headers({"x-acs-test": "http", "x-acs-TEST": " https "})
+    assert (canonical, signed) == ("x-acs-test:http,https\n", "x-acs-test")
+
+
+def test_capitalised_header_names_sign_like_lower_case_ones() -> None:
+    """A capitalised name (`Host`) signs without error and exactly as its lower-case spelling."""
+    lower = {"host": "dysmsapi.aliyuncs.com", "x-acs-action": "SendSms"}
+    capital = {"Host": "dysmsapi.aliyuncs.com", "X-Acs-Action": "SendSms"}
+    sign = [aliyun_sms.acs3_authorization(AK, SECRET, "POST", "/", {}, h, aliyun_sms.EMPTY_SHA256)
+            for h in (lower, capital)]
+    assert sign[0] == sign[1]
+
+
+_HEADER_NAME = st.text(alphabet="abcdefgxyzABCDEFGXYZ-", min_size=1, max_size=8)
+
+
+@given(st.lists(st.tuples(_HEADER_NAME, st.text(alphabet="ab c", max_size=5)), min_size=1, max_size=6,
+                unique_by=lambda pair: pair[0]))
+def test_canonical_headers_are_one_line_per_name_case_insensitively(pairs: list[tuple[str, str]]) -> None:
+    """Each distinct lower-cased name gives one sorted line holding its trimmed values in the order given, and the
+    signed-header list names exactly those names."""
+    canonical, signed = aliyun_sms.canonical_headers(dict(pairs))
+    expected: dict[str, list[str]] = {}
+    for name, value in pairs:
+        expected.setdefault(name.lower(), []).append(value.strip())
+    assert signed.split(";") == sorted(expected)
+    assert canonical == "".join(f"{name}:{','.join(expected[name])}\n" for name in sorted(expected))
+
+
+def test_every_header_of_a_sendsms_call_is_signed_or_stated_unsigned() -> None:
+    """What build_request puts on a call is exactly its signed headers plus the stated unsigned ones."""
+    request = aliyun_sms.build_request(make_message(), make_account(), NOW)
+    signed = request.headers["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+    sent = {name.lower() for name in request.headers}
+    assert sent - set(signed) <= set(aliyun_sms.UNSIGNED_HEADERS) and "content-type" not in sent
+
+
+def test_the_vendor_refuses_an_unsigned_extra_header(vendor: LoopbackServer) -> None:
+    """The mock vendor checks the signed header set: a header on the wire outside it fails the call."""
+    request = aliyun_sms.build_request(make_message(), make_account(vendor.url), datetime.now(timezone.utc))
+    tampered = replace(request, headers={**request.headers, "x-forwarded-for": "10.0.0.1"})
+    answer = json.loads(HttpTransport()(tampered).body)
+    assert answer["Code"] == "IncompleteSignature" and "x-forwarded-for" in answer["Message"]
+
+
 def test_canonical_query_uses_rfc3986_encoding() -> None:
     """Spaces become %20, `*` becomes %2A, `~` stays, and names are sorted."""
     assert aliyun_sms.canonical_query({"b": "a b*c~", "A": "中"}) == "A=%E4%B8%AD&b=a%20b%2Ac~"
@@ -150,40 +199,47 @@ def test_wrong_secret_is_refused_by_signature_check(vendor: LoopbackServer) -> N
 
 
 def test_replayed_attempt_is_refused_as_nonce_reuse(vendor: LoopbackServer) -> None:
-    """Sending the same attempt twice is refused by Aliyun's nonce check, and not retried blindly."""
+    """Sending the same attempt twice is refused by Aliyun's nonce check, and its outcome is unknown: the first one
+    reached Aliyun, so it is never resent blindly."""
     message = make_message()
     assert send_to(vendor, message).ok
     replay = send_to(vendor, message)
-    assert (replay.outcome, replay.error_code) == (Outcome.PERMANENT, "SignatureNonceUsed")
+    assert (replay.error_class, replay.error_code) == ("unknown", "SignatureNonceUsed")
 
 
 @pytest.mark.parametrize(
-    ("receiver", "outcome", "code"),
+    ("receiver", "outcome", "code", "error_class"),
     [
-        ("13800000001", Outcome.RETRYABLE, "isv.BUSINESS_LIMIT_CONTROL"),
-        ("13800000002", Outcome.PERMANENT, "isv.MOBILE_NUMBER_ILLEGAL"),
-        ("13800000003", Outcome.PERMANENT, "isv.SMS_TEMPLATE_ILLEGAL"),
-        ("13800000004", Outcome.PERMANENT, "isv.AMOUNT_NOT_ENOUGH"),
-        ("13800000005", Outcome.PERMANENT, "isv.SMS_SIGNATURE_ILLEGAL"),
-        ("13800000006", Outcome.RETRYABLE, "isp.SYSTEM_ERROR"),
-        ("13800000007", Outcome.RETRYABLE, "Throttling.User"),
-        ("13800000008", Outcome.RETRYABLE, "ServiceUnavailable"),
+        ("13800000001", Outcome.RETRYABLE, "isv.BUSINESS_LIMIT_CONTROL", "throttled"),
+        ("13800000002", Outcome.PERMANENT, "isv.MOBILE_NUMBER_ILLEGAL", "receiver"),
+        ("13800000003", Outcome.PERMANENT, "isv.SMS_TEMPLATE_ILLEGAL", "content"),
+        ("13800000004", Outcome.PERMANENT, "isv.AMOUNT_NOT_ENOUGH", "account"),
+        ("13800000005", Outcome.PERMANENT, "isv.SMS_SIGNATURE_ILLEGAL", "content"),
+        ("13800000006", Outcome.RETRYABLE, "isp.SYSTEM_ERROR", "transient"),
+        ("13800000007", Outcome.RETRYABLE, "Throttling.User", "throttled"),
+        ("13800000008", Outcome.RETRYABLE, "ServiceUnavailable", "transient"),
     ],
 )
 def test_vendor_errors_keep_code_and_message_and_are_classified(
-    vendor: LoopbackServer, receiver: str, outcome: Outcome, code: str
+    vendor: LoopbackServer, receiver: str, outcome: Outcome, code: str, error_class: str
 ) -> None:
-    """Each vendor error keeps Aliyun's code and message, and throttling/system faults are retryable."""
+    """Each vendor error keeps Aliyun's code and message and takes its class from the code table."""
     result = send_to(vendor, make_message(receiver))
-    assert (result.outcome, result.error_code) == (outcome, code)
+    assert (result.outcome, result.error_code, result.error_class) == (outcome, code, error_class)
     assert result.error_message == json.loads(SCRIPTED[receiver].body)["Message"]
 
 
-@pytest.mark.parametrize("receiver", ["13800000009", "13800000010", "13800000011", "13800000012"])
+@pytest.mark.parametrize("receiver", ["13800000009", "13800000010", "13800000011"])
 def test_garbage_answers_are_retryable_bad_responses(vendor: LoopbackServer, receiver: str) -> None:
-    """HTML, plain text, a JSON array or OK without BizId is a retryable bad_response."""
+    """HTML, plain text or a JSON array is a retryable bad_response."""
     result = send_to(vendor, make_message(receiver))
-    assert (result.outcome, result.error_code) == (Outcome.RETRYABLE, "bad_response")
+    assert (result.outcome, result.error_code, result.error_class) == (Outcome.RETRYABLE, "bad_response", "transient")
+
+
+def test_ok_without_bizid_is_of_unknown_outcome(vendor: LoopbackServer) -> None:
+    """Code OK without a BizId may have been sent, and SendSms is not idempotent: unknown, never a plain retry."""
+    result = send_to(vendor, make_message("13800000012"))
+    assert (result.error_class, result.error_code, result.final) == ("unknown", "no_biz_id", False)
 
 
 def test_slow_vendor_times_out_as_retryable_network_error(vendor: LoopbackServer) -> None:

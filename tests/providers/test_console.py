@@ -24,3 +24,11 @@ def test_logs_one_line_and_reports_delivered(caplog: pytest.LogCaptureFixture) -
     [record] = caplog.records
     assert record.name == "mpush.console"
     assert record.getMessage() == "email to dev@example.com via demo [欢迎]: 第一行 第二行"
+
+
+def test_a_subject_with_line_breaks_stays_on_its_line(caplog: pytest.LogCaptureFixture) -> None:
+    """A subject rendered from client params cannot start a forged log line."""
+    message = Message("T6", 1, "dev@example.com", "email", "hi", subject="ok\nINFO mpush forged line")
+    with caplog.at_level(logging.INFO, logger="mpush.console"):
+        console.send(message, Account("demo", "console", {}), CTX)
+    assert "\n" not in caplog.records[0].getMessage()

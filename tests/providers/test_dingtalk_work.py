@@ -111,6 +111,23 @@ class TestToken:
         assert result.ok and used == ["old-token", "new-token"]
 
 
+    def test_token_timeout_after_the_refresh_is_a_token_failure_not_a_network_one(self) -> None:
+        """"access_token超时" (42001) even after the refresh is the token class (transient: the next try fetches
+        another), never a network timeout."""
+        with contract.vendor(DingTalkServer(errcode(42001, "access_token超时"), [])) as server:
+            result = dingtalk_work.send(MESSAGE, account(server.url),
+                                        SendContext(contract.TRANSPORT, NOW, MemoryTokenCache()))
+            sends = [r for r in server.requests if r.path == SEND_PATH]
+        assert (result.error_code, result.error_class, len(sends)) == ("42001", "transient", 2)
+
+    def test_sending_too_fast_is_throttled_and_retried(self) -> None:
+        """Work-notice 143103 (sending too fast) slows down and retries instead of failing the message."""
+        with contract.vendor(DingTalkServer(errcode(143103, "发送太快"), [])) as server:
+            result = dingtalk_work.send(MESSAGE, account(server.url),
+                                        SendContext(contract.TRANSPORT, NOW, MemoryTokenCache()))
+        assert (result.outcome, result.error_class) == (Outcome.RETRYABLE, "throttled")
+
+
 class TestRequest:
     def test_asyncsend_body(self) -> None:
         """agent_id as a number, receivers comma-joined, a text message."""

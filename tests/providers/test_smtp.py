@@ -205,21 +205,21 @@ class TestFailures:
         """A refused AUTH is permanent and the password appears nowhere in the result."""
         controller, _ = plain
         result = smtp.send(MESSAGE, account(controller, password="not-the-password"), CTX)
-        assert (result.outcome, result.error_code) == (Outcome.PERMANENT, "auth_failed")
+        assert (result.outcome, result.error_code, result.error_class) == (Outcome.PERMANENT, "auth_failed", "account")
         assert "not-the-password" not in f"{result.error_message}{result.request_summary}{result.response_summary}"
 
     def test_mailbox_full_4xx_retries(self, plain: tuple[Controller, Inbox]) -> None:
         """A 4xx recipient reply is retryable with the SMTP code."""
         controller, _ = plain
         result = smtp.send(Message("T22", 1, "full@example.com", "email", "x"), account(controller), CTX)
-        assert (result.outcome, result.error_code) == (Outcome.RETRYABLE, "smtp_452")
+        assert (result.outcome, result.error_code, result.error_class) == (Outcome.RETRYABLE, "smtp_452", "throttled")
         assert "Mailbox full" in result.error_message
 
     def test_unknown_user_5xx_is_permanent(self, plain: tuple[Controller, Inbox]) -> None:
         """A 5xx recipient reply is permanent."""
         controller, _ = plain
         result = smtp.send(Message("T23", 1, "nobody@example.com", "email", "x"), account(controller), CTX)
-        assert (result.outcome, result.error_code) == (Outcome.PERMANENT, "smtp_550")
+        assert (result.outcome, result.error_code, result.error_class) == (Outcome.PERMANENT, "smtp_550", "receiver")
 
     def test_auth_required_but_not_configured_is_permanent(self, plain: tuple[Controller, Inbox]) -> None:
         """Sending without AUTH to a server requiring it fails with the server's 5xx."""
@@ -262,12 +262,47 @@ class TestFailures:
         assert (result.outcome, result.error_code) == (Outcome.RETRYABLE, "network")
         assert "timed out" in result.error_message
 
+    def test_connection_cut_after_data_is_of_unknown_outcome(self) -> None:
+        """A server that takes the whole message and then drops the line may have accepted it: unknown, so it is
+        never resent blindly; a refused connection is transient."""
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            thread = threading.Thread(target=_drop_after_data, args=(listener,), daemon=True)
+            thread.start()
+            raw = {"host": "127.0.0.1", "port": listener.getsockname()[1], "security": "none",
+                   "from_address": "a@b.c", "timeout": 2.0}
+            result = smtp.send(MESSAGE, Account("mail", "smtp", with_defaults(smtp.CONFIG, raw)), CTX)
+            thread.join(2)
+        assert (result.error_class, result.error_code) == ("unknown", "network")
+        refused = {"host": "127.0.0.1", "port": free_port(), "security": "none", "from_address": "a@b.c",
+                   "timeout": 0.3}
+        assert smtp.send(MESSAGE, Account("mail", "smtp", with_defaults(smtp.CONFIG, refused)), CTX).error_class \
+            == "transient"
+
     @pytest.mark.parametrize("receiver", ["not-an-address", "a@b.com\r\nBcc: victim@x.com", "a@b.com, c@d.com", ""])
     def test_invalid_receiver_is_permanent_before_connecting(self, receiver: str) -> None:
         """Receivers that are not one plain address (including header injection) are refused up front."""
         raw = {"host": "127.0.0.1", "port": free_port(), "from_address": "a@b.c", "timeout": 0.3}
         result = smtp.send(Message("T24", 1, receiver, "email", "x"), Account("m", "smtp", with_defaults(smtp.CONFIG, raw)), CTX)
         assert (result.outcome, result.error_code) == (Outcome.PERMANENT, "invalid_receiver")
+
+
+def _drop_after_data(listener: socket.socket) -> None:
+    """Speak SMTP up to the end of the message body, then close without the final reply."""
+    conn = listener.accept()[0]
+    with conn, conn.makefile("rwb") as line:
+        line.write(b"220 mock ESMTP\r\n")
+        line.flush()
+        while command := line.readline():
+            if command.upper().startswith(b"DATA"):
+                line.write(b"354 go ahead\r\n")
+                line.flush()
+                while line.readline() not in (b".\r\n", b""):
+                    pass
+                return
+            line.write(b"250 ok\r\n")
+            line.flush()
 
 
 def bounce(body: object, token: str = "bounce-token") -> CallbackRequest:

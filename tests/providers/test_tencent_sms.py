@@ -11,9 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from providers import tencent_sms
-from providers.base import Account, CallbackRequest, Message, Outcome, SendResult
+from providers.base import Account, CallbackRequest, HttpResponse, Message, Outcome, SendResult
 from tests.providers import contract
-from tests.providers.sms_mocks import contract_vendor, tencent_check, tencent_error, tencent_status, tencent_vendor
+from tests.providers.sms_mocks import (
+    contract_vendor, tencent_batch_vendor, tencent_check, tencent_error, tencent_status, tencent_vendor,
+)
 from tests.providers.sms_support import live_context, push_request, stored_text
 from tests.support.loopback import LoopbackServer, Reply, loopback
 
@@ -273,3 +275,39 @@ CASE = contract.ProviderCase(
 def test_contract(scenario: contract.Scenario) -> None:
     """The provider meets the shared HTTP provider contract in this scenario."""
     contract.check(CASE, scenario)
+
+
+BATCH_ANSWERS = {"+8613800000002": ("FailedOperation.PhoneNumberInBlacklist", "手机号在免打扰名单库中"),
+                 "+8613800000003": ("LimitExceeded.PhoneNumberThirtySecondLimit", "单个手机号30秒内下发短信条数超过设定的上限")}
+
+
+def test_a_batch_goes_in_one_call_with_a_result_per_number() -> None:
+    """Five numbers of one template in one signed SendSms; each gets its own SerialNo or its own error class."""
+    messages = [make_message(f"+861380000000{n}", task_id=f"task-{n}") for n in range(1, 6)]
+    with loopback(tencent_batch_vendor({SECRET_ID: SECRET_KEY}, BATCH_ANSWERS.get)) as server:
+        results = tencent_sms.send_batch(messages, make_account(server.url), live_context())
+        (request,) = server.requests
+    assert json.loads(request.body)["PhoneNumberSet"] == [message.receiver for message in messages]
+    assert [(r.outcome, r.error_class) for r in results] == [
+        (Outcome.OK, "ok"), (Outcome.PERMANENT, "receiver"), (Outcome.RETRYABLE, "throttled"), (Outcome.OK, "ok"),
+        (Outcome.OK, "ok")]
+    assert len({r.provider_message_id for r in results if r.ok}) == 3 and not any(r.final for r in results)
+    assert all(SECRET_KEY not in json.dumps(r.request_summary) for r in results)
+
+
+def test_a_number_missing_from_the_answer_is_of_unknown_outcome() -> None:
+    """Tencent took the call but named no status for a number: it may have been sent, so it is unknown."""
+    body = {"Response": {"SendStatusSet": [
+        {"SerialNo": "5000:1", "PhoneNumber": "+8613800000001", "Code": "Ok", "Message": "send success"}],
+        "RequestId": "r"}}
+    response = HttpResponse(200, {}, json.dumps(body).encode())
+    results = tencent_sms.parse_batch_response(response, ["+8613800000001", "+8613800000002"])
+    assert [(r.outcome, r.error_class) for r in results] == [(Outcome.OK, "ok"), (Outcome.RETRYABLE, "unknown")]
+
+
+def test_a_whole_call_error_is_every_numbers() -> None:
+    """An API error (a bad signature) answers for every number of the call."""
+    messages = [make_message(f"+861380000000{n}", task_id=f"task-{n}") for n in range(1, 4)]
+    with loopback(tencent_batch_vendor({SECRET_ID: "another"}, BATCH_ANSWERS.get)) as server:
+        results = tencent_sms.send_batch(messages, make_account(server.url), live_context())
+    assert len({(r.error_code, r.error_class) for r in results}) == 1 and results[0].error_class == "account"

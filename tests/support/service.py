@@ -16,26 +16,31 @@ from typing import Any
 import redis
 import requests
 import uvicorn
+from redis.cluster import RedisCluster
 
 from api.app import create_app
-from api.server import server_config
 from engine import keys, scheduler
+from engine.cli import server_config
 from engine.services import Services, open_services
 from engine.settings import Settings
 from engine.signing import sign_headers
 from engine.store import repo
 from engine.worker import Worker
+from tests.support.redis_cluster import ADDRESS as CLUSTER_ADDRESS
 
-# db 14: the whole-gateway tests clear every gateway key there, so unit tests (db 15) keep theirs.
-REDIS_URL = os.environ.get("MPUSH_TEST_GATEWAY_REDIS_URL", "redis://127.0.0.1:6379/14")
+# db 14: the whole-gateway tests clear every gateway key there, so unit tests (db 15) keep theirs. With
+# MPUSH_TEST_REDIS_CLUSTER the gateways use that cluster (one database), with MPUSH_TEST_STREAM_SHARDS shards.
+REDIS_URL = (f"redis://{CLUSTER_ADDRESS}" if CLUSTER_ADDRESS
+             else os.environ.get("MPUSH_TEST_GATEWAY_REDIS_URL", "redis://127.0.0.1:6379/14"))
+STREAM_SHARDS = int(os.environ.get("MPUSH_TEST_STREAM_SHARDS", "1"))
 ENCRYPTION_KEY = "k" * 32
 FINAL = ("success", "failed")
 
 
-def clean_redis(url: str = REDIS_URL) -> None:
+def clean_redis(url: str = REDIS_URL, *, cluster: bool = bool(CLUSTER_ADDRESS)) -> None:
     """Remove every gateway key from the test database (other tests' keys are left alone)."""
-    client = redis.Redis.from_url(url)
-    names = list(client.scan_iter(match=keys.PREFIX + "*", count=1000))
+    client = RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
+    names = [name for pattern in keys.PATTERNS for name in client.scan_iter(match=pattern, count=1000)]
     if names:
         client.delete(*names)
     client.close()
@@ -102,7 +107,8 @@ def write_rules(tmp: Path, text: str) -> Path:
 
 def settings_for(tmp: Path, rules_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
-        data_dir=tmp / "data", rules_dir=rules_dir, redis_url=REDIS_URL,
+        data_dir=tmp / "data", rules_dir=rules_dir, redis_url=REDIS_URL, redis_cluster=bool(CLUSTER_ADDRESS),
+        stream_shards=STREAM_SHARDS,
         database_url=f"sqlite:///{tmp / 'mpush.db'}", encryption_key=ENCRYPTION_KEY, admin_token="admin-token",
         worker_threads=4, visibility_timeout=5.0, callback_timeout=600.0, watch_rules=False, rule_env={},
         outbound_allow="127.0.0.1/32",  # the tests' webhook and alert receivers listen on loopback
@@ -115,11 +121,11 @@ def settings_for(tmp: Path, rules_dir: Path, **overrides: Any) -> Settings:
 def gateway(tmp: Path, rules_dir: Path, *, workers: bool = True, webhook_url: str | None = None,
             **overrides: Any) -> Iterator[Gateway]:
     """Start the API on an ephemeral port plus workers and the scheduler; stop them all afterwards."""
-    clean_redis(overrides.get("redis_url", REDIS_URL))
+    clean_redis(overrides.get("redis_url", REDIS_URL), cluster=overrides.get("redis_cluster", bool(CLUSTER_ADDRESS)))
     svc = open_services(settings_for(tmp, rules_dir, **overrides))
     app, secret = repo.create_app("test-app", svc.key, webhook_url=webhook_url, daily_quota=0, rate_limit=0)
     stop = threading.Event()
-    server = uvicorn.Server(server_config(create_app(svc), host="127.0.0.1", port=0, log_level="warning"))
+    server = uvicorn.Server(server_config(create_app(svc), svc.settings, "127.0.0.1", 0))
     threads = [threading.Thread(target=server.run, name="uvicorn")]
     worker = Worker(svc, threads=svc.settings.worker_threads, name="test") if workers else None
     if worker is not None:
@@ -142,3 +148,9 @@ def gateway(tmp: Path, rules_dir: Path, *, workers: bool = True, webhook_url: st
         for thread in threads:
             thread.join(timeout=15)
         svc.close()
+
+
+def delayed_jobs(svc: Services) -> dict[bytes, float]:
+    """Every job in the delayed sets of all stream shards, with its due time."""
+    return {member: score for name in svc.queue.delayed_sets
+            for member, score in svc.redis.zrange(name, 0, -1, withscores=True)}

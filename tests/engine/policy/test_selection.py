@@ -173,3 +173,13 @@ def test_closed_breaker_acquire_changes_nothing() -> None:
     breaker = _record(Breaker(), "+", T0)
     assert breaker_admits(breaker, POLICY, T0)
     assert breaker_acquire(breaker, POLICY, T0) == breaker
+
+
+def test_failures_in_a_row_open_a_breaker_whose_window_is_full_of_successes() -> None:
+    """After many successes, min_calls failures in a row open the circuit at once, though the window's failure
+    ratio is still far below the threshold; a success between them starts the count again."""
+    breaker = _record(Breaker(), "+" * 200, T0)
+    breaker = _record(breaker, "---+---", T0 + 1)
+    assert breaker_state(breaker, T0 + 1) == "closed"
+    breaker = _record(breaker, "-", T0 + 1)
+    assert breaker_state(breaker, T0 + 1) == "open"

@@ -57,11 +57,15 @@ def test_claim_attempts_loses_only_the_attempts_begun_elsewhere() -> None:
     assert [len(attempts[task_id]) for task_id in task_ids] == [1, 1, 1]
 
 
-def test_claim_attempts_leaves_a_finished_task_finished() -> None:
-    """A task no longer in an expected status keeps it, though its attempt row is still the lock taken."""
-    (task_id,) = new_tasks(1, status="success")
-    assert repo.claim_attempts(claims([task_id]), OPEN) == [True]
-    assert repo.get_task(task_id).status == "success"
+def test_a_claim_on_a_finished_task_is_lost_and_leaves_nothing() -> None:
+    """A task no longer open (a duplicate job planned it from an older read) keeps its status, its claim is
+    lost and no attempt row stays, alone or beside open tasks claimed together."""
+    (done,) = new_tasks(1, status="success")
+    open_ids = new_tasks(2)
+    assert repo.claim_attempts(claims([done]), OPEN) == [False]
+    assert repo.claim_attempts(claims([open_ids[0], done, open_ids[1]]), OPEN) == [True, False, True]
+    assert repo.get_task(done).status == "success" and repo.list_attempts(done) == []
+    assert [len(repo.list_attempts(task_id)) for task_id in open_ids] == [1, 1]
 
 
 def test_record_attempts_finishes_attempts_and_applies_changes_once() -> None:
