@@ -7,6 +7,8 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from engine.jsondepth import nested_deeper_than
+
 SUCCESS = 0
 BAD_REQUEST = 10001
 UNAUTHORIZED = 20001
@@ -91,32 +93,9 @@ def strict_json(raw: bytes) -> Any:
             raise ValueError(f"number out of range: {text[:20]}")
         return value
 
-    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth(raw) > MAX_JSON_DEPTH:
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and nested_deeper_than(raw, MAX_JSON_DEPTH):
         raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return json.loads(raw.decode("utf-8"), parse_constant=refuse_constant, parse_float=finite)
-
-
-def _depth(raw: bytes) -> int:
-    """The deepest bracket nesting of a JSON text, brackets inside strings ignored (counted without parsing, so
-    a 100,000-deep body costs a scan, not a recursion)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
-            depth += 1
-            deepest = max(deepest, depth)
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    return deepest
 
 
 def unavailable_code(exc: BaseException) -> int | None:

@@ -235,7 +235,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mpush-isolation-"))
     mock_port, api_port = free_port(), free_port()
     (tmp / "rules").mkdir()
-    rules = RULES.format(port=mock_port)
+    rules = RULES.format(port=mock_port, batch_url="")  # one send a message, as the good app measures
     if not args.no_regex_rule:
         rules = rules.replace("routing:\n", "routing:" + REGEX_RULE)
     (tmp / "rules" / "bench.yaml").write_text(rules, encoding="utf-8")

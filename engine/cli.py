@@ -227,10 +227,12 @@ def server_config(app: Any, settings: Settings, host: str, port: int) -> uvicorn
     callback account's `allow_ips` judges the client address."""
     import uvicorn
 
+    from api.server import BoundedHttpToolsProtocol
+
     trusted = settings.forwarded_allow_ips.strip()
     return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                           timeout_graceful_shutdown=10, proxy_headers=bool(trusted),
-                          forwarded_allow_ips=trusted or None)
+                          forwarded_allow_ips=trusted or None, http=BoundedHttpToolsProtocol)
 
 
 def _tune_garbage_collector() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -23,6 +22,7 @@ from providers.base import (
     SendResult,
     check_shared_secret,
     http_send,
+    read_json,
     redact,
     secret_values,
     with_defaults, json_text,
@@ -121,7 +121,7 @@ def json_array(request: CallbackRequest) -> list[Any] | None:
 def json_value(body: bytes) -> Any:
     """The body parsed as JSON, or None when it is not JSON."""
     try:
-        return json.loads(body)
+        return read_json(body)
     except ValueError:
         return None
 

@@ -20,6 +20,8 @@ from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from engine.jsondepth import nested_deeper_than
+
 
 class Outcome(enum.Enum):
     OK = "ok"
@@ -368,7 +370,7 @@ def parse_json_reports(
     if refused:
         return CallbackResult((), reply(403, refused), verified=False, error=refused)
     try:
-        payload = json.loads(request.body)
+        payload = read_json(request.body)
     except ValueError:
         return CallbackResult((), reply(400, "body is not JSON"), error="body is not JSON")
     items = payload if isinstance(payload, list) else [payload]
@@ -387,10 +389,31 @@ def json_text(value: Any) -> str:
     return _JSON.encode(value)
 
 
+MAX_JSON_DEPTH = 64  # vendors' reports nest three or four levels
+
+
+def read_json(body: bytes | str) -> Any:
+    """JSON text from outside (a vendor's answer or delivery report) parsed; ValueError when it is not JSON, also
+    for what json.loads lets through but nothing after it expects: nesting past MAX_JSON_DEPTH (json raises
+    RecursionError near 1000 levels; a 3000-deep report answered 40001) and `\\ud800`-style lone surrogates (no
+    database can store them; a report id written so answered 40001)."""
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and nested_deeper_than(raw, MAX_JSON_DEPTH):
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    value = json.loads(body)
+    escaped = b"\\u" in body if isinstance(body, bytes) else "\\u" in body
+    if escaped:
+        try:
+            json_text(value).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("JSON text holds a lone surrogate (not valid Unicode)") from None
+    return value
+
+
 def json_object(body: bytes) -> dict[str, Any] | None:
     """The body parsed as a JSON object, or None when it is not one."""
     try:
-        value = json.loads(body)
+        value = read_json(body)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
