@@ -117,7 +117,8 @@ def _parse_timestamp(value: str) -> int:
 
 
 def _parse_body(raw: bytes) -> dict[str, Any]:
-    if not raw.strip():
+    """The JSON object of a body; no body at all reads as `{}`, one of only whitespace is not JSON."""
+    if not raw:
         return {}
     try:
         value = errors.strict_json(raw)

@@ -36,11 +36,13 @@ end
 return results
 """
 
-# KEYS: counters. ARGV: cost per counter. Gives back up to that many units, never below zero.
+# KEYS: counters. ARGV: cost per counter. Gives back up to that many units; a counter back at zero is deleted
+# (a nonce given back leaves no trace, and the next take sets its expiry afresh).
 _GIVE_BACK = """
 for i = 1, #KEYS do
   local used = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if used > 0 then redis.call('DECRBY', KEYS[i], math.min(used, tonumber(ARGV[i]))) end
+  if used <= tonumber(ARGV[i]) then redis.call('DEL', KEYS[i])
+  else redis.call('DECRBY', KEYS[i], tonumber(ARGV[i])) end
 end
 return 0
 """
