@@ -19,19 +19,11 @@ from engine import intake
 from engine.limits import Call
 from engine.signing import sign_headers
 from engine.store import repo
-from tests.support.service import Gateway, gateway, write_rules
+from tests.support.service import CONSOLE_RULES, Gateway, gateway, write_rules
 
 pytestmark = pytest.mark.timeout(120)
 
-RULES = """
-templates:
-  - {name: code, variables: [code], text: "code {code}"}
-channels:
-  - {id: 1, name: otp, type: sms, template: code}
-providers:
-  - {name: console, type: console}
-routing:
-  - {name: otp, when: {channel: otp}, providers: [{use: console}]}
+RULES = CONSOLE_RULES + """
 quotas:
   - {name: per-receiver, when: {channel: otp}, key: [receiver], limit: 3, per: 1h}
 """

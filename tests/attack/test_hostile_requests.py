@@ -18,7 +18,7 @@ from tests.attack.hostile import (
     BATCH, HOSTILE_LITERALS, SEND, Hostile, good_body, hostile_requests, send_raw, signed_headers,
 )
 from tests.attack.mix import bad_send_bodies, new_clients, run_mix
-from tests.support.service import CONSOLE_RULES, REDIS_URL, Gateway, gateway, write_rules
+from tests.support.service import CONSOLE_RULES, Gateway, gateway, write_rules
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -32,13 +32,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("hostile")
     with gateway(tmp, write_rules(tmp, CONSOLE_RULES), workers=False) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def nonces() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    client.close()
 
 
 def envelope(status: int, raw: bytes, request: Hostile) -> dict[str, object]:

@@ -15,7 +15,7 @@ import requests
 from tests.attack.hostile import BATCH, SEND, Hostile, send_raw, signed_headers
 from tests.attack.mix import bad_send_bodies, new_clients, run_mix
 from tests.attack.test_hostile_requests import check_hostile
-from tests.support.service import CONSOLE_RULES, REDIS_URL, Gateway, gateway, write_rules
+from tests.support.service import CONSOLE_RULES, Gateway, gateway, write_rules
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -32,13 +32,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("pending")
     with gateway(tmp, write_rules(tmp, QUOTA_RULES), workers=False) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def nonces() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    yield client
-    client.close()
 
 
 @pytest.mark.parametrize(("path", "field", "literal"), [
