@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Mapping
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -82,21 +83,24 @@ class BodyTooLarge(ApiError):
 
 
 class BodyLimit:
-    """Every request body is limited while it is read (`MPUSH_MAX_BODY_BYTES`): a declared Content-Length over the
-    limit is refused before a byte is read, and a body that grows past it is cut off there, so no request can
-    make the process buffer more. Answered 413 in the envelope; nothing behind it runs on a refused body."""
+    """Every request body is limited while it is read (`MPUSH_MAX_BODY_BYTES`, and the send routes' own smaller
+    limits): a declared Content-Length over the limit is refused before a byte is read, and a body that grows
+    past it is cut off there, so no request can make the process buffer, parse or verify more than a valid one
+    needs. Answered 413 in the envelope; nothing behind it runs on a refused body."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, by_path: Mapping[str, int] | None = None) -> None:
         self.app = app
-        self.limit = limit
+        self.default = limit
+        self.by_path = dict(by_path or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.by_path.get(scope["path"], self.default)
         declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._refuse(scope, receive, send)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._refuse(scope, receive, send, limit)
             return
         seen, started = 0, False
 
@@ -105,9 +109,9 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     metrics.REJECTED.labels(str(PAYLOAD_TOO_LARGE)).inc()
-                    raise BodyTooLarge(self.limit)
+                    raise BodyTooLarge(limit)
             return message
 
         async def watched(message: Message) -> None:
@@ -121,9 +125,9 @@ class BodyLimit:
             if not started:
                 await error_response(exc)(scope, receive, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         metrics.REJECTED.labels(str(PAYLOAD_TOO_LARGE)).inc()
-        await error_response(BodyTooLarge(self.limit))(scope, receive, send)
+        await error_response(BodyTooLarge(limit))(scope, receive, send)
 
 
 class SendLane:
@@ -209,4 +213,7 @@ def create_app(services: Services) -> ASGIApp:
     app = Starlette(routes=ROUTES, middleware=middleware,
                     exception_handlers={ApiError: _api_error, 404: _not_found, 405: _not_found, Exception: _crash})
     app.state.services = services
-    return BodyLimit(SendLane(app, services), services.settings.max_body_bytes)
+    settings = services.settings
+    send_limits = {"/api/v1/messages": min(settings.max_send_bytes, settings.max_body_bytes),
+                   "/api/v1/messages/batch": min(4 * settings.max_send_bytes, settings.max_body_bytes)}
+    return BodyLimit(SendLane(app, services), settings.max_body_bytes, send_limits)

@@ -56,6 +56,7 @@ class Settings:
     outbound_allow: str = ""  # CIDRs and host names customer webhooks and alerts may reach besides public addresses
     max_body_bytes: int = 4 * 1024 * 1024  # any request body; larger ones are refused with 413 before buffering
     forwarded_allow_ips: str = ""  # proxies whose X-Forwarded-For is believed (comma-separated, "*" for any)
+    max_send_bytes: int = 256 * 1024  # a single send's body (a batch's: four times); far above any valid send
     max_param_chars: int = 2000  # each template parameter of a send request
     max_schedule_days: int = 90  # how far ahead `scheduled_at` may be
     webhook_threads: int = 8

@@ -55,3 +55,18 @@ def test_a_send_within_the_limit_is_accepted_and_a_refused_one_stores_nothing(gw
     refused = gw.send("otp", "13800138000", {"code": "1" * LIMIT})
     assert refused["code"] == 413
     assert Task.select().count() == 1
+
+
+@pytest.mark.parametrize("path,limit", [("/api/v1/messages", 3000), ("/api/v1/messages/batch", 12000)])
+def test_the_send_routes_have_their_own_smaller_limit(tmp_path: Path, path: str, limit: int) -> None:
+    """MPUSH_MAX_SEND_BYTES bounds a single send's body (a batch's at four times), below the general limit:
+    a body no valid send needs is refused before it is read, parsed or its signature computed."""
+    rules = write_rules(tmp_path, CONSOLE_RULES)
+    with gateway(tmp_path, rules, workers=False, max_send_bytes=3000, max_body_bytes=100_000) as gw:
+        over = requests.post(gw.url + path, data=b"x" * (limit + 1), timeout=10,
+                             headers={"Content-Type": "application/json"})
+        assert over.status_code == 413 and f"limit is {limit} bytes" in over.json()["message"]
+        assert gw.send("otp", "13800138000", {"code": "1" * 2000})["code"] == 0
+        other = requests.post(gw.url + "/api/admin/rules/explain", data=b"x" * (limit + 1), timeout=10,
+                              headers={"Authorization": "Bearer admin-token"})
+        assert other.status_code == 400  # read (and refused as not JSON): the general limit is larger
