@@ -1,13 +1,15 @@
 """Delivering tasks: route, select, claim, send, record, and carry out the failure decision.
 
 The send jobs of one stream read are planned together: their tasks loaded in two queries, routed, and their
-accounts chosen in one Redis round trip. Each planned attempt is then carried out on its own, by whichever
+accounts chosen in one Redis round trip. Each planned attempt is then carried out on its own (or, where the
+vendor takes many receivers of one message a call, with the others of its `batches` group), by whichever
 sender thread takes it:
 
     claim (the attempt begun, owned and leased; the task processing) -> send -> record -> decide
 
 It is claimed just before its provider call, so an attempt that never left the worker is never in doubt, and
-claims and records made at the same moment by different threads share one transaction (`GroupCommit`).
+claims, records and breaker counts made at the same moment by different threads share one transaction or
+round trip (`GroupCommit`).
 
 The delivery contract (docs/delivery.md): an attempt belongs to the worker that claimed it while its lease
 lasts, and that worker renews the lease while the call is in flight; only an expired lease makes it lost. An
@@ -268,11 +270,6 @@ def largest_batch(ruleset: RuleSet) -> int:
                default=1)
 
 
-def attempt(svc: Services, plan: Planned, now: float) -> Sent:
-    """Render and send one claimed attempt."""
-    return attempt_many(svc, [plan], now)[0]
-
-
 def attempt_many(svc: Services, plans: Sequence[Planned], now: float) -> list[Sent]:
     """Render and send claimed attempts of one account in one call (one when its vendor takes one)."""
     messages = [build_message(plan) for plan in plans]
@@ -281,10 +278,6 @@ def attempt_many(svc: Services, plans: Sequence[Planned], now: float) -> list[Se
         return [Sent(plans[0], result, latency_ms)]
     results, latency_ms = send_batch(svc, plans[0].account, messages, now)
     return [Sent(plan, result, latency_ms) for plan, result in zip(plans, results)]
-
-
-def settle(svc: Services, sent: Sent, now: float) -> str:
-    return settle_many(svc, [sent], now)[0]
 
 
 def settle_many(svc: Services, sents: Sequence[Sent], now: float) -> list[str]:
