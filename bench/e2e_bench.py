@@ -11,6 +11,7 @@ of the API and the worker (counted in those processes by `counted.py`).
     .venv/bin/python bench/e2e_bench.py --batch 20 --rate 2000          # 20 receivers per request
     .venv/bin/python bench/e2e_bench.py --batch 1000 --rate 10000 --vendor-batch   # 200 receivers a vendor call
     .venv/bin/python bench/e2e_bench.py --database-url postgresql://postgres@127.0.0.1/test
+    .venv/bin/python bench/e2e_bench.py --apis 2 --workers 2                    # processes sharing the load
     .venv/bin/python bench/e2e_bench.py --redis-url redis://127.0.0.1:7301 --redis-cluster --stream-shards 6
 """
 
@@ -145,14 +146,17 @@ class Client(asyncio.Protocol):
                 self.loop.call_at(self.next_at, self.send_next)
 
 
-async def offer(port: int, prepared: list[bytes], clients: int, interval: float, batch: int, tally: Tally) -> None:
+async def offer(port: int | list[int], prepared: list[bytes], clients: int, interval: float, batch: int,
+                tally: Tally) -> None:
+    """Run the clients, spread over the API processes' ports in turn."""
+    ports = port if isinstance(port, list) else [port]
     loop = asyncio.get_running_loop()
     start, share = loop.time() + 0.1, len(prepared) // clients
     running = []
     for i in range(clients):
         _, protocol = await loop.create_connection(
             lambda i=i: Client(prepared[i * share:(i + 1) * share], interval, start + i * interval / clients,
-                               batch, tally), "127.0.0.1", port)
+                               batch, tally), "127.0.0.1", ports[i % len(ports)])
         running.append(protocol.finished)
     await asyncio.gather(*running)
 
@@ -185,10 +189,12 @@ def main() -> int:
     parser.add_argument("--database-url", default="")
     parser.add_argument("--redis-cluster", action="store_true", help="--redis-url names a node of a Redis Cluster")
     parser.add_argument("--stream-shards", type=int, default=1)
+    parser.add_argument("--apis", type=int, default=1, help="API processes (the clients spread over them)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mpush-bench-"))
-    mock_port, api_port = free_port(), free_port()
+    mock_port, api_ports = free_port(), [free_port() for _ in range(args.apis)]
     (tmp / "rules").mkdir()
     (tmp / "rules" / "bench.yaml").write_text(RULES.format(port=mock_port, batch_url=f', batch_url: "http://127.0.0.1:{mock_port}/batch"' if args.vendor_batch else ""), encoding="utf-8")
     database_url = args.database_url or f"sqlite:///{tmp / 'mpush.db'}"
@@ -201,26 +207,29 @@ def main() -> int:
            "MPUSH_WORKER_THREADS": str(args.worker_threads),
            "MPUSH_WORKER_READERS": str(args.worker_readers), "MPUSH_WATCH_RULES": "false"}
     mpush = [sys.executable, "-m", "engine.cli"]
-    counted = {name: tmp / f"{name}-counts.json" for name in ("api", "worker")}
+    names = [f"api {n + 1}" if args.apis > 1 else "api" for n in range(args.apis)]
+    names += [f"worker {n + 1}" if args.workers > 1 else "worker" for n in range(args.workers)]
+    counted = {name: tmp / f"{name.replace(' ', '-')}-counts.json" for name in names}
     created = subprocess.run([*mpush, "apps", "create", "bench", "--daily-quota", "0", "--rate-limit", "0"],
                              env=env, check=True, capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in created.splitlines() if line.startswith("app_"))
     app_id, secret = fields["app_id"].strip(), fields["app_secret"].strip()
-    processes = [
-        subprocess.Popen([sys.executable, str(ROOT / "bench" / "mock_vendor.py"), str(mock_port)]),
-        subprocess.Popen([sys.executable, str(ROOT / "bench" / "counted.py"), str(counted["api"]),
-                          "serve", "--no-workers", "--port", str(api_port)], env=env),
-        subprocess.Popen([sys.executable, str(ROOT / "bench" / "counted.py"), str(counted["worker"]), "worker"],
-                         env=env),
-    ]
+    counted_run = [sys.executable, str(ROOT / "bench" / "counted.py")]
+    commands = {name: [*counted_run, str(counted[name]), "serve", "--no-workers", "--port", str(port)]
+                for name, port in zip(names, api_ports)}
+    commands.update({name: [*counted_run, str(counted[name]), "worker"] for name in names[args.apis:]})
+    mock = subprocess.Popen([sys.executable, str(ROOT / "bench" / "mock_vendor.py"), str(mock_port)])
+    started = {name: subprocess.Popen(command, env=env) for name, command in commands.items()}
+    processes = [mock, *started.values()]
     try:
         wait_port(mock_port)
-        wait_port(api_port)
+        for port in api_ports:
+            wait_port(port)
         time.sleep(1.0)
-        named = {"api": processes[1].pid, "worker": processes[2].pid, "mock": processes[0].pid,
+        named = {**{name: process.pid for name, process in started.items()}, "mock": mock.pid,
                  "load generator": os.getpid()}
         named.update(redis_processes(bench_redis))
-        return run_load(args, api_port, mock_port, app_id, secret, named, counted, database_url)
+        return run_load(args, api_ports, mock_port, app_id, secret, named, counted, database_url)
     finally:
         for process in processes:
             process.terminate()
@@ -257,19 +266,19 @@ def postgres_backends(database_url: str) -> dict[str, int]:
     return {f"postgres {pid}": pid for pid in pids if Path(f"/proc/{pid}").exists()}
 
 
-def run_load(args: argparse.Namespace, api_port: int, mock_port: int, app_id: str, secret: str,
+def run_load(args: argparse.Namespace, api_ports: list[int], mock_port: int, app_id: str, secret: str,
              processes: dict[str, int], counted: dict[str, Path], database_url: str) -> int:
     tally = Tally()
     request_rate = args.rate / args.batch
     per_client = int(request_rate * args.seconds / args.clients)
-    prepared = signed_requests(per_client * args.clients, app_id, secret, args.batch, api_port)
+    prepared = signed_requests(per_client * args.clients, app_id, secret, args.batch, api_ports[0])
     started = time.monotonic()
     wall_start = time.time()
     processes = {**processes, **postgres_backends(database_url)}
     cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
     time.sleep(0.3)
     counts_before = read_counts(counted)
-    run_loop(offer(api_port, prepared, args.clients, args.clients / request_rate, args.batch, tally))
+    run_loop(offer(api_ports, prepared, args.clients, args.clients / request_rate, args.batch, tally))
     load_seconds = time.monotonic() - started
     latencies, errors, accepted = tally.latencies, tally.errors, tally.accepted
     offered = len(latencies) * args.batch
@@ -289,7 +298,8 @@ def run_load(args: argparse.Namespace, api_port: int, mock_port: int, app_id: st
     e2e = [at - accepted[task_id] for at, task_id in received if task_id in accepted]
     print(f"cores: {os.cpu_count()}  batch: {args.batch}  clients: {args.clients}  "
           f"worker threads: {args.worker_threads}  readers: {args.worker_readers}  "
-          f"redis: {'cluster' if args.redis_cluster else 'one server'}, {args.stream_shards} stream shard(s)")
+          f"redis: {'cluster' if args.redis_cluster else 'one server'}, {args.stream_shards} stream shard(s)  "
+          f"processes: {args.apis} API + {args.workers} worker")
     print(f"offered: {args.rate:.0f} msg/s for {args.seconds:.0f} s; accepted {offered - len(errors) * args.batch}"
           f" messages at {offered / load_seconds:.0f} msg/s ({len(latencies) / load_seconds:.0f} req/s),"
           f" {len(errors)} refused {set(errors) or ''}")
