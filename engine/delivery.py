@@ -137,7 +137,7 @@ def route(svc: Services, task: Task | None, attempts: list[Attempt], now: float)
     last = attempts[-1] if attempts else None
     if last is not None and last.status == "sending":
         return _lost_or_busy(svc, task, last, now)
-    due = task.scheduled_at if task.status == "scheduled" else task.not_before
+    due = task.due
     if due is not None and due.timestamp() > now + EARLY_SLACK:
         svc.queue.defer(job("send", task.task_id), due.timestamp(), earlier_only=True)
         return "early"  # a scheduled send or a retry's delay not yet over: a sweep's or a reclaim's extra job

@@ -25,7 +25,6 @@ from engine.redis_errors import REDIS_ERRORS
 from engine.services import Services
 from engine.store import repo
 from engine.store.db import StoreUnavailable
-from engine.store.models import Task
 from engine.upgrade import move_old_jobs
 
 log = logging.getLogger("mpush.scheduler")
@@ -58,7 +57,7 @@ def recover_lost_data(svc: Services, now: datetime) -> int:
     svc.queue.ensure_group()
     count, after = 0, ""
     while page := repo.unfinished_tasks(after, PAGE):
-        open_tasks = [(task, _due(task)) for task in page if task.status != "sent"]
+        open_tasks = [(task, task.due) for task in page if task.status != "sent"]
         due_now = [task.task_id for task, due in open_tasks if not _later(due, now)]
         later = [(job("send", task.task_id), due.timestamp()) for task, due in open_tasks if _later(due, now)]
         timeouts = [(job("timeout", task.task_id), now.timestamp() + svc.settings.callback_timeout)
@@ -73,11 +72,6 @@ def recover_lost_data(svc: Services, now: datetime) -> int:
     if count:
         log.warning("scheduler.redis_data_lost requeued %d unfinished tasks", count)
     return count
-
-
-def _due(task: Task) -> datetime | None:
-    """When an open task may be sent: a scheduled one at its time, a pending one after its retry delay."""
-    return task.scheduled_at if task.status == "scheduled" else task.not_before
 
 
 def _later(moment: datetime | None, now: datetime) -> bool:

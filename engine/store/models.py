@@ -115,6 +115,11 @@ class Task(BaseModel):
     receiver_as_sent = peewee.CharField(max_length=255, null=True)  # when the client wrote `receiver` otherwise
     trace_id = peewee.CharField(max_length=36, null=True)  # the `trace-id` of the API answer that accepted it
 
+    @property
+    def due(self) -> datetime | None:
+        """When an open task may be sent: a scheduled one at its time, a pending one after its retry delay."""
+        return self.scheduled_at if self.status == "scheduled" else self.not_before
+
     class Meta:
         table_name = "tasks"
         indexes = (
