@@ -245,7 +245,7 @@ def batches(plans: Sequence[Planned]) -> list[list[Planned]]:
     """The plans in groups that one vendor call can carry: the same account, template, params and text, each
     receiver once (a resend goes alone, under its own key), at most as many as the account's vendor takes."""
     groups: list[list[Planned]] = []
-    open_groups: dict[tuple[str, ...], list[Planned]] = {}
+    open_groups: dict[tuple[str, ...], tuple[list[Planned], set[str]]] = {}
     for plan in plans:
         size = registry.batch_size(plan.account.type, plan.account.config)
         if size <= 1 or plan.key_number is not None:
@@ -254,14 +254,15 @@ def batches(plans: Sequence[Planned]) -> list[list[Planned]]:
         task = plan.task
         key = (plan.account.name, plan.channel.name, task.template, str(task.template_params), task.content,
                task.title or "", task.signature or "")
-        group = open_groups.setdefault(key, [])
-        if any(other.task.receiver == task.receiver for other in group):
-            groups.append(open_groups.pop(key))  # vendors answer per receiver: one receiver once a call
-            group = open_groups[key] = []
+        group, receivers = open_groups.setdefault(key, ([], set()))
+        if task.receiver in receivers:
+            groups.append(group)  # vendors answer per receiver: one receiver once a call
+            group, receivers = open_groups[key] = ([], set())
         group.append(plan)
+        receivers.add(task.receiver)
         if len(group) >= size:
-            groups.append(open_groups.pop(key))
-    return groups + list(open_groups.values())
+            groups.append(open_groups.pop(key)[0])
+    return groups + [group for group, _ in open_groups.values()]
 
 
 def largest_batch(ruleset: RuleSet) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -345,10 +346,8 @@ def _store_and_enqueue(svc: Services, admitted: Admitted) -> Accepted:
     moment, due = admitted.moment, admitted.due
     batch_id = uuid7() if request.batch else ""
     status = "scheduled" if due else "pending"
-    rows = [_task_row(app, channel, template, request, index, moment, status, due, batch_id)
-            for index in range(len(request.receivers))]
-    for row in rows[1:]:
-        row["idempotency_key"] = None  # the key names the request: its first task stands for it
+    first = _task_row(app, channel, template, request, 0, moment, status, due, batch_id)
+    rows = [first, *(_next_task_row(first, request, index) for index in range(1, len(request.receivers)))]
     batch = {"batch_id": batch_id, "app_id": app.app_id, "total": len(rows), "created_at": moment} if batch_id else None
     try:
         repo.create_tasks(rows, batch=batch)
@@ -394,18 +393,31 @@ def _task_row(app: Application, channel: Channel, template: Template, request: S
     }
 
 
+def _next_task_row(first: dict[str, Any], request: SendRequest, index: int) -> dict[str, Any]:
+    """The task of receiver number `index` of a request whose first task is `first`: the same text, params and
+    times (the very objects, stored converted once), its own id and receiver, no idempotency key (the key names
+    the request: its first task stands for it)."""
+    receiver = request.receivers[index]
+    as_sent = request.as_sent[index] if request.as_sent else receiver
+    return {**first, "task_id": uuid7(), "receiver": receiver, "receiver_as_sent": as_sent if as_sent != receiver
+            else None, "idempotency_key": None}
+
+
 def _quota_checks(ruleset: RuleSet, app: Application, channel: Channel, request: SendRequest,
                   moment: datetime) -> tuple[list[QuotaCheck], list[int]]:
     """Every quota that applies, merged by counter key, with how many units each receiver costs it."""
     merged: dict[str, tuple[QuotaCheck, int]] = {}
     if app.daily_quota:
         merged["app.daily_quota"] = (app_quota_check(app), len(request.receivers))
+    matches: Counter[str] = Counter()
     for receiver in request.receivers:
         fact = ruleset.fact(now=moment, app=app.app_id, channel=channel, receiver=receiver, tags=request.tags)
         for check in ruleset.quotas(fact).checks:
-            metrics.QUOTA_MATCHES.labels(check.rule).inc()
+            matches[check.rule] += 1
             previous = merged.get(check.key)
             merged[check.key] = (check, (previous[1] if previous else 0) + 1)
+    for rule, count in matches.items():
+        metrics.QUOTA_MATCHES.labels(rule).inc(count)
     return [check for check, _ in merged.values()], [cost for _, cost in merged.values()]
 
 

@@ -766,7 +766,7 @@ def _insert_rows(model: type[peewee.Model], rows: Sequence[dict[str, Any]]) -> N
     per_statement = _rows_per_statement(model, len(fields))
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
-        params = [value for row in chunk for value in statements.db_values(model, {name: row[name] for name in fields})]
+        params = statements.rows_db_values(model, fields, chunk)
         statements.execute(_db(), statements.insert_sql(_db(), model, fields, len(chunk)), params)
 
 

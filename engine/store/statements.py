@@ -147,6 +147,26 @@ def db_values(model: type[peewee.Model], values: dict[str, Any]) -> list[Any]:
     return [fields[name].db_value(value) for name, value in values.items()]
 
 
+_UNSET = object()
+
+
+def rows_db_values(model: type[peewee.Model], names: Sequence[str], rows: Iterable[dict[str, Any]]) -> list[Any]:
+    """`db_values` of each row's `names`, flat; a value that is the very object the row before held (a batch's
+    one text, params, tags and times) is converted once."""
+    fields = [model._meta.fields[name] for name in names]
+    last: list[Any] = [_UNSET] * len(names)
+    converted: list[Any] = [None] * len(names)
+    params: list[Any] = []
+    for row in rows:
+        for column, (name, field) in enumerate(zip(names, fields)):
+            value = row[name]
+            if value is not last[column]:
+                last[column], converted[column] = value, field.db_value(value)
+            params.append(converted[column])
+    return params
+
+
+
 def fetch(db: peewee.Database, model: type[M], sql: str, params: Sequence[Any]) -> list[M]:
     """Run a SELECT and turn each row into a model instance (what peewee would build, without the cost)."""
     cursor = db.execute_sql(sql, params)
