@@ -128,8 +128,8 @@ def aliyun_batch_vendor(secrets: Mapping[str, str], answer: Answer = lambda rece
             scripted = answer(number)
             if scripted is not None:
                 return scripted
-        ok = {"RequestId": "F655A8D5-MOCK", "Code": "OK", "Message": "OK", "BizId": f"90061974693649{next(calls):04d}^0"}
-        return Reply(200, json.dumps(ok))
+        biz_id = f"90061974693649{next(calls):04d}^0"
+        return Reply(200, json.dumps({"RequestId": "F655A8D5-MOCK", "Code": "OK", "Message": "OK", "BizId": biz_id}))
 
     return handle
 
