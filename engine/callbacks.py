@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from engine import delivery, keys, metrics
@@ -65,8 +66,11 @@ def record_refused(account_name: str, request: CallbackRequest, raw: str, verifi
 
 
 def apply_report(svc: Services, account_name: str, report: DeliveryReport, raw: str, now: float) -> str:
-    """Record one report and, when it is new and its task awaits it, move the task on."""
-    attempt = repo.find_attempt(account_name, report.provider_message_id)
+    """Record one report and, when it is new and its task awaits it, move the task on. A report that can name
+    its message several ways (`DeliveryReport.message_ids`) is known from then on by the id its attempt has."""
+    attempt = repo.find_attempt(account_name, *report.message_ids)
+    if attempt is not None:
+        report = replace(report, provider_message_id=attempt.provider_message_id, alternate_ids=())
     record = dict(provider=account_name, provider_message_id=report.provider_message_id, status=report.status,
                   error_code=report.error_code, error_message=report.error_message, raw=raw, verified=True)
     if attempt is None:

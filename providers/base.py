@@ -178,7 +178,10 @@ class CallbackRequest:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryReport:
-    """One delivery report item, matched to a task by provider message id."""
+    """One delivery report item, matched to a task by provider message id: `provider_message_id` or, where the
+    vendor's report can name one message more than one way, any of `alternate_ids` (an Aliyun report names its
+    call's BizId, which is a single send's id, and its number, which with the BizId is the id of one number of a
+    call to several)."""
 
     provider_message_id: str
     status: str  # delivered | failed | rejected
@@ -186,6 +189,12 @@ class DeliveryReport:
     error_message: str = ""
     reported_at: datetime | None = None
     receiver: str = ""
+    alternate_ids: tuple[str, ...] = ()
+
+    @property
+    def message_ids(self) -> tuple[str, ...]:
+        """Every id the reported message's attempt may be stored under."""
+        return (self.provider_message_id, *self.alternate_ids)
 
 
 @dataclass(frozen=True, slots=True)

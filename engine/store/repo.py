@@ -802,13 +802,14 @@ def _with_defaults(model: type[peewee.Model], row: dict[str, Any]) -> dict[str, 
 
 
 @_guarded
-def find_attempt(provider: str, provider_message_id: str) -> Attempt | None:
-    """The latest attempt through `provider` that the vendor knows by `provider_message_id`."""
-    if not provider_message_id:
+def find_attempt(provider: str, *provider_message_ids: str) -> Attempt | None:
+    """The latest attempt through `provider` that the vendor knows by one of `provider_message_ids`."""
+    ids = [message_id for message_id in provider_message_ids if message_id]
+    if not ids:
         return None
     return (
         Attempt.select()
-        .where((Attempt.provider_message_id == provider_message_id) & (Attempt.provider == provider))
+        .where(Attempt.provider_message_id.in_(ids) & (Attempt.provider == provider))
         .order_by(Attempt.id.desc())
         .first()
     )

@@ -14,10 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.transport import HttpTransport
-from providers import aliyun_sms
+from providers import aliyun_sms, registry
 from providers.base import Account, CallbackRequest, HttpResponse, Message, Outcome, SendResult
 from tests.providers import contract
-from tests.providers.sms_mocks import aliyun_business, aliyun_check, aliyun_error, aliyun_vendor, contract_vendor
+from tests.providers.sms_mocks import (
+    aliyun_batch_vendor, aliyun_business, aliyun_check, aliyun_error, aliyun_vendor, contract_vendor,
+)
 from tests.providers.sms_support import live_context, push_request, stored_text
 from tests.support.loopback import LoopbackServer, Reply, loopback
 
@@ -281,6 +283,98 @@ def test_parse_response_is_pure_on_a_recorded_answer() -> None:
     assert aliyun_sms.parse_response(answer).provider_message_id == "123^0"
 
 
+# --- batch sends -------------------------------------------------------------------------------
+
+BATCH_SCRIPTED: dict[str, Reply] = {
+    "13800000444": aliyun_business("isv.MOBILE_NUMBER_ILLEGAL", "非法手机号"),
+    "13800000555": aliyun_business("isv.AMOUNT_NOT_ENOUGH", "账户余额不足"),
+    "13800000666": Reply(200, json.dumps({"RequestId": "r", "Code": "OK", "Message": "OK"})),
+}
+
+
+def send_batch_to(receivers: list[str], secret: str = SECRET) -> tuple[list[SendResult], list[dict[str, str]]]:
+    """Send one batch to a fresh verifying batch vendor: the results and the query of each call it received."""
+    messages = [make_message(receiver) for receiver in receivers]
+    with loopback(aliyun_batch_vendor({AK: SECRET}, BATCH_SCRIPTED.get)) as server:
+        results = aliyun_sms.send_batch(messages, make_account(server.url, secret), live_context())
+        return results, [request.query for request in server.requests]
+
+
+def test_a_batch_goes_in_one_signed_call_with_a_comma_separated_list() -> None:
+    """Five numbers of one template go in one SendSms the vendor verifies; each number is known by the call's
+    BizId with its number, awaits its own report, and is summarised with its own number and no secret."""
+    receivers = [f"+861380000000{n}" for n in range(1, 6)]
+    results, calls = send_batch_to(receivers)
+    assert [call["PhoneNumbers"] for call in calls] == [",".join(r.removeprefix("+86") for r in receivers)]
+    biz_id = results[0].response_summary["BizId"]
+    assert [r.provider_message_id for r in results] == [f"{biz_id}:{r.removeprefix('+86')}" for r in receivers]
+    assert all(r.ok and not r.final for r in results)
+    assert [r.request_summary["phone_numbers"] for r in results] == [r.removeprefix("+86") for r in receivers]
+    assert all(SECRET not in stored_text(r) for r in results)
+
+
+def test_aliyun_takes_up_to_1000_numbers_a_call() -> None:
+    """The registry offers the engine calls of up to SendSms's documented 1000 numbers for any account."""
+    assert aliyun_sms.batch_size({}) == 1000 == registry.batch_size("aliyun_sms", make_account().config)
+    assert registry.batch_sender("aliyun_sms") is aliyun_sms.send_batch
+
+
+def test_a_refusal_of_the_call_is_every_numbers() -> None:
+    """A refusal Aliyun answers for the whole call (no balance) is each number's, from one call."""
+    results, calls = send_batch_to(["13800000001", "13800000555", "13800000003"])
+    assert len(calls) == 1
+    assert {(r.error_code, r.error_class) for r in results} == {("isv.AMOUNT_NOT_ENOUGH", "account")}
+
+
+def test_a_wrong_signature_fails_every_number() -> None:
+    """A call signed with the wrong secret is refused by the vendor's check, for every number alike."""
+    results, calls = send_batch_to(["13800000001", "13800000002"], secret="not-the-secret")
+    assert len(calls) == 1 and {r.error_code for r in results} == {"SignatureDoesNotMatch"}
+
+
+def test_a_refused_number_is_found_by_halving_the_call() -> None:
+    """An illegal number refuses the whole call; the halves that hold it go again until it stands alone, so it
+    alone fails (receiver) and every other number is accepted, in far fewer calls than one each."""
+    receivers = [f"138000001{n:02d}" for n in range(16)]
+    receivers[11] = "13800000444"
+    results, calls = send_batch_to(receivers)
+    assert [(r.outcome, r.error_class) for r in results].count((Outcome.PERMANENT, "receiver")) == 1
+    assert results[11].error_code == "isv.MOBILE_NUMBER_ILLEGAL"
+    assert all(r.ok for i, r in enumerate(results) if i != 11)
+    assert len(calls) <= 1 + 2 * 4 and len({r.provider_message_id for r in results if r.ok}) == 15
+    accepted = sorted(",".join(c["PhoneNumbers"] for c in calls if "13800000444" not in c["PhoneNumbers"]).split(","))
+    assert accepted == sorted(r for r in receivers if r != "13800000444")
+
+
+def test_ok_without_bizid_is_unknown_for_every_number() -> None:
+    """Code OK without a BizId may have sent every number of the call: each is unknown, none resent blindly."""
+    results, _ = send_batch_to(["13800000001", "13800000666", "13800000003"])
+    assert {(r.error_class, r.error_code) for r in results} == {("unknown", "no_biz_id")}
+
+
+def test_a_batch_call_has_a_nonce_of_its_own_fixed_for_its_attempts() -> None:
+    """A batch's nonce is the same when its call is rebuilt and differs from any of its numbers' single sends."""
+    messages = [make_message(f"1380000000{n}", task_id=f"t{n}") for n in range(3)]
+    nonce = "x-acs-signature-nonce"
+    call = aliyun_sms.build_batch_request(messages, make_account(), NOW).headers[nonce]
+    again = aliyun_sms.build_batch_request(messages, make_account(), NOW + timedelta(seconds=5)).headers[nonce]
+    singles = {aliyun_sms.build_request(m, make_account(), NOW).headers[nonce] for m in messages}
+    assert call == again and call not in singles
+    assert aliyun_sms.build_batch_request(messages[:1], make_account(), NOW).headers[nonce] in singles
+
+
+@pytest.mark.parametrize("written", ["13800138000", "+8613800138000", "8613800138000", "008613800138000"])
+def test_a_number_is_keyed_the_same_however_it_is_written(written: str) -> None:
+    """A mainland number with or without its country code keys one batched id, as SendSms takes it."""
+    assert aliyun_sms.batched_id("9^0", written) == "9^0:13800138000"
+
+
+def test_an_international_number_keeps_its_country_code() -> None:
+    """A Hong Kong number is keyed by country code and number, as SendSms takes it."""
+    assert aliyun_sms.batched_id("9^0", "+85261234567") == aliyun_sms.batched_id("9^0", "85261234567")
+    assert aliyun_sms.batched_id("9^0", "+85261234567") == "9^0:85261234567"
+
+
 # --- SmsReport ---------------------------------------------------------------------------------
 
 REPORTS = [
@@ -307,6 +401,15 @@ def test_smsreport_items_become_delivery_reports() -> None:
         "900619746936498440^0", "delivered", "13800138000")
     assert delivered.reported_at == datetime(2026, 3, 1, 8, 30, 5, tzinfo=timezone.utc)
     assert (failed.status, failed.error_code, failed.error_message) == ("failed", "MK:0001", "空号")
+    assert delivered.message_ids == ("900619746936498440^0", "900619746936498440^0:13800138000")
+
+
+def test_a_report_without_a_number_names_its_message_by_bizid_alone() -> None:
+    """An SmsReport item lacking phone_number can only be matched by its BizId."""
+    item = {key: value for key, value in REPORTS[0].items() if key != "phone_number"}
+    result = aliyun_sms.parse_callback(report_request(json.dumps([item]).encode()), make_account(token="s3cret-token"),
+                                       NOW)
+    assert result.reports[0].message_ids == ("900619746936498440^0",)
     assert json.loads(result.reply.body) == {"code": 0, "msg": "接收成功"} and result.reply.status == 200
 
 

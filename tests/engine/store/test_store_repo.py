@@ -338,6 +338,16 @@ def test_finish_attempt_records_the_outcome_and_callbacks_find_it() -> None:
         repo.finish_attempt(task.task_id, 9, status="ok", final=True)
 
 
+def test_find_attempt_takes_any_of_the_ids_a_report_may_name() -> None:
+    """A report naming its message several ways finds the attempt stored under any one of them."""
+    task = create_task()
+    repo.begin_attempt(task.task_id, 1, "aliyun-main", "otp", "v1")
+    repo.finish_attempt(task.task_id, 1, status="ok", final=False, provider_message_id="biz-7:13800138000")
+    assert repo.find_attempt("aliyun-main", "biz-7", "biz-7:13800138000").task_id == task.task_id
+    assert repo.find_attempt("aliyun-main", "biz-7", "biz-7:13800138001") is None
+    assert repo.find_attempt("aliyun-main", "", "") is None
+
+
 # -- callbacks ------------------------------------------------------------------------------------------------
 
 
