@@ -607,9 +607,11 @@ def _record_attempts(ends: Sequence[AttemptEnd], changes: Sequence[StatusChange]
     ordered = sorted(enumerate(changes), key=lambda item: item[1].task_id)
     updated_at = utcnow()
     if _postgres():
-        with _write_transaction():
-            _finish_many(ends)
-            changed = _apply_returning([change for _, change in ordered], updated_at)
+        changed = _record_in_one_statement(ends, [change for _, change in ordered], updated_at)
+        if changed is None:
+            with _write_transaction():
+                _finish_many(ends)
+                changed = _apply_returning([change for _, change in ordered], updated_at)
         return [change.task_id in changed for change in changes]
     if len({(tuple(change.fields), change.expected) for change in changes}) == 1:
         try:
@@ -638,6 +640,31 @@ def _apply_all(changes: Sequence[StatusChange], updated_at: datetime) -> None:
     rows = [({**change.fields, "updated_at": updated_at}, {"task_id": change.task_id}) for change in changes]
     if _update_many(Task, rows, status_in=changes[0].expected) != len(changes):
         raise _NotAllApplied
+
+
+def _record_in_one_statement(ends: Sequence[AttemptEnd], changes: Sequence[StatusChange],
+                             updated_at: datetime) -> set[str] | None:
+    """PostgreSQL, the usual record (attempts ended, their tasks' changes of one shape): one statement where a
+    transaction costs four round trips; the ids of the tasks changed. None when the record is of another kind
+    or an attempt was not unfinished, for the transaction to store or refuse."""
+    if not ends or not changes or len({(tuple(change.fields), change.expected) for change in changes}) > 1:
+        return None
+    _check_attempt_statuses(ends)
+    finished_at = utcnow()
+    end_rows = [{"task_id": end.task_id, "number": end.number, **_attempt_end_fields(end, finished_at)}
+                for end in ends]
+    change_rows = [{"task_id": change.task_id, **change.fields, "updated_at": updated_at} for change in changes]
+    end_fields, change_fields = tuple(end_rows[0])[2:], tuple(change_rows[0])[1:]
+    expected = changes[0].expected
+    sql = statements.record_sql(_db(), end_fields, len(end_rows), len(UNFINISHED_ATTEMPT), change_fields,
+                                len(change_rows), len(expected))
+    params = [*statements.rows_db_values(Attempt, tuple(end_rows[0]), end_rows), *UNFINISHED_ATTEMPT,
+              *statements.rows_db_values(Task, tuple(change_rows[0]), change_rows), *expected, len(ends)]
+    try:
+        (changed, _), = _db().execute_sql(sql, params).fetchall()
+    except peewee.DataError:  # the division by zero: not every attempt was unfinished
+        return None
+    return set(changed)
 
 
 def _apply_returning(changes: Sequence[StatusChange], updated_at: datetime) -> set[str]:
@@ -718,22 +745,29 @@ def _claim_one(claim: AttemptClaim, expected: tuple[str, ...]) -> bool:
 def _finish_many(ends: Sequence[AttemptEnd]) -> None:
     """Finish the attempts with one statement run for each, inside a write transaction (the driver's
     executemany passes by the database's writer turns); NotFound when any of them was never begun."""
-    for end in ends:
-        if end.status not in ATTEMPT_STATUSES:
-            raise ValueError(f"attempt status must be one of {ATTEMPT_STATUSES}, got {end.status!r}")
+    _check_attempt_statuses(ends)
     if not ends:
         return
     finished_at = utcnow()
-    rows = [(dict(status=end.status, final=end.final, provider_message_id=end.provider_message_id,
-                  error_code=end.error_code, error_message=end.error_message, request=end.request,
-                  response=end.response, latency_ms=end.latency_ms, finished_at=finished_at),
-             {"task_id": end.task_id, "number": end.number}) for end in ends]
+    rows = [(_attempt_end_fields(end, finished_at), {"task_id": end.task_id, "number": end.number}) for end in ends]
     if _update_many(Attempt, rows, status_in=UNFINISHED_ATTEMPT) != len(ends):
         query = Attempt.select(Attempt.task_id, Attempt.number).where(Attempt.task_id.in_([e.task_id for e in ends]))
         begun = {(attempt.task_id, attempt.number) for attempt in query}
         missing = [(end.task_id, end.number) for end in ends if (end.task_id, end.number) not in begun]
         if missing:
             raise NotFound(f"attempts never begun: {missing}")
+
+
+def _check_attempt_statuses(ends: Sequence[AttemptEnd]) -> None:
+    for end in ends:
+        if end.status not in ATTEMPT_STATUSES:
+            raise ValueError(f"attempt status must be one of {ATTEMPT_STATUSES}, got {end.status!r}")
+
+
+def _attempt_end_fields(end: AttemptEnd, finished_at: datetime) -> dict[str, Any]:
+    return dict(status=end.status, final=end.final, provider_message_id=end.provider_message_id,
+                error_code=end.error_code, error_message=end.error_message, request=end.request,
+                response=end.response, latency_ms=end.latency_ms, finished_at=finished_at)
 
 
 # -- prepared statements for the per-message path (see engine.store.statements) -----------------------------

@@ -125,6 +125,23 @@ def claim_sql(db: peewee.Database, fields: tuple[str, ...], rows: int, status_in
             f"RETURNING t.{_column(db, Task, 'task_id')}")
 
 
+@lru_cache(maxsize=256)
+def record_sql(db: peewee.Database, end_fields: tuple[str, ...], ends: int, end_status_in: int,
+               change_fields: tuple[str, ...], changes: int, change_status_in: int) -> str:
+    """PostgreSQL: finish `ends` attempts while unfinished and update `changes` tasks while in an expected
+    status, in one statement (one round trip, one commit). Parameters: the attempts' UPDATE ... FROM (VALUES)
+    (`update_from_values_sql` keyed by task id and number), the tasks' (keyed by task id), then how many
+    attempts must finish. One row comes back: the ids of the tasks changed. When fewer attempts finished,
+    the statement fails (a division by zero) and so keeps nothing of either."""
+    from engine.store.models import Attempt, Task
+
+    finish = update_from_values_sql(db, Attempt, end_fields, ("task_id", "number"), ends, end_status_in)
+    apply = update_from_values_sql(db, Task, change_fields, ("task_id",), changes, change_status_in)
+    return (f"WITH finished AS ({finish}), changed AS ({apply}) "
+            f"SELECT ARRAY(SELECT {_column(db, Task, 'task_id')} FROM changed), "
+            f"1 / (CASE WHEN (SELECT count(*) FROM finished) = {db.param} THEN 1 ELSE 0 END)")
+
+
 def _sql_type(db: peewee.Database, model: type[peewee.Model], name: str) -> str:
     """The column's type, to cast a VALUES column to: a column of text literals or NULLs is text otherwise."""
     field_type = model._meta.fields[name].field_type
