@@ -185,7 +185,8 @@ def main() -> int:
                         help="send threads of the worker; the mock answers at once, so few threads waste least")
     parser.add_argument("--worker-readers", type=int, default=1,
                         help="stream readers of the worker; one suits a vendor answering within milliseconds")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13",
+                        help="a Redis database of its own (the tests use 14 and 15: a bench worker there would take their jobs)")
     parser.add_argument("--database-url", default="")
     parser.add_argument("--redis-cluster", action="store_true", help="--redis-url names a node of a Redis Cluster")
     parser.add_argument("--stream-shards", type=int, default=1)

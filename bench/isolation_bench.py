@@ -228,8 +228,8 @@ def main() -> int:
                         help="leave out the matches rule (to see the other kinds of flood without a regex stall)")
     parser.add_argument("--worker-threads", type=int, default=4)
     parser.add_argument("--worker-readers", type=int, default=1)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14",
-                        help="its mpush:* keys are deleted first")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13",
+                        help="its mpush:* keys are deleted first (the tests use 14 and 15)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mpush-isolation-"))
