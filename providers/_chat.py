@@ -1,4 +1,4 @@
-"""What the chat providers that take a list of users a call share: packing messages into calls, per-message summaries."""
+"""Shared by the chat providers taking a list of users a call: messages packed into calls, per-message summaries."""
 
 from __future__ import annotations
 
