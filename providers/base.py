@@ -14,7 +14,7 @@ import hmac
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -488,32 +488,51 @@ def send_with_token(
     summarize: Callable[[HttpRequest], Mapping[str, Any]],
 ) -> SendResult:
     """Send with the cached token; on a stale-token answer drop it, fetch a new one and send once more."""
-    result = _send_with(ctx.tokens.get(source.cache_key), source, build, parse, ctx, summarize)
-    if result.error_code not in source.stale_codes:
-        return result
+    return send_many_with_token(source, build, lambda response: [parse(response)], ctx, summarize, 1)[0]
+
+
+def send_many_with_token(
+    source: TokenSource,
+    build: Callable[[str], HttpRequest],
+    parse: Callable[[HttpResponse], Sequence[SendResult]],
+    ctx: SendContext,
+    summarize: Callable[[HttpRequest], Mapping[str, Any]],
+    count: int,
+) -> list[SendResult]:
+    """`send_with_token` for one call carrying `count` messages: `parse` reads a result per message from the
+    answer, and what fails before there is one (the token, the transport) fails each alike. A stale-token answer
+    to any of them drops the token and makes the whole call once more with a new one."""
+    results = _send_with(ctx.tokens.get(source.cache_key), source, build, parse, ctx, summarize, count)
+    if not any(result.error_code in source.stale_codes for result in results):
+        return results
     ctx.tokens.delete(source.cache_key)
-    return _send_with(None, source, build, parse, ctx, summarize)
+    return _send_with(None, source, build, parse, ctx, summarize, count)
 
 
 def _send_with(
     token: str | None,
     source: TokenSource,
     build: Callable[[str], HttpRequest],
-    parse: Callable[[HttpResponse], SendResult],
+    parse: Callable[[HttpResponse], Sequence[SendResult]],
     ctx: SendContext,
     summarize: Callable[[HttpRequest], Mapping[str, Any]],
-) -> SendResult:
+    count: int,
+) -> list[SendResult]:
     if token is None:
         fetched = _fetch_token(source, ctx, summarize)
         if isinstance(fetched, SendResult):
-            return fetched
+            return [fetched] * count
         token = fetched
     try:
         request = build(token)
     except Undeliverable as exc:
-        return exc.result()
-    result: SendResult = _call(request, parse, ctx, summarize)
-    return result
+        return [exc.result()] * count
+    try:
+        response = ctx.transport(request)
+    except TransportError as exc:
+        return [dataclasses.replace(transport_failure(exc), request_summary=summarize(request))] * count
+    summary = summarize(request)
+    return [dataclasses.replace(result, request_summary=summary) for result in parse(response)]
 
 
 def _fetch_token(

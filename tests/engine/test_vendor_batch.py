@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from engine import delivery
 from engine.store import repo
+from providers import registry
+from tests.providers import test_dingtalk_work, test_wecom_app
 from tests.support.loopback import LoopbackServer, Recorded, Reply
 from tests.support.service import Gateway, gateway, write_rules
 
@@ -147,3 +152,114 @@ def test_plans_are_grouped_by_account_and_text_and_resends_go_alone() -> None:
     groups = [[(p.account.name, p.task.content, p.key_number) for p in group] for group in delivery.batches(plans)]
     assert sorted(groups, key=str) == sorted([[("a", "x", None), ("a", "x", None)], [("a", "x", None)], [("b", "x", None)],
                                      [("a", "y", None)], [("a", "x", 1)]], key=str)
+
+
+# --- the chat vendors that take a list of users: WeCom application messages, DingTalk work notices -------------
+
+CHAT_RULES = """
+templates:
+  - {{name: note, variables: [what], text: "{{what}} done", subject: "note"}}
+channels:
+  - {{id: 1, name: ops, type: {channel}, template: note}}
+providers:
+  - {{name: chat, type: {type}, config: {config}}}
+routing:
+  - {{name: ops, when: {{channel: ops}}, providers: [{{use: chat}}]}}
+failures:
+  - {{name: slow-down, scene: send_failure, when: {{error_class: throttled}}, action: retry,
+      retry: {{max: 3, delay: 0s}}}}
+  - {{name: give-up, scene: send_failure, action: fail}}
+"""
+
+CHAT = {  # provider type -> (channel type, the mock vendor's module, its send path, the list field, separator)
+    "wecom_app": ("wecom", test_wecom_app, "/cgi-bin/message/send", "touser", "|"),
+    "dingtalk_work": ("dingtalk", test_dingtalk_work, test_dingtalk_work.SEND_PATH, "userid_list", ","),
+}
+
+
+class FirstCallThrottled:
+    """Wraps a mock vendor: its first send call is answered with the vendor's rate-limit code."""
+
+    def __init__(self, handler: Callable[[Recorded], Reply], path: str, code: int) -> None:
+        self.handler, self.path, self.code = handler, path, code
+        self.throttled = False
+
+    def __call__(self, request: Recorded) -> Reply:
+        if request.path == self.path and not self.throttled:
+            self.throttled = True
+            return Reply(200, json.dumps({"errcode": self.code, "errmsg": "rate limited"}))
+        return self.handler(request)
+
+
+@contextmanager
+def chat_gateway(tmp_path: Path, provider: str, handler: Callable[[Recorded], Reply]
+                 ) -> Iterator[tuple[Gateway, LoopbackServer]]:
+    channel, module, *_ = CHAT[provider]
+    server = LoopbackServer(handler).start()
+    try:
+        config = json.dumps({**module.config(server.url), "timeout": 5.0})
+        rules = write_rules(tmp_path, CHAT_RULES.format(channel=channel, type=provider, config=config))
+        with gateway(tmp_path, rules, worker_readers=1) as running:
+            yield running, server
+    finally:
+        server.stop()
+
+
+def send_to(gw: Gateway, receivers: list[str]) -> dict[str, Any]:
+    """Send one text to the receivers, due a moment later so the worker reads their jobs together; their tasks
+    once final, by receiver."""
+    due = datetime.fromtimestamp(time.time() + 1.5, UTC).isoformat()
+    answer = gw.call("POST", "/api/v1/messages/batch", {"channel_id": 1, "receivers": receivers,
+                                                        "template_params": {"what": "deploy"}, "scheduled_at": due})
+    assert answer["code"] == 0, answer
+    tasks = [task for page in range(1, len(receivers) // 100 + 2)
+             for task in repo.list_tasks(batch_id=answer["data"]["batch_id"], page=page, page_size=100)[1]]
+    return {task.receiver: gw.wait(task.task_id) for task in tasks}
+
+
+def user_lists(server: LoopbackServer, provider: str) -> list[list[str]]:
+    _, _, path, field, separator = CHAT[provider]
+    return [json.loads(r.body)[field].split(separator) for r in server.requests if r.path == path]
+
+
+@pytest.mark.parametrize("provider", list(CHAT))
+def test_chat_receivers_go_in_the_fewest_calls_the_vendor_allows(tmp_path: Path, provider: str) -> None:
+    """250 users of one text are each delivered once, in calls of at most the vendor's maximum (WeCom 1000,
+    DingTalk 100), no more calls than a few stream reads can split them into."""
+    _, module, *_ = CHAT[provider]
+    problems: list[str] = []
+    cap = registry.batch_size(provider, {})
+    with chat_gateway(tmp_path, provider, module.CASE.vendor(module.CASE.success, problems)) as (gw, server):
+        receivers = [f"user{n:03d}" for n in range(250)]
+        done = send_to(gw, receivers)
+        lists = user_lists(server, provider)
+    assert problems == [] and {task.status for task in done.values()} == {"success"}
+    assert sorted(user for users in lists for user in users) == receivers
+    assert max(map(len, lists)) <= cap and len(lists) <= -(-250 // cap) + 2, [len(users) for users in lists]
+
+
+def test_wecom_refused_users_fail_alone_and_the_rest_are_delivered(tmp_path: Path) -> None:
+    """In one call, the ids WeCom lists as invalid or unlicensed fail with the receiver class (no retry), the
+    others of the call are delivered."""
+    vendor = test_wecom_app.WeComServer(test_wecom_app.OK, [], invalid=("ghost",), unlicensed=("nolicense",))
+    with chat_gateway(tmp_path, "wecom_app", vendor) as (gw, server):
+        done = send_to(gw, ["alice", "ghost", "nolicense", "bob"])
+        lists = user_lists(server, "wecom_app")
+    assert sorted(map(sorted, lists)) == [["alice", "bob", "ghost", "nolicense"]]
+    assert {receiver: (task.status, task.error_code) for receiver, task in done.items()} == {
+        "alice": ("success", ""), "ghost": ("failed", "invaliduser"), "nolicense": ("failed", "unlicenseduser"),
+        "bob": ("success", "")}
+    assert [d.error_class for d in repo.list_decisions(done["ghost"].task_id)] == ["receiver"]
+
+
+@pytest.mark.parametrize(("provider", "code"), [("wecom_app", 45009), ("dingtalk_work", 90018)])
+def test_a_throttled_call_retries_each_of_its_tasks(tmp_path: Path, provider: str, code: int) -> None:
+    """The vendor's rate limit answering a whole call is each task's: every one is retried and delivered."""
+    _, module, path, *_ = CHAT[provider]
+    handler = FirstCallThrottled(module.CASE.vendor(module.CASE.success, []), path, code)
+    with chat_gateway(tmp_path, provider, handler) as (gw, _):
+        done = send_to(gw, ["u1", "u2", "u3"])
+    assert {task.status for task in done.values()} == {"success"}
+    for task in done.values():
+        assert [(a.status, a.error_code) for a in repo.list_attempts(task.task_id)] == [
+            ("retryable", str(code)), ("ok", "")]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from datetime import datetime, timezone
 
 import pytest
 
-from providers import dingtalk_work
-from providers.base import Account, Message, Outcome, SendContext, token_cache_key, with_defaults
+from providers import dingtalk_work, registry
+from providers.base import (
+    Account, Message, Outcome, SendContext, SendResult, token_cache_key, with_defaults,
+)
 from tests.providers import contract
 from tests.providers.contract import ProviderCase, Scenario
 from tests.support.loopback import Recorded, Reply
@@ -30,10 +33,14 @@ OK = errcode(0, "ok", task_id=256271667526, request_id="4jzllmte0wau")
 
 
 class DingTalkServer:
-    """oapi.dingtalk.com on loopback: issues tokens and checks asyncsend_v2 as DingTalk does."""
+    """oapi.dingtalk.com on loopback: issues tokens and checks asyncsend_v2 as DingTalk does; `numbered` gives
+    each accepted call a task_id of its own (1, 2, ...) instead of the scripted one."""
 
-    def __init__(self, reply: Reply, problems: list[str], tokens: list[str] | None = None) -> None:
+    def __init__(self, reply: Reply, problems: list[str], tokens: list[str] | None = None,
+                 numbered: bool = False) -> None:
         self.reply, self.problems = reply, problems
+        self.numbered = numbered
+        self.task_ids = 0
         self.tokens = list(tokens or [ISSUED])
         self.valid: set[str] = set()
         self.lock = threading.Lock()
@@ -52,9 +59,27 @@ class DingTalkServer:
             body = json.loads(request.body)
             if body.get("agent_id") != AGENT_ID or not body.get("userid_list") or "msgtype" not in body.get("msg", {}):
                 self.problems.append(f"bad body {body}")
-            return self.reply
+            return self.userid_list(str(body.get("userid_list", "")))
         self.problems.append(f"unexpected {request.method} {request.path}")
         return Reply(404, "")
+
+    def userid_list(self, value: str) -> Reply:
+        """`userid_list` is user ids joined by commas, at most 100 (the answer to more is the mock's: DingTalk's
+        page names no code for it)."""
+        users = value.split(",")
+        if any(not user or "|" in user or user != user.strip() for user in users):
+            self.problems.append(f"userid_list is not comma-separated ids: {value[:80]!r}")
+        if len(users) > 100:
+            return errcode(40035, "不合法的参数: userid_list 超过100个")
+        if len(set(users)) < len(users):  # DingTalk would notify once; results could not be told apart
+            self.problems.append("a user twice in one call")
+        if not self.numbered:
+            return self.reply
+        with self.lock:
+            self.task_ids += 1
+            task_id = self.task_ids
+        reply = json.loads(self.reply.body)
+        return dataclasses.replace(self.reply, body=json.dumps({**reply, "task_id": task_id}))
 
 
 def config(url: str, **extra: object) -> dict[str, object]:
@@ -151,3 +176,67 @@ class TestRequest:
                 SendContext(contract.TRANSPORT, NOW, MemoryTokenCache()),
             )
         assert (result.outcome, result.error_code) == (Outcome.PERMANENT, "invalid_receiver")
+
+
+def batch(receivers: list[str]) -> list[Message]:
+    return [Message(f"T-{n}", 1, receiver, "dingtalk", "审批已通过", subject="审批") for n, receiver in enumerate(receivers)]
+
+
+def send_batch(server_handler: DingTalkServer, messages: list[Message],
+               tokens: MemoryTokenCache | None = None) -> tuple[list[SendResult], list[Recorded]]:
+    with contract.vendor(server_handler) as server:
+        results = dingtalk_work.send_batch(messages, account(server.url),
+                                           SendContext(contract.TRANSPORT, NOW, tokens or MemoryTokenCache()))
+        return results, [r for r in server.requests if r.path == SEND_PATH]
+
+
+class TestBatch:
+    def test_registry_batches_up_to_100_ids(self) -> None:
+        """The engine groups up to 100 DingTalk messages of one text: the most ids `userid_list` takes."""
+        assert registry.batch_size("dingtalk_work", {}) == 100 and registry.batch_sender("dingtalk_work") is not None
+
+    def test_250_users_go_in_three_calls_of_at_most_100(self) -> None:
+        """250 receivers of one text are three asyncsend_v2 calls (100, 100, 50 comma-joined ids); each message is
+        sent with its own call's task_id and a request summary naming only its own user."""
+        problems: list[str] = []
+        messages = batch([f"user{n:03d}" for n in range(250)])
+        results, sends = send_batch(DingTalkServer(OK, problems, numbered=True), messages)
+        assert problems == []
+        lists = [json.loads(s.body)["userid_list"].split(",") for s in sends]
+        assert [len(ids) for ids in lists] == [100, 100, 50]
+        assert [user for ids in lists for user in ids] == [m.receiver for m in messages]
+        assert [r.provider_message_id for r in results] == ["1"] * 100 + ["2"] * 100 + ["3"] * 50
+        assert all(r.ok and r.final for r in results)
+        assert [r.request_summary["body"]["userid_list"] for r in results] == [m.receiver for m in messages]
+
+    @pytest.mark.parametrize(("code", "error_class"), [(90018, "throttled"), (143104, "throttled"),
+                                                       (-1, "transient"), (88, "account")])
+    def test_a_whole_call_error_is_each_messages(self, code: int, error_class: str) -> None:
+        """An error of the call answers for every message in it, in its class, each task then retried or failed
+        over on its own."""
+        results, sends = send_batch(DingTalkServer(errcode(code, "refused"), []), batch(["a", "b", "c"]))
+        assert len(sends) == 1
+        assert [(r.error_code, r.error_class) for r in results] == [(str(code), error_class)] * 3
+
+    def test_a_stale_token_is_refreshed_once_for_the_whole_call(self) -> None:
+        """A cached token DingTalk no longer takes is replaced and the call made once more: all sent."""
+        tokens = MemoryTokenCache()
+        tokens.set(token_cache_key("dingtalk_work", APP_KEY, str(AGENT_ID)), "old-token", 100)
+        results, sends = send_batch(DingTalkServer(OK, [], tokens=["new-token"]), batch(["a", "b"]), tokens)
+        assert all(r.ok for r in results)
+        assert [s.query["access_token"] for s in sends] == ["old-token", "new-token"]
+
+    def test_overlapping_users_go_in_separate_calls_and_an_empty_receiver_alone(self) -> None:
+        """No user is named twice in a call; a receiver without ids is refused before any call."""
+        problems: list[str] = []
+        results, sends = send_batch(DingTalkServer(OK, problems), batch(["a|b", "b", "c", " , "]))
+        assert problems == []
+        assert sorted(json.loads(s.body)["userid_list"] for s in sends) == ["a,b,c", "b"]
+        assert [r.error_code for r in results] == ["", "", "", "invalid_receiver"]
+
+    def test_the_mock_refuses_more_than_100_ids_as_dingtalk_does(self) -> None:
+        """A single send naming 101 users is refused by the vendor (the provider never batches past 100)."""
+        with contract.vendor(DingTalkServer(OK, [])) as server:
+            result = dingtalk_work.send(Message("T13", 1, ",".join(f"u{n}" for n in range(101)), "dingtalk", "x"),
+                                        account(server.url), SendContext(contract.TRANSPORT, NOW, MemoryTokenCache()))
+        assert not result.ok and result.error_code == "40035"

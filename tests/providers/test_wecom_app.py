@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import threading
 from datetime import datetime, timezone
 
 import pytest
 
-from providers import wecom_app
-from providers.base import Account, Message, Outcome, SendContext, with_defaults
+from providers import registry, wecom_app
+from providers.base import Account, Message, Outcome, SendContext, SendResult, with_defaults
 from tests.providers import contract
 from tests.providers.contract import ProviderCase, Scenario
 from tests.support.loopback import Recorded, Reply
@@ -28,13 +30,22 @@ def errcode(code: int, message: str, **extra: object) -> Reply:
 OK = errcode(0, "ok", msgid="MSGID-1", invaliduser="")
 
 
-class WeComServer:
-    """qyapi.weixin.qq.com on loopback: issues tokens and checks message/send as WeCom does."""
+USER_ID = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")  # WeCom userids: letters, digits and _-.@, at most 64
 
-    def __init__(self, reply: Reply, problems: list[str], tokens: list[str] | None = None) -> None:
+
+class WeComServer:
+    """qyapi.weixin.qq.com on loopback: issues tokens and checks message/send as WeCom does. A success `reply`
+    is answered the way WeCom answers a `touser` list: ids it cannot reach (`invalid`, `unlicensed`, or not
+    shaped as a userid) listed lowercased in `invaliduser` / `unlicenseduser`, and 81013 when that is all of them;
+    more than 1000 ids is refused."""
+
+    def __init__(self, reply: Reply, problems: list[str], tokens: list[str] | None = None,
+                 invalid: tuple[str, ...] = (), unlicensed: tuple[str, ...] = ()) -> None:
         self.reply, self.problems = reply, problems
         self.tokens = list(tokens or [ISSUED])  # issued in order, the last one repeats
         self.valid: set[str] = set()
+        self.invalid = {user.lower() for user in invalid}
+        self.unlicensed = {user.lower() for user in unlicensed}
         self.lock = threading.Lock()
 
     def __call__(self, request: Recorded) -> Reply:
@@ -63,7 +74,26 @@ class WeComServer:
             self.problems.append(f"bad body {body}")
         elif not body.get(body["msgtype"], {}).get("content"):
             self.problems.append("no content")
-        return self.reply
+        users = [user.lower() for user in str(body.get("touser", "")).split("|")]
+        if len(users) > 1000:
+            return errcode(40058, "invalid Request Parameter: touser exceeds 1000 ids")
+        if len(set(users)) < len(users):  # WeCom would send once; results could not be told apart
+            self.problems.append("a user twice in one call")
+        return self.answer(users)
+
+    def answer(self, users: list[str]) -> Reply:
+        try:
+            reply = json.loads(self.reply.body)
+        except ValueError:
+            return self.reply  # a scripted garbage answer
+        if not isinstance(reply, dict) or reply.get("errcode") != 0 or users == ["@all"]:
+            return self.reply
+        invalid = [user for user in users if user in self.invalid or not USER_ID.match(user)]
+        unlicensed = [user for user in users if user in self.unlicensed and user not in invalid]
+        lists = {"invaliduser": "|".join(invalid), "unlicenseduser": "|".join(unlicensed)}
+        if len(invalid) + len(unlicensed) == len(users):
+            reply = {"errcode": 81013, "errmsg": "user & party & tag all invalid"}
+        return dataclasses.replace(self.reply, body=json.dumps({**reply, **lists}))
 
 
 def config(url: str, **extra: object) -> dict[str, object]:
@@ -172,3 +202,99 @@ class TestRequest:
             sends = [r for r in server.requests if r.path.endswith("/send")]
         assert (result.outcome, result.error_code) == (Outcome.PERMANENT, "invalid_receiver")
         assert sends == []
+
+
+def batch(receivers: list[str]) -> list[Message]:
+    return [Message(f"T-{n}", 1, receiver, "wecom", "服务器重启完成") for n, receiver in enumerate(receivers)]
+
+
+def send_batch(server_handler: WeComServer, messages: list[Message],
+               tokens: MemoryTokenCache | None = None) -> tuple[list[SendResult], list[Recorded]]:
+    with contract.vendor(server_handler) as server:
+        results = wecom_app.send_batch(messages, account(server.url),
+                                       SendContext(contract.TRANSPORT, NOW, tokens or MemoryTokenCache()))
+        return results, [r for r in server.requests if r.path == "/cgi-bin/message/send"]
+
+
+class TestBatch:
+    def test_registry_batches_up_to_the_documented_1000_ids(self) -> None:
+        """The engine groups up to 1000 WeCom messages of one text: the most ids `touser` takes."""
+        assert registry.batch_size("wecom_app", {}) == 1000 and registry.batch_sender("wecom_app") is not None
+
+    def test_250_users_go_in_one_call_each_with_its_own_result(self) -> None:
+        """250 receivers of one text are one message/send to `a|b|...`; each is sent, with the call's msgid,
+        and stores a request summary naming only its own user."""
+        problems: list[str] = []
+        messages = batch([f"user{n:03d}" for n in range(250)])
+        results, sends = send_batch(WeComServer(OK, problems), messages)
+        assert problems == [] and len(sends) == 1
+        assert json.loads(sends[0].body)["touser"] == "|".join(m.receiver for m in messages)
+        assert all(r.ok and r.provider_message_id == "MSGID-1" for r in results)
+        assert [r.request_summary["body"]["touser"] for r in results] == [m.receiver for m in messages]
+        assert {r.request_summary["batch_size"] for r in results} == {250}
+
+    def test_more_than_1000_users_are_split_at_the_vendors_maximum(self) -> None:
+        """1200 receivers go in two calls, 1000 and 200 ids: WeCom refuses a longer `touser`."""
+        problems: list[str] = []
+        results, sends = send_batch(WeComServer(OK, problems), batch([f"u{n}" for n in range(1200)]))
+        assert problems == [] and all(r.ok for r in results)
+        assert [len(json.loads(s.body)["touser"].split("|")) for s in sends] == [1000, 200]
+
+    def test_refused_users_fail_as_receivers_and_the_rest_are_sent(self) -> None:
+        """Ids WeCom lists as `invaliduser` (lowercased: matched whatever their case) or `unlicenseduser` fail
+        with the receiver class and say which list named them; the others of the call are sent."""
+        vendor = WeComServer(OK, [], invalid=("ghost",), unlicensed=("nolicense",))
+        results, sends = send_batch(vendor, batch(["alice", "Ghost", "nolicense", "bob"]))
+        assert len(sends) == 1
+        assert [(r.outcome, r.error_class, r.error_code) for r in results] == [
+            (Outcome.OK, "ok", ""), (Outcome.PERMANENT, "receiver", "invaliduser"),
+            (Outcome.PERMANENT, "receiver", "unlicenseduser"), (Outcome.OK, "ok", "")]
+        assert results[1].response_summary["body"]["invaliduser"] == "ghost"
+        assert "invaliduser" not in results[0].response_summary["body"]
+
+    def test_a_message_to_several_users_fails_only_when_all_are_refused(self) -> None:
+        """A task to `a|b` in a batch is sent when one of its users is reached, as its single send would be."""
+        vendor = WeComServer(OK, [], invalid=("ghost", "phantom", "wraith"))
+        results, sends = send_batch(vendor, batch(["alice|ghost", "phantom|wraith", "carol"]))
+        assert len(sends) == 1
+        assert [(r.ok, r.error_code) for r in results] == [(True, ""), (False, "invaliduser"), (True, "")]
+
+    def test_all_users_refused_is_81013_for_each(self) -> None:
+        """When no user of the call can be reached WeCom answers 81013: each message fails as a receiver."""
+        results, _ = send_batch(WeComServer(OK, [], invalid=("x1", "x2")), batch(["x1", "x2"]))
+        assert {(r.outcome, r.error_class, r.error_code) for r in results} == {
+            (Outcome.PERMANENT, "receiver", "81013")}
+
+    @pytest.mark.parametrize(("code", "error_class"), [(45009, "throttled"), (45033, "throttled"), (-1, "transient"),
+                                                       (60020, "account")])
+    def test_a_whole_call_error_is_each_messages(self, code: int, error_class: str) -> None:
+        """A rate limit, a busy vendor or an account refusal answers for every message of the call, in its
+        class, so each task is retried or failed over on its own."""
+        results, sends = send_batch(WeComServer(errcode(code, "refused"), []), batch(["a", "b", "c"]))
+        assert len(sends) == 1
+        assert [(r.error_code, r.error_class) for r in results] == [(str(code), error_class)] * 3
+
+    def test_a_stale_token_is_refreshed_once_for_the_whole_call(self) -> None:
+        """A cached token WeCom no longer takes is replaced and the call made once more: all sent."""
+        tokens = MemoryTokenCache()
+        tokens.set(wecom_app.token_cache_key("wecom_app", CORP_ID, str(AGENT_ID)), "expired-token", 100)
+        results, sends = send_batch(WeComServer(OK, [], tokens=["fresh-token"]), batch(["a", "b"]), tokens)
+        assert all(r.ok for r in results)
+        assert [s.query["access_token"] for s in sends] == ["expired-token", "fresh-token"]
+
+    def test_overlapping_users_and_at_all_go_in_separate_calls(self) -> None:
+        """No user is named twice in a call (WeCom ids ignore case), and @all or an empty receiver never joins
+        a list: each still gets its result."""
+        problems: list[str] = []
+        results, sends = send_batch(WeComServer(OK, problems), batch(["a|b", "B", "c", "@all", " "]))
+        assert problems == []
+        assert sorted(json.loads(s.body)["touser"] for s in sends) == ["@all", "B", "a|b|c"]
+        assert [r.error_code for r in results] == ["", "", "", "", "invalid_receiver"]
+
+    def test_single_sends_are_unchanged(self) -> None:
+        """`send` still makes one call to the message's own receiver, `a,b` written as `a|b`."""
+        with contract.vendor(WeComServer(OK, [])) as server:
+            result = wecom_app.send(Message("T9", 1, "a,b", "wecom", "x"), account(server.url),
+                                    SendContext(contract.TRANSPORT, NOW, MemoryTokenCache()))
+            [sent] = [r for r in server.requests if r.path == "/cgi-bin/message/send"]
+        assert result.ok and json.loads(sent.body)["touser"] == "a|b" and "batch_size" not in result.request_summary
