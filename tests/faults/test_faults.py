@@ -165,6 +165,21 @@ class Cluster:
         finally:
             database.close()
 
+    def failure_reasons(self) -> Counter[str]:
+        """How the attempts of the tasks that ended failed ended: what to read when a scenario fails."""
+        from engine.store import db as store_db
+        from engine.store.models import Attempt, Task
+
+        database = store_db.connect(self.env["MPUSH_DATABASE_URL"])
+        try:
+            with store_db.connection(database):
+                failed = Task.select(Task.task_id).where(Task.status == "failed")
+                rows = (Attempt.select(Attempt.status, Attempt.error_code, Attempt.error_message)
+                        .where(Attempt.task_id.in_(failed)).bind(database).tuples())
+                return Counter(f"{status} {code} {message[:80]}" for status, code, message in rows)
+        finally:
+            database.close()
+
     def drain(self, timeout: float = DRAIN_SECONDS) -> dict[str, str]:
         """Wait until every stored task is final; the statuses."""
         final = ("success", "failed")
@@ -187,6 +202,8 @@ class Cluster:
                    "delivered": len(delivered), "sent_twice": len(twice),
                    "repeats_dropped": int(self.vendor("/repeats"))}
         print(f"\n{figures}")
+        if figures["failed"]:
+            print(f"attempts of the failed tasks: {dict(self.failure_reasons())}")
         return figures
 
     def stop(self) -> None:
