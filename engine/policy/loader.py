@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,10 +68,42 @@ def read_dir(path: str | Path) -> tuple[dict[str, str], list[RuleIssue]]:
     root = Path(path)
     if not root.is_dir():
         raise RuleError([RuleIssue(str(root), 1, "", "not a directory")])
-    files, issues = read_yaml_files(root)
+    files, issues = _read_settled(root)
     if not files and not issues:
         raise RuleError([RuleIssue(str(root), 1, "", "no *.yaml rule files")])
     return files, issues
+
+
+SETTLE_SECONDS = 0.05
+SETTLE_READS = 10
+
+
+def _read_settled(root: Path) -> tuple[dict[str, str], list[RuleIssue]]:
+    """`read_yaml_files`, once no rule file has changed for SETTLE_SECONDS nor while it was read. A file caught
+    half-written (rewritten in place by an editor or a deploy while a reload reads it) is often valid YAML and
+    a valid rule set, only shorter: without its routes or failure rules every message would fail until the
+    next reload."""
+    for _ in range(SETTLE_READS):
+        before = _stamps(root)
+        read = read_yaml_files(root)
+        if _stamps(root) == before and all(time.time_ns() - mtime > SETTLE_SECONDS * 1e9 for mtime, _ in before.values()):
+            return read
+        time.sleep(SETTLE_SECONDS)
+    raise RuleError([RuleIssue(str(root), 1, "", f"the rule files kept changing while read (for "
+                                                  f"{SETTLE_READS * SETTLE_SECONDS:g} s): not loaded")])
+
+
+def _stamps(root: Path) -> dict[str, tuple[int, int]]:
+    """Modification time and size of each rule file of `root` (what a rewrite changes)."""
+    stamps = {}
+    for entry in root.iterdir():
+        if entry.suffix in (".yaml", ".yml") and not entry.name.startswith("."):
+            try:
+                found = entry.stat()
+            except OSError:
+                continue  # reported by the read
+            stamps[entry.name] = (found.st_mtime_ns, found.st_size)
+    return stamps
 
 
 def read_yaml_files(root: Path) -> tuple[dict[str, str], list[RuleIssue]]:

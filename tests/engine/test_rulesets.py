@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import datetime, timezone
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.policy import RuleError
-from engine.policy.loader import load_dir
+from engine.policy.loader import load_dir, load_texts
 from engine.rulesets import RuleSetHolder
 from providers.base import ConfigField
 
@@ -82,6 +83,46 @@ def test_failing_rule_test_case_blocks_the_swap(rules_dir: Path) -> None:
     assert holder.current.rules("routing")[0].name == "gen-0"
 
 
+def test_a_file_caught_half_written_is_read_once_its_writer_is_done(rules_dir: Path) -> None:
+    """A reload that reads a file while it is rewritten in place (its first half, itself a valid rule set without
+    routes, there for 30 ms) loads the whole file, not the half."""
+    whole = generation(1)
+    half = whole[: whole.index("routing:")]
+    assert load_texts({"rules.yaml": half}, env={}, provider_types=TYPES)  # the half alone is a good rule set
+    target = rules_dir / "rules.yaml"
+    target.write_text(half, encoding="utf-8")
+    writer = threading.Timer(0.03, lambda: target.write_text(whole, encoding="utf-8"))
+    writer.start()
+    holder = RuleSetHolder(rules_dir, env={}, provider_types=TYPES)
+    writer.join()
+    assert holder.current.rules("routing")[0].name == "gen-1"
+
+
+def test_files_that_never_stop_changing_are_not_loaded(rules_dir: Path) -> None:
+    """A reload during a rewrite that never settles keeps the running version and says why."""
+    holder = RuleSetHolder(rules_dir, env={}, provider_types=TYPES)
+    before, stop, writing = holder.current, threading.Event(), threading.Event()
+
+    def rewrite() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            (rules_dir / "rules.yaml").write_text(generation(n), encoding="utf-8")
+            writing.set()
+            time.sleep(0.01)
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    writing.wait(5)
+    try:
+        result = holder.reload()
+    finally:
+        stop.set()
+        writer.join()
+    assert isinstance(result, RuleError) and holder.current is before
+    assert "kept changing while read" in str(holder.last_error)
+
+
 def test_initial_load_failure_raises(tmp_path: Path) -> None:
     """A holder cannot start without a valid rule set."""
     (tmp_path / "rules.yaml").write_text(BROKEN, encoding="utf-8")
@@ -95,6 +136,14 @@ def test_unexpected_reload_failure_is_reported_not_raised(rules_dir: Path) -> No
     (rules_dir / "rules.yaml").unlink()
     assert isinstance(holder.reload(), RuleError)
     assert "no *.yaml rule files" in (holder.last_error or "")
+
+
+def written_long_ago(path: Path, text: str) -> None:
+    """`text` written to `path`, dated a minute back: a reload reads it at once (a file written just now is
+    given a moment to be finished first)."""
+    path.write_text(text, encoding="utf-8")
+    then = time.time_ns() - 60 * 10**9
+    os.utime(path, ns=(then, then))
 
 
 @pytest.mark.timeout(120)
@@ -128,7 +177,7 @@ def test_concurrent_evaluations_during_200_reloads(rules_dir: Path) -> None:
     try:
         for n in range(1, 201):
             broken = n % 5 == 0
-            (rules_dir / "rules.yaml").write_text(BROKEN if broken else generation(n), encoding="utf-8")
+            written_long_ago(rules_dir / "rules.yaml", BROKEN if broken else generation(n))
             result = holder.reload()
             if broken:
                 assert isinstance(result, RuleError)
