@@ -45,6 +45,7 @@ from e2e_bench import (ROOT, Tally, create_app, free_port, gateway_env, offer, r
 
 RECOVERED = 0.95  # share of the offered rate that counts as "back at full rate"
 STEADY_SECONDS = 3  # ... held for this many consecutive one-second windows
+BASELINE_SECONDS = 5  # the delivered rate before a restart is measured over this many seconds
 
 
 def _as_postgres_user(argv: list[str]) -> list[str]:
@@ -293,7 +294,7 @@ def report(args: argparse.Namespace, outcome: Outcome, load: tuple[float, float]
           f"{args.database}  redis persistence: {args.redis_persistence}  clients: {args.clients}")
     print(f"offered: {args.rate:.0f} msg/s for {args.seconds:.0f} s ({len(tally.latencies)} requests answered)")
     print(f"accepted {len(accepted)}, refused {len(tally.errors)} {dict(Counter(tally.errors)) or ''}")
-    last = max(delivery_times, default=outcome.load_end) - outcome.load_end
+    last = max(0.0, max(delivery_times, default=outcome.load_end) - outcome.load_end)
     print(f"delivered {len(counts)} (the last {last:.1f} s after the load); lost {len(lost)}; sent twice {len(twice)}; resends the vendor dropped by "
           f"idempotency key {outcome.repeats}; delivered without an accepting answer {len(unacknowledged)}")
     if lost:
@@ -305,7 +306,11 @@ def report(args: argparse.Namespace, outcome: Outcome, load: tuple[float, float]
         window_end = start + phase_end
         refused = [at for at in refusal_times if restart.began <= at < window_end]
         accept_back = back_at_rate(accept_times, restart.began, window_end, args.rate)
-        delivery_back = back_at_rate(delivery_times, restart.began, max(window_end, outcome.load_end), args.rate)
+        delivery_end = window_end if restart is not outcome.restarts[-1] else max([window_end, *delivery_times])
+        delivery_back = back_at_rate(delivery_times, restart.began, delivery_end, args.rate)
+        before = min(BASELINE_SECONDS, restart.began - start)
+        baseline = sum(restart.began - before <= at < restart.began for at in delivery_times) / before
+        baseline_back = back_at_rate(delivery_times, restart.began, delivery_end, baseline)
         shown = lambda value: "never in the phase" if value is None else f"{value:.1f} s"  # noqa: E731
         print(f"{restart.name} restart at {restart.began - start:.1f} s, answering again after "
               f"{restart.ended - restart.began:.1f} s{' (' + restart.error + ')' if restart.error else ''}: "
@@ -313,7 +318,8 @@ def report(args: argparse.Namespace, outcome: Outcome, load: tuple[float, float]
               f"longest gap without an accept {longest_gap(accept_times, restart.began, window_end):.1f} s, "
               f"without a delivery {longest_gap(delivery_times, restart.began, window_end):.1f} s; back at "
               f">= {RECOVERED:.0%} of offered for {STEADY_SECONDS} s: accepts {shown(accept_back)}, "
-              f"deliveries {shown(delivery_back)}")
+              f"deliveries {shown(delivery_back)}; deliveries back at >= {RECOVERED:.0%} of their {baseline:.0f} msg/s "
+              f"of the {before:.0f} s before: {shown(baseline_back)}")
     seconds = int(max(args.seconds, (max(delivery_times) - start) if delivery_times else 0)) + 1
     columns = zip(per_second(accept_times, start, seconds), per_second(refusal_times, start, seconds),
                   per_second(delivery_times, start, seconds))
