@@ -39,7 +39,8 @@ TICK_SECONDS = 0.2
 PAGE = 500
 # How long before the last sight of the old server a task's last Redis write may have been lost by its restart:
 # the fsync lag of an append-only file (up to 2 s), commit-to-enqueue delays under load, clocks of other machines.
-RESTART_LOSS_WINDOW = timedelta(seconds=10)
+# Every unfinished task touched in it is queued again (a backlog's too: harmless, but each costs a no-op job).
+RESTART_LOSS_WINDOW = timedelta(seconds=5)
 RESTART_CLAIM_SECONDS = 600
 
 
