@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -276,6 +276,31 @@ class Queue:
 
     def delayed_count(self) -> int:
         return sum(int(n) for n in self._each(lambda pipe, name: pipe.zcard(name), self.delayed_sets))
+
+    def waiting_jobs_since(self, since: float, page: int = 1000) -> set[str]:
+        """The jobs of the stream entries added since `since` (unix seconds, by Redis's clock: an entry id
+        starts with the millisecond it was added) that no consumer has read yet (acked ones are deleted; a
+        read one may be stuck with a consumer whose handling failed)."""
+        found: set[str] = set()
+        first = f"{int(since * 1000)}-0"
+        for stream in self.streams:
+            read = {_text(item["message_id"]) for item in self._paged(
+                lambda start: self.redis.xpending_range(stream, self.group, min=start, max="+", count=page),
+                first, lambda item: item["message_id"], page)}
+            found.update(self._entry(stream, entry_id, data).job for entry_id, data in self._paged(
+                lambda start: self.redis.xrange(stream, min=start, max="+", count=page), first,
+                lambda entry: entry[0], page) if _text(entry_id) not in read)
+        return found
+
+    @staticmethod
+    def _paged(fetch: Any, first: str, entry_id: Any, page: int) -> Iterator[Any]:
+        """Every item of a stream range read `page` at a time from id `first` on."""
+        start = first
+        while items := fetch(start):
+            yield from items
+            if len(items) < page:
+                return
+            start = "(" + _text(entry_id(items[-1]))
 
     def backlog(self) -> int:
         return sum(int(n) for n in self._each(lambda pipe, name: pipe.xlen(name), self.streams))

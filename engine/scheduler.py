@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -87,23 +88,26 @@ def recover_restart(svc: Services, watch: ServerWatch, now: datetime) -> int:
     """When the Redis server this process last saw was replaced by a restarted one that kept its data (the
     epoch key outlived it), the restart may have dropped the writes of its last moments (an append-only file
     synced every second): the one process that claims the restart re-queues the unfinished tasks touched
-    from RESTART_LOSS_WINDOW before it last saw the old server; how many (0 for the others). Without this,
-    an accepted task whose job was lost waited for the outbox sweep (`MPUSH_OUTBOX_GRACE`, a minute)."""
+    from RESTART_LOSS_WINDOW before it last saw the old server, except those whose send job waits on the stream
+    still, unread (a backlog's, mostly); how many (0 for the others). Without this, an accepted task whose job was lost
+    waited for the outbox sweep (`MPUSH_OUTBOX_GRACE`, a minute)."""
     run_id = server_run_id(svc.redis)
     previous, seen_at = watch.run_id, watch.seen_at
     count = 0
     if previous and seen_at and run_id != previous and not _recovered_since(svc, seen_at):
         claim = keys.restarted(run_id)
         if svc.redis.set(claim, previous, nx=True, ex=RESTART_CLAIM_SECONDS):
+            since = seen_at - RESTART_LOSS_WINDOW
             try:
                 svc.queue.ensure_group()
-                count = requeue_unfinished(svc, now, touched_since=seen_at - RESTART_LOSS_WINDOW, keep_earlier=True)
+                kept = svc.queue.waiting_jobs_since((since - RESTART_LOSS_WINDOW).timestamp())
+                count = requeue_unfinished(svc, now, touched_since=since, keep_earlier=True, present=kept)
             except BaseException:
                 svc.redis.delete(claim)  # this process (its next tick) or another one tries again
                 raise
             metrics.REQUEUED.labels("restart").inc(count)
             log.warning("scheduler.redis_restarted requeued %d unfinished tasks touched since %s", count,
-                        (seen_at - RESTART_LOSS_WINDOW).isoformat())
+                        since.isoformat())
     watch.run_id, watch.seen_at = run_id, now
     return count
 
@@ -124,12 +128,14 @@ def _recovered_since(svc: Services, seen_at: datetime) -> bool:
 
 
 def requeue_unfinished(svc: Services, now: datetime, touched_since: datetime | None = None,
-                       keep_earlier: bool = False) -> int:
+                       keep_earlier: bool = False, present: Collection[str] = ()) -> int:
     """Queue every unfinished task (those touched since `touched_since`, given one) again: open ones now or
     at their due time, sent ones' report timeouts; `keep_earlier` leaves a delayed job that is already due
-    sooner as it is. How many tasks."""
+    sooner as it is, and an open task whose send job is among the `present` ones is left to it. How many tasks."""
     count, after = 0, ""
     while page := repo.unfinished_tasks(after, PAGE, touched_since):
+        after = page[-1].task_id
+        page = [task for task in page if task.status == "sent" or job("send", task.task_id) not in present]
         open_tasks = [(task, task.due) for task in page if task.status != "sent"]
         due_now = [task.task_id for task, due in open_tasks if not _later(due, now)]
         later = [(job("send", task.task_id), due.timestamp()) for task, due in open_tasks if _later(due, now)]
@@ -140,7 +146,6 @@ def requeue_unfinished(svc: Services, now: datetime, touched_since: datetime | N
         if later or timeouts:
             svc.queue.defer_many([*later, *timeouts], earlier_only=keep_earlier)
         count += len(page)
-        after = page[-1].task_id
     return count
 
 

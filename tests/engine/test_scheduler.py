@@ -89,8 +89,9 @@ def _start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
 def test_after_redis_restarted_missing_its_last_writes_the_recently_touched_tasks_are_requeued_once(
         tmp_path: Path) -> None:
     """Redis restarted with its data but without its last writes (the epoch key survived, a fresh task's job
-    did not): the first process that saw the old server re-queues the tasks touched shortly before, a task
-    untouched for long is left to its surviving job, and a second process finds the restart claimed."""
+    did not): the first process that saw the old server re-queues the tasks touched shortly before, except
+    one whose job waits unread on the stream; a task untouched for long is left to its surviving job, and a
+    second process finds the restart claimed."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
@@ -102,20 +103,25 @@ def test_after_redis_restarted_missing_its_last_writes_the_recently_touched_task
             scheduler.recover_lost_data(gw.svc, datetime.now(UTC))  # sets the epoch
             assert scheduler.recover_restart(gw.svc, first, datetime.now(UTC)) == 0
             assert scheduler.recover_restart(gw.svc, second, datetime.now(UTC)) == 0
-            old, fresh, sent = (gw.send("otp", f"1380000000{i}", {"code": "1"})["data"]["task_id"] for i in range(3))
+            old, fresh, sent, waiting, read = (gw.send("otp", f"1380000000{i}", {"code": "1"})["data"]["task_id"]
+                                               for i in range(5))
             Task.update(updated_at=datetime.now(UTC) - timedelta(hours=1)).where(Task.task_id == old).execute()
             Task.update(status="sent").where(Task.task_id == sent).execute()
             epoch = gw.svc.redis.get(keys.EPOCH)
             server.kill()
             server.wait()
             server = _start_redis(port, tmp_path)
-            redis.Redis(port=port).set(keys.EPOCH, epoch)  # what the append-only file had kept
+            redis.Redis(port=port).set(keys.EPOCH, epoch)  # what the append-only file had kept, with two jobs:
             gw.svc.redis.connection_pool.disconnect()
-            assert scheduler.recover_restart(gw.svc, first, datetime.now(UTC)) == 2
+            gw.svc.queue.ensure_group()
+            gw.svc.queue.enqueue([job("send", read)])
+            assert [entry.job for entry in gw.svc.queue.read("stuck", count=10, block_ms=10)] == [job("send", read)]
+            gw.svc.queue.enqueue([job("send", waiting)])
+            assert scheduler.recover_restart(gw.svc, first, datetime.now(UTC)) == 3
             assert scheduler.recover_restart(gw.svc, second, datetime.now(UTC)) == 0
             assert scheduler.recover_restart(gw.svc, first, datetime.now(UTC)) == 0
             entries = gw.svc.queue.read("restart-test", count=10, block_ms=10)
-            assert [entry.job for entry in entries] == [job("send", fresh)]
+            assert sorted(entry.job for entry in entries) == sorted(job("send", t) for t in (waiting, fresh, read))
             assert list(delayed_jobs(gw.svc)) == [job("timeout", sent).encode()]
     finally:
         server.kill()
