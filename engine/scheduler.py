@@ -89,25 +89,31 @@ def recover_restart(svc: Services, watch: ServerWatch, now: datetime) -> int:
     epoch key outlived it), the restart may have dropped the writes of its last moments (an append-only file
     synced every second): the one process that claims the restart re-queues the unfinished tasks touched
     from RESTART_LOSS_WINDOW before it last saw the old server, except those whose send job waits on the stream
-    still, unread (a backlog's, mostly); how many (0 for the others). Without this, an accepted task whose job was lost
-    waited for the outbox sweep (`MPUSH_OUTBOX_GRACE`, a minute)."""
+    still, unread (a backlog's, mostly), and the send jobs consumers had read and not acknowledged (a worker
+    whose handling failed with the restart leaves them pending for the visibility timeout) are queued again
+    too; how many jobs (0 for the others). Without this, an accepted task whose job was lost waited for the
+    outbox sweep (`MPUSH_OUTBOX_GRACE`, a minute)."""
     run_id = server_run_id(svc.redis)
     previous, seen_at = watch.run_id, watch.seen_at
     count = 0
     if previous and seen_at and run_id != previous and not _recovered_since(svc, seen_at):
         claim = keys.restarted(run_id)
         if svc.redis.set(claim, previous, nx=True, ex=RESTART_CLAIM_SECONDS):
-            since = seen_at - RESTART_LOSS_WINDOW
+            since, stuck = seen_at - RESTART_LOSS_WINDOW, []
             try:
                 svc.queue.ensure_group()
-                kept = svc.queue.waiting_jobs_since((since - RESTART_LOSS_WINDOW).timestamp())
-                count = requeue_unfinished(svc, now, touched_since=since, keep_earlier=True, present=kept)
+                waiting, read = svc.queue.jobs_on_streams((since - RESTART_LOSS_WINDOW).timestamp())
+                count = requeue_unfinished(svc, now, touched_since=since, keep_earlier=True, present=waiting | read)
+                stuck = sorted(item for item in read if item.startswith("send:"))
+                if stuck:  # read before the restart, maybe by a handling that failed with it: queued again
+                    svc.queue.enqueue(stuck)
+                    count += len(stuck)
             except BaseException:
                 svc.redis.delete(claim)  # this process (its next tick) or another one tries again
                 raise
             metrics.REQUEUED.labels("restart").inc(count)
-            log.warning("scheduler.redis_restarted requeued %d unfinished tasks touched since %s", count,
-                        since.isoformat())
+            log.warning("scheduler.redis_restarted requeued %d jobs: unfinished tasks touched since %s, and %d "
+                        "read but not acknowledged", count, since.isoformat(), len(stuck))
     watch.run_id, watch.seen_at = run_id, now
     return count
 

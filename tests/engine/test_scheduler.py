@@ -90,8 +90,8 @@ def test_after_redis_restarted_missing_its_last_writes_the_recently_touched_task
         tmp_path: Path) -> None:
     """Redis restarted with its data but without its last writes (the epoch key survived, a fresh task's job
     did not): the first process that saw the old server re-queues the tasks touched shortly before, except
-    one whose job waits unread on the stream; a task untouched for long is left to its surviving job, and a
-    second process finds the restart claimed."""
+    one whose job waits unread on the stream, and the send jobs read but not acknowledged, however old; a
+    task untouched for long is left to its surviving job, and a second process finds the restart claimed."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
@@ -105,7 +105,8 @@ def test_after_redis_restarted_missing_its_last_writes_the_recently_touched_task
             assert scheduler.recover_restart(gw.svc, second, datetime.now(UTC)) == 0
             old, fresh, sent, waiting, read = (gw.send("otp", f"1380000000{i}", {"code": "1"})["data"]["task_id"]
                                                for i in range(5))
-            Task.update(updated_at=datetime.now(UTC) - timedelta(hours=1)).where(Task.task_id == old).execute()
+            long_ago = datetime.now(UTC) - timedelta(hours=1)
+            Task.update(updated_at=long_ago).where(Task.task_id.in_([old, read])).execute()
             Task.update(status="sent").where(Task.task_id == sent).execute()
             epoch = gw.svc.redis.get(keys.EPOCH)
             server.kill()
