@@ -130,7 +130,13 @@ def _recovered_since(svc: Services, seen_at: datetime) -> bool:
     """Whether the epoch was set after `seen_at`: the restarted server came back empty and the lost-data
     recovery has re-queued every unfinished task already (or will, this tick, if the key is still missing)."""
     epoch = svc.redis.get(keys.EPOCH)
-    return epoch is None or datetime.fromisoformat(epoch.decode() if isinstance(epoch, bytes) else epoch) > seen_at
+    if epoch is None:
+        return True
+    try:
+        set_at = datetime.fromisoformat(epoch.decode() if isinstance(epoch, bytes) else epoch)
+    except ValueError:
+        return False  # not a time (an older version's value): recover rather than guess
+    return set_at.tzinfo is not None and set_at > seen_at
 
 
 def requeue_unfinished(svc: Services, now: datetime, touched_since: datetime | None = None,
