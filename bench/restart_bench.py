@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,7 +137,7 @@ class Restart:
 
     name: str
     at: float
-    action: object
+    action: Callable[[], None]
     began: float = 0.0
     ended: float = 0.0
     error: str = ""
@@ -145,7 +145,7 @@ class Restart:
     def run(self) -> None:
         self.began = time.time()
         try:
-            self.action()  # type: ignore[operator]
+            self.action()
         except Exception as exc:  # noqa: BLE001  (reported, the load goes on)
             self.error = repr(exc)
         self.ended = time.time()
@@ -164,6 +164,7 @@ class Outcome:
 
 
 def vendor_get(port: int, path: str) -> bytes:
+    """The mock vendor's answer to GET `path`."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     connection.request("GET", path)
     return connection.getresponse().read()
@@ -180,6 +181,7 @@ def drain(mock_port: int, accepted: set[str], timeout: float) -> list[tuple[floa
 
 
 def run(args: argparse.Namespace, tmp: Path, postgres: PrivatePostgres | None, bench_redis: PrivateRedis) -> Outcome:
+    """Start the mock vendor, the API and the worker on the bench's servers, and run the load with its restarts."""
     mock_port, api_port = free_port(), free_port()
     write_rules(tmp / "rules", mock_port)
     database_url = postgres.url if postgres else f"sqlite:///{tmp / 'mpush.db'}"
@@ -207,8 +209,9 @@ def run(args: argparse.Namespace, tmp: Path, postgres: PrivatePostgres | None, b
                 process.wait(20)
             except subprocess.TimeoutExpired:
                 process.kill()
-        if args.keep_logs:
-            for name in logs:
+        for name, log in logs.items():
+            log.close()
+            if args.keep_logs:
                 shutil.copy(tmp / f"{name}.log", Path(args.keep_logs) / f"{name}.log")
 
 
@@ -244,6 +247,7 @@ async def bounded(load: Coroutine[Any, Any, None], seconds: float) -> None:
 
 
 def per_second(times: list[float], start: float, seconds: int) -> list[int]:
+    """How many of `times` fell in each second from `start`."""
     counts = [0] * seconds
     for at in times:
         second = int(at - start)
@@ -279,48 +283,65 @@ def _count_between(ordered: list[float], begin: float, end: float) -> int:
 
 
 def report(args: argparse.Namespace, outcome: Outcome, load: tuple[float, float]) -> None:
+    """Totals, lost and sent-twice counts, each restart's outage and recovery, and the per-second timeline."""
     tally, start = outcome.tally, outcome.start
     accepted = set(tally.accepted)
     counts = Counter(task_id for _, task_id in outcome.received)
-    first_delivery = {}
+    first_delivery: dict[str, float] = {}
     for at, task_id in outcome.received:
         first_delivery.setdefault(task_id, at)
     twice = {task_id: n for task_id, n in counts.items() if n > 1}
     lost = accepted - set(counts)
     unacknowledged = set(counts) - accepted  # delivered, but the client never had an accepting answer
-    accept_times, refusal_times = list(tally.accepted.values()), tally.refused_at
-    delivery_times = list(first_delivery.values())
+    accept_times, delivery_times = list(tally.accepted.values()), list(first_delivery.values())
     print(f"cores: {os.cpu_count()}  load average before/after: {load[0]:.2f} / {load[1]:.2f}  database: "
           f"{args.database}  redis persistence: {args.redis_persistence}  clients: {args.clients}")
     print(f"offered: {args.rate:.0f} msg/s for {args.seconds:.0f} s ({len(tally.latencies)} requests answered)")
     print(f"accepted {len(accepted)}, refused {len(tally.errors)} {dict(Counter(tally.errors)) or ''}")
     last = max(0.0, max(delivery_times, default=outcome.load_end) - outcome.load_end)
-    print(f"delivered {len(counts)} (the last {last:.1f} s after the load); lost {len(lost)}; sent twice {len(twice)}; resends the vendor dropped by "
-          f"idempotency key {outcome.repeats}; delivered without an accepting answer {len(unacknowledged)}")
+    print(f"delivered {len(counts)} (the last {last:.1f} s after the load); lost {len(lost)}; sent twice "
+          f"{len(twice)}; resends the vendor dropped by idempotency key {outcome.repeats}; delivered without an "
+          f"accepting answer {len(unacknowledged)}")
     if lost:
         print(f"  lost, e.g.: {sorted(lost)[:5]}")
     if twice:
         print(f"  sent twice, e.g.: {dict(list(twice.items())[:5])}")
     ends = [restart.at for restart in outcome.restarts[1:]] + [args.seconds]
     for restart, phase_end in zip(outcome.restarts, ends):
-        window_end = start + phase_end
-        refused = [at for at in refusal_times if restart.began <= at < window_end]
-        accept_back = back_at_rate(accept_times, restart.began, window_end, args.rate)
-        delivery_end = window_end if restart is not outcome.restarts[-1] else max([window_end, *delivery_times])
-        delivery_back = back_at_rate(delivery_times, restart.began, delivery_end, args.rate)
-        before = min(BASELINE_SECONDS, restart.began - start)
-        baseline = sum(restart.began - before <= at < restart.began for at in delivery_times) / before
-        baseline_back = back_at_rate(delivery_times, restart.began, delivery_end, baseline)
-        shown = lambda value: "never in the phase" if value is None else f"{value:.1f} s"  # noqa: E731
-        print(f"{restart.name} restart at {restart.began - start:.1f} s, answering again after "
-              f"{restart.ended - restart.began:.1f} s{' (' + restart.error + ')' if restart.error else ''}: "
-              f"{len(refused)} refused ({f'{refused[0] - start:.1f}-{refused[-1] - start:.1f} s' if refused else 'none'}), "
-              f"longest gap without an accept {longest_gap(accept_times, restart.began, window_end):.1f} s, "
-              f"without a delivery {longest_gap(delivery_times, restart.began, window_end):.1f} s; back at "
-              f">= {RECOVERED:.0%} of offered for {STEADY_SECONDS} s: accepts {shown(accept_back)}, "
-              f"deliveries {shown(delivery_back)}; deliveries back at >= {RECOVERED:.0%} of their {baseline:.0f} msg/s "
-              f"of the {before:.0f} s before: {shown(baseline_back)}")
-    seconds = int(max(args.seconds, (max(delivery_times) - start) if delivery_times else 0)) + 1
+        last_phase = restart is outcome.restarts[-1]
+        delivery_end = max([start + phase_end, *delivery_times]) if last_phase else start + phase_end
+        print(restart_line(args.rate, start, restart, start + phase_end, delivery_end, accept_times,
+                           tally.refused_at, delivery_times))
+    print_timeline(start, int(max(args.seconds, max(delivery_times, default=start) - start)) + 1,
+                   accept_times, tally.refused_at, delivery_times)
+
+
+def restart_line(rate: float, start: float, restart: Restart, phase_end: float, delivery_end: float,
+                 accept_times: list[float], refusal_times: list[float], delivery_times: list[float]) -> str:
+    """One restart's figures: refusals, the longest gaps, and when accepts and deliveries were back at rate
+    (deliveries also against their own rate of the seconds before, as a busy machine may deliver less than
+    is offered)."""
+    refused = [at for at in refusal_times if restart.began <= at < phase_end]
+    accept_back = back_at_rate(accept_times, restart.began, phase_end, rate)
+    delivery_back = back_at_rate(delivery_times, restart.began, delivery_end, rate)
+    before = min(BASELINE_SECONDS, restart.began - start)
+    baseline = sum(restart.began - before <= at < restart.began for at in delivery_times) / before
+    baseline_back = back_at_rate(delivery_times, restart.began, delivery_end, baseline)
+    shown = lambda value: "never in the phase" if value is None else f"{value:.1f} s"  # noqa: E731
+    span = f"{refused[0] - start:.1f}-{refused[-1] - start:.1f} s" if refused else "none"
+    return (f"{restart.name} restart at {restart.began - start:.1f} s, answering again after "
+            f"{restart.ended - restart.began:.1f} s{' (' + restart.error + ')' if restart.error else ''}: "
+            f"{len(refused)} refused ({span}), longest gap without an accept "
+            f"{longest_gap(accept_times, restart.began, phase_end):.1f} s, without a delivery "
+            f"{longest_gap(delivery_times, restart.began, phase_end):.1f} s; back at >= {RECOVERED:.0%} of offered "
+            f"for {STEADY_SECONDS} s: accepts {shown(accept_back)}, deliveries {shown(delivery_back)}; deliveries "
+            f"back at >= {RECOVERED:.0%} of their {baseline:.0f} msg/s of the {before:.0f} s before: "
+            f"{shown(baseline_back)}")
+
+
+def print_timeline(start: float, seconds: int, accept_times: list[float], refusal_times: list[float],
+                   delivery_times: list[float]) -> None:
+    """Accepted/refused/delivered in each second from the start of the load, eight seconds a line."""
     columns = zip(per_second(accept_times, start, seconds), per_second(refusal_times, start, seconds),
                   per_second(delivery_times, start, seconds))
     print("per second, accepted/refused/delivered:")
