@@ -102,6 +102,7 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     accepted: dict[str, float] = field(default_factory=dict)
+    refused_at: list[float] = field(default_factory=list)  # when each refusal was answered (the restart bench's timeline)
 
 
 class Client(asyncio.Protocol):
@@ -132,9 +133,10 @@ class Client(asyncio.Protocol):
         while (message := take_message(self.buffer)) is not None:
             _, body, self.buffer = message
             self.tally.latencies.append(time.perf_counter() - self.started)
-            answer = json.loads(body)
+            answer = answer_of(body)
             if answer["code"] != 0:
                 self.tally.errors.append(answer["message"])
+                self.tally.refused_at.append(time.time())
             elif self.batch == 1:
                 self.tally.accepted[answer["data"]["task_id"]] = time.time()
             self.sent += 1
@@ -144,6 +146,14 @@ class Client(asyncio.Protocol):
                 self.finished.set_result(None)
             else:
                 self.loop.call_at(self.next_at, self.send_next)
+
+
+def answer_of(body: bytes) -> dict[str, object]:
+    """The API's JSON answer; a body that is not one (a proxy's or a crash's page) counts as a refusal."""
+    try:
+        return json.loads(body)  # type: ignore[no-any-return]
+    except ValueError:
+        return {"code": -1, "message": f"not JSON: {body[:60]!r}"}
 
 
 async def offer(port: int | list[int], prepared: list[bytes], clients: int, interval: float, batch: int,
@@ -196,25 +206,17 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="mpush-bench-"))
     mock_port, api_ports = free_port(), [free_port() for _ in range(args.apis)]
-    (tmp / "rules").mkdir()
-    (tmp / "rules" / "bench.yaml").write_text(RULES.format(port=mock_port, batch_url=f', batch_url: "http://127.0.0.1:{mock_port}/batch"' if args.vendor_batch else ""), encoding="utf-8")
+    write_rules(tmp / "rules", mock_port, args.vendor_batch)
     database_url = args.database_url or f"sqlite:///{tmp / 'mpush.db'}"
     bench_redis = RedisCluster.from_url(args.redis_url) if args.redis_cluster else redis.Redis.from_url(args.redis_url)
     bench_redis.flushdb()  # on a cluster: every primary
-    env = {**os.environ, "MPUSH_REDIS_URL": args.redis_url, "MPUSH_DATABASE_URL": database_url,
-           "MPUSH_REDIS_CLUSTER": "true" if args.redis_cluster else "false", "MPUSH_STREAM_SHARDS": str(args.stream_shards),
-           "MPUSH_RULES_DIR": str(tmp / "rules"), "MPUSH_DATA_DIR": str(tmp / "data"),
-           "MPUSH_ENCRYPTION_KEY": "b" * 32, "MPUSH_ADMIN_TOKEN": "bench", "MPUSH_LOG_LEVEL": "WARNING",
-           "MPUSH_WORKER_THREADS": str(args.worker_threads),
-           "MPUSH_WORKER_READERS": str(args.worker_readers), "MPUSH_WATCH_RULES": "false"}
-    mpush = [sys.executable, "-m", "engine.cli"]
+    env = gateway_env(tmp, args.redis_url, database_url, args.worker_threads, args.worker_readers)
+    env.update({"MPUSH_REDIS_CLUSTER": "true" if args.redis_cluster else "false",
+                "MPUSH_STREAM_SHARDS": str(args.stream_shards)})
     names = [f"api {n + 1}" if args.apis > 1 else "api" for n in range(args.apis)]
     names += [f"worker {n + 1}" if args.workers > 1 else "worker" for n in range(args.workers)]
     counted = {name: tmp / f"{name.replace(' ', '-')}-counts.json" for name in names}
-    created = subprocess.run([*mpush, "apps", "create", "bench", "--daily-quota", "0", "--rate-limit", "0"],
-                             env=env, check=True, capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in created.splitlines() if line.startswith("app_"))
-    app_id, secret = fields["app_id"].strip(), fields["app_secret"].strip()
+    app_id, secret = create_app(env)
     counted_run = [sys.executable, str(ROOT / "bench" / "counted.py")]
     commands = {name: [*counted_run, str(counted[name]), "serve", "--no-workers", "--port", str(port)]
                 for name, port in zip(names, api_ports)}
@@ -237,6 +239,30 @@ def main() -> int:
         for process in processes:
             process.wait(30)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_rules(directory: Path, mock_port: int, vendor_batch: bool = False) -> None:
+    """The bench's rule set: one channel, one `fake` provider calling the mock vendor on `mock_port`."""
+    directory.mkdir()
+    batch_url = f', batch_url: "http://127.0.0.1:{mock_port}/batch"' if vendor_batch else ""
+    (directory / "bench.yaml").write_text(RULES.format(port=mock_port, batch_url=batch_url), encoding="utf-8")
+
+
+def gateway_env(tmp: Path, redis_url: str, database_url: str, worker_threads: int, worker_readers: int) -> dict[str, str]:
+    """The environment of the bench's `mpush` processes (rules in tmp/rules, files in tmp/data)."""
+    return {**os.environ, "MPUSH_REDIS_URL": redis_url, "MPUSH_DATABASE_URL": database_url,
+            "MPUSH_RULES_DIR": str(tmp / "rules"), "MPUSH_DATA_DIR": str(tmp / "data"),
+            "MPUSH_ENCRYPTION_KEY": "b" * 32, "MPUSH_ADMIN_TOKEN": "bench", "MPUSH_LOG_LEVEL": "WARNING",
+            "MPUSH_WORKER_THREADS": str(worker_threads), "MPUSH_WORKER_READERS": str(worker_readers),
+            "MPUSH_WATCH_RULES": "false"}
+
+
+def create_app(env: dict[str, str]) -> tuple[str, str]:
+    """A new app without quota or rate limit (migrating the database first, as the CLI does); its id and secret."""
+    created = subprocess.run([sys.executable, "-m", "engine.cli", "apps", "create", "bench", "--daily-quota", "0",
+                              "--rate-limit", "0"], env=env, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in created.splitlines() if line.startswith("app_"))
+    return fields["app_id"].strip(), fields["app_secret"].strip()
 
 
 def redis_processes(client: redis.Redis | RedisCluster) -> dict[str, int]:

@@ -26,6 +26,11 @@ OLD_STREAM = PREFIX + "stream:tasks"
 OLD_DELAYED = PREFIX + "delayed"
 
 
+def restarted(run_id: str) -> str:
+    """Claimed by the one process that recovers what the restart of the Redis server `run_id` may have lost."""
+    return f"{PREFIX}restarted:{run_id}"
+
+
 def stream(shard: int, base: str = QUEUE_BASE) -> str:
     return f"{{{base}{shard}}}:stream"
 

@@ -21,7 +21,8 @@ TAKEN_OVER = Counter("mpush_entries_taken_over_total", "Stream entries taken ove
 GROUP_RECREATED = Counter("mpush_queue_group_recreated_total", "Times a worker found the stream's consumer group "
                           "gone (Redis lost its data) and created it again")
 REQUEUED = Counter("mpush_tasks_requeued_total", "Open tasks queued again by a sweep: `stranded` (no job after the "
-                   "outbox grace, e.g. the API died before enqueuing) or `lost_data` (Redis lost its data)", ["reason"])
+                   "outbox grace, e.g. the API died before enqueuing), `lost_data` (Redis lost its data) or `restart` (Redis "
+                   "restarted and may have lost its last writes)", ["reason"])
 FINAL = Counter("mpush_tasks_final_total", "Tasks reaching a final status", ["status"])
 DECISIONS = Counter("mpush_failure_decisions_total", "Failure decisions carried out", ["scene", "action", "rule"])
 QUOTA_MATCHES = Counter("mpush_quota_rule_matches_total", "Messages each quota rule counted", ["rule"])

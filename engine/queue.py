@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -276,6 +276,40 @@ class Queue:
 
     def delayed_count(self) -> int:
         return sum(int(n) for n in self._each(lambda pipe, name: pipe.zcard(name), self.delayed_sets))
+
+    def jobs_on_streams(self, since: float, page: int = 1000) -> tuple[set[str], set[str]]:
+        """The jobs of the stream entries added since `since` (unix seconds, by Redis's clock: an entry id starts
+        with the millisecond it was added) that no consumer has read yet, and those of every entry consumers
+        have read and not acknowledged (in flight, or stuck with a consumer whose handling failed). Acknowledged
+        entries are deleted, so these are all the entries there are."""
+        waiting: set[str] = set()
+        read: set[str] = set()
+        for stream in self.streams:
+            read_ids = [_text(item["message_id"]) for item in self._paged(
+                lambda start: self.redis.xpending_range(stream, self.group, min=start, max="+", count=page),
+                "-", lambda item: item["message_id"], page)]
+            if read_ids:
+                pipe = self.redis.pipeline(transaction=False)
+                for entry_id in read_ids:
+                    pipe.xrange(stream, min=entry_id, max=entry_id, count=1)
+                read.update(self._entry(stream, entry_id, data).job for entries in pipe.execute()
+                            for entry_id, data in entries)
+            skipped = set(read_ids)
+            unread = (entry for entry in self._paged(
+                lambda start: self.redis.xrange(stream, min=start, max="+", count=page),
+                f"{int(since * 1000)}-0", lambda entry: entry[0], page) if _text(entry[0]) not in skipped)
+            waiting.update(self._entry(stream, entry_id, data).job for entry_id, data in unread)
+        return waiting, read
+
+    @staticmethod
+    def _paged(fetch: Any, first: str, entry_id: Any, page: int) -> Iterator[Any]:
+        """Every item of a stream range read `page` at a time from id `first` on."""
+        start = first
+        while items := fetch(start):
+            yield from items
+            if len(items) < page:
+                return
+            start = "(" + _text(entry_id(items[-1]))
 
     def backlog(self) -> int:
         return sum(int(n) for n in self._each(lambda pipe, name: pipe.xlen(name), self.streams))

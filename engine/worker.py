@@ -38,6 +38,9 @@ HEARTBEAT_SECONDS = 1.0
 HEARTBEAT_TTL = 5.0  # a worker silent this long is dead: its entries are taken over without waiting longer
 READ_ROUNDS = 4  # stream entries read at most per send thread in one read
 POSTPONE = (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError, *UNREACHABLE)
+# A job the store (or Redis) could not serve comes back this much later through the delayed set; left pending
+# instead, it waited for the visibility timeout (a minute) though a database restart takes a second or two.
+POSTPONE_SECONDS = 2.0
 
 HANDLERS = {
     "send": delivery.deliver,
@@ -109,9 +112,7 @@ class Worker:
         try:
             label = handler(self.svc, entry.ref, now)
         except POSTPONE as exc:
-            log.warning("job.postponed %s: %s (left pending for reclaim)", entry.job, exc)
-            self._count("postponed")
-            return False
+            return bool(self._postpone([entry], exc))
         except Exception as exc:
             log.exception("job.crashed %s", entry.job)
             self.svc.queue.dead_letter(entry, f"{type(exc).__name__}: {exc}")
@@ -164,9 +165,7 @@ class Worker:
         try:
             labels, plans = delivery.plan(self.svc, [entry.ref for entry in entries], now)
         except POSTPONE as exc:
-            log.warning("batch.postponed %d send jobs: %s (left pending for reclaim)", len(entries), exc)
-            self._count("postponed", len(entries))
-            return []
+            return self._postpone(entries, exc)
         except Exception:
             log.exception("batch.crashed %d send jobs; handling them one by one", len(entries))
             return [entry.id for entry in entries if self.handle(entry, now)]
@@ -188,8 +187,8 @@ class Worker:
         try:
             labels = delivery.carry_out_many(self.svc, plans, self.owner)
         except POSTPONE as exc:
-            log.warning("job.postponed %d send jobs: %s (left pending for reclaim)", len(entries), exc)
-            self._count("postponed", len(entries))
+            for entry_id in self._postpone(entries, exc):
+                self._finish(entry_id)
         except Exception as exc:
             log.exception("job.crashed %s", ", ".join(entry.job for entry in entries))
             for entry in entries:
@@ -206,6 +205,20 @@ class Worker:
                     self._flying.pop(entry.id, None)
                     self._in_hand.discard(entry.id)
             self._slots.release()
+
+    def _postpone(self, entries: list[Entry], exc: BaseException) -> list[str]:
+        """Put jobs the store or Redis could not serve back in the delayed set for POSTPONE_SECONDS; the ids
+        of their entries, which may then be acknowledged (none if Redis took nothing: they stay pending for
+        the reclaimer). A job kept for an earlier time stays at that time."""
+        self._count("postponed", len(entries))
+        try:
+            self.svc.queue.defer_many([(entry.job, time.time() + POSTPONE_SECONDS) for entry in entries],
+                                      earlier_only=True)
+        except REDIS_ERRORS as redis_exc:
+            log.warning("job.postponed %d jobs: %s (left pending for reclaim: %s)", len(entries), exc, redis_exc)
+            return []
+        log.warning("job.postponed %d jobs by %.0f s: %s", len(entries), POSTPONE_SECONDS, exc)
+        return [entry.id for entry in entries]
 
     def _finish(self, entry_id: str) -> None:
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,12 +14,14 @@ from urllib.parse import urlsplit
 import psycopg2
 import pytest
 
+from engine.queue import job
 from engine.store import repo
 from engine.store.db import bind, connect
 from engine.store.migrations import migrate
 from engine.store.models import Attempt
 from tests.support.loopback import LoopbackServer, Reply
-from tests.support.service import gateway, write_rules
+from engine.worker import POSTPONE_SECONDS, Worker
+from tests.support.service import delayed_jobs, gateway, write_rules
 
 pytestmark = pytest.mark.postgres
 
@@ -60,6 +63,46 @@ def cut_connections(database_url: str) -> int:
         (count,) = cursor.fetchone()
     admin.close()
     return int(count)
+
+
+def refuse_connections(database_url: str, refused: bool) -> None:
+    """Make the server refuse (or accept again) new connections to `database_url`'s database, cutting the open
+    ones: the database is out of reach for the gateway, as while a restart is under way."""
+    admin = psycopg2.connect(SERVER_URL)
+    admin.autocommit = True
+    admin.cursor().execute(f"ALTER DATABASE {urlsplit(database_url).path[1:]} ALLOW_CONNECTIONS {not refused}")
+    admin.close()
+    if refused:
+        cut_connections(database_url)
+
+
+def test_a_send_job_the_database_cannot_serve_comes_back_in_seconds(tmp_path: Path, database_url: str) -> None:
+    """With the database out of reach, a worker puts the send job back in the delayed set for POSTPONE_SECONDS
+    and acknowledges its entry, instead of leaving it pending for the visibility timeout (a minute): once the
+    database answers again, the job is due within seconds."""
+    rules = write_rules(tmp_path, RULES.format(url="http://127.0.0.1:9"))
+    with gateway(tmp_path, rules, workers=False, database_url=database_url, visibility_timeout=60.0) as gw:
+        task_id = gw.send("load", "13800000000", {"code": "1"})["data"]["task_id"]
+        refuse_connections(database_url, True)
+        try:
+            stop = threading.Event()
+            worker = Worker(gw.svc, threads=1, name="postponing")
+            running = threading.Thread(target=worker.run, args=(stop,))
+            started = time.time()
+            running.start()
+            deadline = time.monotonic() + 10
+            while job("send", task_id).encode() not in delayed_jobs(gw.svc):
+                assert time.monotonic() < deadline, "the postponed job never reached the delayed set"
+                time.sleep(0.05)
+            stop.set()
+            running.join(10)
+        finally:
+            refuse_connections(database_url, False)
+        due = delayed_jobs(gw.svc)[job("send", task_id).encode()]
+        assert started < due <= time.time() + POSTPONE_SECONDS
+        assert worker.counters["postponed"] >= 1
+        assert sum(group["pending"] for stream in gw.svc.queue.streams
+                   for group in gw.svc.redis.xinfo_groups(stream)) == 0
 
 
 def test_a_store_call_after_the_connections_are_cut_connects_afresh(database_url: str) -> None:

@@ -283,11 +283,14 @@ def mark_status_if(task_id: str, expected: tuple[str, ...], **fields: Any) -> bo
 
 
 @_guarded
-def unfinished_tasks(after: str, limit: int) -> list[Task]:
-    """Open and sent tasks with ids after `after`, in id order: a page of what Redis must hold jobs for."""
+def unfinished_tasks(after: str, limit: int, touched_since: datetime | None = None) -> list[Task]:
+    """Open and sent tasks with ids after `after` (and, given `touched_since`, updated since then), in id
+    order: a page of what Redis must hold jobs for."""
+    condition = Task.status.in_((*OPEN_TASK_STATUSES, "sent")) & (Task.task_id > after)
+    if touched_since is not None:
+        condition &= Task.updated_at >= touched_since
     query = (Task.select(Task.task_id, Task.status, Task.scheduled_at, Task.not_before)
-             .where(Task.status.in_((*OPEN_TASK_STATUSES, "sent")) & (Task.task_id > after))
-             .order_by(Task.task_id).limit(limit))
+             .where(condition).order_by(Task.task_id).limit(limit))
     return list(query)
 
 
