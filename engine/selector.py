@@ -356,7 +356,14 @@ class Selector:
         """`choose` for several messages in one round trip. Identical requests (the usual batch: one route)
         are chosen for in one script call; Redis runs the choices one after another, so the result is
         exactly that of choosing for each group's messages in turn, groups in order of appearance."""
-        calls = [_choose_call(request, now) for request in requests]
+        made: dict[tuple[int, str, frozenset[str], int], _ChooseCall] = {}  # the same tiers and accounts objects
+        calls = []
+        for request in requests:
+            same = (id(request.tiers), request.scope, frozenset(request.exclude), id(request.accounts))
+            call = made.get(same)
+            if call is None:
+                call = made[same] = _choose_call(request, now)
+            calls.append(call)
         groups: dict[tuple[tuple[str, ...], tuple[object, ...]], list[int]] = {}
         for index, call in enumerate(calls):
             if call.entries:

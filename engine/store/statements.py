@@ -9,7 +9,7 @@ instances directly, so a lookup by key costs about 15 µs. Values still go throu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -187,14 +187,31 @@ def rows_db_values(model: type[peewee.Model], names: Sequence[str], rows: Iterab
 def fetch(db: peewee.Database, model: type[M], sql: str, params: Sequence[Any]) -> list[M]:
     """Run a SELECT and turn each row into a model instance (what peewee would build, without the cost)."""
     cursor = db.execute_sql(sql, params)
-    columns = model._meta.columns
-    fields = [columns[description[0]] for description in cursor.description]
-    return [_instance(model, fields, row) for row in cursor.fetchall()]
+    readers = _readers(model, tuple(description[0] for description in cursor.description))
+    return [_instance(model, readers, row) for row in cursor.fetchall()]
 
 
-def _instance(model: type[M], fields: Iterable[peewee.Field], row: Sequence[Any]) -> M:
+Reader = tuple[str, Callable[[Any], Any], type | None]
+
+
+@lru_cache(maxsize=256)
+def _readers(model: type[peewee.Model], columns: tuple[str, ...]) -> tuple[Reader, ...]:
+    """Per column: the field's name, its `python_value`, and the type of a value that it would return as it is
+    (text of a text field, an int of an integer field), which is then not passed through it."""
+    readers = []
+    for column in columns:
+        field = model._meta.columns[column]
+        plain = None
+        if type(field).python_value is peewee.Field.python_value:
+            plain = str if isinstance(field, peewee._StringField) else int if isinstance(field, peewee.IntegerField) else None
+        readers.append((field.name, field.python_value, plain))
+    return tuple(readers)
+
+
+def _instance(model: type[M], readers: tuple[Reader, ...], row: Sequence[Any]) -> M:
     instance = model.__new__(model)
-    instance.__data__ = {field.name: field.python_value(value) for field, value in zip(fields, row)}
+    instance.__data__ = {name: value if value is None or type(value) is plain else python_value(value)
+                         for (name, python_value, plain), value in zip(readers, row)}
     instance._dirty = set()
     instance.__rel__ = {}
     return instance
