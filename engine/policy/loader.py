@@ -74,36 +74,24 @@ def read_dir(path: str | Path) -> tuple[dict[str, str], list[RuleIssue]]:
     return files, issues
 
 
-SETTLE_SECONDS = 0.05
-SETTLE_READS = 10
+SETTLE_SECONDS = 0.02
+SETTLE_READS = 25
 
 
 def _read_settled(root: Path) -> tuple[dict[str, str], list[RuleIssue]]:
-    """`read_yaml_files`, once no rule file has changed for SETTLE_SECONDS nor while it was read. A file caught
-    half-written (rewritten in place by an editor or a deploy while a reload reads it) is often valid YAML and
-    a valid rule set, only shorter: without its routes or failure rules every message would fail until the
-    next reload."""
+    """`read_yaml_files` once two reads SETTLE_SECONDS apart agree. A file caught half-written (rewritten in
+    place by an editor or a deploy while a reload reads it) is often valid YAML and a valid rule set, only
+    shorter: without its routes or failure rules every message would fail until the next reload. (File
+    times cannot tell: a truncation does not always move the modification time.)"""
+    read = read_yaml_files(root)
     for _ in range(SETTLE_READS):
-        before = _stamps(root)
-        read = read_yaml_files(root)
-        if _stamps(root) == before and all(time.time_ns() - mtime > SETTLE_SECONDS * 1e9 for mtime, _ in before.values()):
-            return read
         time.sleep(SETTLE_SECONDS)
+        again = read_yaml_files(root)
+        if again == read:
+            return read
+        read = again
     raise RuleError([RuleIssue(str(root), 1, "", f"the rule files kept changing while read (for "
                                                   f"{SETTLE_READS * SETTLE_SECONDS:g} s): not loaded")])
-
-
-def _stamps(root: Path) -> dict[str, tuple[int, int]]:
-    """Modification time and size of each rule file of `root` (what a rewrite changes)."""
-    stamps = {}
-    for entry in root.iterdir():
-        if entry.suffix in (".yaml", ".yml") and not entry.name.startswith("."):
-            try:
-                found = entry.stat()
-            except OSError:
-                continue  # reported by the read
-            stamps[entry.name] = (found.st_mtime_ns, found.st_size)
-    return stamps
 
 
 def read_yaml_files(root: Path) -> tuple[dict[str, str], list[RuleIssue]]:
@@ -122,7 +110,10 @@ def read_yaml_files(root: Path) -> tuple[dict[str, str], list[RuleIssue]]:
             continue
         text, problems = _read_file(entry)
         issues += problems
-        if text is not None:
+        if text is not None and not text.strip():
+            issues.append(RuleIssue(str(entry), 1, "", "the file is empty: refused, as a file caught being rewritten "
+                                                     "in place reads (remove it, or give it a comment)"))
+        elif text is not None:
             files[str(entry)] = text
             total += len(text)
     return files, issues

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from datetime import datetime, timezone
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.policy import RuleError
+from engine.policy import loader
 from engine.policy.loader import load_dir, load_texts
 from engine.rulesets import RuleSetHolder
 from providers.base import ConfigField
@@ -98,6 +98,17 @@ def test_a_file_caught_half_written_is_read_once_its_writer_is_done(rules_dir: P
     assert holder.current.rules("routing")[0].name == "gen-1"
 
 
+def test_an_empty_rule_file_is_refused(rules_dir: Path) -> None:
+    """An empty file (how a file truncated for its rewrite reads, however long its writer stalls) fails the
+    reload with its name; the running version stays."""
+    holder = RuleSetHolder(rules_dir, env={}, provider_types=TYPES)
+    before = holder.current
+    (rules_dir / "rules.yaml").write_text("  \n", encoding="utf-8")
+    assert isinstance(holder.reload(), RuleError) and holder.current is before
+    assert holder.last_error == f"{rules_dir / 'rules.yaml'}:1: the file is empty: refused, as a file caught being " \
+        "rewritten in place reads (remove it, or give it a comment)"
+
+
 def test_files_that_never_stop_changing_are_not_loaded(rules_dir: Path) -> None:
     """A reload during a rewrite that never settles keeps the running version and says why."""
     holder = RuleSetHolder(rules_dir, env={}, provider_types=TYPES)
@@ -138,17 +149,10 @@ def test_unexpected_reload_failure_is_reported_not_raised(rules_dir: Path) -> No
     assert "no *.yaml rule files" in (holder.last_error or "")
 
 
-def written_long_ago(path: Path, text: str) -> None:
-    """`text` written to `path`, dated a minute back: a reload reads it at once (a file written just now is
-    given a moment to be finished first)."""
-    path.write_text(text, encoding="utf-8")
-    then = time.time_ns() - 60 * 10**9
-    os.utime(path, ns=(then, then))
-
-
 @pytest.mark.timeout(120)
-def test_concurrent_evaluations_during_200_reloads(rules_dir: Path) -> None:
+def test_concurrent_evaluations_during_200_reloads(rules_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Evaluations never fail or mix versions while 200 reloads (a fifth broken) swap the rule set."""
+    monkeypatch.setattr(loader, "SETTLE_SECONDS", 0.001)  # each file is written whole before its reload
     holder = RuleSetHolder(rules_dir, env={}, provider_types=TYPES)
     stop = threading.Event()
     errors: list[str] = []
@@ -177,7 +181,7 @@ def test_concurrent_evaluations_during_200_reloads(rules_dir: Path) -> None:
     try:
         for n in range(1, 201):
             broken = n % 5 == 0
-            written_long_ago(rules_dir / "rules.yaml", BROKEN if broken else generation(n))
+            (rules_dir / "rules.yaml").write_text(BROKEN if broken else generation(n), encoding="utf-8")
             result = holder.reload()
             if broken:
                 assert isinstance(result, RuleError)

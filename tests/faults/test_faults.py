@@ -167,17 +167,17 @@ class Cluster:
             database.close()
 
     def failure_reasons(self) -> Counter[str]:
-        """How the attempts of the tasks that ended failed ended: what to read when a scenario fails."""
+        """Why the tasks that ended failed did (their last error and attempt count): what to read when a
+        scenario fails."""
         from engine.store import db as store_db
-        from engine.store.models import Attempt, Task
+        from engine.store.models import Task
 
         database = store_db.connect(self.env["MPUSH_DATABASE_URL"])
         try:
             with store_db.connection(database):
-                failed = Task.select(Task.task_id).where(Task.status == "failed")
-                rows = (Attempt.select(Attempt.status, Attempt.error_code, Attempt.error_message)
-                        .where(Attempt.task_id.in_(failed)).bind(database).tuples())
-                return Counter(f"{status} {code} {message[:80]}" for status, code, message in rows)
+                rows = (Task.select(Task.error_code, Task.error_message, Task.retry_count)
+                        .where(Task.status == "failed").bind(database).tuples())
+                return Counter(f"{code} {message[:100]} (attempts: {tries})" for code, message, tries in rows)
         finally:
             database.close()
 
@@ -204,7 +204,7 @@ class Cluster:
                    "repeats_dropped": int(self.vendor("/repeats"))}
         print(f"\n{figures}")
         if figures["failed"]:
-            print(f"attempts of the failed tasks: {dict(self.failure_reasons())}")
+            print(f"why tasks failed: {dict(self.failure_reasons())}")
         return figures
 
     def stop(self) -> None:
