@@ -85,13 +85,13 @@ def test_failing_rule_test_case_blocks_the_swap(rules_dir: Path) -> None:
 
 def test_a_file_caught_half_written_is_read_once_its_writer_is_done(rules_dir: Path) -> None:
     """A reload that reads a file while it is rewritten in place (its first half, itself a valid rule set without
-    routes, there for 30 ms) loads the whole file, not the half."""
+    routes, there for half the settling time) loads the whole file, not the half."""
     whole = generation(1)
     half = whole[: whole.index("routing:")]
     assert load_texts({"rules.yaml": half}, env={}, provider_types=TYPES)  # the half alone is a good rule set
     target = rules_dir / "rules.yaml"
     target.write_text(half, encoding="utf-8")
-    writer = threading.Timer(0.03, lambda: target.write_text(whole, encoding="utf-8"))
+    writer = threading.Timer(loader.SETTLE_SECONDS / 2, lambda: target.write_text(whole, encoding="utf-8"))
     writer.start()
     holder = RuleSetHolder(rules_dir, env={}, provider_types=TYPES)
     writer.join()
