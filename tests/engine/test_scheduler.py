@@ -98,7 +98,7 @@ def test_after_redis_restarted_missing_its_last_writes_the_recently_touched_task
     server = _start_redis(port, tmp_path)
     try:
         with gateway(tmp_path, write_rules(tmp_path, RULES), workers=False,
-                     redis_url=f"redis://127.0.0.1:{port}/0") as gw:
+                     redis_url=f"redis://127.0.0.1:{port}/0", redis_cluster=False) as gw:
             first, second = scheduler.ServerWatch(), scheduler.ServerWatch()
             scheduler.recover_lost_data(gw.svc, datetime.now(UTC))  # sets the epoch
             assert scheduler.recover_restart(gw.svc, first, datetime.now(UTC)) == 0
