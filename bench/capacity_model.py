@@ -50,8 +50,11 @@ def plan(rate: float, costs: Costs, *, utilisation: float, redis_core_share: flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, action="append", help="target msg/s (repeatable); default 1k, 10k, 100k")
-    parser.add_argument("--api-ms", type=float, default=0.72, help="API CPU ms per message (measured: 0.72)")
-    parser.add_argument("--worker-ms", type=float, default=0.6, help="worker CPU ms per message (measured: 0.5-0.7)")
+    parser.add_argument("--api-ms", type=float, default=0.6,
+                        help="API CPU ms per message (measured at 1,000 msg/s: 0.50 on PostgreSQL, 0.45-0.65 on SQLite)")
+    parser.add_argument("--worker-ms", type=float, default=0.95,
+                        help="worker CPU ms per message (measured at 1,000 msg/s: 0.85-0.89 on SQLite, 0.96-1.02 on "
+                             "PostgreSQL)")
     parser.add_argument("--redis-ms", type=float, default=0.06,
                         help="Redis CPU ms per message (measured: 0.06 at 2,000 msg/s, 0.16 at 1,000)")
     parser.add_argument("--db-rows", type=float, default=5.0,
