@@ -42,6 +42,12 @@ POSTPONE = (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError, *U
 # instead, it waited for the visibility timeout (a minute) though a database restart takes a second or two.
 POSTPONE_SECONDS = 2.0
 
+def read_retry_delay(failures: int) -> float:
+    """Seconds before reading again after `failures` failed reads in a row: 0.1 s doubling to 1 s, so a Redis
+    restart (back within a second) costs deliveries a fraction of a second, a longer outage no busy loop."""
+    return min(1.0, 0.1 * 2 ** failures)
+
+
 HANDLERS = {
     "send": delivery.deliver,
     "webhook": webhooks.deliver_webhook,
@@ -123,15 +129,17 @@ class Worker:
 
     def _consume(self, consumer: str, stop: threading.Event, shards: Sequence[int]) -> None:
         """Read `shards`, handle, and acknowledge what was done with the next read's round trip (or at the end)."""
-        queue, done = self.svc.queue, list[str]()
+        queue, done, failures = self.svc.queue, list[str](), 0
         while not stop.is_set():
             done += self._take_finished()
             try:
                 entries = queue.read(consumer, count=self.read_count, block_ms=500, ack=done, shards=shards)
             except REDIS_ERRORS as exc:
                 log.warning("queue.read failed: %s", exc)
-                stop.wait(1.0)
+                stop.wait(read_retry_delay(failures))
+                failures += 1
                 continue  # `done` is acknowledged again with the next read; a repeated XACK is harmless
+            failures = 0
             done = self._process(entries)
         self._ack(done)
 

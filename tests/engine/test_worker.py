@@ -12,7 +12,7 @@ import pytest
 
 from engine.settings import Settings
 from engine.store import repo
-from engine.worker import Worker
+from engine.worker import Worker, read_retry_delay
 from tests.support.loopback import LoopbackServer, Recorded, Reply
 from tests.support.service import CONSOLE_RULES, Gateway, gateway, write_rules
 
@@ -98,6 +98,12 @@ def test_a_second_job_for_a_task_in_flight_sends_nothing(gw: Gateway, vendor: Ha
     vendor.release.set()
     gw.wait(hung, ("success",))
     assert len(repo.list_attempts(hung)) == 1
+
+
+def test_a_failed_read_is_retried_soon_then_less_often() -> None:
+    """After a failed stream read the reader waits 0.1 s, doubling with each failure in a row up to 1 s: a
+    restarted Redis is read again within a fraction of a second, a dead one is not hammered."""
+    assert [read_retry_delay(n) for n in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
 
 
 def test_stream_readers_come_from_the_settings_and_never_outnumber_the_send_threads(tmp_path: Path) -> None:
