@@ -278,7 +278,7 @@ def _store_and_enqueue_many(svc: Services, admitted: list[Admitted]) -> list[Acc
     rows: dict[int, dict[str, Any]] = {}
     for index, item in enumerate(admitted):
         try:
-            rows[index] = _task_row(item.app, item.channel, item.template, item.request, 0,
+            rows[index] = _task_row(item.app, item.channel, item.template, item.request,
                                     item.moment, "scheduled" if item.due else "pending", item.due, "")
         except Exception as exc:
             outcomes[index] = exc
@@ -346,7 +346,7 @@ def _store_and_enqueue(svc: Services, admitted: Admitted) -> Accepted:
     moment, due = admitted.moment, admitted.due
     batch_id = uuid7() if request.batch else ""
     status = "scheduled" if due else "pending"
-    first = _task_row(app, channel, template, request, 0, moment, status, due, batch_id)
+    first = _task_row(app, channel, template, request, moment, status, due, batch_id)
     rows = [first, *(_next_task_row(first, request, index) for index in range(1, len(request.receivers)))]
     batch = {"batch_id": batch_id, "app_id": app.app_id, "total": len(rows), "created_at": moment} if batch_id else None
     try:
@@ -364,20 +364,16 @@ def _store_and_enqueue(svc: Services, admitted: Admitted) -> Accepted:
     return Accepted(task_ids, status, moment, batch_id)
 
 
-def _task_row(app: Application, channel: Channel, template: Template, request: SendRequest, index: int,
+def _task_row(app: Application, channel: Channel, template: Template, request: SendRequest,
               moment: datetime, status: str, due: float | None, batch_id: str) -> dict[str, Any]:
-    """The task of the request's receiver number `index`."""
-    receiver = request.receivers[index]
-    as_sent = request.as_sent[index] if request.as_sent else receiver
+    """The task of the request's first receiver."""
     return {
-        "task_id": uuid7(),
+        **_receiver_fields(request, 0),
         "app_id": app.app_id,
         "batch_id": batch_id or None,
         "channel_id": channel.id,
         "channel": channel.name,
         "message_type": channel.type,
-        "receiver": receiver,
-        "receiver_as_sent": as_sent if as_sent != receiver else None,
         "trace_id": request.trace_id or None,
         "title": render(template.subject, request.params) if template.subject else "",
         "content": render(template.text, request.params),
@@ -397,10 +393,14 @@ def _next_task_row(first: dict[str, Any], request: SendRequest, index: int) -> d
     """The task of receiver number `index` of a request whose first task is `first`: the same text, params and
     times (the very objects, stored converted once), its own id and receiver, no idempotency key (the key names
     the request: its first task stands for it)."""
+    return {**first, **_receiver_fields(request, index), "idempotency_key": None}
+
+
+def _receiver_fields(request: SendRequest, index: int) -> dict[str, Any]:
+    """A new task id, the request's receiver number `index` and, when the client wrote it otherwise, as sent."""
     receiver = request.receivers[index]
     as_sent = request.as_sent[index] if request.as_sent else receiver
-    return {**first, "task_id": uuid7(), "receiver": receiver, "receiver_as_sent": as_sent if as_sent != receiver
-            else None, "idempotency_key": None}
+    return {"task_id": uuid7(), "receiver": receiver, "receiver_as_sent": as_sent if as_sent != receiver else None}
 
 
 def _quota_checks(ruleset: RuleSet, app: Application, channel: Channel, request: SendRequest,

@@ -80,12 +80,9 @@ def _split_country_code(digits: str) -> tuple[int, str]:
 
 
 def _starts_with(pattern: str | None, digits: str) -> bool:
-    return bool(pattern) and _compiled(pattern).match(digits) is not None
-
-
-@lru_cache(maxsize=512)
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+    if not pattern:
+        return False
+    return re.match(pattern, digits) is not None
 
 
 def email_address(text: str) -> str:

@@ -656,7 +656,7 @@ def _record_in_one_statement(ends: Sequence[AttemptEnd], changes: Sequence[Statu
     finished_at = utcnow()
     end_rows = [{"task_id": end.task_id, "number": end.number, **_attempt_end_fields(end, finished_at)}
                 for end in ends]
-    change_rows = [{"task_id": change.task_id, **change.fields, "updated_at": updated_at} for change in changes]
+    change_rows = [_change_row(change, updated_at) for change in changes]
     end_fields, change_fields = tuple(end_rows[0])[2:], tuple(change_rows[0])[1:]
     expected = changes[0].expected
     sql = statements.record_sql(_db(), end_fields, len(end_rows), len(UNFINISHED_ATTEMPT), change_fields,
@@ -670,6 +670,11 @@ def _record_in_one_statement(ends: Sequence[AttemptEnd], changes: Sequence[Statu
     return set(changed)
 
 
+def _change_row(change: StatusChange, updated_at: datetime) -> dict[str, Any]:
+    """A status change as a row of an UPDATE ... FROM (VALUES ...): its task id, then the fields it sets."""
+    return {"task_id": change.task_id, **change.fields, "updated_at": updated_at}
+
+
 def _apply_returning(changes: Sequence[StatusChange], updated_at: datetime) -> set[str]:
     """PostgreSQL: the status changes as one UPDATE ... FROM (VALUES ...) per shape (usually one for the whole
     batch); the ids of the tasks that were still in an expected status and so changed."""
@@ -680,8 +685,8 @@ def _apply_returning(changes: Sequence[StatusChange], updated_at: datetime) -> s
     for (fields, expected), group in shapes.items():
         sql = statements.update_from_values_sql(_db(), Task, (*fields, "updated_at"), ("task_id",), len(group),
                                                 len(expected))
-        params = [value for change in group for value in
-                  statements.db_values(Task, {"task_id": change.task_id, **change.fields, "updated_at": updated_at})]
+        rows = [_change_row(change, updated_at) for change in group]
+        params = statements.rows_db_values(Task, tuple(rows[0]), rows)
         cursor = _db().execute_sql(sql, params + list(expected))
         changed.update(task_id for (task_id,) in cursor.fetchall())
     return changed
@@ -698,7 +703,7 @@ def _claim_in_one_statement(claims: Sequence[AttemptClaim], expected: tuple[str,
                                          lease_until=claim.lease_until, key_number=claim.key_number))
             for claim in sorted(claims, key=lambda claim: claim.task_id)]
     fields = tuple(rows[0])
-    params = [value for row in rows for value in statements.db_values(Attempt, row)]
+    params = statements.rows_db_values(Attempt, fields, rows)
     params += statements.db_values(Task, {"updated_at": utcnow()}) + list(expected)
     sql = statements.claim_sql(_db(), fields, len(rows), len(expected))
     claimed = {str(row[0]) for row in _db().execute_sql(sql, params).fetchall()}
@@ -821,7 +826,8 @@ def _update_many(model: type[peewee.Model], rows: Sequence[tuple[dict[str, Any],
     values, where = rows[0]
     if _postgres():
         sql = statements.update_from_values_sql(_db(), model, tuple(values), tuple(where), len(rows), len(status_in))
-        params = [value for values, where in rows for value in statements.db_values(model, {**where, **values})]
+        merged = [{**where, **values} for values, where in rows]
+        params = statements.rows_db_values(model, tuple(merged[0]), merged)
         return len(_db().execute_sql(sql, params + list(status_in)).fetchall())
     sql = statements.update_sql(_db(), model, tuple(values), tuple(where), len(status_in))
     params = [statements.db_values(model, values) + statements.db_values(model, where) + list(status_in)
