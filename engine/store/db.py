@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
 import os
 import re
 import threading
 import uuid
+import weakref
 from collections.abc import Iterator
 from typing import Any
 from contextlib import contextmanager
@@ -19,6 +21,7 @@ from playhouse.pool import MaxConnectionsExceeded, PooledDatabase, PooledMySQLDa
 
 from engine.files import FILE_MODE, private_dir, private_file
 from engine.store.models import database
+from engine.store.statements import Shape
 
 log = logging.getLogger("mpush.store")
 
@@ -85,6 +88,10 @@ class PostgresPool(PooledPostgresqlDatabase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._untried = threading.local()
+        self._names = itertools.count(1)
+        # Per connection, the statements prepared on it: SQL text -> name, least recently used first.
+        self._statements: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+        self._statements_lock = threading.Lock()
 
     def _is_closed(self, conn: Any) -> bool:
         from psycopg2.extensions import TRANSACTION_STATUS_UNKNOWN
@@ -92,7 +99,9 @@ class PostgresPool(PooledPostgresqlDatabase):
         return bool(conn.closed) or conn.get_transaction_status() == TRANSACTION_STATUS_UNKNOWN
 
     def _connect(self) -> Any:
-        conn = super()._connect()
+        conn = super()._connect()  # a new connection, or one the pool had
+        with self._statements_lock:
+            self._statements.setdefault(conn, {})
         self._untried.value = True
         return conn
 
@@ -101,14 +110,38 @@ class PostgresPool(PooledPostgresqlDatabase):
         self._untried.value = False
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
+        if isinstance(sql, Shape):
+            sql = self._prepared(sql, len(params or ()))
         cursor = super().execute_sql(sql, params)
         self._untried.value = False
         return cursor
+
+    def _prepared(self, sql: Shape, params: int) -> str:
+        """The EXECUTE of `sql` prepared on this thread's connection, preparing it first if it is not yet (and
+        forgetting the least recently used one beyond MAX_PREPARED)."""
+        prepared = self._statements[self.connection()]
+        name = prepared.pop(sql, None)
+        if name is None:
+            while len(prepared) >= MAX_PREPARED:
+                super().execute_sql(f"DEALLOCATE {prepared.pop(next(iter(prepared)))}")
+            name = f"mpush_{next(self._names)}"
+            super().execute_sql(f"PREPARE {name} AS {numbered_parameters(sql)}")
+        prepared[sql] = name  # now the most recently used
+        return f"EXECUTE {name} ({', '.join(['%s'] * params)})" if params else f"EXECUTE {name}"
 
     def untried(self) -> bool:
         """Whether nothing has yet succeeded on this thread's connection since it was checked out: when its
         first statement finds it dropped, nothing of the call reached the database, and a retry is safe."""
         return bool(getattr(self._untried, "value", False))
+
+
+MAX_PREPARED = 128  # statements kept prepared per connection: the hot shapes, with room for batch sizes
+
+
+def numbered_parameters(sql: str) -> str:
+    """A psycopg2 statement's `%s` parameters as PostgreSQL's `$1`, `$2`, ... (and `%%` as `%`)."""
+    count = itertools.count(1)
+    return re.sub(r"%[s%]", lambda match: f"${next(count)}" if match.group() == "%s" else "%", sql)
 
 
 class StaleConnection(StoreUnavailable):

@@ -52,20 +52,44 @@ def counted(action: Any) -> list[str]:
     return list(SENT)
 
 
-@pytest.mark.parametrize("size", [1, 16, 100])
-def test_a_batch_costs_the_same_statements_whatever_its_size(pool: PostgresPool, size: int) -> None:
-    """Insert, load, claim and record of a batch: 1, 2, 1 and 1 statements for 1, 16 or 100 tasks alike,
-    with no liveness check on pool check-out."""
+def batch(size: int) -> tuple[list[dict[str, str]], list[str], list[repo.AttemptClaim], list[repo.AttemptEnd],
+                             list[repo.StatusChange]]:
     rows = [{"task_id": str(uuid.uuid4()), "app_id": "a" * 16, "receiver": f"1380000{i:04d}"} for i in range(size)]
     task_ids = [row["task_id"] for row in rows]
     claims = [repo.AttemptClaim(task_id, 1, "vendor", "route", "v1") for task_id in task_ids]
     ends = [repo.AttemptEnd(task_id, 1, "ok", True, f"m-{task_id}", latency_ms=2) for task_id in task_ids]
     changes = [repo.StatusChange(task_id, OPEN, {"status": "success", "provider_message_id": f"m-{task_id}"})
                for task_id in task_ids]
-    assert counted(lambda: repo.create_tasks(rows)) == ["INSERT"]
-    assert counted(lambda: repo.load_for_delivery(task_ids)) == ["SELECT", "SELECT"]
-    assert counted(lambda: repo.claim_attempts(claims, OPEN)) == ["WITH"]
-    assert counted(lambda: repo.record_attempts(ends, changes)) == ["WITH"]
+    return rows, task_ids, claims, ends, changes
+
+
+def steps(size: int) -> list[list[str]]:
+    """The statements sent by the insert, load, claim and record of a new batch of `size` tasks, each checked."""
+    rows, task_ids, claims, ends, changes = batch(size)
+    sent = [counted(lambda: repo.create_tasks(rows)), counted(lambda: repo.load_for_delivery(task_ids)),
+            counted(lambda: repo.claim_attempts(claims, OPEN)), counted(lambda: repo.record_attempts(ends, changes))]
     tasks, attempts = repo.load_for_delivery(task_ids)
     assert {task.status for task in tasks.values()} == {"success"}
     assert {attempts[task_id][0].status for task_id in task_ids} == {"ok"}
+    return sent
+
+
+@pytest.mark.parametrize("size", [1, 16, 100])
+def test_a_batch_costs_the_same_statements_whatever_its_size(pool: PostgresPool, size: int) -> None:
+    """Insert, load, claim and record of a batch: 1, 2, 1 and 1 statements for 1, 16 or 100 tasks alike, each
+    prepared on the connection when its shape is first used and only executed from then on; no liveness check
+    on pool check-out."""
+    assert steps(size) == [["PREPARE", "EXECUTE"], ["PREPARE", "EXECUTE"] * 2, ["PREPARE", "EXECUTE"],
+                           ["PREPARE", "EXECUTE"]]
+    assert steps(size) == [["EXECUTE"], ["EXECUTE"] * 2, ["EXECUTE"], ["EXECUTE"]]
+
+
+def test_a_connection_keeps_at_most_max_prepared_statements(pool: PostgresPool,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond MAX_PREPARED shapes the least recently used statement is deallocated, and every shape still
+    answers correctly, whether it was still prepared or had to be prepared again."""
+    monkeypatch.setattr("engine.store.db.MAX_PREPARED", 3)
+    for size in (2, 3, 4, 5, 6, 2, 3):
+        steps(size)
+    (prepared,) = pool.execute_sql("SELECT count(*) FROM pg_prepared_statements").fetchone()
+    assert prepared == 3
