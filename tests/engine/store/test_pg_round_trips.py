@@ -9,9 +9,10 @@ from typing import Any
 import psycopg2.extensions
 import pytest
 
-from engine.store import repo
-from engine.store.db import PostgresPool, bind, connect
+from engine.store import repo, statements
+from engine.store.db import PostgresPool, bind, connect, numbered_parameters
 from engine.store.migrations import migrate
+from engine.store.models import Attempt
 from tests.engine.store.conftest import scratch_database
 
 pytestmark = pytest.mark.postgres
@@ -93,3 +94,38 @@ def test_a_connection_keeps_at_most_max_prepared_statements(pool: PostgresPool,
         steps(size)
     (prepared,) = pool.execute_sql("SELECT count(*) FROM pg_prepared_statements").fetchone()
     assert prepared == 3
+
+
+def test_a_statement_first_planned_on_empty_tables_is_planned_again_once_they_have_grown(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A load kept as a sequential scan while the attempts table was empty is prepared again at its
+    REPREPARE_AT-th run, and from then on runs by index over the grown table, without waiting for ANALYZE."""
+    monkeypatch.setattr("engine.store.db.REPREPARE_AT", frozenset({16}))
+    with scratch_database("postgres") as url:
+        db = connect(url, pool_size=1)
+        assert isinstance(db, PostgresPool)
+        migrate(db)
+        db.execute_sql("ALTER TABLE attempts SET (autovacuum_enabled = false)")  # no ANALYZE re-plans it
+        bind(db)
+        try:
+            load = statements.select_in_sql(db, Attempt, "task_id", 4, ("task_id", "number"))
+            keys = [str(uuid.uuid4()) for _ in range(4)]
+
+            def runs(count: int) -> str:
+                for _ in range(count):
+                    statements.fetch(db, Attempt, load, keys)
+                (name,) = db.execute_sql("SELECT name FROM pg_prepared_statements WHERE statement LIKE %s",
+                                         [f"% AS {numbered_parameters(load)}"]).fetchone()
+                plan = db.execute_sql(f"EXPLAIN EXECUTE {name} (%s, %s, %s, %s)", keys).fetchall()
+                return "\n".join(line for (line,) in plan)
+
+            assert "Seq Scan on attempts" in runs(8)
+            for _ in range(20):
+                rows, _, claims, _, _ = batch(250)
+                repo.create_tasks(rows)
+                repo.claim_attempts(claims, OPEN)
+            assert "Seq Scan on attempts" in runs(7)  # 15 runs: the empty table's plan is still kept
+            regrown = runs(8)
+            assert "Seq Scan" not in regrown and "Index Cond" in regrown
+        finally:
+            db.close_all()
