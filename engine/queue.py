@@ -301,6 +301,18 @@ class Queue:
             waiting.update(self._entry(stream, entry_id, data).job for entry_id, data in unread)
         return waiting, read
 
+    def oldest_unread(self) -> float | None:
+        """When the oldest entry no consumer has read yet was added (unix seconds, by Redis's clock), or None
+        when consumers have read every entry of every shard."""
+        groups = self._each(lambda pipe, stream: pipe.xinfo_groups(stream), self.streams)
+        delivered = [next((_text(info["last-delivered-id"]) for info in infos if _text(info["name"]) == self.group),
+                          "0-0") for infos in groups]
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, last in zip(self.streams, delivered):
+            pipe.xrange(stream, min=f"({last}", max="+", count=1)
+        added = [int(_text(entries[0][0]).split("-")[0]) / 1000 for entries in pipe.execute() if entries]
+        return min(added, default=None)
+
     @staticmethod
     def _paged(fetch: Any, first: str, entry_id: Any, page: int) -> Iterator[Any]:
         """Every item of a stream range read `page` at a time from id `first` on."""

@@ -166,8 +166,15 @@ def _later(moment: datetime | None, now: datetime) -> bool:
 
 
 def requeue_stranded(svc: Services, now: datetime) -> int:
-    """Queue again open tasks untouched for the outbox grace whose job is not in the delayed set."""
-    candidates = repo.stale_open_tasks(now - timedelta(seconds=svc.settings.outbox_grace), limit=PAGE)
+    """Queue again open tasks untouched for the outbox grace whose job is not in the delayed set, nor possibly
+    among the entries the workers have not read yet: while they are behind, a task is only stranded if it was
+    last touched a grace before the oldest unread entry was added (else every sweep of a backlog would add
+    another entry for each waiting task)."""
+    grace = timedelta(seconds=svc.settings.outbox_grace)
+    before = now - grace
+    if (unread_since := svc.queue.oldest_unread()) is not None:
+        before = min(before, datetime.fromtimestamp(unread_since, UTC) - grace)
+    candidates = repo.stale_open_tasks(before, limit=PAGE)
     pipe = svc.redis.pipeline(transaction=False)
     for task_id in candidates:
         pipe.zscore(svc.queue.delayed_key(job("send", task_id)), job("send", task_id))

@@ -40,6 +40,20 @@ def test_stranded_open_tasks_are_requeued_once(tmp_path: Path) -> None:
         assert [entry.job for entry in entries] == [job("send", stranded)]
 
 
+def test_tasks_whose_entries_the_workers_have_not_read_yet_are_not_queued_again(tmp_path: Path) -> None:
+    """While the workers are behind, tasks older than the grace whose entries are still unread on the stream
+    are left alone; once every entry has been read, the same tasks, still untouched, count as stranded."""
+    rules = write_rules(tmp_path, RULES)
+    with gateway(tmp_path, rules, workers=False) as gw:
+        for i in range(2):
+            gw.send("otp", f"1380000000{i}", {"code": "1"})
+        later = datetime.now(UTC) + timedelta(seconds=gw.svc.settings.outbox_grace + 60)
+        assert scheduler.requeue_stranded(gw.svc, later) == 0
+        assert len(gw.svc.queue.read("slow-worker", count=10, block_ms=10)) == 2
+        assert gw.svc.queue.oldest_unread() is None
+        assert scheduler.requeue_stranded(gw.svc, later) == 2
+
+
 def test_after_redis_lost_its_data_one_sweep_requeues_every_unfinished_task(tmp_path: Path) -> None:
     """With the epoch key gone, the first process to notice queues pending tasks now, scheduled ones at their
     time and the report timeout of sent ones; any later check finds the epoch and does nothing."""
