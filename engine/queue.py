@@ -303,8 +303,12 @@ class Queue:
 
     def oldest_unread(self) -> float | None:
         """When the oldest entry no consumer has read yet was added (unix seconds, by Redis's clock), or None
-        when consumers have read every entry of every shard."""
-        groups = self._each(lambda pipe, stream: pipe.xinfo_groups(stream), self.streams)
+        when consumers have read every entry of every shard (a shard whose stream is gone has none)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in self.streams:
+            pipe.xinfo_groups(stream)
+        groups = [[] if isinstance(reply, redis.ResponseError) else reply
+                  for reply in pipe.execute(raise_on_error=False)]
         delivered = [next((_text(info["last-delivered-id"]) for info in infos if _text(info["name"]) == self.group),
                           "0-0") for infos in groups]
         pipe = self.redis.pipeline(transaction=False)

@@ -71,13 +71,16 @@ def test_one_read_takes_entries_of_every_shard_with_ids_unique_across_them(shard
 
 def test_the_oldest_unread_entry_is_found_across_shards(sharded: Queue, client: redis.Redis) -> None:
     """oldest_unread is when the earliest entry no consumer has read yet was added, on whichever shard it
-    lies, and None once every shard has been read to its end (read and unacknowledged entries included)."""
+    lies, and None once every shard has been read to its end (read and unacknowledged entries included) or
+    its stream is gone."""
     assert sharded.oldest_unread() is None
     sharded.enqueue([job("send", f"t{i}") for i in range(8)])
     added = [int(client.xrange(stream, count=1)[0][0].decode().split("-")[0]) / 1000
              for stream in sharded.streams if client.xlen(stream)]
     assert sharded.oldest_unread() == min(added)
     assert len(sharded.read("c1", count=32, block_ms=10)) == 8  # up to 8 from each shard
+    assert sharded.oldest_unread() is None
+    client.delete(sharded.streams[0])
     assert sharded.oldest_unread() is None
 
 
