@@ -97,7 +97,7 @@ def test_a_connection_keeps_at_most_max_prepared_statements(pool: PostgresPool,
 
 
 def test_a_statement_first_planned_on_empty_tables_is_planned_again_once_they_have_grown(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        pool: PostgresPool, monkeypatch: pytest.MonkeyPatch) -> None:
     """A load kept as a sequential scan while the attempts table was empty is prepared again at its
     REPREPARE_AT-th run, and from then on runs by index over the grown table, without waiting for ANALYZE."""
     monkeypatch.setattr("engine.store.db.REPREPARE_AT", frozenset({16}))
@@ -129,3 +129,17 @@ def test_a_statement_first_planned_on_empty_tables_is_planned_again_once_they_ha
             assert "Seq Scan" not in regrown and "Index Cond" in regrown
         finally:
             db.close_all()
+            bind(pool)  # the module's database again, for the tests after this one
+
+
+def test_prepared_statements_survive_a_column_added_under_them(pool: PostgresPool) -> None:
+    """A migration adding a column while a process runs (`mpush migrate` before its restart) leaves the
+    statements that process prepared working: they name their columns, so their result type is unchanged."""
+    steps(2)
+    pool.execute_sql("ALTER TABLE tasks ADD COLUMN added_by_a_migration TEXT")
+    pool.execute_sql("ALTER TABLE attempts ADD COLUMN added_by_a_migration TEXT")
+    try:
+        assert steps(2) == [["EXECUTE"], ["EXECUTE"] * 2, ["EXECUTE"], ["EXECUTE"]]
+    finally:
+        pool.execute_sql("ALTER TABLE tasks DROP COLUMN added_by_a_migration")
+        pool.execute_sql("ALTER TABLE attempts DROP COLUMN added_by_a_migration")
