@@ -75,25 +75,58 @@ def steps(size: int) -> list[list[str]]:
     return sent
 
 
+def executed(sent: list[list[str]]) -> list[int]:
+    """How many statements each step ran, the PREPAREs of its shapes aside."""
+    return [len([statement for statement in step if statement != "PREPARE"]) for step in sent]
+
+
 @pytest.mark.parametrize("size", [1, 16, 100])
 def test_a_batch_costs_the_same_statements_whatever_its_size(pool: PostgresPool, size: int) -> None:
-    """Insert, load, claim and record of a batch: 1, 2, 1 and 1 statements for 1, 16 or 100 tasks alike, each
-    prepared on the connection when its shape is first used and only executed from then on; no liveness check
-    on pool check-out."""
+    """Insert, load, claim and record of a batch: 1, 2, 1 and 1 statements for 1, 16 or 100 tasks alike, with
+    no liveness check on pool check-out."""
+    assert executed(steps(size)) == executed(steps(size)) == [1, 2, 1, 1]
+
+
+@pytest.mark.parametrize("size", [7, 23])  # sizes no other test here uses: shapes new to the connection
+def test_a_shape_is_prepared_on_first_use_and_only_executed_from_then_on(pool: PostgresPool, size: int) -> None:
+    """Each statement of a batch's steps is prepared on the connection the first time its shape is used,
+    and from then on only executed."""
     assert steps(size) == [["PREPARE", "EXECUTE"], ["PREPARE", "EXECUTE"] * 2, ["PREPARE", "EXECUTE"],
                            ["PREPARE", "EXECUTE"]]
     assert steps(size) == [["EXECUTE"], ["EXECUTE"] * 2, ["EXECUTE"], ["EXECUTE"]]
 
 
-def test_a_connection_keeps_at_most_max_prepared_statements(pool: PostgresPool,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """Beyond MAX_PREPARED shapes the least recently used statement is deallocated, and every shape still
-    answers correctly, whether it was still prepared or had to be prepared again."""
+def test_a_statement_with_more_than_prepare_max_parameters_is_sent_unprepared(
+        pool: PostgresPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A statement of many parameters (a large batch's insert) is sent as it is, every time, while the small
+    ones beside it are prepared."""
+    monkeypatch.setattr("engine.store.db.PREPARE_MAX_PARAMETERS", 40)
+    for _ in range(2):
+        insert, load, _, _ = steps(17)  # 17 rows of tasks: hundreds of parameters; the loads: 17 each
+        assert insert == ["INSERT"] and load[-1] == "EXECUTE"
+
+
+def test_a_connection_keeps_at_most_max_prepared_statements_and_parameters(
+        pool: PostgresPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond MAX_PREPARED shapes, or MAX_PREPARED_PARAMETERS parameters in all, the least recently used
+    statements are deallocated, and every shape still answers correctly, whether it was still prepared or had
+    to be prepared again."""
     monkeypatch.setattr("engine.store.db.MAX_PREPARED", 3)
     for size in (2, 3, 4, 5, 6, 2, 3):
         steps(size)
-    (prepared,) = pool.execute_sql("SELECT count(*) FROM pg_prepared_statements").fetchone()
-    assert prepared == 3
+    assert count_prepared(pool)[0] == 3
+    monkeypatch.setattr("engine.store.db.MAX_PREPARED", 64)
+    monkeypatch.setattr("engine.store.db.MAX_PREPARED_PARAMETERS", 300)
+    for size in (2, 3, 4, 5, 6, 2, 3):
+        steps(size)
+    statements_kept, parameters_kept = count_prepared(pool)
+    assert statements_kept > 3 and parameters_kept <= 300
+
+
+def count_prepared(pool: PostgresPool) -> tuple[int, int]:
+    """The statements prepared on this thread's connection, and their parameters in all."""
+    return pool.execute_sql("SELECT count(*), coalesce(sum(cardinality(parameter_types)), 0)::int "
+                            "FROM pg_prepared_statements").fetchone()
 
 
 def test_a_statement_first_planned_on_empty_tables_is_planned_again_once_they_have_grown(
