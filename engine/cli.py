@@ -285,7 +285,7 @@ def _open_store(settings: Settings) -> bytes:
     from engine.store.migrations import migrate
 
     settings = settings.resolve_secrets()
-    database = store_db.connect(settings.effective_database_url)
+    database = store_db.connect(settings.effective_database_url, prepare=settings.database_prepare)
     store_db.bind(database)
     migrate(database)
     return key_from_text(settings.encryption_key)
@@ -296,7 +296,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from engine.store.migrations import migrate
 
     settings = _settings()
-    database = store_db.connect(settings.effective_database_url)
+    database = store_db.connect(settings.effective_database_url, prepare=settings.database_prepare)
     applied = migrate(database)
     print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
     return 0

@@ -87,7 +87,8 @@ def open_services(settings: Settings, *, rules: RuleSetHolder | None = None) -> 
     outbound = HttpTransport(target_policy(settings))
     restrict_tree(private_dir(settings.data_dir))  # 0700, its files 0600: also those of an older version
     client = connect_redis(settings)
-    database = store_db.connect(settings.effective_database_url, pool_size=settings.database_pool_size)
+    database = store_db.connect(settings.effective_database_url, pool_size=settings.database_pool_size,
+                                prepare=settings.database_prepare)
     store_db.bind(database)
     applied = migrate(database)
     if applied:

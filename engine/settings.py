@@ -38,6 +38,7 @@ class Settings:
     worker_readers: int = 2
     worker_metrics_port: int = 0  # `mpush worker` serves /metrics on this port (at MPUSH_HOST); 0: not served
     database_pool_size: int = 32  # connections per process to PostgreSQL or MySQL
+    database_prepare: bool = True  # PostgreSQL: hot statements prepared per connection (off behind a transaction pooler)
     visibility_timeout: float = 60.0
     sweep_interval: float = 10.0  # seconds between sweeps for open tasks whose job Redis never got or lost
     outbox_grace: float = 60.0  # an open task untouched this long with no delayed job is queued again

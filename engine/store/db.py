@@ -47,11 +47,13 @@ class StoreUnavailable(Exception):
         super().__init__(f"database unavailable: {cause}")
 
 
-def connect(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> peewee.Database:
+def connect(url: str, *, pool_size: int = DEFAULT_POOL_SIZE, prepare: bool = True) -> peewee.Database:
     """A database for `sqlite:///path.db`, `sqlite:///:memory:`, `postgresql://…` or `mysql://…`.
 
     Query parameters of a PostgreSQL or MySQL URL are passed to the driver (e.g. `?sslmode=require`); a
     process keeps at most `pool_size` connections to PostgreSQL or MySQL. Nothing is opened until first use.
+    On PostgreSQL the hot statements are prepared on each connection unless `prepare` is false (behind a
+    pooler that may run a connection's statements on different server connections).
     """
     if pool_size < 1:
         raise ValueError(f"the database pool size must be at least 1, got {pool_size}")
@@ -72,7 +74,7 @@ def connect(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> peewee.Database:
     options.update((name, int(value) if value.isdigit() else value) for name, value in parse_qsl(parts.query))
     if parts.scheme == "mysql":
         return _mysql(name, options, pool_size)
-    return PostgresPool(name, max_connections=pool_size, **POOL_OPTIONS, **options)
+    return PostgresPool(name, max_connections=pool_size, prepare=prepare, **POOL_OPTIONS, **options)
 
 
 class PostgresPool(PooledPostgresqlDatabase):
@@ -86,9 +88,10 @@ class PostgresPool(PooledPostgresqlDatabase):
     once more, on a fresh connection (see `repo._guarded`).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, prepare: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._untried = threading.local()
+        self._prepare = prepare
         self._names = itertools.count(1)
         # Per connection, the statements prepared on it by their SQL text, least recently used first.
         self._statements: weakref.WeakKeyDictionary[Any, dict[str, Prepared]] = weakref.WeakKeyDictionary()
@@ -111,7 +114,7 @@ class PostgresPool(PooledPostgresqlDatabase):
         self._untried.value = False
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
-        if isinstance(sql, Shape):
+        if self._prepare and isinstance(sql, Shape):
             sql = self._prepared(sql, len(params or ()))
         cursor = super().execute_sql(sql, params)
         self._untried.value = False
