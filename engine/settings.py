@@ -139,10 +139,21 @@ def _coerce(name: str, value: Any) -> Any:
         if kind == "float":
             return float(value)
         if kind == "bool":
-            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+            return value if isinstance(value, bool) else _boolean(str(value))
     except (TypeError, ValueError):
         raise SettingsError(f"setting {name} has an invalid value {value!r}") from None
     return value
+
+
+def _boolean(text: str) -> bool:
+    """true/false, yes/no, on/off, 1/0 (empty: false); anything else, a typo that would silently mean false
+    (`MPUSH_WATCH_RULES=ture`), is refused."""
+    spelled = text.strip().lower()
+    if spelled in ("1", "true", "yes", "on"):
+        return True
+    if spelled in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
 
 
 def _read_or_create(path: Path, length: int) -> str:
