@@ -304,17 +304,13 @@ class Queue:
     def oldest_unread(self) -> float | None:
         """When the oldest entry no consumer has read yet was added (unix seconds, by Redis's clock), or None
         when consumers have read every entry of every shard (a shard whose stream is gone has none)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for stream in self.streams:
-            pipe.xinfo_groups(stream)
-        groups = [[] if isinstance(reply, redis.ResponseError) else reply
-                  for reply in pipe.execute(raise_on_error=False)]
-        delivered = [next((_text(info["last-delivered-id"]) for info in infos if _text(info["name"]) == self.group),
-                          "0-0") for infos in groups]
-        pipe = self.redis.pipeline(transaction=False)
-        for stream, last in zip(self.streams, delivered):
-            pipe.xrange(stream, min=f"({last}", max="+", count=1)
-        added = [int(_text(entries[0][0]).split("-")[0]) / 1000 for entries in pipe.execute() if entries]
+        groups = self._each(lambda pipe, stream: pipe.xinfo_groups(stream), self.streams, raise_on_error=False)
+        delivered = {stream: next((_text(info["last-delivered-id"]) for info in infos
+                                   if _text(info["name"]) == self.group), "0-0")
+                     for stream, infos in zip(self.streams, groups) if not isinstance(infos, redis.ResponseError)}
+        firsts = self._each(lambda pipe, stream: pipe.xrange(stream, min=f"({delivered[stream]}", max="+", count=1),
+                            list(delivered))
+        added = [int(_text(entries[0][0]).split("-")[0]) / 1000 for entries in firsts if entries]
         return min(added, default=None)
 
     @staticmethod
@@ -330,12 +326,13 @@ class Queue:
     def backlog(self) -> int:
         return sum(int(n) for n in self._each(lambda pipe, name: pipe.xlen(name), self.streams))
 
-    def _each(self, command: Any, names: Sequence[str]) -> list[Any]:
-        """One command per key, in one round trip."""
+    def _each(self, command: Any, names: Sequence[str], *, raise_on_error: bool = True) -> list[Any]:
+        """One command per key, in one round trip (with `raise_on_error` false, a failed command's reply is its
+        error)."""
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
             command(pipe, name)
-        return pipe.execute()
+        return pipe.execute(raise_on_error=raise_on_error)
 
     def _entry(self, stream: bytes | str, entry_id: bytes | str, data: dict[bytes | str, bytes | str]) -> Entry:
         shard = self._shard_of_stream[_text(stream)]
