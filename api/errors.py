@@ -101,14 +101,12 @@ def strict_json(raw: bytes) -> Any:
 def unavailable_code(exc: BaseException) -> int | None:
     """40003 when Redis could not be reached, 40002 when the database could not: a fault of ours the client
     may retry, never 40001. None for any other exception."""
-    import peewee
-
     from engine.redis_errors import REDIS_ERRORS
-    from engine.store.db import StoreUnavailable
+    from engine.store.db import StoreUnavailable, transient
 
     if isinstance(exc, REDIS_ERRORS):
         return REDIS_ERROR
-    if isinstance(exc, (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError)):
+    if isinstance(exc, StoreUnavailable) or transient(exc):
         return DATABASE_ERROR
     return None
 

@@ -41,10 +41,52 @@ SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 
 
 class StoreUnavailable(Exception):
-    """The database cannot be reached or refused the connection; nothing was read or written."""
+    """The database cannot serve the call now: unreachable, restarting, read-only during a failover, or the call's
+    transaction rolled back by the server (a deadlock victim, a lock or statement timeout). Nothing was written:
+    the same call may be made again later."""
 
     def __init__(self, cause: BaseException | str) -> None:
         super().__init__(f"database unavailable: {cause}")
+
+
+# PostgreSQL's SQLSTATEs that say "not now" rather than "never": the transaction was rolled back by a conflict
+# (40: serialization failure, deadlock), a lock or a statement timed out (55P03, 57014), the server is short of
+# resources or connections (53), shutting down or starting (57P), unreachable (08), failed at an I/O (58), a
+# read-only standby as during a failover (25006), or it ended a session idle in a transaction (25P03). peewee
+# translates some of them to OperationalError, the read-only one to InternalError: they are told by their code.
+PG_TRANSIENT = ("08", "40", "53", "55P03", "57", "58", "25006", "25P03")
+PG_CONFLICTS = ("40", "55P03", "57014")
+# MySQL's conflicts, which leave the connection sound: deadlock victim, lock wait and statement timeouts
+# (MariaDB's and MySQL's). Its other transient errors the driver already raises as OperationalError.
+MYSQL_CONFLICTS = frozenset({1213, 1205, 1969, 3024})
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a database error means the call may succeed later (see StoreUnavailable), not that it is wrong:
+    peewee's or the driver's OperationalError or InterfaceError (DB-API's names), or a PostgreSQL "not now"."""
+    if isinstance(exc, MaxConnectionsExceeded):
+        return True
+    driver = _driver_error(exc)
+    code = getattr(driver, "pgcode", None)
+    if code:
+        return code.startswith(PG_TRANSIENT)
+    return any(kind.__name__ in ("OperationalError", "InterfaceError") for kind in type(exc).__mro__)
+
+
+def conflict(exc: BaseException) -> bool:
+    """Whether the server rolled the call back over a lock or a timeout, the connection itself being sound."""
+    driver = _driver_error(exc)
+    code = getattr(driver, "pgcode", None)
+    if code:
+        return code.startswith(PG_CONFLICTS)
+    args = getattr(driver, "args", ())
+    return bool(args) and isinstance(args[0], int) and args[0] in MYSQL_CONFLICTS  # pymysql: the error number
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's exception under peewee's translation of it (kept as `orig`)."""
+    orig = getattr(exc, "orig", None)
+    return orig if isinstance(orig, BaseException) else exc
 
 
 def connect(url: str, *, pool_size: int = DEFAULT_POOL_SIZE, prepare: bool = True) -> peewee.Database:
@@ -213,11 +255,15 @@ def connection(db: peewee.Database) -> Iterator[peewee.Database]:
     pooled = isinstance(db, PooledDatabase)
     try:
         yield db
-    except (peewee.OperationalError, peewee.InterfaceError, MaxConnectionsExceeded) as exc:
-        stale = isinstance(db, PostgresPool) and db.untried() and not isinstance(exc, MaxConnectionsExceeded)
+    except Exception as exc:
+        if isinstance(exc, StoreUnavailable) or not transient(exc):
+            raise
+        if conflict(exc) or isinstance(exc, MaxConnectionsExceeded):
+            raise StoreUnavailable(exc) from exc  # the server and the connections are sound
+        stale = isinstance(db, PostgresPool) and db.untried()
         if opened and pooled and not db.is_closed():
             db.manual_close()
-        if pooled and not isinstance(exc, MaxConnectionsExceeded):
+        if pooled:
             db.close_idle()  # cut by the same server restart, most likely: connect afresh next time
         raise (StaleConnection if stale else StoreUnavailable)(exc) from exc
     finally:

@@ -239,7 +239,9 @@ def execute(db: peewee.Database, sql: str, params: Sequence[Any]) -> int:
 
 
 def execute_many(db: peewee.Database, sql: str, params: Sequence[Sequence[Any]]) -> int:
-    """Run one INSERT or UPDATE for each parameter row in a single driver call; the rows they matched in all."""
-    cursor = db.cursor()
-    cursor.executemany(sql, params)
+    """Run one INSERT or UPDATE for each parameter row in a single driver call; the rows they matched in all.
+    The driver's errors become peewee's, as those of `execute_sql` do."""
+    with peewee.__exception_wrapper__:
+        cursor = db.cursor()
+        cursor.executemany(sql, params)
     return int(cursor.rowcount)
