@@ -119,20 +119,47 @@ def connect(url: str, *, pool_size: int = DEFAULT_POOL_SIZE, prepare: bool = Tru
     return PostgresPool(name, max_connections=pool_size, prepare=prepare, **POOL_OPTIONS, **options)
 
 
-class PostgresPool(PooledPostgresqlDatabase):
-    """A PostgreSQL connection pool whose check-out costs no round trip.
+class CheckFreePool(PooledDatabase):
+    """A connection pool whose check-out and check-in cost no round trip.
 
-    peewee's pool asks the server `SELECT 1` before handing out an idle connection, one more round trip for
-    every store call (a fifth of the worker's statements). Here a connection the driver still believes open
-    is handed out as it is; one the server has dropped meanwhile (a restart, `pg_terminate_backend`) fails its
-    first statement, which `connection` turns into StaleConnection while discarding it and every idle
-    connection beside it, as they were most likely cut by the same restart; the store call is then made
-    once more, on a fresh connection (see `repo._guarded`).
+    peewee's pools ask the server before handing out an idle connection (`SELECT 1`, or a MySQL ping), and
+    its MySQL pool sends a ROLLBACK on every check-in: one or two more round trips for every store call (a
+    fifth of the worker's statements on PostgreSQL, more than a third on MariaDB). Here a connection the
+    driver still believes open is handed out as it is; one the server has dropped meanwhile (a restart, a
+    killed session) fails its first statement, which `connection` turns into StaleConnection while discarding
+    it and every idle connection beside it, as they were most likely cut by the same restart; the store call
+    is then made once more, on a fresh connection (see `repo._guarded`).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._untried = threading.local()
+
+    def _connect(self) -> Any:
+        conn = super()._connect()  # a new connection, or one the pool had
+        self._untried.value = True
+        return conn
+
+    def begin(self, *args: Any, **kwargs: Any) -> None:
+        super().begin(*args, **kwargs)
+        self._untried.value = False
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        cursor = super().execute_sql(sql, params)
+        self._untried.value = False
+        return cursor
+
+    def untried(self) -> bool:
+        """Whether nothing has yet succeeded on this thread's connection since it was checked out: when its
+        first statement finds it dropped, nothing of the call reached the database, and a retry is safe."""
+        return bool(getattr(self._untried, "value", False))
+
+
+class PostgresPool(CheckFreePool, PooledPostgresqlDatabase):
+    """The PostgreSQL pool, which also keeps the hot statements prepared on each connection."""
 
     def __init__(self, *args: Any, prepare: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._untried = threading.local()
         self._prepare = prepare
         self._names = itertools.count(1)
         # Per connection, the statements prepared on it by their SQL text, least recently used first.
@@ -145,22 +172,15 @@ class PostgresPool(PooledPostgresqlDatabase):
         return bool(conn.closed) or conn.get_transaction_status() == TRANSACTION_STATUS_UNKNOWN
 
     def _connect(self) -> Any:
-        conn = super()._connect()  # a new connection, or one the pool had
+        conn = super()._connect()
         with self._statements_lock:
             self._statements.setdefault(conn, {})
-        self._untried.value = True
         return conn
-
-    def begin(self, *args: Any, **kwargs: Any) -> None:
-        super().begin(*args, **kwargs)
-        self._untried.value = False
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         if self._prepare and isinstance(sql, Shape):
             sql = self._prepared(sql, len(params or ()))
-        cursor = super().execute_sql(sql, params)
-        self._untried.value = False
-        return cursor
+        return super().execute_sql(sql, params)
 
     def _prepared(self, sql: Shape, params: int) -> str:
         """What to send for `sql` on this thread's connection: the EXECUTE of its prepared statement, preparing
@@ -187,10 +207,6 @@ class PostgresPool(PooledPostgresqlDatabase):
                             sum(s.parameters for s in prepared.values()) + params > MAX_PREPARED_PARAMETERS):
             super().execute_sql(f"DEALLOCATE {prepared.pop(next(iter(prepared))).name}")
 
-    def untried(self) -> bool:
-        """Whether nothing has yet succeeded on this thread's connection since it was checked out: when its
-        first statement finds it dropped, nothing of the call reached the database, and a retry is safe."""
-        return bool(getattr(self._untried, "value", False))
 
 
 # A prepared statement holds ~70 KB of the server's memory plus ~0.3 KB per parameter (measured: a 900-row
@@ -260,7 +276,7 @@ def connection(db: peewee.Database) -> Iterator[peewee.Database]:
             raise
         if conflict(exc) or isinstance(exc, MaxConnectionsExceeded):
             raise StoreUnavailable(exc) from exc  # the server and the connections are sound
-        stale = isinstance(db, PostgresPool) and db.untried()
+        stale = isinstance(db, CheckFreePool) and db.untried()
         if opened and pooled and not db.is_closed():
             db.manual_close()
         if pooled:
@@ -402,11 +418,26 @@ def _private_sqlite_files(path: Path) -> None:
             os.chmod(companion, FILE_MODE)
 
 
+class MySQLPool(CheckFreePool, PooledMySQLDatabase):
+    """The MySQL / MariaDB pool: no ping at check-out, and a ROLLBACK at check-in only for a connection that
+    the server says is in a transaction (PyMySQL keeps the server's status of the last reply)."""
+
+    def _is_closed(self, conn: Any) -> bool:
+        return not conn.open
+
+    def _can_reuse(self, conn: Any) -> bool:
+        from pymysql.constants import SERVER_STATUS
+
+        if conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
+            return bool(super()._can_reuse(conn))
+        return True
+
+
 def _mysql(name: str, options: dict[str, object], pool_size: int) -> peewee.MySQLDatabase:
     from pymysql.constants import CLIENT
 
     # FOUND_ROWS: an UPDATE reports the rows it matched, as on PostgreSQL and SQLite, not only those it changed.
-    return PooledMySQLDatabase(
+    return MySQLPool(
         name,
         charset="utf8mb4",
         client_flag=CLIENT.FOUND_ROWS,
