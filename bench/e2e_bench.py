@@ -4,13 +4,14 @@ Starts the mock vendor (`mock_vendor.py`), one `mpush serve --no-workers` proces
 process on a scratch rules dir, database and Redis db, then offers load at a fixed rate from
 asyncio clients on keep-alive connections and prints: offered and achieved accept rate, accept latency p50/p99, delivered
 messages per second, accept-to-delivery latency p50/p99, CPU per message of each process (PostgreSQL's
-backends for the bench database included), and per message the database statements and Redis round trips
+backends for the bench database, or a MySQL / MariaDB server's process on this machine, included), and per message the database statements and Redis round trips
 of the API and the worker (counted in those processes by `counted.py`).
 
     .venv/bin/python bench/e2e_bench.py --rate 1000 --seconds 20
     .venv/bin/python bench/e2e_bench.py --batch 20 --rate 2000          # 20 receivers per request
     .venv/bin/python bench/e2e_bench.py --batch 1000 --rate 10000 --vendor-batch   # 200 receivers a vendor call
     .venv/bin/python bench/e2e_bench.py --database-url postgresql://postgres@127.0.0.1/test
+    .venv/bin/python bench/e2e_bench.py --database-url mysql://root@127.0.0.1:3306/bench
     .venv/bin/python bench/e2e_bench.py --apis 2 --workers 2                    # processes sharing the load
     .venv/bin/python bench/e2e_bench.py --redis-url redis://127.0.0.1:7301 --redis-cluster --stream-shards 6
 """
@@ -32,6 +33,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 from redis.cluster import RedisCluster
@@ -293,6 +295,27 @@ def postgres_backends(database_url: str) -> dict[str, int]:
     return {f"postgres {pid}": pid for pid in pids if Path(f"/proc/{pid}").exists()}
 
 
+def mysql_server(database_url: str) -> dict[str, int]:
+    """The server process of the bench database, when it is a MySQL or MariaDB on this machine (one process
+    serves every database there: its CPU is the whole server's)."""
+    if not database_url.startswith("mysql:"):
+        return {}
+    import pymysql
+
+    parts = urlsplit(database_url)
+    conn = pymysql.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username or "root",
+                           password=parts.password or "")
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT @@pid_file")
+        (pid_file,) = cursor.fetchone()
+    conn.close()
+    try:
+        pid = int(Path(pid_file).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return {}  # not on this machine, or not readable
+    return {"mysql server": pid}
+
+
 def run_load(args: argparse.Namespace, api_ports: list[int], mock_port: int, app_id: str, secret: str,
              processes: dict[str, int], counted: dict[str, Path], database_url: str) -> int:
     tally = Tally()
@@ -301,7 +324,7 @@ def run_load(args: argparse.Namespace, api_ports: list[int], mock_port: int, app
     prepared = signed_requests(per_client * args.clients, app_id, secret, args.batch, api_ports[0])
     started = time.monotonic()
     wall_start = time.time()
-    processes = {**processes, **postgres_backends(database_url)}
+    processes = {**processes, **postgres_backends(database_url), **mysql_server(database_url)}
     cpu_before = {name: cpu_seconds(pid) for name, pid in processes.items()}
     time.sleep(0.3)
     counts_before = read_counts(counted)
