@@ -1,4 +1,4 @@
-"""PostgreSQL drops every connection of the gateway mid-load: the store reconnects, nothing is lost or sent twice."""
+"""The database drops every connection of the gateway mid-load: the store reconnects, nothing is lost or sent twice."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg2
+import pymysql
 import pytest
 
 from engine.queue import job
@@ -21,6 +22,7 @@ from engine.store.migrations import migrate
 from engine.store.models import Attempt
 from tests.support.loopback import LoopbackServer, Reply
 from engine.worker import POSTPONE_SECONDS, Worker
+from tests.engine.store.conftest import scratch_database
 from tests.support.service import delayed_jobs, gateway, write_rules
 
 pytestmark = pytest.mark.postgres
@@ -53,8 +55,18 @@ def database_url() -> Iterator[str]:
         admin.close()
 
 
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres),
+                        pytest.param("mysql", marks=pytest.mark.mysql)])
+def server_database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A scratch database on the PostgreSQL or the MariaDB test server, dropped after."""
+    with scratch_database(request.param) as url:
+        yield url
+
+
 def cut_connections(database_url: str) -> int:
-    """Terminate every server process serving `database_url`'s database (as a restart would); how many."""
+    """Terminate every server session serving `database_url`'s database (as a restart would); how many."""
+    if database_url.startswith("mysql:"):
+        return kill_mysql_sessions(database_url)
     admin = psycopg2.connect(SERVER_URL)
     admin.autocommit = True
     with admin.cursor() as cursor:
@@ -63,6 +75,20 @@ def cut_connections(database_url: str) -> int:
         (count,) = cursor.fetchone()
     admin.close()
     return int(count)
+
+
+def kill_mysql_sessions(database_url: str) -> int:
+    parts = urlsplit(database_url)
+    admin = pymysql.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username or "root",
+                            password=parts.password or "", autocommit=True)
+    with admin.cursor() as cursor:
+        cursor.execute("SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()",
+                       (parts.path[1:],))
+        sessions = [session for (session,) in cursor.fetchall()]
+        for session in sessions:
+            cursor.execute(f"KILL {int(session)}")
+    admin.close()
+    return len(sessions)
 
 
 def refuse_connections(database_url: str, refused: bool) -> None:
@@ -122,9 +148,12 @@ def test_a_store_call_after_the_connections_are_cut_connects_afresh(database_url
     db.close_all()
 
 
-def test_cut_connections_mid_load_lose_nothing_and_send_nothing_twice(tmp_path: Path, database_url: str) -> None:
-    """Connections cut three times while messages are sent: every accepted message is delivered, and the
-    vendor sees each attempt once; refused sends (the API's store call failed) are not delivered at all."""
+def test_cut_connections_mid_load_lose_nothing_and_send_nothing_twice(tmp_path: Path, server_database_url: str
+                                                                     ) -> None:
+    """Connections cut three times while messages are sent, on PostgreSQL and on MariaDB: every accepted message
+    is delivered, and the vendor sees each attempt once; refused sends (the API's store call failed) are not
+    delivered at all."""
+    database_url = server_database_url
     vendor = LoopbackServer(lambda request: Reply(200, '{"code": 0}')).start()
     rules = write_rules(tmp_path, RULES.format(url=vendor.url))
     try:
