@@ -27,7 +27,8 @@ from engine.limits import Call
 from engine.services import Services
 from engine.store import repo
 
-REFUSAL_CODES = {"invalid": errors.BAD_REQUEST, "quota": errors.QUOTA_EXCEEDED, "unavailable": errors.REDIS_ERROR}
+REFUSAL_CODES = {"invalid": errors.BAD_REQUEST, "quota": errors.QUOTA_EXCEEDED, "database": errors.DATABASE_ERROR,
+                 "redis": errors.REDIS_ERROR}
 
 SEND_BATCH = 16
 

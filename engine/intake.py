@@ -35,9 +35,10 @@ DAY = 86_400
 
 
 class Refused(Exception):
-    """A request that is not accepted; `kind` is invalid | quota | unavailable, or for its signed call replay | rate."""
+    """A request that is not accepted; `kind` is invalid | quota | database | redis (the one that could not store
+    it), or for its signed call replay | rate."""
 
-    def __init__(self, kind: Literal["invalid", "quota", "unavailable", "replay", "rate"], message: str) -> None:
+    def __init__(self, kind: Literal["invalid", "quota", "database", "redis", "replay", "rate"], message: str) -> None:
         self.kind = kind
         self.message = message
         super().__init__(message)
@@ -305,7 +306,7 @@ def _create_each_alone_on_refusal(rows: dict[int, dict[str, Any]], outcomes: lis
         repo.create_tasks(list(rows.values()))
         return list(rows)
     except StoreUnavailable as exc:
-        raise Refused("unavailable", f"database unavailable: {exc}") from None
+        raise Refused("database", str(exc)) from None
     except Exception:
         pass
     stored = []
@@ -314,7 +315,7 @@ def _create_each_alone_on_refusal(rows: dict[int, dict[str, Any]], outcomes: lis
             repo.create_tasks([row])
             stored.append(index)
         except StoreUnavailable as exc:
-            outcomes[index] = Refused("unavailable", f"database unavailable: {exc}")
+            outcomes[index] = Refused("database", str(exc))
         except Exception as exc:
             outcomes[index] = exc
     return stored
@@ -333,7 +334,7 @@ def _enqueue(svc: Services, jobs: list[tuple[str, float | None]]) -> None:
         for task_id, _ in jobs:
             repo.update_task(task_id, status="failed", error_code="queue_unavailable",
                              error_message=f"failed to push to queue: {exc}")
-        raise Refused("unavailable", f"failed to push to queue: {exc}") from None
+        raise Refused("redis", f"failed to push to queue: {exc}") from None
 
 
 def _replayed(existing: Task) -> Accepted:
@@ -352,7 +353,7 @@ def _store_and_enqueue(svc: Services, admitted: Admitted) -> Accepted:
     try:
         repo.create_tasks(rows, batch=batch)
     except StoreUnavailable as exc:
-        raise Refused("unavailable", f"database unavailable: {exc}") from None
+        raise Refused("database", str(exc)) from None
     except repo.DuplicateTask:
         existing = repo.find_idempotent(app.app_id, request.idempotency_key) if request.idempotency_key else None
         if existing is None:

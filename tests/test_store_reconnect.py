@@ -19,7 +19,7 @@ from engine.queue import job
 from engine.store import repo
 from engine.store.db import bind, connect
 from engine.store.migrations import migrate
-from engine.store.models import Attempt
+from engine.store.models import Attempt, Task
 from tests.support.loopback import LoopbackServer, Reply
 from engine.worker import POSTPONE_SECONDS, Worker
 from tests.engine.store.conftest import scratch_database
@@ -179,5 +179,39 @@ def test_cut_connections_mid_load_lose_nothing_and_send_nothing_twice(tmp_path: 
         keys = collections.Counter(request.header("Idempotency-Key") for request in vendor.requests)
         assert [key for key, seen in keys.items() if seen > 1] == []
         assert len(vendor.requests) == len(accepted)
+    finally:
+        vendor.stop()
+
+
+def set_read_only(database_url: str, read_only: bool) -> None:
+    """Make every new session of the database read-only (or writable again) and cut the open ones: the address
+    the gateway uses now leads to a standby, as for a moment during a failover."""
+    admin = psycopg2.connect(SERVER_URL)
+    admin.autocommit = True
+    admin.cursor().execute(f"ALTER DATABASE {urlsplit(database_url).path[1:]} "
+                           f"SET default_transaction_read_only = {'on' if read_only else 'off'}")
+    admin.close()
+    cut_connections(database_url)
+
+
+def test_a_send_while_the_database_is_a_read_only_standby_is_refused_with_40002(tmp_path: Path,
+                                                                                 database_url: str) -> None:
+    """While the database only reads (a failover under way), a send is refused with 40002 for the client to
+    retry and nothing is stored; once it is writable again the same send is accepted and delivered."""
+    vendor = LoopbackServer(lambda request: Reply(200, '{"code": 0}')).start()
+    rules = write_rules(tmp_path, RULES.format(url=vendor.url))
+    try:
+        with gateway(tmp_path, rules, database_url=database_url) as gw:
+            set_read_only(database_url, True)
+            try:
+                answer = gw.send("load", "13800000000", {"code": "1"}, idempotency_key="failover-1")
+            finally:
+                set_read_only(database_url, False)
+            assert answer["code"] == 40002, answer
+            assert Task.select().count() == 0
+            answer = gw.send("load", "13800000000", {"code": "1"}, idempotency_key="failover-1")
+            assert answer["code"] == 0
+            assert gw.wait(answer["data"]["task_id"]).status == "success"
+        assert len(vendor.requests) == 1
     finally:
         vendor.stop()

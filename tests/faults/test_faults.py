@@ -74,6 +74,7 @@ class Cluster:
     app_id: str = ""
     secret: str = ""
     accepted: list[str] = field(default_factory=list)
+    refused: Counter[int] = field(default_factory=Counter)  # the codes of sends not accepted
 
     def start(self, name: str, argv: list[str]) -> None:
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115  (closed with the process)
@@ -130,6 +131,8 @@ class Cluster:
             return  # no answer (the API was killed): maybe accepted, not counted
         if answer.get("code") == 0:
             self.accepted.append(answer["data"]["task_id"])
+        else:
+            self.refused[answer.get("code")] += 1
 
     def load(self, count: int = MESSAGES, rate: float = RATE, during: Callable[[], None] | None = None,
              at: int = MESSAGES // 3) -> None:
@@ -304,6 +307,7 @@ def test_redis_killed_and_restarted_mid_load(cluster: Cluster) -> None:
     cluster.load(during=bounce)
     figures = cluster.check_contract()
     assert figures["failed"] == 0
+    assert set(cluster.refused) <= {40003}, cluster.refused
 
 
 @pytest.fixture
@@ -380,6 +384,7 @@ def test_the_database_locked_by_another_process_mid_load(cluster: Cluster) -> No
     cluster.load(during=lock)
     figures = cluster.check_contract()
     assert figures["failed"] == 0 and figures["accepted"] >= MESSAGES // 2
+    assert set(cluster.refused) <= {40002}, cluster.refused
 
 
 def test_a_hundred_rule_reloads_a_fifth_of_them_broken(cluster: Cluster) -> None:
