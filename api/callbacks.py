@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from starlette.concurrency import run_in_threadpool
@@ -9,9 +10,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.auth import header_map
+from api.errors import unavailable_code
 from engine import callbacks
 from engine.services import Services
 from providers.base import CallbackRequest
+
+log = logging.getLogger("mpush.callbacks")
 
 MAX_BODY = 1_000_000
 
@@ -28,5 +32,13 @@ async def provider_callback(request: Request) -> Response:
         body=body,
         client_host=request.client.host if request.client else "",
     )
-    reply = await run_in_threadpool(callbacks.handle, svc, request.path_params["account"], inbound, time.time())
+    try:
+        reply = await run_in_threadpool(callbacks.handle, svc, request.path_params["account"], inbound, time.time())
+    except Exception as exc:
+        if unavailable_code(exc) is None:
+            raise
+        # Not the vendor's 200 (nor its success body): vendors send a report again until it is taken.
+        log.warning("callback.unavailable %s: %s", request.path_params["account"], exc)
+        return Response("temporarily unavailable, send the report again later", status_code=503,
+                        media_type="text/plain")
     return Response(reply.body, status_code=reply.status, media_type=reply.content_type)

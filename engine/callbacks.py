@@ -85,7 +85,15 @@ def apply_report(svc: Services, account_name: str, report: DeliveryReport, raw: 
         repo.record_callback(task_id=attempt.task_id, applied=False, note=f"task is {state}, not awaiting this report",
                              **record)
         return "stale"
-    repo.record_callback(task_id=task.task_id, applied=True, note="", **record)
+    outcome = _apply(svc, account_name, task, report, now)
+    # Recorded as applied only once applied: were the database lost in between, the vendor's next try of the
+    # report (it was answered 503) finds the task moved on, not a "duplicate" of a report never applied.
+    repo.record_callback(task_id=task.task_id, applied=outcome != "stale", note="" if outcome != "stale" else
+                         "task moved on meanwhile", **record)
+    return outcome
+
+
+def _apply(svc: Services, account_name: str, task: Task, report: DeliveryReport, now: float) -> str:
     when = report.reported_at or datetime.fromtimestamp(now, UTC)
     if report.status == "delivered":
         if task.status == "success":
