@@ -88,8 +88,9 @@ def apply_report(svc: Services, account_name: str, report: DeliveryReport, raw: 
     outcome = _apply(svc, account_name, task, report, now)
     # Recorded as applied only once applied: were the database lost in between, the vendor's next try of the
     # report (it was answered 503) finds the task moved on, not a "duplicate" of a report never applied.
-    repo.record_callback(task_id=task.task_id, applied=outcome != "stale", note="" if outcome != "stale" else
-                         "task moved on meanwhile", **record)
+    applied = outcome != "stale"
+    repo.record_callback(task_id=task.task_id, applied=applied, note="" if applied else "task moved on meanwhile",
+                         **record)
     return outcome
 
 

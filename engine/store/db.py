@@ -208,7 +208,6 @@ class PostgresPool(CheckFreePool, PooledPostgresqlDatabase):
             super().execute_sql(f"DEALLOCATE {prepared.pop(next(iter(prepared))).name}")
 
 
-
 # A prepared statement holds ~70 KB of the server's memory plus ~0.3 KB per parameter (measured: a 900-row
 # INSERT of tasks, 30,000 parameters, held 10 MB). Per connection at most 64 statements and 16,384 parameters
 # are kept, ~10 MB, which holds the hot shapes; a statement of more than 1,000 parameters (large batches,
