@@ -24,7 +24,7 @@ from engine.store.models import Attempt, Task
 from tests.support.loopback import LoopbackServer, Reply
 from engine.worker import POSTPONE_SECONDS, Worker
 from tests.engine.store.conftest import scratch_database
-from tests.support.service import delayed_jobs, gateway, write_rules
+from tests.support.service import REPORTING_RULES, delayed_jobs, gateway, write_rules
 
 pytestmark = pytest.mark.postgres
 
@@ -218,25 +218,13 @@ def test_a_send_while_the_database_is_a_read_only_standby_is_refused_with_40002(
         vendor.stop()
 
 
-REPORTING_RULES = """
-templates:
-  - {name: code, variables: [code], text: "code {code}"}
-channels:
-  - {id: 1, name: reported, type: sms, template: code}
-providers:
-  - {name: reporting, type: fake, config: {final: false}, callback: {token: cb-token}}
-routing:
-  - {name: reported, when: {channel: reported}, providers: [{use: reporting}]}
-"""
-
-
 def test_a_delivery_report_the_database_cannot_take_is_answered_503_and_applied_when_sent_again(
         tmp_path: Path, database_url: str) -> None:
     """A vendor's report arriving while the database is out of reach gets 503, not the vendor's 200, so the
     vendor sends it again; sent again once the database is back, it is applied (not taken for a duplicate)."""
     rules = write_rules(tmp_path, REPORTING_RULES)
     with gateway(tmp_path, rules, database_url=database_url) as gw:
-        answer = gw.send("reported", "13800138000", {"code": "1"})
+        answer = gw.send("otp", "13800138000", {"code": "1"})
         task = gw.wait(answer["data"]["task_id"], ("sent",))
         report = {"id": task.provider_message_id, "status": "delivered"}
         url = f"{gw.url}/api/callback/reporting?token=cb-token"

@@ -12,18 +12,7 @@ import requests
 
 from engine import callbacks
 from engine.store.models import Callback
-from tests.support.service import gateway, write_rules
-
-RULES = """
-templates:
-  - {name: code, variables: [code], text: "code {code}"}
-channels:
-  - {id: 1, name: otp, type: sms, template: code}
-providers:
-  - {name: reporting, type: fake, config: {final: false}, callback: {token: cb-token}}
-routing:
-  - {name: otp, when: {channel: otp}, providers: [{use: reporting}]}
-"""
+from tests.support.service import REPORTING_RULES, gateway, write_rules
 
 
 def _refused(metrics_text: str, provider: str, reason: str) -> float:
@@ -36,7 +25,7 @@ def test_forged_callback_flood_stores_only_a_sample(tmp_path: Path, caplog: pyte
     """200 forged 20 KB callbacks in a minute leave at most REFUSED_SAMPLE rows (each truncated) and log lines,
     and all 200 are counted by provider and reason; a request for an unknown account is counted too."""
     caplog.set_level(logging.WARNING, logger="mpush.callbacks")
-    with gateway(tmp_path, write_rules(tmp_path, RULES), workers=False) as gw:
+    with gateway(tmp_path, write_rules(tmp_path, REPORTING_RULES), workers=False) as gw:
         before = _refused(requests.get(gw.url + "/metrics", timeout=5).text, "reporting", "unverified")
         first_minute = int(time.time() // 60)
         with requests.Session() as session:

@@ -96,6 +96,17 @@ routing:
   - {name: otp, when: {channel: otp}, providers: [{use: console}]}
 """  # the least a running gateway needs: one channel, delivered by the console provider
 
+REPORTING_RULES = """
+templates:
+  - {name: code, variables: [code], text: "code {code}"}
+channels:
+  - {id: 1, name: otp, type: sms, template: code}
+providers:
+  - {name: reporting, type: fake, config: {final: false}, callback: {token: cb-token}}
+routing:
+  - {name: otp, when: {channel: otp}, providers: [{use: reporting}]}
+"""  # one channel whose provider accepts at once and reports later, at /api/callback/reporting?token=cb-token
+
 
 def write_rules(tmp: Path, text: str) -> Path:
     """A rules directory under `tmp` holding `text` as its one rule file."""
