@@ -12,7 +12,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg2
-import pymysql
 import pytest
 import requests
 
@@ -23,7 +22,7 @@ from engine.store.migrations import migrate
 from engine.store.models import Attempt, Task
 from tests.support.loopback import LoopbackServer, Reply
 from engine.worker import POSTPONE_SECONDS, Worker
-from tests.engine.store.conftest import scratch_database
+from tests.engine.store.conftest import kill_mysql_sessions, scratch_database
 from tests.support.service import REPORTING_RULES, delayed_jobs, gateway, write_rules
 
 pytestmark = pytest.mark.postgres
@@ -76,20 +75,6 @@ def cut_connections(database_url: str) -> int:
         (count,) = cursor.fetchone()
     admin.close()
     return int(count)
-
-
-def kill_mysql_sessions(database_url: str) -> int:
-    parts = urlsplit(database_url)
-    admin = pymysql.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username or "root",
-                            password=parts.password or "", autocommit=True)
-    with admin.cursor() as cursor:
-        cursor.execute("SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()",
-                       (parts.path[1:],))
-        sessions = [session for (session,) in cursor.fetchall()]
-        for session in sessions:
-            cursor.execute(f"KILL {int(session)}")
-    admin.close()
-    return len(sessions)
 
 
 def refuse_connections(database_url: str, refused: bool) -> None:

@@ -6,7 +6,8 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import peewee
 import pytest
@@ -30,6 +31,28 @@ BACKENDS = [
 def server_url(kind: str) -> str:
     variable, default = SERVERS[kind]
     return os.environ.get(variable, default)
+
+
+def mysql_connection(url: str, *, autocommit: bool) -> Any:
+    """A PyMySQL connection of its own to `url`'s database, outside the store's pool."""
+    import pymysql
+
+    parts = urlsplit(url)
+    return pymysql.connect(host=parts.hostname, port=parts.port or 3306, user=unquote(parts.username or "root"),
+                           password=unquote(parts.password or ""), database=parts.path[1:], autocommit=autocommit)
+
+
+def kill_mysql_sessions(url: str) -> int:
+    """End every session on `url`'s database but the one doing it, as a server restart would; how many."""
+    admin = mysql_connection(url, autocommit=True)
+    with admin.cursor() as cursor:
+        cursor.execute("SELECT id FROM information_schema.processlist WHERE db = DATABASE() "
+                       "AND id <> CONNECTION_ID()")
+        sessions = [session for (session,) in cursor.fetchall()]
+        for session in sessions:
+            cursor.execute(f"KILL {int(session)}")
+    admin.close()
+    return len(sessions)
 
 
 @contextmanager

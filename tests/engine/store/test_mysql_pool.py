@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import pymysql
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from engine.store import repo
 from engine.store.db import MySQLPool, bind, connect
 from engine.store.migrations import migrate
-from tests.engine.store.conftest import scratch_database
+from tests.engine.store.conftest import kill_mysql_sessions, scratch_database
 
 pytestmark = pytest.mark.mysql
 
@@ -53,21 +52,6 @@ def new_task() -> str:
     return task_id
 
 
-def kill_sessions(url: str) -> int:
-    """End every session of the database's user but this one, as a server restart would; how many."""
-    parts = urlsplit(url)
-    admin = pymysql.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username or "root",
-                            database=parts.path[1:], autocommit=True)
-    with admin.cursor() as cursor:
-        cursor.execute("SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()",
-                       (parts.path[1:],))
-        ids = [row[0] for row in cursor.fetchall()]
-        for session in ids:
-            cursor.execute(f"KILL {int(session)}")
-    admin.close()
-    return len(ids)
-
-
 def test_a_store_call_on_a_pooled_connection_sends_only_its_statements(pool: MySQLPool) -> None:
     """Taking a connection from the pool sends no ping, and handing it back no ROLLBACK: a lookup is one
     query, a transaction its BEGIN, statements and COMMIT."""
@@ -97,8 +81,8 @@ def test_a_connection_handed_back_inside_a_transaction_is_rolled_back(pool: MySQ
 def test_a_store_call_after_the_server_killed_the_sessions_connects_afresh(pool: MySQLPool, url: str) -> None:
     """A call whose pooled connection the server ended is made again on a fresh one and succeeds."""
     task_id = new_task()
-    assert kill_sessions(url) >= 1
+    assert kill_mysql_sessions(url) >= 1
     assert repo.get_task(task_id).task_id == task_id
-    assert kill_sessions(url) >= 1
+    assert kill_mysql_sessions(url) >= 1
     second = new_task()
     assert set(repo.get_tasks([task_id, second])) == {task_id, second}

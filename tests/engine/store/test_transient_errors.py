@@ -8,18 +8,17 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import peewee
 import psycopg2
-import pymysql
 import pytest
 
 from api.errors import DATABASE_ERROR, unavailable_code
 from engine.store import repo
 from engine.store.db import StoreUnavailable, bind, connect, transient
 from engine.store.migrations import migrate
-from tests.engine.store.conftest import scratch_database
+from tests.engine.store.conftest import mysql_connection, scratch_database
 
 OPEN = ("pending", "scheduled", "processing")
 SERVERS = [pytest.param("postgres", marks=pytest.mark.postgres), pytest.param("mysql", marks=pytest.mark.mysql)]
@@ -47,11 +46,7 @@ def store(server: tuple[str, str]) -> Iterator[peewee.Database]:
 
 def driver_connection(kind: str, url: str) -> Any:
     """A connection of the driver's own, in a transaction until commit or rollback."""
-    if kind == "postgres":
-        return psycopg2.connect(url)
-    parts = urlsplit(url)
-    return pymysql.connect(host=parts.hostname, port=parts.port or 3306, user=parts.username or "root",
-                           password=parts.password or "", database=parts.path[1:], autocommit=False)
+    return psycopg2.connect(url) if kind == "postgres" else mysql_connection(url, autocommit=False)
 
 
 def lock_waiters(kind: str, url: str) -> int:
