@@ -18,7 +18,9 @@ from api import admin, health, public
 from api.auth import header_map
 from api.callbacks import provider_callback
 from api.console import CONSOLE
-from api.errors import INTERNAL, PAYLOAD_TOO_LARGE, ApiError, envelope, error_response, unavailable_code
+from api.console.web import fault_page
+from api.errors import (INTERNAL, PAYLOAD_TOO_LARGE, RETRY_AFTER_SECONDS, ApiError, envelope, error_response,
+                        unavailable_code)
 from engine import metrics
 from engine.ids import uuid7
 from engine.microbatch import MicroBatcher
@@ -49,6 +51,8 @@ ROUTES = [
     Route("/api/admin/stats", admin.stats, methods=["GET"]),
     *CONSOLE,
 ]
+
+WIRE_API = "/api/v1/"  # the reference's surface: its SDKs read the code of an HTTP 200, whatever went wrong
 
 CORS_HEADERS = ["Origin", "Content-Type", "Accept", "Authorization", "Idempotency-Key",
                 "X-App-Id", "X-Timestamp", "X-Nonce", "X-Signature"]
@@ -187,17 +191,34 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 
 async def _crash(request: Request, exc: Exception) -> Response:
-    return _crash_envelope(request.method, request.url.path, exc)
+    """An exception no endpoint caught, answered in the shape of the surface it hit: on the wire API the
+    reference's envelope (HTTP 200), on the console an error page, elsewhere (admin API, metrics) an envelope
+    with HTTP 503 and Retry-After while Redis or the database is out of reach, or 500 for a bug of ours."""
+    path = request.url.path
+    code = _fault_code(request.method, path, exc)
+    if path.startswith(WIRE_API):
+        return envelope(code)
+    if path == "/console" or path.startswith("/console/"):
+        return await fault_page(request, code)
+    if code == INTERNAL:
+        return envelope(code, status=500)
+    response = envelope(code, status=503)
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 def _crash_envelope(method: str, path: str, exc: Exception) -> JSONResponse:
-    """Redis or the database out of reach answers 40003 / 40002; anything else is a bug of ours, 40001."""
+    return envelope(_fault_code(method, path, exc))
+
+
+def _fault_code(method: str, path: str, exc: Exception) -> int:
+    """Redis or the database out of reach is 40003 / 40002; anything else is a bug of ours, 40001."""
     code = unavailable_code(exc)
     if code is not None:
         log.warning("request.unavailable %s %r: %s", method, path, exc)
-        return envelope(code)
+        return code
     log.exception("request.crashed %s %r", method, path, exc_info=exc)
-    return envelope(INTERNAL)
+    return INTERNAL
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

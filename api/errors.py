@@ -23,6 +23,8 @@ DATABASE_ERROR = 40002
 REDIS_ERROR = 40003
 PAYLOAD_TOO_LARGE = 413  # ours: the reference has no code for it; 400-599 is also the HTTP status
 
+RETRY_AFTER_SECONDS = 2  # told to callers of our own surfaces (admin API, console) while a store is out of reach
+
 MESSAGES = {
     SUCCESS: "success",
     BAD_REQUEST: "bad request",
@@ -70,11 +72,13 @@ class Envelope(JSONResponse):
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-def envelope(code: int = SUCCESS, data: Any = None, message: str | None = None) -> JSONResponse:
+def envelope(code: int = SUCCESS, data: Any = None, message: str | None = None,
+             status: int | None = None) -> JSONResponse:
+    """The envelope with the reference's HTTP status for `code`, unless `status` is given."""
     body: dict[str, Any] = {"code": code, "message": message or MESSAGES.get(code, "unknown error")}
     if data is not None:
         body["data"] = data
-    return Envelope(body, status_code=http_status(code))
+    return Envelope(body, status_code=status or http_status(code))
 
 
 MAX_JSON_DEPTH = 32

@@ -55,6 +55,11 @@ class Services:
             self.redis.close()
 
 
+# A Redis gone silent (a partition, a frozen host) fails a call after this long, on every redis-py version (before
+# 6.0 its default was to wait forever); the longest blocking read the gateway makes is 1 s.
+REDIS_TIMEOUTS = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0, "health_check_interval": 30}
+
+
 def connect_redis(settings: Settings) -> redis.Redis:
     if settings.embedded_redis:
         from engine.embedded import start_embedded_redis
@@ -62,14 +67,14 @@ def connect_redis(settings: Settings) -> redis.Redis:
         return start_embedded_redis(settings.data_dir)
     if settings.redis_cluster:
         return connect_cluster(settings.redis_url)  # type: ignore[return-value]
-    return redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    return redis.Redis.from_url(settings.redis_url, **REDIS_TIMEOUTS)
 
 
 def connect_cluster(url: str) -> RedisCluster:
     """The cluster client, which learns the nodes and slots from the node `url` names at once: a URL it cannot
     use (a database other than 0, a server not in cluster mode, no node answering) is a setting error."""
     try:
-        return GatewayCluster.from_url(url, health_check_interval=30)
+        return GatewayCluster.from_url(url, **REDIS_TIMEOUTS)
     except (*REDIS_ERRORS, ValueError) as exc:
         raise SettingsError(f"setting redis_url: no Redis Cluster usable at {_without_password(url)}: {exc}") from None
 

@@ -16,12 +16,13 @@ import pytest
 import requests
 
 from engine.queue import job
-from engine.store import repo
+from engine.store import queries, repo
 from engine.store.db import bind, connect
 from engine.store.migrations import migrate
 from engine.store.models import Attempt, Task
 from tests.support.loopback import LoopbackServer, Reply
 from engine.worker import POSTPONE_SECONDS, Worker
+from tests.console.conftest import OPERATOR, PASSWORD, Console
 from tests.engine.store.conftest import kill_mysql_sessions, scratch_database
 from tests.support.service import REPORTING_RULES, delayed_jobs, gateway, write_rules
 
@@ -222,3 +223,28 @@ def test_a_delivery_report_the_database_cannot_take_is_answered_503_and_applied_
         assert repo.get_task(task.task_id).status == "sent"
         assert requests.post(url, json=report, timeout=10).status_code == 200
         assert gw.wait(task.task_id).status == "success"
+
+
+def test_the_admin_api_and_console_answer_503_while_the_database_is_out_of_reach(tmp_path: Path,
+                                                                               database_url: str) -> None:
+    """With the database out of reach the admin API answers HTTP 503 with 40002 and Retry-After and a console
+    page is an HTML 503 page saying so, while the wire API keeps the reference's 40002; all answer once it is
+    back."""
+    with gateway(tmp_path, write_rules(tmp_path, REPORTING_RULES), workers=False, database_url=database_url) as gw:
+        task_id = gw.send("otp", "13800138000", {"code": "1"})["data"]["task_id"]
+        queries.create_operator(OPERATOR, PASSWORD)
+        console = Console(gw.url)
+        assert console.sign_in().url.endswith("/console/")
+        admin = {"Authorization": "Bearer admin-token"}
+        refuse_connections(database_url, True)
+        try:
+            tasks = requests.get(gw.url + "/api/admin/tasks", headers=admin, timeout=10)
+            page = console.get("/console/messages")
+            wire = gw.request("GET", f"/api/v1/messages/{task_id}")
+        finally:
+            refuse_connections(database_url, False)
+        assert (tasks.status_code, tasks.json()["code"], tasks.headers["retry-after"]) == (503, 40002, "2")
+        assert page.status_code == 503 and "The database is out of reach" in page.text
+        assert (wire.status_code, wire.json()["code"]) == (200, 40002)
+        assert requests.get(gw.url + "/api/admin/tasks", headers=admin, timeout=10).json()["data"]["total"] == 1
+        assert console.get("/console/messages").status_code == 200

@@ -17,6 +17,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from api.console import security
 from api.console.security import Session
+from api.errors import DATABASE_ERROR, REDIS_ERROR, RETRY_AFTER_SECONDS
 from engine.services import Services
 
 HERE = Path(__file__).parent
@@ -85,6 +86,22 @@ def redirect(path: str) -> RedirectResponse:
 async def error_page(request: Request, session: Session | None, status: int, message: str) -> HTMLResponse:
     context = {"session": session, "notice": "", "status": status, "message": message}
     return await html(request, "error.html", context, status)
+
+
+FAULTS = {
+    DATABASE_ERROR: (503, "The database is out of reach. Try again in a moment."),
+    REDIS_ERROR: (503, "Redis is out of reach. Try again in a moment."),
+}
+
+
+async def fault_page(request: Request, code: int) -> HTMLResponse:
+    """The page for an exception no handler caught (`code` as the API's): 503 with Retry-After while the
+    database or Redis is out of reach, else 500."""
+    status, message = FAULTS.get(code, (500, "Something went wrong in the gateway; its log has the details."))
+    answer = await error_page(request, None, status, message)
+    if status == 503:
+        answer.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return answer
 
 
 def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:

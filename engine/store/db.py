@@ -7,6 +7,7 @@ import itertools
 import logging
 import os
 import re
+import socket
 import threading
 import uuid
 import weakref
@@ -35,6 +36,15 @@ CHECKPOINT_SECONDS = 1.0
 POOL_OPTIONS = {"stale_timeout": 300, "timeout": 10}
 DEFAULT_POOL_SIZE = 32
 CONNECT_TIMEOUT_SECONDS = 5
+# A database host gone silent (a partition, a frozen host: packets dropped, no reset) must fail the calls waiting
+# on it within seconds, not when the kernel gives up retransmitting a quarter of an hour later. Unanswered
+# keepalive probes end a wait for a reply after IDLE + COUNT x INTERVAL seconds; data left unacknowledged ends
+# the connection after USER_TIMEOUT. A live server answers probes however long its query runs.
+KEEPALIVE_IDLE_SECONDS, KEEPALIVE_INTERVAL_SECONDS, KEEPALIVE_COUNT = 5, 2, 3
+TCP_USER_TIMEOUT_MS = 10_000
+POSTGRES_DEAD_PEER = {"keepalives": 1, "keepalives_idle": KEEPALIVE_IDLE_SECONDS,
+                      "keepalives_interval": KEEPALIVE_INTERVAL_SECONDS, "keepalives_count": KEEPALIVE_COUNT,
+                      "tcp_user_timeout": TCP_USER_TIMEOUT_MS}
 # MySQL's plain DATETIME drops microseconds and TEXT stops at 64 KiB; webhook bodies and raw reports may be larger.
 MYSQL_FIELD_TYPES = {"DATETIME": "DATETIME(6)", "TEXT": "MEDIUMTEXT"}
 SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
@@ -116,6 +126,7 @@ def connect(url: str, *, pool_size: int = DEFAULT_POOL_SIZE, prepare: bool = Tru
     options.update((name, int(value) if value.isdigit() else value) for name, value in parse_qsl(parts.query))
     if parts.scheme == "mysql":
         return _mysql(name, options, pool_size)
+    options = {**POSTGRES_DEAD_PEER, **options}
     return PostgresPool(name, max_connections=pool_size, prepare=prepare, **POOL_OPTIONS, **options)
 
 
@@ -417,7 +428,27 @@ def _private_sqlite_files(path: Path) -> None:
             os.chmod(companion, FILE_MODE)
 
 
-class MySQLPool(CheckFreePool, PooledMySQLDatabase):
+class DeadPeerMySQLDatabase(peewee.MySQLDatabase):
+    """PyMySQL connections whose sockets give up on a silent server as libpq's do (KEEPALIVE_*, TCP_USER_TIMEOUT):
+    PyMySQL turns keepalives on with the system's two-hour idle time and has no setting for the rest."""
+
+    def _connect(self) -> Any:
+        conn = super()._connect()
+        bound_dead_peer(conn._sock)
+        return conn
+
+
+def bound_dead_peer(sock: socket.socket) -> None:
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # a Unix socket has no peer to lose
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
+
+
+class MySQLPool(CheckFreePool, PooledMySQLDatabase, DeadPeerMySQLDatabase):
     """The MySQL / MariaDB pool: no ping at check-out, and a ROLLBACK at check-in only for a connection that
     the server says is in a transaction (PyMySQL keeps the server's status of the last reply)."""
 

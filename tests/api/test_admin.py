@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import requests
 
-from engine.store import repo
+from engine.store import queries, repo
+from tests.console.conftest import OPERATOR, PASSWORD, Console
 from tests.support.loopback import LoopbackServer, Reply
 from tests.support.service import CONSOLE_RULES, Gateway, gateway, write_rules
 
@@ -124,3 +125,24 @@ def test_health_counts_are_numbers(gw: Gateway) -> None:
     rules = requests.get(gw.url + "/health", timeout=5,
                          headers={"Authorization": "Bearer admin-token"}).json()["data"]["services"]["rules"]
     assert rules["reloads"] == 0 and rules["failures"] == 0
+
+
+def test_a_crash_behind_the_admin_api_or_the_console_is_a_500_not_a_success_status(
+        gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected exception behind an admin route answers HTTP 500 with 40001 (so an operator's tools count
+    it as a failure), and behind a console page an HTML 500 page; the wire API keeps its HTTP 200 with 40001."""
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("store exploded")
+
+    queries.create_operator(OPERATOR, PASSWORD)
+    console = Console(gw.url)
+    assert console.sign_in().url.endswith("/console/")
+    monkeypatch.setattr(repo, "list_apps", broken)
+    monkeypatch.setattr(repo, "get_task", broken)
+    answer = admin(gw, "GET", "/apps")
+    page = console.get("/console/apps")
+    wire = gw.request("GET", "/api/v1/messages/nothing")
+    assert (answer.status_code, answer.json()["code"]) == (500, 40001)
+    assert page.status_code == 500 and page.headers["content-type"].startswith("text/html")
+    assert "store exploded" not in page.text and "store exploded" not in answer.text
+    assert (wire.status_code, wire.json()["code"]) == (200, 40001)

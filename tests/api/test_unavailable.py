@@ -1,4 +1,5 @@
-"""Redis out of reach: the API answers 40003 (retry later), never 40001, and accepts again once it is back."""
+"""Redis out of reach: the API answers 40003 (retry later), never 40001, and accepts again once it is back; our
+own surfaces (admin API, console) say so with HTTP 503 and Retry-After."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 
+from engine.store import queries
+from tests.console.conftest import OPERATOR, PASSWORD, Console
 from tests.support.service import CONSOLE_RULES, Gateway, gateway, write_rules
 
 pytestmark = pytest.mark.timeout(60)
@@ -64,6 +68,28 @@ def test_sends_while_redis_is_down_answer_40003_and_succeed_once_it_is_back(
         finally:
             restarted.kill()
             restarted.wait()
+
+
+def test_the_admin_api_and_console_answer_503_while_redis_is_down(
+        tmp_path: Path, own_redis: tuple[int, subprocess.Popen[bytes]]) -> None:
+    """With Redis gone the admin API answers HTTP 503 with 40003 and Retry-After, a console page is an HTML 503
+    page saying Redis is out of reach, and the wire API's task read keeps the reference's HTTP 200 with 40003."""
+    port, process = own_redis
+    with gateway(tmp_path, write_rules(tmp_path, CONSOLE_RULES), workers=False,
+                 redis_url=f"redis://127.0.0.1:{port}/0") as gw:
+        task_id = gw.send("otp", "13800138000", {"code": "1"})["data"]["task_id"]
+        queries.create_operator(OPERATOR, PASSWORD)
+        console = Console(gw.url)
+        assert console.sign_in().url.endswith("/console/")
+        process.kill()
+        process.wait()
+        stats = requests.get(gw.url + "/api/admin/stats", headers={"Authorization": "Bearer admin-token"}, timeout=10)
+        page = console.get("/console/")
+        wire = gw.request("GET", f"/api/v1/messages/{task_id}")
+    assert (stats.status_code, stats.json()["code"], stats.headers["retry-after"]) == (503, 40003, "2")
+    assert (page.status_code, page.headers["retry-after"]) == (503, "2")
+    assert page.headers["content-type"].startswith("text/html") and "Redis is out of reach" in page.text
+    assert (wire.status_code, wire.json()["code"]) == (200, 40003)
 
 
 def _eventually_accepted(gw: Gateway) -> bool:

@@ -49,8 +49,9 @@ class Host:
     def command(self, args: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.name, *args]
 
-    def run(self, args: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.command(args), capture_output=True, text=True, check=True, timeout=60, **kwargs)
+    def run(self, args: Sequence[str], timeout: float = 60, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.command(args), capture_output=True, text=True, check=True, timeout=timeout,
+                              **kwargs)
 
     def start(self, args: Sequence[str], *, env: Mapping[str, str] | None = None, log: Path | None = None,
               user: str | None = None) -> subprocess.Popen[bytes]:

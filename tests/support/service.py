@@ -58,14 +58,19 @@ class Gateway:
     stop: threading.Event
     threads: list[threading.Thread] = field(default_factory=list)
 
-    def call(self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None,
-             *, app_id: str | None = None, secret: str | None = None, now: int | None = None) -> dict[str, Any]:
+    def request(self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None,
+                *, app_id: str | None = None, secret: str | None = None, now: int | None = None) -> requests.Response:
+        """A signed request to the API, as the SDKs make it."""
         raw = b"" if body is None else json.dumps(body, ensure_ascii=False).encode()
         signed = sign_headers(app_id or self.app_id, secret or self.secret, method, path, raw,
                               now=now or int(time.time()), nonce=uuid.uuid4().hex)
-        answer = requests.request(method, self.url + path, data=raw or None, timeout=10,
-                                  headers={"Content-Type": "application/json", **signed, **(headers or {})})
-        result: dict[str, Any] = answer.json()
+        return requests.request(method, self.url + path, data=raw or None, timeout=10,
+                                headers={"Content-Type": "application/json", **signed, **(headers or {})})
+
+    def call(self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None,
+             **signing: Any) -> dict[str, Any]:
+        """The envelope a signed request gets."""
+        result: dict[str, Any] = self.request(method, path, body, headers, **signing).json()
         return result
 
     def send(self, channel: str | int, receiver: str, params: Mapping[str, str] | None = None,

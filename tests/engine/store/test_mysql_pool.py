@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -10,7 +11,7 @@ import pymysql
 import pytest
 
 from engine.store import repo
-from engine.store.db import MySQLPool, bind, connect
+from engine.store.db import KEEPALIVE_IDLE_SECONDS, TCP_USER_TIMEOUT_MS, MySQLPool, bind, connect
 from engine.store.migrations import migrate
 from tests.engine.store.conftest import kill_mysql_sessions, scratch_database
 
@@ -86,3 +87,14 @@ def test_a_store_call_after_the_server_killed_the_sessions_connects_afresh(pool:
     assert kill_mysql_sessions(url) >= 1
     second = new_task()
     assert set(repo.get_tasks([task_id, second])) == {task_id, second}
+
+
+def test_a_pooled_connection_gives_up_on_a_silent_server_within_seconds(pool: MySQLPool) -> None:
+    """A new connection's socket probes an idle server after KEEPALIVE_IDLE_SECONDS and drops data left
+    unacknowledged for TCP_USER_TIMEOUT_MS, as libpq's do, instead of the system's two hours and quarter hour."""
+    pool.connect(reuse_if_open=True)
+    sock = pool.connection()._sock
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE_SECONDS
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == TCP_USER_TIMEOUT_MS
+    assert repo.get_task("no-such-task") is None  # the connection still serves store calls

@@ -15,6 +15,7 @@ from playhouse.pool import PooledMySQLDatabase, PooledPostgresqlDatabase
 
 from engine.store import repo
 from engine.store.db import (
+    POSTGRES_DEAD_PEER,
     StoreUnavailable,
     WriterTurns,
     bind,
@@ -56,14 +57,16 @@ def test_sqlite_memory_database_is_shared_by_threads() -> None:
 
 
 def test_server_urls_become_pooled_databases_with_driver_options() -> None:
-    """PostgreSQL and MySQL URLs give connection pools carrying host, port, credentials and query options."""
-    pg = connect("postgresql://alice:s%40cret@db.example:6543/push?sslmode=require&connect_timeout=2")
+    """PostgreSQL and MySQL URLs give connection pools carrying host, port, credentials and query options, a
+    query option overriding the store's own default (here the dead-peer bound)."""
+    pg = connect("postgresql://alice:s%40cret@db.example:6543/push?sslmode=require&connect_timeout=2"
+                 "&tcp_user_timeout=30000")
     my = connect("mysql://bob:pw@db.example/push")
     assert isinstance(pg, PooledPostgresqlDatabase) and isinstance(my, PooledMySQLDatabase)
     assert pg.database == "push" and my.database == "push"
     assert pg.connect_params == {
-        "host": "db.example", "port": 6543, "user": "alice", "password": "s@cret", "sslmode": "require",
-        "connect_timeout": 2,
+        **POSTGRES_DEAD_PEER, "host": "db.example", "port": 6543, "user": "alice", "password": "s@cret",
+        "sslmode": "require", "connect_timeout": 2, "tcp_user_timeout": 30000,
     }
     assert my.connect_params["charset"] == "utf8mb4"
     assert pg._max_connections == my._max_connections == 32
