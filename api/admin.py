@@ -242,8 +242,11 @@ def _task_detail(task: Task) -> dict[str, Any]:
 async def stats(request: Request) -> JSONResponse:
     svc: Services = request.app.state.services
     counts = await run_in_threadpool(repo.task_counts)
-    queue = {"backlog": svc.queue.backlog(), "pending": svc.queue.pending(), "delayed": svc.queue.delayed_count()}
-    return envelope(data={"tasks": counts, "queue": queue})
+    return envelope(data={"tasks": counts, "queue": await run_in_threadpool(_queue_depths, svc)})
+
+
+def _queue_depths(svc: Services) -> dict[str, int]:
+    return {"backlog": svc.queue.backlog(), "pending": svc.queue.pending(), "delayed": svc.queue.delayed_count()}
 
 
 @admin

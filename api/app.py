@@ -166,7 +166,7 @@ class SendLane:
         except ApiError as exc:
             response = error_response(exc)
         except Exception as exc:
-            response = _crash_envelope("POST", scope["path"], exc)
+            response = envelope(_fault_code("POST", scope["path"], exc))
         response.raw_headers += [(b"trace-id", trace_id.encode()), (b"vary", b"Origin")]
         if "origin" in headers:
             response.raw_headers.append((b"access-control-allow-origin", b"*"))
@@ -205,10 +205,6 @@ async def _crash(request: Request, exc: Exception) -> Response:
     response = envelope(code, status=503)
     response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
-
-
-def _crash_envelope(method: str, path: str, exc: Exception) -> JSONResponse:
-    return envelope(_fault_code(method, path, exc))
 
 
 def _fault_code(method: str, path: str, exc: Exception) -> int:

@@ -439,13 +439,14 @@ class DeadPeerMySQLDatabase(peewee.MySQLDatabase):
 
 
 def bound_dead_peer(sock: socket.socket) -> None:
+    """Set the keepalive and user timeout options on a TCP socket, those this platform has."""
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return  # a Unix socket has no peer to lose
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_SECONDS), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_SECONDS),
+                        ("TCP_KEEPCNT", KEEPALIVE_COUNT), ("TCP_USER_TIMEOUT", TCP_USER_TIMEOUT_MS)):
+        if hasattr(socket, name):  # all on Linux; macOS lacks the user timeout
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 class MySQLPool(CheckFreePool, PooledMySQLDatabase, DeadPeerMySQLDatabase):

@@ -3,10 +3,12 @@ own surfaces (admin API, console) say so with HTTP 503 and Retry-After."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -90,6 +92,28 @@ def test_the_admin_api_and_console_answer_503_while_redis_is_down(
     assert (page.status_code, page.headers["retry-after"]) == (503, "2")
     assert page.headers["content-type"].startswith("text/html") and "Redis is out of reach" in page.text
     assert (wire.status_code, wire.json()["code"]) == (200, 40003)
+
+
+def test_a_silent_redis_stalls_no_other_request(tmp_path: Path, own_redis: tuple[int, subprocess.Popen[bytes]]) -> None:
+    """While Redis is frozen (SIGSTOP: connections open, no answer), admin stats waiting on it do not hold up
+    the event loop: another request is answered at once, and the stats get 503 once the Redis timeout ends."""
+    port, process = own_redis
+    with gateway(tmp_path, write_rules(tmp_path, CONSOLE_RULES), workers=False,
+                 redis_url=f"redis://127.0.0.1:{port}/0") as gw:
+        assert gw.send("otp", "13800138000", {"code": "1"})["code"] == 0  # Redis connections now pooled
+        process.send_signal(signal.SIGSTOP)
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                stats = pool.submit(requests.get, gw.url + "/api/admin/stats", timeout=30,
+                                    headers={"Authorization": "Bearer admin-token"})
+                time.sleep(0.5)  # the stats request is now waiting on Redis
+                started = time.monotonic()
+                assert requests.get(gw.url + "/health/simple", timeout=30).status_code == 200
+                waited = time.monotonic() - started
+                assert stats.result().status_code == 503
+        finally:
+            process.send_signal(signal.SIGCONT)
+    assert waited < 1.0, f"another request waited {waited:.1f} s behind a frozen Redis"
 
 
 def _eventually_accepted(gw: Gateway) -> bool:
