@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import peewee
+
 from engine import metrics, webhooks
 from engine.microbatch import GroupCommit
 from engine.policy.decisions import FailureDecision, RoutingDecision, Scene, bound_failure, counted_attempts
@@ -38,6 +40,7 @@ from engine.queue import job
 from engine.selector import ChoiceRequest, Selector
 from engine.services import Services
 from engine.store import repo
+from engine.store.db import StoreUnavailable
 from engine.store.models import OPEN_TASK_STATUSES, Attempt, Task
 from providers import registry
 from providers.base import Account, Message, Outcome, SendContext, SendResult, with_defaults
@@ -231,11 +234,24 @@ def carry_out(svc: Services, plan: Planned, owner: str = "") -> str:
     return carry_out_many(svc, [plan], owner)[0]
 
 
+class ClaimsInDoubt(StoreUnavailable):
+    """The store failed while claiming: the claims may have been committed before the reply was lost, and none
+    of their calls was made. Whoever made them gives them back once the store answers (`repo.release_claims`)."""
+
+    def __init__(self, cause: BaseException, claims: Sequence[repo.AttemptClaim]) -> None:
+        super().__init__(cause)
+        self.claims = list(claims)
+
+
 def carry_out_many(svc: Services, plans: Sequence[Planned], owner: str = "") -> list[str]:
     """`carry_out` for attempts that go in one vendor call (a group from `batches`): claimed together, sent
     together, then recorded and decided each on its own; a label per plan."""
     lease_until = _dt(time.time() + svc.settings.attempt_lease)
-    claimed = _claims.submit_many([plan.claim(owner, lease_until) for plan in plans])
+    claims = [plan.claim(owner, lease_until) for plan in plans]
+    try:
+        claimed = _claims.submit_many(claims)
+    except (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError) as exc:
+        raise ClaimsInDoubt(exc, claims) from exc
     mine = [plan for plan, ok in zip(plans, claimed) if ok]
     settled = iter(settle_many(svc, attempt_many(svc, mine, time.time()), time.time()) if mine else ())
     return [next(settled) if ok else "busy" for ok in claimed]

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import peewee
 
 from engine import delivery, metrics, webhook_lane, webhooks
-from engine.queue import Entry
+from engine.queue import Entry, job
 from engine.redis_errors import REDIS_ERRORS, UNREACHABLE
 from engine.services import Services
 from engine.store import repo
@@ -41,6 +41,7 @@ POSTPONE = (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError, *U
 # A job the store (or Redis) could not serve comes back this much later through the delayed set; left pending
 # instead, it waited for the visibility timeout (a minute) though a database restart takes a second or two.
 POSTPONE_SECONDS = 2.0
+RELEASE_SECONDS = 1.0  # how soon claims in doubt are given back once the store answers
 
 def read_retry_delay(failures: int) -> float:
     """Seconds before reading again after `failures` failed reads in a row: 0.1 s doubling to 1 s, so a Redis
@@ -76,6 +77,7 @@ class Worker:
         self._in_hand: set[str] = set()
         self._flying: dict[str, str] = {}  # entry id -> task id of each call in the pool
         self._finished: list[str] = []  # entries whose calls ended, acknowledged with the next read
+        self._in_doubt: list[repo.AttemptClaim] = []  # claims maybe committed, never sent: to be given back
         self._webhooks = webhook_lane.WebhookLane(svc.queue, self.handle, threads=svc.settings.webhook_threads,
                                      per_app=svc.settings.webhook_per_app)
 
@@ -217,8 +219,12 @@ class Worker:
     def _postpone(self, entries: list[Entry], exc: BaseException) -> list[str]:
         """Put jobs the store or Redis could not serve back in the delayed set for POSTPONE_SECONDS; the ids
         of their entries, which may then be acknowledged (none if Redis took nothing: they stay pending for
-        the reclaimer). A job kept for an earlier time stays at that time."""
+        the reclaimer). A job kept for an earlier time stays at that time; claims left in doubt are given back
+        later (`_release_in_doubt`)."""
         self._count("postponed", len(entries))
+        if isinstance(exc, delivery.ClaimsInDoubt):
+            with self._lock:
+                self._in_doubt += exc.claims
         try:
             self.svc.queue.defer_many([(entry.job, time.time() + POSTPONE_SECONDS) for entry in entries],
                                       earlier_only=True)
@@ -238,9 +244,15 @@ class Worker:
         return finished
 
     def _renew_leases(self, stop: threading.Event) -> None:
-        """Keep the leases of the attempts in flight, so another worker never takes a slow call for lost."""
+        """Keep the leases of the attempts in flight, so another worker never takes a slow call for lost; give
+        back the claims in doubt between renewals."""
         lease = self.svc.settings.attempt_lease
-        while not stop.wait(lease / 4):
+        renew_at = time.monotonic() + lease / 4
+        while not stop.wait(min(lease / 4, RELEASE_SECONDS)):
+            self._release_in_doubt()
+            if time.monotonic() < renew_at:
+                continue
+            renew_at = time.monotonic() + lease / 4
             with self._lock:
                 task_ids = list(self._flying.values())
             if not task_ids:
@@ -249,6 +261,29 @@ class Worker:
                 repo.renew_leases(self.owner, task_ids, datetime.fromtimestamp(time.time() + lease, UTC))
             except POSTPONE as exc:
                 log.warning("leases.renew failed for %d attempts: %s", len(task_ids), exc)
+
+    def _release_in_doubt(self) -> None:
+        """Take back the claims whose reply the store lost (none was sent) and queue their tasks again, so they
+        go on now rather than be found lost, of unknown outcome, when their leases run out."""
+        with self._lock:
+            claims, self._in_doubt = self._in_doubt, []
+        if not claims:
+            return
+        try:
+            released = repo.release_claims(claims)
+        except POSTPONE as exc:
+            with self._lock:
+                self._in_doubt += claims  # tried again next round; should that never work, the leases run out
+            log.warning("claims.release failed for %d claims: %s", len(claims), exc)
+            return
+        log.info("claims.released %d of %d claims in doubt", len(released), len(claims))
+        if not released:
+            return
+        self._count("released", len(released))
+        try:
+            self.svc.queue.enqueue([job("send", task_id) for task_id in released])
+        except REDIS_ERRORS as exc:  # their postponed jobs come back anyway, at the latest when the leases would end
+            log.warning("claims.released but not queued again: %s", exc)
 
     def _heartbeat(self, stop: threading.Event) -> None:
         """Vouch for this worker every HEARTBEAT_SECONDS; once it stops vouching, others take its entries over."""

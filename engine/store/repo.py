@@ -577,6 +577,21 @@ def claim_attempts(claims: Sequence[AttemptClaim], expected: tuple[str, ...]) ->
     return [True] * len(claims)
 
 
+@_guarded
+def release_claims(claims: Sequence[AttemptClaim]) -> list[str]:
+    """Take back claims whose calls were never made, as the claimed attempts still stand (owner, lease and all);
+    the ids of the tasks whose attempt was taken back. For claims whose reply the store lost: each may or may
+    not have been committed, and left alone it would be found lost when its lease ran out, its outcome unknown."""
+    released = []
+    with _write_transaction():
+        for claim in claims:
+            if Attempt.delete().where((Attempt.task_id == claim.task_id) & (Attempt.number == claim.number)
+                                      & (Attempt.owner == claim.owner) & (Attempt.status == "sending")
+                                      & (Attempt.lease_until == claim.lease_until)).execute():
+                released.append(claim.task_id)
+    return released
+
+
 RECORD_RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)  # 6.3 s in all: a database restart on a small server
 
 

@@ -14,7 +14,9 @@ import pytest
 from engine import delivery
 from engine.queue import job
 from engine.store import repo
+from engine.store.db import StoreUnavailable
 from engine.store.models import OPEN_TASK_STATUSES
+from tests.engine.store.conftest import scratch_database
 from tests.support.loopback import LoopbackServer, Recorded, Reply
 from tests.support.service import Gateway, gateway, write_rules
 
@@ -213,3 +215,41 @@ def test_failure_decisions_are_capped_whatever_the_rules(tmp_path: Path, vendor:
         labels = [delivery.deliver(gw.svc, task_id, time.time()) for _ in range(4)]
         assert labels == ["retried", "retried", "retried", "failed"]
         assert "gave up after 3 failure decisions" in repo.get_task(task_id).error_message
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres),
+                        pytest.param("mysql", marks=pytest.mark.mysql)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mpush.db'}"
+        return
+    with scratch_database(request.param) as url:
+        yield url
+
+
+def test_a_claim_whose_reply_was_lost_is_given_back_and_sent_once(tmp_path: Path, vendor: Vendor, database_url: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claim committed but answered with a store error (the connection cut before the reply) was never sent:
+    the worker gives it back and the message goes out once, as attempt 1, long before the lease would have run
+    out and found it lost, of unknown outcome (which fails the message where the vendor cannot deduplicate)."""
+    claim, lost = repo.claim_attempts, []
+
+    def reply_lost(claims: list[repo.AttemptClaim], expected: tuple[str, ...]) -> list[bool]:
+        won = claim(claims, expected)
+        if not lost:
+            lost.append(won)
+            raise StoreUnavailable("server closed the connection unexpectedly")
+        return won
+
+    monkeypatch.setattr(repo, "claim_attempts", reply_lost)
+    rules = write_rules(tmp_path, RULES.format(url=vendor.server.url))
+    with gateway(tmp_path, rules, database_url=database_url, attempt_lease=30.0) as gw:
+        started = time.monotonic()
+        task_id = accepted(gw, "13800000001")
+        assert gw.wait(task_id, timeout=20).status == "success"
+        elapsed = time.monotonic() - started
+        attempts = [(a.number, a.status, a.key_number) for a in repo.list_attempts(task_id)]
+        released = gw.worker.counters["released"] if gw.worker else 0
+    assert lost == [[True]] and released == 1
+    assert attempts == [(1, "ok", None)] and vendor.keys(task_id) == [f"{task_id}-1"]
+    assert elapsed < 10, f"delivered after {elapsed:.1f} s: the claim was left to its 30 s lease"
