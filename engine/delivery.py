@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import peewee
-
 from engine import metrics, webhooks
 from engine.microbatch import GroupCommit
 from engine.policy.decisions import FailureDecision, RoutingDecision, Scene, bound_failure, counted_attempts
@@ -40,7 +38,7 @@ from engine.queue import job
 from engine.selector import ChoiceRequest, Selector
 from engine.services import Services
 from engine.store import repo
-from engine.store.db import StoreUnavailable
+from engine.store.db import STORE_ERRORS, StoreUnavailable
 from engine.store.models import OPEN_TASK_STATUSES, Attempt, Task
 from providers import registry
 from providers.base import Account, Message, Outcome, SendContext, SendResult, with_defaults
@@ -250,7 +248,7 @@ def carry_out_many(svc: Services, plans: Sequence[Planned], owner: str = "") -> 
     claims = [plan.claim(owner, lease_until) for plan in plans]
     try:
         claimed = _claims.submit_many(claims)
-    except (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError) as exc:
+    except STORE_ERRORS as exc:
         raise ClaimsInDoubt(exc, claims) from exc
     mine = [plan for plan, ok in zip(plans, claimed) if ok]
     settled = iter(settle_many(svc, attempt_many(svc, mine, time.time()), time.time()) if mine else ())

@@ -23,21 +23,19 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from concurrent.futures import ThreadPoolExecutor
 
-import peewee
-
 from engine import delivery, metrics, webhook_lane, webhooks
 from engine.queue import Entry, job
 from engine.redis_errors import REDIS_ERRORS, UNREACHABLE
 from engine.services import Services
 from engine.store import repo
-from engine.store.db import StoreUnavailable
+from engine.store.db import STORE_ERRORS
 
 log = logging.getLogger("mpush.worker")
 
 HEARTBEAT_SECONDS = 1.0
 HEARTBEAT_TTL = 5.0  # a worker silent this long is dead: its entries are taken over without waiting longer
 READ_ROUNDS = 4  # stream entries read at most per send thread in one read
-POSTPONE = (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError, *UNREACHABLE)
+POSTPONE = (*STORE_ERRORS, *UNREACHABLE)
 # A job the store (or Redis) could not serve comes back this much later through the delayed set; left pending
 # instead, it waited for the visibility timeout (a minute) though a database restart takes a second or two.
 POSTPONE_SECONDS = 2.0
@@ -272,8 +270,9 @@ class Worker:
         try:
             released = repo.release_claims(claims)
         except POSTPONE as exc:
+            now = datetime.now(UTC)  # a claim whose lease has ended is found lost by the next job: no longer ours
             with self._lock:
-                self._in_doubt += claims  # tried again next round; should that never work, the leases run out
+                self._in_doubt += [claim for claim in claims if claim.lease_until and claim.lease_until > now]
             log.warning("claims.release failed for %d claims: %s", len(claims), exc)
             return
         log.info("claims.released %d of %d claims in doubt", len(released), len(claims))

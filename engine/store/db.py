@@ -252,6 +252,10 @@ def numbered_parameters(sql: str) -> str:
     return re.sub(r"%[s%]", lambda match: f"${next(count)}" if match.group() == "%s" else "%", sql)
 
 
+# What a store call may raise when the database could not serve it (the call may be made again later).
+STORE_ERRORS = (StoreUnavailable, peewee.OperationalError, peewee.InterfaceError)
+
+
 class StaleConnection(StoreUnavailable):
     """A pooled connection the server had dropped failed its first statement: nothing was done, the call may
     be made again on a fresh connection."""
