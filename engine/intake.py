@@ -7,7 +7,10 @@ in the stream or the delayed set. Anything refused changes nothing (quota units 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
+import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,8 +29,10 @@ from engine.redis_errors import REDIS_ERRORS
 from engine.services import Services
 from engine.settings import Settings
 from engine.store import repo
-from engine.store.db import StoreUnavailable
+from engine.store.db import STORE_ERRORS, StoreUnavailable
 from engine.store.models import Application, Task
+
+log = logging.getLogger("mpush.intake")
 
 MAX_BATCH = 1000
 MAX_RECEIVER = 255
@@ -303,22 +308,74 @@ def _create_each_alone_on_refusal(rows: dict[int, dict[str, Any]], outcomes: lis
     """Insert the rows in one transaction; should the database refuse it for a row's sake, insert each on its
     own so only the rows it refuses fail (their exception goes to `outcomes`). The indexes stored."""
     try:
-        repo.create_tasks(list(rows.values()))
+        _create(list(rows.values()))
         return list(rows)
-    except StoreUnavailable as exc:
-        raise Refused("database", str(exc)) from None
+    except Refused:
+        raise
     except Exception:
         pass
     stored = []
     for index, row in rows.items():
         try:
-            repo.create_tasks([row])
+            _create([row])
             stored.append(index)
-        except StoreUnavailable as exc:
-            outcomes[index] = Refused("database", str(exc))
         except Exception as exc:
             outcomes[index] = exc
     return stored
+
+
+def _create(rows: list[dict[str, Any]], batch: dict[str, Any] | None = None) -> None:
+    """`repo.create_tasks`, refused when the database cannot take the rows. Rows it committed all the same (the
+    reply lost with the connection) are failed once it answers again, as their request was refused; unless the
+    request has an idempotency key: its retry finds them and goes on with them."""
+    try:
+        repo.create_tasks(rows, batch=batch)
+    except StoreUnavailable as exc:
+        if not any(row.get("idempotency_key") for row in rows):
+            REFUSED_IN_DOUBT.add([row["task_id"] for row in rows])
+        raise Refused("database", str(exc)) from None
+
+
+class RefusedInDoubt:
+    """Tasks of refused requests (40002) that the database may have stored before the reply was lost: a thread
+    marks those it holds failed as soon as it answers again, long before the outbox sweep would find them
+    untouched (`MPUSH_OUTBOX_GRACE`) and send what the client was told was not kept."""
+
+    def __init__(self, retry_seconds: float = 1.0) -> None:
+        self.retry_seconds = retry_seconds
+        self._task_ids: list[str] = []
+        self._lock = threading.Lock()
+        self._settling = False
+
+    def add(self, task_ids: Sequence[str]) -> None:
+        with self._lock:
+            self._task_ids += task_ids
+            if self._settling:
+                return
+            self._settling = True
+        threading.Thread(target=self._settle, name="refused-in-doubt", daemon=True).start()
+
+    def _settle(self) -> None:
+        while True:
+            time.sleep(self.retry_seconds)
+            with self._lock:
+                task_ids, self._task_ids = self._task_ids, []
+                if not task_ids:
+                    self._settling = False
+                    return
+            try:
+                failed = repo.fail_unclaimed(task_ids, "refused_in_doubt", REFUSED_MESSAGE)
+            except STORE_ERRORS:
+                with self._lock:
+                    self._task_ids += task_ids
+                continue
+            if failed:
+                log.warning("intake.refused_in_doubt %d of %d refused tasks had been stored: marked failed",
+                            failed, len(task_ids))
+
+
+REFUSED_MESSAGE = "stored though its request was refused (the database's reply was lost): never sent"
+REFUSED_IN_DOUBT = RefusedInDoubt()
 
 
 def _enqueue(svc: Services, jobs: list[tuple[str, float | None]]) -> None:
@@ -351,9 +408,7 @@ def _store_and_enqueue(svc: Services, admitted: Admitted) -> Accepted:
     rows = [first, *(_next_task_row(first, request, index) for index in range(1, len(request.receivers)))]
     batch = {"batch_id": batch_id, "app_id": app.app_id, "total": len(rows), "created_at": moment} if batch_id else None
     try:
-        repo.create_tasks(rows, batch=batch)
-    except StoreUnavailable as exc:
-        raise Refused("database", str(exc)) from None
+        _create(rows, batch)
     except repo.DuplicateTask:
         existing = repo.find_idempotent(app.app_id, request.idempotency_key) if request.idempotency_key else None
         if existing is None:

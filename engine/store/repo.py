@@ -275,6 +275,14 @@ def update_task(task_id: str, **fields: Any) -> None:
 
 
 @_guarded
+def fail_unclaimed(task_ids: Sequence[str], error_code: str, error_message: str) -> int:
+    """Mark failed those of the tasks no worker has claimed yet (pending or scheduled); how many."""
+    update = Task.update(status="failed", error_code=error_code, error_message=error_message, updated_at=utcnow())
+    with _write_transaction():
+        return int(update.where(Task.task_id.in_(list(task_ids)) & Task.status.in_(("pending", "scheduled"))).execute())
+
+
+@_guarded
 def mark_status_if(task_id: str, expected: tuple[str, ...], **fields: Any) -> bool:
     """Update the task only while its status is one of `expected`; whether it did (the loser of a race gets False)."""
     _check_statuses(expected)
