@@ -52,8 +52,9 @@ SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 
 class StoreUnavailable(Exception):
     """The database cannot serve the call now: unreachable, restarting, read-only during a failover, or the call's
-    transaction rolled back by the server (a deadlock victim, a lock or statement timeout). Nothing was written:
-    the same call may be made again later."""
+    transaction rolled back by the server (a deadlock victim, a lock or statement timeout). Nothing was written,
+    unless the connection was lost with a commit's reply: callers that must know say so (`ClaimsInDoubt`,
+    `intake.RefusedInDoubt`). The same call may be made again later."""
 
     def __init__(self, cause: BaseException | str) -> None:
         super().__init__(f"database unavailable: {cause}")
