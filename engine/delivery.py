@@ -39,13 +39,13 @@ from engine.selector import ChoiceRequest, Selector
 from engine.services import Services
 from engine.store import repo
 from engine.store.db import STORE_ERRORS, StoreUnavailable
-from engine.store.models import OPEN_TASK_STATUSES, Attempt, Task
+from engine.store.models import OPEN_TASK_STATUSES, UNFINISHED_TASK_STATUSES, Attempt, Task
 from providers import registry
 from providers.base import Account, Message, Outcome, SendContext, SendResult, with_defaults
 
 log = logging.getLogger("mpush.delivery")
 
-UNFINISHED = (*OPEN_TASK_STATUSES, "sent")  # a sent task still awaits its delivery report
+UNFINISHED = UNFINISHED_TASK_STATUSES
 WEBHOOK_URL_TTL = 2.0
 EARLY_SLACK = 0.5  # seconds a scheduled job may run before its time (the delayed set releases in rounds)
 LOST = "the worker making this call stopped (its lease expired); outcome unknown"

@@ -14,11 +14,14 @@ import peewee
 from playhouse.migrate import SchemaMigrator
 
 from engine.store.db import connection
-from engine.store.models import MODELS, Attempt, Decision, Operator, Task, UtcDateTimeField, utcnow
+from engine.store.models import (MODELS, UNFINISHED_TASK_STATUSES, Attempt, Decision, Operator, Task,
+                                 UtcDateTimeField, utcnow)
 
 # Binary collation keeps comparisons exact (ids, idempotency keys) as on PostgreSQL and SQLite.
 MYSQL_CHARSET = "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
 LOCK_NAME = "mpush_migrate"
+UNFINISHED_INDEX = "tasks_unfinished_status_updated_at"
+LEAN_DROPPED = ("tasks_updated_at", "tasks_app_id_status", "tasks_status_scheduled_at")
 LOCK_TIMEOUT_SECONDS = 60
 
 
@@ -52,7 +55,7 @@ def add_console(db: peewee.Database) -> None:
                            (Task, ("batch_id", "created_at")), (Attempt, ("created_at",))):
         _create_index(db, model, columns)
     if "tasks_batch_id" in {index.name for index in db.get_indexes("tasks")}:
-        db.execute_sql("DROP INDEX tasks_batch_id" + (" ON tasks" if isinstance(db, peewee.MySQLDatabase) else ""))
+        _drop_index(db, "tasks", "tasks_batch_id")
 
 
 def add_attempt_leases(db: peewee.Database) -> None:
@@ -71,12 +74,35 @@ def add_intake_columns(db: peewee.Database) -> None:
         _add_column(db, Task, name)
 
 
+def lean_task_indexes(db: peewee.Database) -> None:
+    """006: unfinished tasks (what the sweeps and the outbox look for) are found by one index on (status,
+    updated_at) that, on PostgreSQL and SQLite, holds only them, so a delivered task's last write adds no entry;
+    the indexes on updated_at, (app_id, status) and (status, scheduled_at) go (purge reads by created_at, counts
+    by app by (app_id, created_at)). Each task's insert and two updates now write 7 index entries, not 10.
+    Building the index reads the whole tasks table once."""
+    existing = {index.name for index in db.get_indexes("tasks")}
+    if UNFINISHED_INDEX not in existing:
+        db.execute_sql(_unfinished_index_sql(db))
+    for name in LEAN_DROPPED:
+        if name in existing:
+            _drop_index(db, "tasks", name)
+
+
+def _unfinished_index_sql(db: peewee.Database) -> str:
+    sql = f"CREATE INDEX {UNFINISHED_INDEX} ON tasks (status, updated_at)"
+    if isinstance(db, peewee.MySQLDatabase):
+        return sql  # no partial indexes: every task keeps its entry
+    statuses = ", ".join(f"'{status}'" for status in UNFINISHED_TASK_STATUSES)
+    return f"{sql} WHERE status IN ({statuses})"
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("001_create_tables", create_tables),
     ("002_decisions", create_decisions),
     ("003_console", add_console),
     ("004_attempt_leases", add_attempt_leases),
     ("005_intake_columns", add_intake_columns),
+    ("006_lean_task_indexes", lean_task_indexes),
 )
 
 
@@ -120,6 +146,10 @@ def _create_index(db: peewee.Database, model: type[peewee.Model], columns: tuple
     table = model._meta.table_name
     if index._name not in {existing.name for existing in db.get_indexes(table)}:
         db.execute(index)
+
+
+def _drop_index(db: peewee.Database, table: str, name: str) -> None:
+    db.execute_sql(f"DROP INDEX {name}" + (f" ON {table}" if isinstance(db, peewee.MySQLDatabase) else ""))
 
 
 @contextmanager

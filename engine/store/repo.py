@@ -25,6 +25,7 @@ from engine.store.models import (
     CALLBACK_STATUSES,
     OPEN_TASK_STATUSES,
     TASK_STATUSES,
+    UNFINISHED_TASK_STATUSES,
     Application,
     Attempt,
     Batch,
@@ -294,7 +295,7 @@ def mark_status_if(task_id: str, expected: tuple[str, ...], **fields: Any) -> bo
 def unfinished_tasks(after: str, limit: int, touched_since: datetime | None = None) -> list[Task]:
     """Open and sent tasks with ids after `after` (and, given `touched_since`, updated since then), in id
     order: a page of what Redis must hold jobs for."""
-    condition = Task.status.in_((*OPEN_TASK_STATUSES, "sent")) & (Task.task_id > after)
+    condition = Task.status.in_(UNFINISHED_TASK_STATUSES) & (Task.task_id > after)
     if touched_since is not None:
         condition &= Task.updated_at >= touched_since
     query = (Task.select(Task.task_id, Task.status, Task.scheduled_at, Task.not_before)

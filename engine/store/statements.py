@@ -219,7 +219,8 @@ def _readers(model: type[peewee.Model], columns: tuple[str, ...]) -> tuple[Reade
         field = model._meta.columns[column]
         plain = None
         if type(field).python_value is peewee.Field.python_value:
-            plain = str if isinstance(field, peewee._StringField) else int if isinstance(field, peewee.IntegerField) else None
+            plain = (str if isinstance(field, peewee._StringField)
+                     else int if isinstance(field, peewee.IntegerField) else None)
         readers.append((field.name, field.python_value, plain))
     return tuple(readers)
 

@@ -44,7 +44,9 @@ def test_purge_deletes_old_final_tasks_and_says_what_it_deleted(tmp_path: Path) 
     """purge --older-than 30d removes a 40-day-old delivered task, keeps a new one, and prints the counts."""
     bind(tmp_path)
     repo.create_tasks([{"task_id": f"t{i}", "app_id": "a" * 16, "receiver": "1"} for i in range(2)])
-    Task.update(status="success", updated_at=datetime.now(UTC) - timedelta(days=40)).where(Task.task_id == "t0").execute()
+    forty_days_ago = datetime.now(UTC) - timedelta(days=40)
+    Task.update(status="success", created_at=forty_days_ago, updated_at=forty_days_ago).where(
+        Task.task_id == "t0").execute()
     dry = mpush(tmp_path, "purge", "--older-than", "30d", "--dry-run")
     assert dry.returncode == 0 and "would delete 1 final tasks" in dry.stdout
     done = mpush(tmp_path, "purge", "--older-than", "30d")

@@ -26,8 +26,9 @@ NOW = datetime.now(UTC)
 OLD = NOW - timedelta(days=40)
 
 
-def make_task(status: str, changed: datetime, batch_id: str | None = None) -> str:
-    """A task with an attempt, a decision, a report and a webhook delivery with one try, last changed `changed`."""
+def make_task(status: str, changed: datetime, batch_id: str | None = None, created: datetime | None = None) -> str:
+    """A task with an attempt, a decision, a report and a webhook delivery with one try, created `created` (or
+    when it was last changed) and last changed `changed`."""
     task_id = str(uuid.uuid4())
     repo.create_tasks([{"task_id": task_id, "app_id": "a" * 16, "receiver": "13800138000", "batch_id": batch_id}])
     repo.claim_attempts([repo.AttemptClaim(task_id, 1, "p", "r", "v")], ("pending",))
@@ -36,7 +37,8 @@ def make_task(status: str, changed: datetime, batch_id: str | None = None) -> st
     delivery = repo.create_webhook_delivery(task_id, "a" * 16, "task.final", "https://example.test/h", "{}")
     repo.record_webhook_try(delivery.id, status_code=200, error="", latency_ms=1, delivered=True, next_at=None,
                             give_up=False)
-    Task.update(status=status, updated_at=changed).where(Task.task_id == task_id).execute()
+    Task.update(status=status, created_at=created or changed, updated_at=changed).where(
+        Task.task_id == task_id).execute()
     return task_id
 
 
@@ -55,10 +57,12 @@ def test_old_final_tasks_go_with_their_attempts_decisions_reports_and_webhooks()
 
 
 def test_open_and_recent_tasks_are_kept() -> None:
-    """A pending or sent task is never purged however old, nor a final one changed after the cutoff."""
-    kept = [make_task("pending", OLD), make_task("sent", OLD), make_task("processing", OLD), make_task("success", NOW)]
+    """A pending or sent task is never purged however old, nor a final one changed after the cutoff, even when it
+    was created long before it (a late delivery report)."""
+    kept = [make_task("pending", OLD), make_task("sent", OLD), make_task("processing", OLD), make_task("success", NOW),
+            make_task("failed", NOW, created=OLD)]
     assert purge_before(NOW - timedelta(days=30)).tasks == 0
-    assert rows(Task, kept) == 4 and rows(Attempt, kept) == 4 and rows(Decision, kept) == 4
+    assert rows(Task, kept) == 5 and rows(Attempt, kept) == 5 and rows(Decision, kept) == 5
 
 
 def test_many_batches_of_tasks_are_all_purged() -> None:

@@ -25,7 +25,7 @@ from engine.store.db import (
     keep_checkpointing,
     ping,
 )
-from engine.store.migrations import MIGRATIONS, SchemaVersion, migrate
+from engine.store.migrations import LEAN_DROPPED, MIGRATIONS, UNFINISHED_INDEX, SchemaVersion, migrate
 from engine.store.models import MODELS, Decision, database
 
 UNREACHABLE_POSTGRES = "postgresql://postgres@127.0.0.1:1/nothing"
@@ -226,6 +226,27 @@ def _enters(turns: WriterTurns) -> tuple[threading.Event, threading.Event]:
 
     threading.Thread(target=take, daemon=True).start()
     return inside, let_go
+
+
+def test_lean_index_step_replaces_the_status_and_updated_at_indexes(db: peewee.Database) -> None:
+    """006 on a database with the older task indexes drops them and indexes unfinished tasks by (status, updated_at):
+    only them where the database allows a partial index (PostgreSQL, SQLite), every task on MySQL."""
+    _drop_schema(db)
+    migrate(db)
+    on_mysql = " ON tasks" if isinstance(db, peewee.MySQLDatabase) else ""
+    with connection(db):
+        db.execute_sql(f"DROP INDEX {UNFINISHED_INDEX}{on_mysql}")
+        for name, columns in (("tasks_updated_at", "updated_at"), ("tasks_app_id_status", "app_id, status"),
+                              ("tasks_status_scheduled_at", "status, scheduled_at")):
+            db.execute_sql(f"CREATE INDEX {name} ON tasks ({columns})")
+        SchemaVersion.delete().where(SchemaVersion.name == "006_lean_task_indexes").execute(db)
+    assert migrate(db) == ["006_lean_task_indexes"]
+    with connection(db):
+        indexes = {index.name: index for index in db.get_indexes("tasks")}
+    assert not set(LEAN_DROPPED) & set(indexes)
+    assert indexes[UNFINISHED_INDEX].columns == ["status", "updated_at"]
+    partial = "WHERE" in (indexes[UNFINISHED_INDEX].sql or "").upper()  # MySQL reports no SQL
+    assert partial is not isinstance(db, peewee.MySQLDatabase)
 
 
 def test_writer_turns_admit_one_thread_at_a_time(tmp_path: Path) -> None:
