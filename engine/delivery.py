@@ -8,8 +8,8 @@ sender thread takes it:
     claim (the attempt begun, owned and leased; the task processing) -> send -> record -> decide
 
 It is claimed just before its provider call, so an attempt that never left the worker is never in doubt, and
-claims, records and breaker counts made at the same moment by different threads share one transaction or
-round trip (`GroupCommit`).
+claims and records made at the same moment by different threads share one transaction (`GroupCommit`); the
+breakers count successes a stream read at a time (`Selector.count_many`).
 
 The delivery contract (docs/delivery.md): an attempt belongs to the worker that claimed it while its lease
 lasts, and that worker renews the lease while the call is in flight; only an expired lease makes it lost. An
@@ -31,11 +31,11 @@ from typing import Any, TypeVar
 from engine import metrics, webhooks
 from engine.microbatch import GroupCommit
 from engine.policy.decisions import FailureDecision, RoutingDecision, Scene, bound_failure, counted_attempts
-from engine.policy.model import Channel, CircuitPolicy, ProviderAccount, render
+from engine.policy.model import Channel, ProviderAccount, render
 from engine.policy.ruleset import RuleSet
-from engine.policy.selection import Health, call_health
+from engine.policy.selection import call_health
 from engine.queue import job
-from engine.selector import ChoiceRequest, Selector
+from engine.selector import ChoiceRequest
 from engine.services import Services
 from engine.store import repo
 from engine.store.db import STORE_ERRORS, StoreUnavailable
@@ -211,20 +211,8 @@ def _record_many(items: Sequence[tuple[repo.AttemptEnd, repo.StatusChange]]) -> 
     return repo.record_attempts([end for end, _ in items], [change for _, change in items])
 
 
-def _count_calls(items: Sequence[tuple[Selector, str, Health, CircuitPolicy, float]]) -> list[None]:
-    """Count calls that ended together against their accounts' circuit breakers: one round trip per Redis."""
-    by_selector: dict[int, list[tuple[Selector, str, Health, CircuitPolicy, float]]] = {}
-    for item in items:
-        by_selector.setdefault(id(item[0]), []).append(item)
-    for group in by_selector.values():
-        group[0][0].record_many([(name, health, policy) for _, name, health, policy, _ in group],
-                                max(now for *_, now in group))
-    return [None] * len(items)
-
-
 _claims = GroupCommit(_claim_many)
 _records = GroupCommit(_record_many)
-_breakers = GroupCommit(_count_calls)
 
 
 def carry_out(svc: Services, plan: Planned, owner: str = "") -> str:
@@ -297,12 +285,12 @@ def attempt_many(svc: Services, plans: Sequence[Planned], now: float) -> list[Se
 
 def settle_many(svc: Services, sents: Sequence[Sent], now: float) -> list[str]:
     """Store the outcomes and the tasks' new statuses (in one group commit), count the calls for the circuit
-    breaker, then per attempt announce a final status, wait for a delivery report, or decide the failure."""
+    breakers (`Selector.count_many`), then per attempt announce a final status, wait for a delivery report, or decide the failure."""
     lease = svc.settings.attempt_lease
     changes = [_status_change(sent) if sent.result.ok else _deciding(sent, now + lease) for sent in sents]
     applied = _records.submit_many([(_attempt_end(sent), change) for sent, change in zip(sents, changes)])
-    _breakers.submit_many([(svc.selector, sent.plan.account.name, call_health(sent.result.error_class),
-                            sent.plan.account.circuit, now) for sent in sents])
+    svc.selector.count_many([(sent.plan.account.name, call_health(sent.result.error_class), sent.plan.account.circuit)
+                             for sent in sents], now)
     return [_decide(svc, sent, ok, now) for sent, ok in zip(sents, applied)]
 
 

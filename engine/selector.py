@@ -14,6 +14,7 @@ could open the circuit for everybody.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ from engine.policy.selection import (
 from engine.scripting import pipelined
 
 STATE_TTL = 86_400  # idle breakers and round-robin positions are forgotten after a day
+TALLY_MAX = 256  # successes waiting to be counted at most, whatever their age
+
+Outcome = tuple[str, Health, CircuitPolicy]  # an account's name, how its call counts, its breaker's policy
 
 _BREAKER_LUA = f"local SLOTS = {SLOTS}\n" + """
 local function num(x) return string.format('%.17g', x) end
@@ -334,10 +338,15 @@ def _checked_tiers(tiers: Sequence[Sequence[Candidate]]) -> None:
 class Selector:
     """Chooses provider accounts and keeps their circuit breakers, shared through Redis."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, *, linger: float = 0.0) -> None:
         self.redis = client
+        self.linger = linger
         self._choose = client.register_script(_CHOOSE)
         self._record = client.register_script(_RECORD)
+        self._tally: list[Outcome] = []
+        self._tally_since = 0.0
+        self._tally_lock = threading.Lock()
+        self._flushing = threading.Lock()
 
     def choose(
         self,
@@ -379,7 +388,7 @@ class Selector:
         """Count one call's outcome (`selection.call_health`). Returns the state after it."""
         return self.record_many([(provider, ok, policy)], now)[0]
 
-    def record_many(self, outcomes: Sequence[tuple[str, Health, CircuitPolicy]], now: float) -> list[BreakerState]:
+    def record_many(self, outcomes: Sequence[Outcome], now: float) -> list[BreakerState]:
         """`record` for several calls in one round trip, applied in order: one script call per account."""
         groups: dict[tuple[str, CircuitPolicy], list[int]] = {}
         for index, (provider, _, policy) in enumerate(outcomes):
@@ -392,6 +401,32 @@ class Selector:
         for members, replies in zip(groups.values(), self._pipelined(self._record, calls)):
             states.update(zip(members, map(_text, replies)))  # type: ignore[arg-type]
         return [states[index] for index in range(len(outcomes))]
+
+    def count_many(self, outcomes: Sequence[Outcome], now: float) -> None:
+        """Count calls against their accounts' breakers, in order, with those of other threads in one round trip.
+
+        A failure is counted at once (after the successes before it), so a circuit opens as soon as it would
+        have. Successes wait up to `linger` seconds for a `flush` (a worker's reader makes one per stream read),
+        so under load the counts cost a round trip per read rather than per call; should the process die
+        meanwhile, those successes go uncounted, which only makes the breaker's ratio a little more wary.
+        """
+        with self._tally_lock:
+            if not self._tally:
+                self._tally_since = now
+            self._tally.extend(outcomes)
+            due = (now - self._tally_since >= self.linger or len(self._tally) >= TALLY_MAX
+                   or any(health is not True for _, health, _ in outcomes))
+        if due:
+            self.flush(now)
+
+    def flush(self, now: float) -> None:
+        """Count the calls still waiting (see `count_many`); callers arriving meanwhile wait and go next, so
+        counts reach Redis in the order they were made. Redis' error is raised, and those counts are lost."""
+        with self._flushing:
+            with self._tally_lock:
+                tally, self._tally = self._tally, []
+            if tally:
+                self.record_many(tally, now)
 
     def _pipelined(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
         """Run `script` once per call in one round trip, in order (every key shares the route tag: one slot)."""

@@ -40,6 +40,7 @@ POSTPONE = (*STORE_ERRORS, *UNREACHABLE)
 # instead, it waited for the visibility timeout (a minute) though a database restart takes a second or two.
 POSTPONE_SECONDS = 2.0
 RELEASE_SECONDS = 1.0  # how soon claims in doubt are given back once the store answers
+BREAKER_LINGER_SECONDS = 0.25  # successes wait this long at most for a reader to count them (Selector.count_many)
 
 def read_retry_delay(failures: int) -> float:
     """Seconds before reading again after `failures` failed reads in a row: 0.1 s doubling to 1 s, so a Redis
@@ -76,6 +77,7 @@ class Worker:
         self._flying: dict[str, str] = {}  # entry id -> task id of each call in the pool
         self._finished: list[str] = []  # entries whose calls ended, acknowledged with the next read
         self._in_doubt: list[repo.AttemptClaim] = []  # claims maybe committed, never sent: to be given back
+        svc.selector.linger = BREAKER_LINGER_SECONDS  # each read counts them (_count_calls)
         self._webhooks = webhook_lane.WebhookLane(svc.queue, self.handle, threads=svc.settings.webhook_threads,
                                      per_app=svc.settings.webhook_per_app)
 
@@ -106,6 +108,7 @@ class Worker:
             thread.join()
         self._senders.shutdown()
         self._ack(self._take_finished())
+        self._count_calls()
         self._webhooks.shutdown()
         log.info("worker.stopped %r", self)
 
@@ -132,6 +135,7 @@ class Worker:
         queue, done, failures = self.svc.queue, list[str](), 0
         while not stop.is_set():
             done += self._take_finished()
+            self._count_calls()
             try:
                 entries = queue.read(consumer, count=self.read_count, block_ms=500, ack=done, shards=shards)
             except REDIS_ERRORS as exc:
@@ -159,6 +163,13 @@ class Worker:
         finally:
             with self._lock:
                 self._in_hand.difference_update(entry.id for entry in entries if entry.id not in handed)
+
+    def _count_calls(self) -> None:
+        """Count for the breakers the successful calls waiting since the last read."""
+        try:
+            self.svc.selector.flush(time.time())
+        except REDIS_ERRORS as exc:
+            log.warning("breaker counts lost: %s", exc)
 
     def _ack(self, done: list[str]) -> None:
         try:
@@ -339,11 +350,13 @@ class Worker:
         while quiet < idle_rounds:
             self.svc.queue.release_due(time.time())
             done += self._take_finished()
+            self._count_calls()
             entries = self.svc.queue.read(f"{self.name}-burst", count=self.read_count, block_ms=50, ack=done)
             quiet = 0 if entries or self._webhooks.busy() or self._calls_in_flight() else quiet + 1
             done = self._process(entries)
         self._wait_for_calls()
         self.svc.queue.ack(done + self._take_finished())
+        self._count_calls()
 
     def _calls_in_flight(self) -> bool:
         with self._lock:

@@ -345,6 +345,49 @@ def test_record_many_equals_recording_one_by_one(selector: Selector, outcomes: l
     assert [selector.breaker(name) for name in batched] == [selector.breaker(name) for name in single]
 
 
+@settings(max_examples=60, deadline=None)
+@given(chunks=st.lists(st.lists(st.tuples(st.sampled_from([0, 1, 2]), st.sampled_from([True, False, TRIP])),
+                                max_size=6), max_size=8))
+def test_lingering_counts_end_as_recording_one_by_one(client: redis.Redis,
+                                                       chunks: list[list[tuple[int, bool]]]) -> None:
+    """Outcomes counted with a linger, successes waiting for a flush and failures counted at once, leave every
+    breaker as recording them one at a time would."""
+    lingering, counted, single = Selector(client, linger=60), _names("x", "y", "z"), _names("x", "y", "z")
+    for chunk in chunks:
+        lingering.count_many([(counted[i], ok, POLICY) for i, ok in chunk], T0)
+        for i, ok in chunk:
+            lingering.record(single[i], ok, POLICY, T0)
+    lingering.flush(T0)
+    assert [lingering.breaker(name) for name in counted] == [lingering.breaker(name) for name in single]
+
+
+def _counted(selector: Selector, name: str) -> tuple[int, int]:
+    """Calls and failures in the breaker's window."""
+    slots = [slot for slot in selector.breaker(name).ring if slot is not None]
+    return sum(slot.calls for slot in slots), sum(slot.failures for slot in slots)
+
+
+def test_successes_linger_until_a_failure_a_flush_or_their_time(client: redis.Redis) -> None:
+    """With a linger, successes reach Redis only with a failure (before it), a flush, or a count made once the
+    oldest waited the linger; without one, at once."""
+    lingering = Selector(client, linger=1.0)
+    a, b, c = _names("a", "b", "c")
+    lingering.count_many([(a, True, POLICY)] * 2, T0)
+    assert _counted(lingering, a) == (0, 0)
+    lingering.count_many([(a, False, POLICY)], T0 + 0.1)
+    assert _counted(lingering, a) == (3, 1)
+    lingering.count_many([(b, True, POLICY)], T0)
+    lingering.count_many([(b, True, POLICY)], T0 + 0.5)
+    assert _counted(lingering, b) == (0, 0)
+    lingering.count_many([(b, True, POLICY)], T0 + 1.0)
+    assert _counted(lingering, b) == (3, 0)
+    lingering.count_many([(c, True, POLICY)], T0)
+    lingering.flush(T0)
+    assert _counted(lingering, c) == (1, 0)
+    Selector(client).count_many([(c, True, POLICY)], T0)
+    assert _counted(lingering, c) == (2, 0)
+
+
 def test_choose_many_groups_equal_choosing_group_by_group(selector: Selector) -> None:
     """Interleaved requests of two routes get, route by route, the picks of choosing one after another."""
     from engine.selector import ChoiceRequest
