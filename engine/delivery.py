@@ -285,7 +285,8 @@ def attempt_many(svc: Services, plans: Sequence[Planned], now: float) -> list[Se
 
 def settle_many(svc: Services, sents: Sequence[Sent], now: float) -> list[str]:
     """Store the outcomes and the tasks' new statuses (in one group commit), count the calls for the circuit
-    breakers (`Selector.count_many`), then per attempt announce a final status, wait for a delivery report, or decide the failure."""
+    breakers (`Selector.count_many`), then per attempt announce a final status, wait for a delivery report, or
+    decide the failure."""
     lease = svc.settings.attempt_lease
     changes = [_status_change(sent) if sent.result.ok else _deciding(sent, now + lease) for sent in sents]
     applied = _records.submit_many([(_attempt_end(sent), change) for sent, change in zip(sents, changes)])

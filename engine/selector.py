@@ -155,8 +155,8 @@ return choices
 """
 
 # KEYS: breaker. ARGV: now, failure_ratio, min_calls, window_seconds, open_for, probes, ttl, then the
-# outcomes (1 ok / 0 failed / t trip: open at once) in the order they happened. Returns the state after each. The window's slots
-# are read once and the current one written once per call, however many outcomes it carries.
+# outcomes (1 ok / 0 failed / t trip: open at once) in the order they happened. Returns the state after each.
+# The window's slots are read once and the current one written once per call, however many outcomes it carries.
 _RECORD = _BREAKER_LUA + """
 local key, now = KEYS[1], tonumber(ARGV[1])
 local ratio, min_calls, window = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])

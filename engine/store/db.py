@@ -9,12 +9,13 @@ import os
 import re
 import socket
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Iterator
 from typing import Any
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -177,6 +178,7 @@ class PostgresPool(CheckFreePool, PooledPostgresqlDatabase):
         # Per connection, the statements prepared on it by their SQL text, least recently used first.
         self._statements: weakref.WeakKeyDictionary[Any, dict[str, Prepared]] = weakref.WeakKeyDictionary()
         self._statements_lock = threading.Lock()
+        self._opened = _clock()
 
     def _is_closed(self, conn: Any) -> bool:
         from psycopg2.extensions import TRANSACTION_STATUS_UNKNOWN
@@ -196,7 +198,8 @@ class PostgresPool(CheckFreePool, PooledPostgresqlDatabase):
 
     def _prepared(self, sql: Shape, params: int) -> str:
         """What to send for `sql` on this thread's connection: the EXECUTE of its prepared statement, preparing
-        it first (or again, at its REPREPARE_AT-th run), or `sql` itself when it has too many parameters."""
+        it first (or again, at its REPREPARE_AT-th run or once `_outgrown`), or `sql` itself when it has too many
+        parameters."""
         prepared = self._statements[self.connection()]
         statement = prepared.pop(sql, None)
         if statement is None:
@@ -205,13 +208,20 @@ class PostgresPool(CheckFreePool, PooledPostgresqlDatabase):
             self._make_room(prepared, params)
             statement = Prepared(f"mpush_{next(self._names)}", params)
             super().execute_sql(f"PREPARE {statement.name} AS {numbered_parameters(sql)}")
-        elif statement.runs in REPREPARE_AT:
+        elif statement.runs in REPREPARE_AT or self._outgrown(statement):
+            statement.prepared_at = _clock()
             super().execute_sql(f"DEALLOCATE {statement.name}")
             super().execute_sql(f"PREPARE {statement.name} AS {numbered_parameters(sql)}")
         statement.runs += 1
         prepared[sql] = statement  # now the most recently used
         name = statement.name
         return f"EXECUTE {name} ({', '.join(['%s'] * params)})" if params else f"EXECUTE {name}"
+
+    def _outgrown(self, statement: Prepared) -> bool:
+        """Whether the tables may have doubled since `statement` was planned, had they grown steadily from empty
+        when the pool opened: it is older than the pool was then (at least REPREPARE_SECONDS[0], at most [1])."""
+        low, high = REPREPARE_SECONDS
+        return _clock() - statement.prepared_at > min(high, max(low, statement.prepared_at - self._opened))
 
     def _make_room(self, prepared: dict[str, Prepared], params: int) -> None:
         """Deallocate the least recently used statements until one more with `params` parameters fits."""
@@ -236,6 +246,11 @@ PREPARE_MAX_PARAMETERS = 1_000
 # Prepared again each time its runs double, a statement's plan is made for tables at most about twice smaller
 # than they are; beyond 65,536 runs the tables' growth is slow enough for autovacuum.
 REPREPARE_AT = frozenset(2**n for n in range(6, 17))
+# Counting runs misses the shapes that run seldom (a batch of an unusual size) while the tables grow: a
+# statement is also prepared again once it is as old as the pool was when it was prepared (1 s at least), and
+# every 10 minutes however old the pool, to plan with what ANALYZE has learnt since.
+REPREPARE_SECONDS = (1.0, 600.0)
+_clock = time.monotonic
 
 
 @dataclass
@@ -245,6 +260,7 @@ class Prepared:
     name: str
     parameters: int
     runs: int = 0
+    prepared_at: float = field(default_factory=lambda: _clock())
 
 
 def numbered_parameters(sql: str) -> str:

@@ -85,7 +85,7 @@ def update_sql(db: peewee.Database, model: type[peewee.Model], fields: tuple[str
     assignments = ", ".join(f"{_column(db, model, name)} = {db.param}" for name in fields)
     condition = " AND ".join(f"{_column(db, model, name)} = {db.param}" for name in where)
     if status_in:
-        condition += f" AND {_column(db, model, 'status')} IN ({', '.join([db.param] * status_in)})"
+        condition += f" AND {_status_in(db, model, status_in)}"
     return Shape(f"UPDATE {_table(db, model)} SET {assignments} WHERE {condition}")
 
 
@@ -96,7 +96,7 @@ def update_in_sql(db: peewee.Database, model: type[peewee.Model], fields: tuple[
     assignments = ", ".join(f"{_column(db, model, name)} = {db.param}" for name in fields)
     condition = f"{_column(db, model, key)} IN ({', '.join([db.param] * count)})"
     if status_in:
-        condition += f" AND {_column(db, model, 'status')} IN ({', '.join([db.param] * status_in)})"
+        condition += f" AND {_status_in(db, model, status_in)}"
     return Shape(f"UPDATE {_table(db, model)}{_by_unique_index(db, model, key)} SET {assignments} WHERE {condition}")
 
 
@@ -114,7 +114,7 @@ def update_from_values_sql(db: peewee.Database, model: type[peewee.Model], field
     assignments = ", ".join(f"{_column(db, model, name)} = {value[name]}" for name in fields)
     condition = " AND ".join(f"t.{_column(db, model, name)} = {value[name]}" for name in keys)
     if status_in:
-        condition += f" AND t.{_column(db, model, 'status')} IN ({', '.join([db.param] * status_in)})"
+        condition += f" AND {_status_in(db, model, status_in, 't.')}"
     return Shape(f"UPDATE {_table(db, model)} AS t SET {assignments} "
                  f"FROM (VALUES {', '.join([row] * rows)}) AS v ({', '.join(_column(db, model, n) for n in columns)}) "
                  f"WHERE {condition} RETURNING t.{_column(db, model, keys[0])}")
@@ -137,7 +137,7 @@ def claim_sql(db: peewee.Database, fields: tuple[str, ...], rows: int, status_in
                  f"UPDATE {_table(db, Task)} AS t SET {_column(db, Task, 'status')} = 'processing', {assignments}, "
                  f"{_column(db, Task, 'updated_at')} = {db.param} FROM c "
                  f"WHERE t.{_column(db, Task, 'task_id')} = c.{_column(db, Attempt, 'task_id')} "
-                 f"AND t.{_column(db, Task, 'status')} IN ({', '.join([db.param] * status_in)}) "
+                 f"AND {_status_in(db, Task, status_in, 't.')} "
                  f"RETURNING t.{_column(db, Task, 'task_id')}")
 
 
@@ -162,6 +162,18 @@ def _sql_type(db: peewee.Database, model: type[peewee.Model], name: str) -> str:
     """The column's type, to cast a VALUES column to: a column of text literals or NULLs is text otherwise."""
     field_type = model._meta.fields[name].field_type
     return str(db._field_types.get(field_type, field_type))
+
+
+def _status_in(db: peewee.Database, model: type[peewee.Model], count: int, alias: str = "") -> str:
+    """`status IN (count parameters)`, which on PostgreSQL no index can serve. A plan made while few tasks were
+    open finds an index led by status (or holding only unfinished tasks) cheaper than the rows' own keys, and
+    once a backlog builds each statement then walks every open task to change a few (measured at 1,000 msg/s
+    offered, 16 send threads: 5,000 index entries read per statement, 1.07 ms of the server's CPU per message
+    against 0.50 ms). The rows are found by their keys instead."""
+    column = f"{alias}{_column(db, model, 'status')}"
+    if isinstance(db, peewee.PostgresqlDatabase):
+        column = f"({column} || '')"
+    return f"{column} IN ({', '.join([db.param] * count)})"
 
 
 def _by_unique_index(db: peewee.Database, model: type[peewee.Model], key: str) -> str:

@@ -12,7 +12,7 @@ import pytest
 from engine.store import repo, statements
 from engine.store.db import PostgresPool, bind, connect, numbered_parameters
 from engine.store.migrations import migrate
-from engine.store.models import Attempt
+from engine.store.models import Attempt, Task
 from tests.engine.store.conftest import scratch_database
 
 pytestmark = pytest.mark.postgres
@@ -134,6 +134,7 @@ def test_a_statement_first_planned_on_empty_tables_is_planned_again_once_they_ha
     """A load kept as a sequential scan while the attempts table was empty is prepared again at its
     REPREPARE_AT-th run, and from then on runs by index over the grown table, without waiting for ANALYZE."""
     monkeypatch.setattr("engine.store.db.REPREPARE_AT", frozenset({16}))
+    monkeypatch.setattr("engine.store.db._clock", lambda: 1000.0)  # runs alone decide here, not the pool's age
     with scratch_database("postgres") as url:
         db = connect(url, pool_size=1)
         assert isinstance(db, PostgresPool)
@@ -163,6 +164,70 @@ def test_a_statement_first_planned_on_empty_tables_is_planned_again_once_they_ha
         finally:
             db.close_all()
             bind(pool)  # the module's database again, for the tests after this one
+
+
+def test_a_statement_seldom_run_is_planned_again_once_the_pool_has_doubled_its_age(
+        pool: PostgresPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A load planned on an empty table, run too seldom to reach a REPREPARE_AT run, is prepared again once it
+    is as old as the pool was when it was prepared (a second at least), and then runs by index."""
+    clock = [1000.0]
+    monkeypatch.setattr("engine.store.db._clock", lambda: clock[0])
+    monkeypatch.setattr("engine.store.db.REPREPARE_AT", frozenset())
+    with scratch_database("postgres") as url:
+        db = connect(url, pool_size=1)
+        migrate(db)
+        bind(db)
+        try:
+            load = statements.select_in_sql(db, Attempt, "task_id", 4, ("task_id", "number"))
+            keys = [str(uuid.uuid4()) for _ in range(4)]
+            clock[0] += 0.5  # the pool is half a second old when the load is first prepared
+            assert "Seq Scan on attempts" in _plan(db, load, keys, runs=8)
+            for _ in range(20):
+                rows, _, claims, _, _ = batch(250)
+                repo.create_tasks(rows)
+                repo.claim_attempts(claims, OPEN)
+            clock[0] += 0.9
+            assert "Seq Scan on attempts" in _plan(db, load, keys, runs=8)  # not a second old yet
+            clock[0] += 0.2
+            regrown = _plan(db, load, keys, runs=8)
+            assert "Seq Scan" not in regrown and "Index Cond" in regrown
+        finally:
+            db.close_all()
+            bind(pool)
+
+
+def _plan(db: Any, sql: str, params: list[str], *, runs: int) -> str:
+    """Run the statement `runs` times through the pool, then the plan its prepared statement now uses."""
+    for _ in range(runs):
+        db.execute_sql(sql, params)
+    (name,) = db.execute_sql("SELECT name FROM pg_prepared_statements WHERE statement LIKE %s",
+                             [f"% AS {numbered_parameters(sql)}"]).fetchone()
+    plan = db.execute_sql(f"EXPLAIN EXECUTE {name} ({', '.join(['%s'] * len(params))})", params).fetchall()
+    return "\n".join(line for (line,) in plan)
+
+
+def test_status_changes_find_tasks_by_id_even_when_few_were_open_at_analyze(pool: PostgresPool) -> None:
+    """Analysed while every task was final, then given a backlog, tasks are still changed through their id's
+    index: the status condition is one no index serves, so a backlog is never walked to change a few tasks."""
+    with scratch_database("postgres") as url:
+        db = connect(url, pool_size=1)
+        migrate(db)
+        bind(db)
+        try:
+            rows, *_ = batch(3000)
+            repo.create_tasks(rows)
+            db.execute_sql("UPDATE tasks SET status = 'success'")
+            db.execute_sql("ANALYZE tasks")
+            backlog, *_ = batch(3000)
+            repo.create_tasks(backlog)
+            ids = [row["task_id"] for row in backlog[:8]]
+            update = statements.update_in_sql(db, Task, ("error_code",), "task_id", len(ids), len(OPEN))
+            plan = _plan(db, update, ["x", *ids, *OPEN], runs=8)
+            assert "tasks_task_id" in plan and "status" not in plan.split("Index Cond")[1].splitlines()[0]
+            assert "tasks_unfinished" not in plan
+        finally:
+            db.close_all()
+            bind(pool)
 
 
 def test_prepared_statements_survive_a_column_added_under_them(pool: PostgresPool) -> None:
