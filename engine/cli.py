@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     worker = commands.add_parser("worker", help="run stream workers and the scheduler")
-    worker.add_argument("--threads", type=int, help="consumer threads (default MPUSH_WORKER_THREADS or 8)")
+    worker.add_argument("--threads", type=int, help="send threads (default MPUSH_WORKER_THREADS or 16)")
     worker.set_defaults(func=cmd_worker)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")

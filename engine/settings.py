@@ -34,7 +34,7 @@ class Settings:
     database_url: str = ""
     host: str = "127.0.0.1"
     port: int = 8080
-    worker_threads: int = 8
+    worker_threads: int = 16
     worker_readers: int = 2
     worker_metrics_port: int = 0  # `mpush worker` serves /metrics on this port (at MPUSH_HOST); 0: not served
     database_pool_size: int = 32  # connections per process to PostgreSQL or MySQL
