@@ -69,3 +69,35 @@ def test_a_crashing_handler_fails_its_batch_and_the_next_call_still_runs() -> No
     with pytest.raises(RuntimeError, match="database down"):
         group.submit(1)
     assert group.submit(2) == 2
+
+
+def test_many_threads_each_get_their_own_results_with_every_item_run_once() -> None:
+    """Sixteen threads submitting one to three items at a time, for a while, each get exactly their own results
+    back, every item runs in exactly one batch, no batch exceeds max_batch, and nobody is left waiting."""
+    ran: list[int] = []
+
+    def handle(items: Sequence[tuple[int, int]]) -> list[int]:
+        assert len(items) <= 8
+        ran.extend(n for _, n in items)
+        threading.Event().wait(0.0005 * (len(items) % 3))
+        return [thread * 1_000_000 + n for thread, n in items]
+
+    group: GroupCommit[tuple[int, int], int] = GroupCommit(handle, max_batch=8)
+    failures: list[str] = []
+
+    def submitter(thread: int) -> None:
+        n = thread * 10_000
+        for round_ in range(150):
+            items = [(thread, n + i) for i in range(1 + round_ % 3)]
+            n += len(items)
+            if group.submit_many(items) != [thread * 1_000_000 + m for _, m in items]:
+                failures.append(f"thread {thread} round {round_}")
+
+    threads = [threading.Thread(target=submitter, args=(t,)) for t in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads) and not failures
+    assert sorted(ran) == sorted(set(ran)) and len(ran) == 16 * sum(1 + r % 3 for r in range(150))
+    assert not group._waiting and not group._running
