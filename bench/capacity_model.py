@@ -50,13 +50,13 @@ def plan(rate: float, costs: Costs, *, utilisation: float, redis_core_share: flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, action="append", help="target msg/s (repeatable); default 1k, 10k, 100k")
-    parser.add_argument("--api-ms", type=float, default=0.6,
-                        help="API CPU ms per message (measured at 1,000 msg/s: 0.50 on PostgreSQL, 0.45-0.65 on SQLite)")
-    parser.add_argument("--worker-ms", type=float, default=0.95,
-                        help="worker CPU ms per message (measured at 1,000 msg/s: 0.85-0.89 on SQLite, 0.96-1.02 on "
-                             "PostgreSQL)")
+    parser.add_argument("--api-ms", type=float, default=0.52,
+                        help="API CPU ms per message (measured at 1,000 msg/s: 0.49-0.52 on PostgreSQL and SQLite)")
+    parser.add_argument("--worker-ms", type=float, default=0.7,
+                        help="worker CPU ms per message (measured at 1,000 msg/s, 16 send threads: 0.64-0.70 on "
+                             "PostgreSQL, 0.88 on SQLite)")
     parser.add_argument("--redis-ms", type=float, default=0.06,
-                        help="Redis CPU ms per message (measured: 0.06 at 2,000 msg/s, 0.16 at 1,000)")
+                        help="Redis CPU ms per message (measured at 1,000 msg/s: 0.06)")
     parser.add_argument("--db-rows", type=float, default=5.0,
                         help="row writes per message: task insert, attempt insert and update, two task updates")
     parser.add_argument("--utilisation", type=float, default=0.6, help="target CPU share per process (default 0.6)")
