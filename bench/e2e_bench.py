@@ -197,7 +197,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1, help="receivers per request")
     parser.add_argument("--vendor-batch", action="store_true",
                         help="the vendor takes up to 200 receivers of one text a call (mock_vendor.py /batch)")
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--clients", type=int, default=32,
+                        help="keep-alive connections, each waiting for its answer before its next request: "
+                             "with 16, an accept p50 over 16 ms made them offer less than 1000 msg/s")
     parser.add_argument("--worker-threads", type=int, default=16,
                         help="send threads of the worker: more calls at once share more of each claim's and "
                              "record's transaction (16 against 4: 0.57 against 1.64 statements per message)")
