@@ -45,7 +45,6 @@ from providers.base import Account, Message, Outcome, SendContext, SendResult, w
 
 log = logging.getLogger("mpush.delivery")
 
-UNFINISHED = UNFINISHED_TASK_STATUSES
 WEBHOOK_URL_TTL = 2.0
 EARLY_SLACK = 0.5  # seconds a scheduled job may run before its time (the delayed set releases in rounds)
 LOST = "the worker making this call stopped (its lease expired); outcome unknown"
@@ -324,7 +323,7 @@ def _status_change(item: Sent) -> repo.StatusChange:
     fields = {"provider": item.plan.account.name, "retry_count": item.plan.number,
               "provider_message_id": item.result.provider_message_id, "error_code": "", "error_message": ""}
     if item.result.final:
-        return repo.StatusChange(item.plan.task.task_id, UNFINISHED, {"status": "success", **fields})
+        return repo.StatusChange(item.plan.task.task_id, UNFINISHED_TASK_STATUSES, {"status": "success", **fields})
     return repo.StatusChange(item.plan.task.task_id, OPEN_TASK_STATUSES, {"status": "sent", **fields})
 
 
@@ -423,8 +422,8 @@ def on_unknown(svc: Services, task: Task, number: int, provider: str, now: float
     metrics.UNKNOWN_OUTCOMES.labels(provider or "-", error_code or "-").inc()
     account = (ruleset or svc.rules.current).providers.get(provider)
     if account is not None and registry.sends_reports(account.type, account.config):
-        if repo.mark_status_if(task.task_id, UNFINISHED, status="sent", provider=provider, retry_count=number,
-                               error_code=error_code, error_message=error_message):
+        if repo.mark_status_if(task.task_id, UNFINISHED_TASK_STATUSES, status="sent", provider=provider,
+                               retry_count=number, error_code=error_code, error_message=error_message):
             svc.queue.defer(job("timeout", task.task_id), now + svc.settings.callback_timeout)
         return "unknown"
     return on_failure(svc, task, "unknown_outcome", now, provider=provider, number=number, error_code=error_code,
@@ -482,7 +481,7 @@ def _retry(svc: Services, task: Task, decision: FailureDecision, provider: str, 
     if decision.action == "switch_provider" and decision.exclude_current and provider and provider not in excluded:
         excluded.append(provider)
     due = now + decision.delay_seconds
-    if not repo.mark_status_if(task.task_id, UNFINISHED, status="pending", not_before=_dt(due),
+    if not repo.mark_status_if(task.task_id, UNFINISHED_TASK_STATUSES, status="pending", not_before=_dt(due),
                                exclude_providers=json.dumps(excluded), **fields):
         return "done"
     svc.queue.defer(job("send", task.task_id), due)
@@ -491,7 +490,7 @@ def _retry(svc: Services, task: Task, decision: FailureDecision, provider: str, 
 
 def _defer_after_failure(svc: Services, task: Task, due: float, fields: dict[str, Any]) -> str:
     """Send again at `due` (a send-time window opens), on any account the routing then allows."""
-    if not repo.mark_status_if(task.task_id, UNFINISHED, status="scheduled", scheduled_at=_dt(due),
+    if not repo.mark_status_if(task.task_id, UNFINISHED_TASK_STATUSES, status="scheduled", scheduled_at=_dt(due),
                                not_before=_dt(due), **fields):
         return "done"
     svc.queue.defer(job("send", task.task_id), due)
@@ -506,7 +505,7 @@ def defer(svc: Services, task: Task, due: float, **fields: Any) -> str:
 
 def finish(svc: Services, task: Task, status: str, **fields: Any) -> str:
     """Move a task to a final status once, and tell the app's webhook about it."""
-    if not repo.mark_status_if(task.task_id, UNFINISHED, status=status, **fields):
+    if not repo.mark_status_if(task.task_id, UNFINISHED_TASK_STATUSES, status=status, **fields):
         return "done"
     return announce_final(svc, task, status)
 

@@ -33,7 +33,7 @@ from engine.scripting import pipelined
 STATE_TTL = 86_400  # idle breakers and round-robin positions are forgotten after a day
 TALLY_MAX = 256  # successes waiting to be counted at most, whatever their age
 
-Outcome = tuple[str, Health, CircuitPolicy]  # an account's name, how its call counts, its breaker's policy
+CallCount = tuple[str, Health, CircuitPolicy]  # an account's name, how its call counts, its breaker's policy
 
 _BREAKER_LUA = f"local SLOTS = {SLOTS}\n" + """
 local function num(x) return string.format('%.17g', x) end
@@ -343,7 +343,7 @@ class Selector:
         self.linger = linger
         self._choose = client.register_script(_CHOOSE)
         self._record = client.register_script(_RECORD)
-        self._tally: list[Outcome] = []
+        self._tally: list[CallCount] = []
         self._tally_since = 0.0
         self._tally_lock = threading.Lock()
         self._flushing = threading.Lock()
@@ -388,7 +388,7 @@ class Selector:
         """Count one call's outcome (`selection.call_health`). Returns the state after it."""
         return self.record_many([(provider, ok, policy)], now)[0]
 
-    def record_many(self, outcomes: Sequence[Outcome], now: float) -> list[BreakerState]:
+    def record_many(self, outcomes: Sequence[CallCount], now: float) -> list[BreakerState]:
         """`record` for several calls in one round trip, applied in order: one script call per account."""
         groups: dict[tuple[str, CircuitPolicy], list[int]] = {}
         for index, (provider, _, policy) in enumerate(outcomes):
@@ -402,7 +402,7 @@ class Selector:
             states.update(zip(members, map(_text, replies)))  # type: ignore[arg-type]
         return [states[index] for index in range(len(outcomes))]
 
-    def count_many(self, outcomes: Sequence[Outcome], now: float) -> None:
+    def count_many(self, outcomes: Sequence[CallCount], now: float) -> None:
         """Count calls against their accounts' breakers, in order, with those of other threads in one round trip.
 
         A failure is counted at once (after the successes before it), so a circuit opens as soon as it would

@@ -137,3 +137,17 @@ def test_the_entries_of_a_worker_whose_heartbeat_ran_out_are_taken_over_at_once(
             thread.join(10)
         assert task.status == "success" and entry.ref == task.task_id
         assert queue.dead_workers(time.time() + 60) == []  # the dead one forgotten, the live one retired
+
+
+def test_a_running_worker_counts_its_successful_calls_without_further_traffic(gw: Gateway) -> None:
+    """Successes wait for a stream read to be counted against the account's breaker; once the traffic stops, the
+    reader's next read (its block times out after half a second) counts the last of them, none left behind."""
+    for task_id in [accepted(gw, f"1380013800{n}") for n in range(5)]:
+        assert gw.wait(task_id).status == "success"
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        slots = [slot for slot in gw.svc.selector.breaker("vendor").ring if slot is not None]
+        if sum(slot.calls for slot in slots) == 5:
+            break
+        time.sleep(0.02)
+    assert sum(slot.calls for slot in slots) == 5 and not any(slot.failures for slot in slots)
