@@ -3,7 +3,6 @@ live gateway never get a 5xx or 40001 and always get answers the document descri
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
