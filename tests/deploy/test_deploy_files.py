@@ -68,12 +68,16 @@ def test_the_guide_lists_every_setting() -> None:
     assert sorted(name for name in SETTING_NAMES - {"MPUSH_CONFIG"} if f"`{name}`" not in table) == []
 
 
+def guide_shell_blocks() -> list[str]:
+    """The text of each ```sh block of the guide."""
+    return re.findall(r"```sh\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.S)
+
+
 def guide_commands() -> list[str]:
     """Every mpush command of the guide's shell blocks: the words after `mpush` (or a path ending in
     /bin/mpush) that names a command rather than a file, a database or a user."""
-    blocks = re.findall(r"```sh\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.S)
     commands = []
-    for line in "\n".join(blocks).splitlines():
+    for line in "\n".join(guide_shell_blocks()).splitlines():
         words = [word for word in re.split(r"[\s;']+", line.split(" #", 1)[0]) if word]
         for at, word in enumerate(words[:-1]):
             program = word.endswith("/bin/mpush") or (word == "mpush" and words[at - 1:at] != ["-u"])  # not sudo's user

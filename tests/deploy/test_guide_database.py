@@ -18,15 +18,14 @@ from engine.store import repo
 from engine.store.db import bind, connect, connection
 from engine.store.migrations import UNFINISHED_INDEX, SchemaVersion, migrate
 from engine.store.models import Task, database
-from tests.deploy.test_deploy_files import GUIDE, needed
+from tests.deploy.test_deploy_files import GUIDE, guide_shell_blocks, needed
 from tests.engine.store.conftest import scratch_database
 
 
 def guide_command(start: str) -> str:
     """The command of the guide's shell blocks that begins with `start`, its continuation lines joined (a quoted
     argument may span lines) and its trailing comment dropped."""
-    text = "\n".join(re.findall(r"```sh\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.S))
-    lines = text.splitlines()
+    lines = "\n".join(guide_shell_blocks()).splitlines()
     for at, line in enumerate(lines):
         if line.startswith(start):
             command = line

@@ -144,22 +144,13 @@ def test_a_statement_first_planned_on_empty_tables_is_planned_again_once_they_ha
         try:
             load = statements.select_in_sql(db, Attempt, "task_id", 4, ("task_id", "number"))
             keys = [str(uuid.uuid4()) for _ in range(4)]
-
-            def runs(count: int) -> str:
-                for _ in range(count):
-                    statements.fetch(db, Attempt, load, keys)
-                (name,) = db.execute_sql("SELECT name FROM pg_prepared_statements WHERE statement LIKE %s",
-                                         [f"% AS {numbered_parameters(load)}"]).fetchone()
-                plan = db.execute_sql(f"EXPLAIN EXECUTE {name} (%s, %s, %s, %s)", keys).fetchall()
-                return "\n".join(line for (line,) in plan)
-
-            assert "Seq Scan on attempts" in runs(8)
+            assert "Seq Scan on attempts" in _plan(db, load, keys, runs=8)
             for _ in range(20):
                 rows, _, claims, _, _ = batch(250)
                 repo.create_tasks(rows)
                 repo.claim_attempts(claims, OPEN)
-            assert "Seq Scan on attempts" in runs(7)  # 15 runs: the empty table's plan is still kept
-            regrown = runs(8)
+            assert "Seq Scan on attempts" in _plan(db, load, keys, runs=7)  # 15 runs: the empty table's plan is kept
+            regrown = _plan(db, load, keys, runs=8)
             assert "Seq Scan" not in regrown and "Index Cond" in regrown
         finally:
             db.close_all()
